@@ -1,0 +1,22 @@
+"""The `resnet-inspect` command line. Commands are thin: parse, call the library, pick a renderer."""
+
+from __future__ import annotations
+
+import typer
+
+from resnet_inspect.cli import registry_cmd
+
+app = typer.Typer(
+    name="resnet-inspect",
+    help="Shapes, convolution arithmetic, receptive fields, FLOPs and timing of ResNets (and any CNN).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+app.command("list")(registry_cmd.list_command)
+
+
+def main() -> None:
+    app()

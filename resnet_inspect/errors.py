@@ -1,0 +1,29 @@
+"""User-facing errors: each carries one clear line for the command line (exit code 2)."""
+
+from __future__ import annotations
+
+
+class InspectError(Exception):
+    """Bad input or a model the tool cannot inspect; the message is one line meant for the user."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(InspectError, ValueError):
+    """An unknown registry name."""
+
+
+class FactoryError(InspectError):
+    """A `file.py:factory` or `module:factory` spec that does not give an nn.Module."""
+
+
+class ForwardError(InspectError):
+    """The model's forward pass raised; the message names the layer that was running."""
+
+
+class InputTooSmallError(ForwardError):
+    """A spatial dimension reached zero inside the network."""
+
+
+class BadInputError(InspectError, ValueError):
+    """A malformed or out-of-range option value (input size, batch size, device, dtype...)."""

@@ -1,0 +1,141 @@
+"""Per-layer records produced by one instrumented forward pass.
+
+Plain frozen dataclasses: no torch, no formatting. Every analysis reads these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+Shape = tuple[int, ...]
+Pair = tuple[int, int]
+
+
+class OpKind(str, Enum):
+    """What a layer does to the spatial axes, for arithmetic and receptive fields."""
+
+    CONV = "conv"
+    CONV_TRANSPOSE = "conv_transpose"
+    MAX_POOL = "max_pool"
+    AVG_POOL = "avg_pool"
+    ADAPTIVE_POOL = "adaptive_pool"
+    LINEAR = "linear"
+    ELEMENTWISE = "elementwise"  # acts per position: k = 1, s = 1 (BN, ReLU, add, channel cat/pad)
+    SUBSAMPLE = "subsample"  # strided slicing x[..., ::s, ::s]: k = 1, stride s, offset as padding
+    PAD = "pad"  # explicit zero padding of the spatial axes (F.pad): k = 1, s = 1, padding p
+    GLOBAL = "global"  # reduces the spatial axes away (mean over H, W)
+    RESHAPE = "reshape"  # flatten / view: spatial meaning ends here
+    UNKNOWN = "unknown"  # an operation the tool has no rule for
+
+    @property
+    def is_pool(self) -> bool:
+        return self in (OpKind.MAX_POOL, OpKind.AVG_POOL)
+
+    @property
+    def has_window(self) -> bool:
+        """Layers whose output size follows a convolution-arithmetic relation."""
+        return self in (OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.MAX_POOL, OpKind.AVG_POOL, OpKind.ADAPTIVE_POOL)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A layer's declared spatial geometry, per axis (height, width).
+
+    ``padding`` is the zero padding before the first row/column; ``padding_end`` the padding after the
+    last one (equal to ``padding`` except for asymmetric cases such as ``padding='same'`` or ``F.pad``).
+    ``output_size`` is the target of adaptive pooling (None on an axis means "keep").
+    """
+
+    kind: OpKind
+    kernel: Pair = (1, 1)
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    padding_end: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    ceil_mode: bool = False
+    output_padding: Pair = (0, 0)
+    output_size: tuple[int | None, int | None] | None = None
+    padding_mode: str = "zeros"
+
+    @property
+    def effective_kernel(self) -> Pair:
+        """k' = d(k - 1) + 1 per axis."""
+        return (
+            self.dilation[0] * (self.kernel[0] - 1) + 1,
+            self.dilation[1] * (self.kernel[1] - 1) + 1,
+        )
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One module call, in the order the calls started (pre-hook order, i.e. tree order)."""
+
+    index: int
+    name: str  # qualified module name, e.g. "encoder.layers.0.blocks.0.shortcut.conv"
+    type: str  # class name, e.g. "Conv2d"
+    depth: int  # 1 for the model's direct children
+    parent: int | None  # index of the enclosing module's record; None for depth 1
+    is_leaf: bool  # a module the capture treats as one operation (no children, or a known layer type)
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    params: int  # parameters of this module and its children (each tensor counted once)
+    trainable_params: int
+    geometry: Geometry | None  # None for containers and layers without spatial geometry
+    in_features: int | None = None  # channels / features in (conv, linear)
+    out_features: int | None = None
+    has_bias: bool = False
+    node: int | None = None  # this call's node in the dataflow graph (modules recorded as one operation)
+    input_nodes: tuple[int, ...] = ()  # nodes that produced this call's input tensors
+    output_node: int | None = None  # node that produced this call's (first) output tensor
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.input_shapes[0] if self.input_shapes else ()
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.output_shapes[0] if self.output_shapes else ()
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """One operation in the dataflow graph: a leaf module call or a functional op such as ``x + residual``.
+
+    Node 0 is the model input. ``inputs`` are the nodes whose outputs this operation consumed, in argument
+    order; tensors that no tracked operation produced (constants, fresh zeros) are left out.
+    """
+
+    id: int
+    name: str  # module name for module calls; "<enclosing>.<op>" for functional ops
+    type: str  # module class name or function name ("add", "flatten", ...)
+    geometry: Geometry
+    inputs: tuple[int, ...]
+    input_shapes: tuple[Shape, ...]
+    output_shape: Shape
+    record: int | None = None  # the LayerRecord index for leaf module calls
+    scope: str = ""  # qualified name of the innermost module that made the call ("" for the model itself)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Everything one instrumented forward pass saw."""
+
+    model_name: str
+    model_type: str
+    input_shape: Shape
+    output_shape: Shape
+    layers: tuple[LayerRecord, ...]
+    nodes: tuple[OpNode, ...]
+    output_node: int
+    params: int
+    trainable_params: int
+    param_bytes: int
+    param_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+    buffer_bytes: int = 0
+    dtype: str = "float32"
+
+    @property
+    def leaves(self) -> tuple[LayerRecord, ...]:
+        return tuple(layer for layer in self.layers if layer.is_leaf)

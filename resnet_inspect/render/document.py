@@ -1,0 +1,44 @@
+"""A format-neutral view of a report: titled tables and notes. Renderers turn it into text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Justify = Literal["left", "right", "center"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell; ``style`` is a rich style name ("green", "bold red") that plain formats ignore."""
+
+    text: str
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    justify: Justify = "left"
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[tuple[Cell | str, ...], ...]
+    footer: tuple[str, ...] = ()  # summary lines printed under the table (totals)
+
+
+@dataclass(frozen=True)
+class Document:
+    tables: tuple[Table, ...]
+    notes: tuple[str, ...] = field(default=())  # warnings and remarks printed after the tables
+
+
+def cell_text(cell: Cell | str) -> str:
+    return cell.text if isinstance(cell, Cell) else cell
+
+
+def cell_style(cell: Cell | str) -> str | None:
+    return cell.style if isinstance(cell, Cell) else None

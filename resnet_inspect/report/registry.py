@@ -1,0 +1,52 @@
+"""The registry listing: name, family, block, blocks per stage, parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from resnet_inspect.render.document import Column, Document, Table
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    family: str
+    block: str
+    stages: tuple[int, ...]
+    params: int
+
+
+@dataclass(frozen=True)
+class RegistryReport:
+    entries: tuple[RegistryEntry, ...]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {"name": e.name, "family": e.family, "block": e.block, "stages": list(e.stages), "params": e.params}
+            for e in self.entries
+        ]
+
+    def document(self) -> Document:
+        rows = tuple(
+            (e.name, e.family, e.block, "-".join(map(str, e.stages)), f"{e.params:,}") for e in self.entries
+        )
+        columns = (Column("model"), Column("family"), Column("block"), Column("blocks per stage"),
+                   Column("parameters", "right"))
+        return Document((Table("Registered models", columns, rows),))
+
+
+def registry_report() -> RegistryReport:
+    """Every registered model, built on the meta device so no weights are allocated."""
+    import torch
+
+    from resnet_inspect.models import get_model, list_models, model_spec
+
+    entries = []
+    for name in list_models():
+        spec = model_spec(name)
+        with torch.device("meta"):
+            model = get_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        entries.append(RegistryEntry(name, spec.family, spec.block, tuple(spec.stages), params))
+    return RegistryReport(tuple(entries))
