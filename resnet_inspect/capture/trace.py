@@ -238,7 +238,8 @@ def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
     if running.geometry is not None and running.geometry.kind.has_window and len(shape) == 4:
         check = check_layer(running.geometry, (shape[2], shape[3]), (shape[2], shape[3]))
         if check is not None and min(check.expected) < 1:
-            return InputTooSmallError(f"input too small: a spatial dimension reaches {min(check.expected)} at {where}")
+            size = "x".join(map(str, check.expected))
+            return InputTooSmallError(f"input too small: {where} would give an output of {size}")
     if "too small" in reason or "greater than" in reason:
         return InputTooSmallError(f"input too small: {reason} at {where}")
     return ForwardError(f"forward pass failed in {where}: {reason}")

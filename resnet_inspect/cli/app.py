@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli import registry_cmd
+from resnet_inspect.cli import inspect_cmd, registry_cmd
 
 app = typer.Typer(
     name="resnet-inspect",
@@ -16,6 +16,9 @@ app = typer.Typer(
 )
 
 app.command("list")(registry_cmd.list_command)
+app.command("summary")(inspect_cmd.summary_command)
+app.command("verify")(inspect_cmd.verify_command)
+app.command("arith")(inspect_cmd.arith_command)
 
 
 def main() -> None:

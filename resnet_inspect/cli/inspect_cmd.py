@@ -1,0 +1,132 @@
+"""`summary`, `verify` and `arith`: shapes checked against convolution arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from resnet_inspect.cli.common import (
+    EXIT_CHECK_FAILED,
+    OutputFormat,
+    check_output_path,
+    emit,
+    parse_input_size,
+    parse_positive,
+    user_errors,
+)
+
+MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
+INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
+
+ModelArgument = typer.Argument(..., help=MODEL_HELP, show_default=False)
+InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
+BatchOption = typer.Option("1", "--batch-size", "-b", help="Batch size.")
+ChannelsOption = typer.Option(None, "--in-channels", help="Input channels (default 3).", show_default=False)
+ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (registry models).",
+                             show_default=False)
+FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
+OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
+                            show_default=False)
+
+
+def default_input_size(model_spec: str) -> tuple[int, int]:
+    """The registry's input size for a registry name (32 for CIFAR), 224 for anything else."""
+    from resnet_inspect.models import list_models, model_spec as spec_of
+
+    if model_spec in list_models():
+        size = spec_of(model_spec).default_input_size
+        return (size, size)
+    return (224, 224)
+
+
+def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
+    return parse_input_size(input_size) if input_size is not None else default_input_size(model)
+
+
+def summary_command(
+    model: str = ModelArgument,
+    input_size: str | None = InputSizeOption,
+    batch_size: str = BatchOption,
+    in_channels: int | None = ChannelsOption,
+    num_classes: int | None = ClassesOption,
+    depth: int | None = typer.Option(None, "--depth", "-d", help="Show layers down to this depth (JSON keeps all).",
+                                     show_default=False),
+    device: str = typer.Option("cpu", "--device", help="Device for --time (cpu, cuda, cuda:N, mps)."),
+    time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
+    fvcore: bool = typer.Option(True, "--fvcore/--no-fvcore", help="Also count with fvcore (real tensors, batch 1)."),
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """Every layer: input and output shape checked against convolution arithmetic, parameters, MACs, receptive
+    field; totals below."""
+    with user_errors():
+        check_output_path(output)
+        size = resolve_size(model, input_size)
+        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        if depth is not None and depth < 1:
+            from resnet_inspect.errors import BadInputError
+
+            raise BadInputError(f"--depth must be at least 1, got {depth}")
+        from resnet_inspect.capture.loader import load_model
+        from resnet_inspect.report.build import capture_model, summary_from_capture
+
+        network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
+        capture = capture_model(network, size, batch, in_channels or 3, name)
+        layer_times_ms = None
+        if time:
+            from resnet_inspect.analysis.timing import layer_times_for_summary
+
+            layer_times_ms = layer_times_for_summary(model, capture, device, in_channels, num_classes)
+        report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
+                                      layer_times_ms=layer_times_ms)
+        emit(report, fmt, output)
+
+
+def verify_command(
+    model: str = ModelArgument,
+    input_size: str | None = InputSizeOption,
+    batch_size: str = BatchOption,
+    in_channels: int | None = ChannelsOption,
+    num_classes: int | None = ClassesOption,
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """Check the padding arithmetic of every convolution and pooling layer. Exit code 0 when every layer agrees,
+    1 when any disagrees, 2 on bad input."""
+    with user_errors():
+        check_output_path(output)
+        size = resolve_size(model, input_size)
+        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        from resnet_inspect.capture.loader import load_model
+        from resnet_inspect.report.build import verify
+
+        network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
+        report = verify(network, size, batch, in_channels or 3, model_name=name)
+        emit(report, fmt, output)
+    if report.failed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def arith_command(
+    input_size: int = typer.Option(..., "--input", "-i", help="Input size i on one axis.", show_default=False),
+    kernel: int = typer.Option(..., "--kernel", "-k", help="Kernel size k.", show_default=False),
+    stride: int = typer.Option(1, "--stride", "-s", help="Stride s."),
+    padding: int = typer.Option(0, "--padding", "-p", help="Zero padding p on each side."),
+    dilation: int = typer.Option(1, "--dilation", "-d", help="Dilation d."),
+    pool: bool = typer.Option(False, "--pool", help="A pooling layer (relation 7)."),
+    ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling with ceil_mode=True."),
+    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-13)."),
+    output_padding: int = typer.Option(0, "--output-padding", help="Transposed convolution's output_padding."),
+    solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s)."),
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """The convolution-arithmetic calculator: output size, relation, filled-in formula, dropped rows/columns."""
+    with user_errors():
+        check_output_path(output)
+        from resnet_inspect.report.arith import arith_report
+
+        report = arith_report(input_size, kernel, stride, padding, dilation, pool=pool, ceil_mode=ceil_mode,
+                              transposed=transposed, output_padding=output_padding, solve=solve)
+        emit(report, fmt, output)

@@ -1,0 +1,275 @@
+"""The summary and verify reports: every layer's shapes checked against convolution arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from resnet_inspect.analysis.arithmetic import LayerArithmetic
+from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
+from resnet_inspect.render.document import Cell, Column, Document, Table
+
+PASS, FAIL = "✓", "✗"
+
+
+def shape_text(shape: tuple[int, ...] | list[int]) -> str:
+    return "x".join(str(size) for size in shape) if shape else "-"
+
+
+def geometry_text(geometry: Geometry | None) -> str:
+    """'7x7/2 p3' style: kernel, stride, padding (and dilation, groups when not 1)."""
+    if geometry is None or not geometry.kind.has_window or geometry.kind is OpKind.ADAPTIVE_POOL:
+        if geometry is not None and geometry.kind is OpKind.ADAPTIVE_POOL and geometry.output_size:
+            return "-> " + "x".join("=" if size is None else str(size) for size in geometry.output_size)
+        return ""
+
+    def axes(values: tuple[int, int]) -> str:
+        return str(values[0]) if values[0] == values[1] else f"{values[0]}x{values[1]}"
+
+    text = f"{geometry.kernel[0]}x{geometry.kernel[1]}/{axes(geometry.stride)} p{axes(geometry.padding)}"
+    if geometry.padding_end != geometry.padding:
+        text += f"+{axes(geometry.padding_end)}"
+    if geometry.dilation != (1, 1):
+        text += f" d{axes(geometry.dilation)}"
+    if geometry.groups != 1:
+        text += f" g{geometry.groups}"
+    if geometry.ceil_mode:
+        text += " ceil"
+    return text
+
+
+def check_cell(check: LayerArithmetic | None) -> Cell:
+    if check is None:
+        return Cell("")
+    label = "adaptive" if check.relation is None else f"({check.relation})"
+    return Cell(f"{PASS if check.ok else FAIL} {label}", "green" if check.ok else "bold red")
+
+
+def arithmetic_json(check: LayerArithmetic) -> dict[str, Any]:
+    return {
+        "relation": check.relation, "expected": list(check.expected), "observed": list(check.observed),
+        "ok": check.ok, "dropped": list(check.dropped),
+    }
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """A convolution or pooling operation and its arithmetic check (one verify row)."""
+
+    node: OpNode
+    check: LayerArithmetic
+
+
+def check_nodes(capture: Capture) -> tuple[LayerCheck, ...]:
+    """Check every windowed operation (module or functional) whose input and output are 4-D."""
+    from resnet_inspect.analysis.arithmetic import check_layer
+
+    checks = []
+    for node in capture.nodes:
+        if not node.geometry.kind.has_window or not node.input_shapes:
+            continue
+        if len(node.input_shapes[0]) != 4 or len(node.output_shape) != 4:
+            continue
+        observed_in, observed_out = node.input_shapes[0][2:], node.output_shape[2:]
+        check = check_layer(node.geometry, (observed_in[0], observed_in[1]), (observed_out[0], observed_out[1]))
+        if check is not None:
+            checks.append(LayerCheck(node, check))
+    return tuple(checks)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """`verify`: one row per convolution or pooling layer; failed > 0 means exit code 1."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    checks: tuple[LayerCheck, ...]
+
+    @property
+    def failed(self) -> int:
+        return sum(not item.check.ok for item in self.checks)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "checked": len(self.checks),
+            "failed": self.failed,
+            "layers": [
+                {"name": item.node.name, "type": item.node.type, **arithmetic_json(item.check)} for item in self.checks
+            ],
+            "warnings": list(self.warnings),
+        }
+
+    def document(self) -> Document:
+        columns = (
+            Column("layer"), Column("type"), Column("geometry"), Column("relation", "right"), Column("formula"),
+            Column("expected", "right"), Column("observed", "right"), Column("check", "center"),
+            Column("dropped", "right"),
+        )
+        rows = []
+        for item in self.checks:
+            check = item.check
+            formula = check.formulas[0] if check.formulas[0] == check.formulas[1] else " ; ".join(check.formulas)
+            rows.append((
+                item.node.name, item.node.type, geometry_text(item.node.geometry),
+                "adaptive" if check.relation is None else str(check.relation), formula,
+                shape_text(check.expected), shape_text(check.observed),
+                Cell(PASS if check.ok else FAIL, "green" if check.ok else "bold red"),
+                "" if check.dropped == (0, 0) else shape_text(check.dropped),
+            ))
+        verdict = "all layers agree" if not self.failed else f"{self.failed} layer(s) disagree with their geometry"
+        footer = (f"{self.model} at {shape_text(self.input_shape)}: {len(self.checks)} checked, "
+                  f"{self.failed} failed — {verdict}",)
+        title = f"Convolution arithmetic of {self.model} (Dumoulin & Visin relations)"
+        return Document((Table(title, columns, tuple(rows), footer),), notes=self.warnings)
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    """`summary`: the layer tree with shapes, arithmetic, parameters, MACs, receptive field (and time)."""
+
+    model: str
+    capture: Capture
+    checks: tuple[LayerCheck, ...]
+    counts: Any  # analysis.counting.Counts
+    fields: Any  # analysis.receptive_field.ReceptiveFieldResult
+    fvcore: Any = None  # analysis.fvcore_count.FvcoreCounts or None
+    fvcore_note: str | None = None
+    layer_times_ms: dict[str, float] | None = None
+    max_depth: int | None = None
+    layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
+
+    @property
+    def checks_by_node(self) -> dict[int, LayerArithmetic]:
+        return {item.node.id: item.check for item in self.checks}
+
+    @property
+    def failed(self) -> int:
+        return sum(not item.check.ok for item in self.checks)
+
+    def _layer_check(self, layer: LayerRecord) -> LayerArithmetic | None:
+        return self.checks_by_node.get(layer.node) if layer.node is not None else None
+
+    def _fvcore_layer(self, layer: LayerRecord) -> int | None:
+        if self.fvcore is None:
+            return None
+        return self.fvcore.by_module.get(layer.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        capture, counts = self.capture, self.counts
+        checks = self.checks_by_node
+        layers = []
+        for layer in capture.layers:
+            check = checks.get(layer.node) if layer.node is not None else None
+            macs = counts.layer_macs.get(layer.index, 0)
+            entry: dict[str, Any] = {
+                "name": layer.name, "type": layer.type, "depth": layer.depth,
+                "input_shape": list(layer.input_shape), "output_shape": list(layer.output_shape),
+                "params": layer.params, "macs": macs, "flops": 2 * macs,
+                "arithmetic": arithmetic_json(check) if check is not None else None,
+                "receptive_field": self.layer_fields.get(layer.index),
+                "activation_bytes": counts.layer_activation_bytes.get(layer.index, 0),
+                "fvcore_flops": self._fvcore_layer(layer),
+            }
+            if self.layer_times_ms is not None:
+                entry["time_ms"] = self.layer_times_ms.get(layer.name)
+            layers.append(entry)
+        return {
+            "model": self.model,
+            "input_shape": list(capture.input_shape),
+            "output_shape": list(capture.output_shape),
+            "totals": {
+                "params": counts.params, "trainable_params": counts.trainable_params, "macs": counts.macs,
+                "activation_bytes": counts.activation_bytes, "flops": counts.flops,
+                "fvcore_flops": None if self.fvcore is None else self.fvcore.total_flops,
+                "param_bytes": counts.param_bytes, "frozen_params": counts.frozen_params,
+                "peak_memory_bytes": counts.peak_memory_bytes,
+                "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
+            },
+            "arithmetic": {"checked": len(self.checks), "failed": self.failed},
+            "receptive_field": self.fields.output_json() if self.fields is not None else None,
+            "layers": layers,
+        }
+
+    def document(self) -> Document:
+        capture, counts = self.capture, self.counts
+        show_fvcore = self.fvcore is not None
+        show_time = self.layer_times_ms is not None
+        columns = [
+            Column("layer"), Column("type"), Column("input", "right"), Column("output", "right"),
+            Column("kernel/stride/pad"), Column("check", "center"), Column("RF", "right"),
+            Column("params", "right"), Column("MACs", "right"),
+        ]
+        if show_fvcore:
+            columns.append(Column("fvcore", "right"))
+        if show_time:
+            columns.append(Column("ms", "right"))
+        rows = []
+        for layer in capture.layers:
+            if self.max_depth is not None and layer.depth > self.max_depth:
+                continue
+            field_json = self.layer_fields.get(layer.index)
+            rf_text = "" if not field_json else "x".join(map(str, dict.fromkeys(field_json["size"])))
+            macs = counts.layer_macs.get(layer.index, 0)
+            row: list[Cell | str] = [
+                "  " * (layer.depth - 1) + layer.name.rsplit(".", 1)[-1], layer.type,
+                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
+                check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
+                f"{macs:,}" if macs else "",
+            ]
+            if show_fvcore:
+                value = self._fvcore_layer(layer)
+                row.append(f"{value:,}" if value else "")
+            if show_time:
+                time_ms = (self.layer_times_ms or {}).get(layer.name)
+                row.append("" if time_ms is None else f"{time_ms:.3f}")
+            rows.append(tuple(row))
+        return Document(
+            (Table(f"{self.model}: input {shape_text(capture.input_shape)}", tuple(columns), tuple(rows),
+                   self._footer()),),
+            notes=self._notes(),
+        )
+
+    def _footer(self) -> tuple[str, ...]:
+        capture, counts = self.capture, self.counts
+        convolutions = sum(1 for node in capture.nodes if node.geometry.kind is OpKind.CONV)
+        lines = [
+            f"output shape: {shape_text(capture.output_shape)}",
+            f"parameters: {counts.params:,} (trainable {counts.trainable_params:,}, frozen {counts.frozen_params:,}; "
+            f"{_bytes(counts.param_bytes)})",
+            f"MACs: {counts.macs:,} ({counts.macs / 1e9:.3f} G)   FLOPs = 2 x MACs: {counts.flops:,}",
+        ]
+        if self.fvcore is not None:
+            lines.append(f"fvcore flops (one fused multiply-add = one flop): {self.fvcore.total_flops:,}")
+        lines.append(f"activation memory: {_bytes(counts.activation_bytes)}   "
+                     f"estimated peak inference memory: {_bytes(counts.peak_memory_bytes)}")
+        if self.fields is not None:
+            lines.append(f"receptive field at the encoder output: {self.fields.output_text()}")
+        lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
+        return tuple(lines)
+
+    def _notes(self) -> tuple[str, ...]:
+        notes = [f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings
+                 if not item.check.ok]
+        if self.fvcore_note:
+            notes.append(self.fvcore_note)
+        if self.fvcore is not None and self.fvcore.unsupported_ops:
+            skipped = ", ".join(f"{op} x{count}" for op, count in sorted(self.fvcore.unsupported_ops.items()))
+            notes.append(f"fvcore did not count: {skipped}")
+        if self.fields is not None:
+            notes += list(self.fields.notes())
+        return tuple(notes)
+
+
+def _bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{count} B"

@@ -1,0 +1,158 @@
+"""The `time` report: whole-model latency and throughput per batch size, and optionally the slowest layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
+from resnet_inspect.render.document import Column, Document, Table
+
+TOP_LAYERS = 15  # rows of the slowest-layers table (JSON lists every layer)
+
+
+@dataclass(frozen=True)
+class TimingReport:
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    input_shape: tuple[int, ...]  # (channels, height, width): the batch size varies
+    channels_last: bool
+    warmup: int
+    repeat: int
+    results: tuple[LatencyResult, ...]
+    profile: LayerProfile | None = None
+    profile_batch_size: int | None = None
+
+    @property
+    def hook_overhead_ms(self) -> float | None:
+        """How much slower the forward pass is with the per-layer hooks than without."""
+        if self.profile is None:
+            return None
+        baseline = next(r for r in self.results if r.batch_size == self.profile_batch_size)
+        return self.profile.hooked_model_ms - baseline.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        profile = self.profile
+        return {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "input_shape": list(self.input_shape),
+            "channels_last": self.channels_last,
+            "warmup": self.warmup,
+            "repeat": self.repeat,
+            "results": [
+                {"batch_size": r.batch_size, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
+                 "images_per_s": r.images_per_s, "runs": r.runs}
+                for r in self.results
+            ],
+            "per_layer": None if profile is None else [
+                {"name": t.name, "type": t.type, "median_ms": t.median_ms, "share": t.share, "calls": t.calls}
+                for t in profile.layers
+            ],
+            "per_layer_batch_size": self.profile_batch_size,
+            "layers_total_ms": None if profile is None else profile.layers_total_ms,
+            "hooked_model_ms": None if profile is None else profile.hooked_model_ms,
+            "hook_overhead_ms": self.hook_overhead_ms,
+        }
+
+    def document(self) -> Document:
+        shape = "x".join(map(str, self.input_shape))
+        title = (f"{self.model} on {self.device} ({self.dtype}, {self.threads} threads"
+                 f"{', channels last' if self.channels_last else ''}): input Nx{shape}")
+        columns = (Column("batch", "right"), Column("median ms", "right"), Column("IQR ms", "right"),
+                   Column("images/s", "right"), Column("runs", "right"))
+        rows = tuple(
+            (str(r.batch_size), f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.images_per_s:,.1f}", str(r.runs))
+            for r in self.results
+        )
+        tables = [Table(title, columns, rows)]
+        notes: list[str] = []
+        if self.profile is not None:
+            tables.append(self._layer_table())
+            hidden = len(self.profile.layers) - TOP_LAYERS
+            if hidden > 0:
+                notes.append(f"{hidden} faster layers not shown (--format json lists them all)")
+        return Document(tuple(tables), tuple(notes))
+
+    def _layer_table(self) -> Table:
+        assert self.profile is not None
+        profile = self.profile
+        columns = (Column("#", "right"), Column("layer"), Column("type"), Column("median ms", "right"),
+                   Column("share", "right"))
+        rows = tuple(
+            (str(rank), t.name, t.type, f"{t.median_ms:.3f}", f"{100 * t.share:.1f}%")
+            for rank, t in enumerate(profile.layers[:TOP_LAYERS], start=1)
+        )
+        footer = (
+            f"sum of {len(profile.layers)} layers: {profile.layers_total_ms:.3f} ms   "
+            f"model with hooks: {profile.hooked_model_ms:.3f} ms   "
+            f"hook overhead (with hooks - without): {self.hook_overhead_ms:.3f} ms",
+        )
+        return Table(f"Slowest layers (batch {self.profile_batch_size})", columns, rows, footer)
+
+
+def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A progress callback that never advances past ``runs``, and a function that completes the phase."""
+    done = [0]
+
+    def advance(count: int) -> None:
+        step = min(count, runs - done[0])
+        done[0] += step
+        if progress is not None and step > 0:
+            progress(step)
+
+    def finish() -> None:
+        advance(runs - done[0])
+
+    return advance, finish
+
+
+def timing_report(spec: str, batch_sizes: list[int], input_size: tuple[int, int], device: str = "cpu",
+                  dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
+                  channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> TimingReport:
+    """Build MODEL with random weights on ``device`` and time it at each batch size.
+
+    ``progress`` is advanced by forward passes; the total is ``phase_runs(...)``.
+    """
+    from resnet_inspect.analysis.timing import (
+        check_dtype,
+        prepare_model,
+        profile_layers,
+        resolve_device,
+        time_model,
+    )
+    from resnet_inspect.capture.loader import load_model
+
+    device = resolve_device(device)
+    check_dtype(device, dtype)
+    model, name = load_model(spec, in_channels=in_channels, device=device)
+    model = prepare_model(model, device, dtype, channels_last)
+    channels = in_channels or 3
+    results = []
+    for batch_size in batch_sizes:
+        advance, finish = _phase(progress, warmup + repeat)
+        results.append(time_model(model, (batch_size, channels, *input_size), device, dtype, warmup, repeat,
+                                  threads, channels_last, advance))
+        finish()
+    profile = None
+    if per_layer:
+        advance, finish = _phase(progress, warmup + repeat)
+        profile = profile_layers(model, (batch_sizes[0], channels, *input_size), device, dtype, warmup, repeat,
+                                 threads, channels_last, advance)
+        finish()
+    return TimingReport(
+        model=name, device=device, dtype=dtype, threads=results[0].threads, input_shape=(channels, *input_size),
+        channels_last=channels_last, warmup=warmup, repeat=repeat, results=tuple(results), profile=profile,
+        profile_batch_size=batch_sizes[0] if per_layer else None,
+    )
+
+
+def phase_runs(batch_sizes: list[int], warmup: int, repeat: int, per_layer: bool) -> int:
+    """Forward passes the progress bar counts: warm-up plus timed passes per batch size (and per layer)."""
+    return (len(batch_sizes) + int(per_layer)) * (warmup + repeat)
