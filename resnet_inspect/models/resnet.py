@@ -163,8 +163,13 @@ class ResNet(nn.Module):
         return self.decoder(x)
 
     def _init_weights(self) -> None:
-        """He (kaiming) normal for convolutions, BN as the identity; as torchvision. Safe on the meta device."""
+        """He (kaiming) normal for convolutions, BN as the identity; as torchvision.
+
+        Skipped on the meta device, where weights hold no values (and meta random init would import torch._dynamo).
+        """
         for module in self.modules():
+            if any(parameter.is_meta for parameter in module.parameters(recurse=False)):
+                continue
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
