@@ -159,3 +159,30 @@ def test_a_huge_input_is_captured_quickly_without_allocating_activations():
     shape, seconds, peak_mib = output.rsplit(" ", 2)
     assert shape.strip() == "(8, 1000)"
     assert float(peak_mib) < 1024  # resnet152's activations at 8x3x2048x2048 alone would take tens of GiB
+
+
+@pytest.mark.parametrize("spec", ["resnet18", "resnet50", "resnet20", f"{ZOO}:odd_cnn", f"{ZOO}:liar_cnn"])
+def test_the_meta_pass_records_exactly_what_a_real_pass_records(spec):
+    from resnet_inspect.capture.trace import run_capture
+
+    model, _ = load_model(spec, device=None)
+    on_meta = run_capture(model, (2, 3, 45, 61), device="meta")
+    on_cpu = run_capture(model, (2, 3, 45, 61), device="cpu")
+    assert on_meta.layers == on_cpu.layers
+    assert on_meta.nodes == on_cpu.nodes
+
+
+def test_the_meta_pass_does_not_pay_for_importing_torch_dynamo():
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        from resnet_inspect import get_model
+        from resnet_inspect.capture.trace import capture
+        with torch.device("meta"):
+            model = get_model("resnet50")
+        capture(model, 224)
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "False"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.capture.geometry import ELEMENTWISE, function_geometry, module_geometry
+from resnet_inspect.capture.meta_shapes import meta_result
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
@@ -130,7 +131,9 @@ def _function_mode(recorder: _Recorder) -> Any:
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
-            result = func(*args, **kwargs)
+            result = meta_result(func, args, kwargs)
+            if result is NotImplemented:
+                result = func(*args, **kwargs)
             if recorder.opaque_depth:
                 return result
             inputs = tensors_in(list(args)) + tensors_in(kwargs)
