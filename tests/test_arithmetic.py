@@ -237,7 +237,8 @@ def test_check_layer_confirms_the_resnet_stem_and_explains_the_dropped_row():
     assert result.dropped == (1, 1)
     assert result.formulas == ("o = floor((224 + 2*3 - 7) / 2) + 1 = 112",) * 2
     assert result.flags == (DROPPED,)
-    assert result.warnings == ("dropped 1 row and column by the floor: (224 + 2*3 - 7) mod 2 = 1, padding only",)
+    assert result.remarks == ("dropped 1 row and column by the floor: (224 + 2*3 - 7) mod 2 = 1, padding only",)
+    assert result.warnings == ()  # only padding is lost: a remark, not a warning
 
 
 def test_check_layer_says_when_the_floor_drops_real_input():
@@ -261,7 +262,8 @@ def test_check_layer_takes_the_more_general_relation_of_a_non_square_layer():
     assert result is not None and result.ok
     assert result.relation == 3
     assert result.formulas == ("o = 17 - 1 + 1 = 17", "o = i = 17")
-    assert result.warnings == ("keeps the height: o = i = 17", "keeps the width: o = i = 17")
+    assert result.remarks == ("keeps the height: o = i = 17", "keeps the width: o = i = 17")
+    assert result.warnings == ()
 
 
 def test_check_layer_uses_asymmetric_same_padding():
@@ -651,4 +653,4 @@ def test_check_layer_accepts_what_torch_modules_return(layer):
         output = module(torch.zeros(1, 1, *input_hw))
     result = check_layer(geometry, input_hw, tuple(output.shape[2:]))
     assert result is not None and result.ok
-    assert len(result.warnings) >= len(result.flags)
+    assert len(result.remarks) >= len(result.flags) and set(result.warnings) <= set(result.remarks)

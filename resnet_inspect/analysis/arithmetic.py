@@ -42,7 +42,8 @@ class LayerArithmetic:
     dropped: tuple[int, int]
     formulas: tuple[str, str]
     flags: tuple[str, ...]  # union of the axes' flags
-    warnings: tuple[str, ...]  # one sentence per flag (per axis where the axes differ)
+    warnings: tuple[str, ...]  # sentences for the flags worth a warning (lost input, even-kernel padding, ...)
+    remarks: tuple[str, ...] = ()  # one sentence per flag (per axis where the axes differ), warnings included
 
 
 def conv_output(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, p_end: int | None = None) -> AxisArithmetic:
@@ -186,6 +187,7 @@ def check_layer(geometry: Geometry, input_hw: tuple[int, int], output_hw: tuple[
     expected = tuple(axis.output for axis, _ in axes)
     observed = tuple(output_hw)
     flags = {flag for axis, _ in axes for flag in axis.flags}
+    remarks = _remarks(geometry.kind, axes)
     return LayerArithmetic(
         relation=max(relations) if relations else None,
         expected=expected,
@@ -194,7 +196,8 @@ def check_layer(geometry: Geometry, input_hw: tuple[int, int], output_hw: tuple[
         dropped=(axes[0][0].dropped, axes[1][0].dropped),
         formulas=(axes[0][0].formula, axes[1][0].formula),
         flags=tuple(flag for flag in FLAGS if flag in flags),
-        warnings=_warnings(geometry.kind, axes),
+        warnings=tuple(sentence for sentence, is_warning in remarks if is_warning),
+        remarks=tuple(sentence for sentence, _ in remarks),
     )
 
 
@@ -235,15 +238,24 @@ _NOUNS = (("row", "rows", "height"), ("column", "columns", "width"))
 _BOTH = ("row and column", "rows and columns", "height and width")
 
 
-def _warnings(kind: OpKind, axes: tuple[tuple[AxisArithmetic, _Window], ...]) -> tuple[str, ...]:
-    """One sentence per flag; a square layer gets one sentence for both axes."""
+def _remarks(kind: OpKind, axes: tuple[tuple[AxisArithmetic, _Window], ...]) -> tuple[tuple[str, bool], ...]:
+    """One (sentence, is_warning) per flag; a square layer gets one sentence for both axes.
+
+    Keeping the size and a floor that drops only padding are remarks, not warnings: every ResNet does both.
+    """
     named = [(axes[0], _BOTH)] if axes[0] == axes[1] else list(zip(axes, _NOUNS, strict=True))
     return tuple(
-        _sentence(flag, kind, arithmetic, window, nouns)
+        (_sentence(flag, kind, arithmetic, window, nouns), _is_warning(flag, arithmetic, window))
         for flag in FLAGS
         for (arithmetic, window), nouns in named
         if flag in arithmetic.flags
     )
+
+
+def _is_warning(flag: str, arithmetic: AxisArithmetic, window: _Window) -> bool:
+    if flag == SIZE_PRESERVING:
+        return False
+    return not (flag == DROPPED and arithmetic.dropped <= window.p_end)
 
 
 def _sentence(flag: str, kind: OpKind, arithmetic: AxisArithmetic, window: _Window, nouns: tuple[str, ...]) -> str:
