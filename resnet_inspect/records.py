@@ -116,6 +116,7 @@ class OpNode:
     output_shape: Shape
     record: int | None = None  # the LayerRecord index for leaf module calls
     scope: str = ""  # qualified name of the innermost module that made the call ("" for the model itself)
+    inplace: bool = False  # the output is one of the inputs, written in place (ReLU(inplace=True), `x += y`)
 
 
 @dataclass(frozen=True)

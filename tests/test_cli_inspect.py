@@ -32,8 +32,9 @@ def resnet50_summary():
 
 
 def test_summary_resnet50_shows_53_convolutions_and_no_failed_check(resnet50_summary):
-    convolutions = [layer for layer in resnet50_summary["layers"] if layer["type"] == "Conv2d"]
+    convolutions = [layer for layer in resnet50_summary["layers"] if layer["kind"] == "conv"]
     assert len(convolutions) == 53
+    assert {layer["type"] for layer in convolutions} == {"Conv2d", "Conv2dAuto"}
     assert resnet50_summary["arithmetic"] == {"checked": 55, "failed": 0}
 
 
@@ -66,6 +67,7 @@ def test_summary_table_shows_the_tree_down_to_depth():
     assert "gate" in result.stdout and "layers" in result.stdout
     assert "conv" not in result.stdout.split("gate", 1)[1].split("\n", 1)[0]
     assert "failed: 0" in result.stdout
+    assert "convolutions: 20" in result.stdout
 
 
 def test_summary_input_size_and_batch_size_reach_the_shapes():

@@ -108,7 +108,7 @@ class _Recorder:
         self.nodes.append(OpNode(
             id=node_id, name=name, type=type_, geometry=geometry, inputs=self.input_nodes(inputs),
             input_shapes=tuple(shape_of(t) for t in inputs), output_shape=shape_of(outputs[0]) if outputs else (),
-            record=record, scope=self.scope(),
+            record=record, scope=self.scope(), inplace=bool(outputs) and any(outputs[0] is t for t in inputs),
         ))
         for tensor in outputs:
             self.producers[id(tensor)] = node_id

@@ -17,6 +17,7 @@ from resnet_inspect.errors import BadInputError, InspectError
 DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_INPUT_SIZE = 65536
+PIPE_WIDTH = 240
 
 
 class OutputFormat(str, Enum):
@@ -130,6 +131,8 @@ def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> No
         from rich.console import Console
 
         console = Console()
+        if not console.is_terminal:
+            console = Console(width=PIPE_WIDTH)  # piped or redirected: don't squeeze wide tables into 80 columns
         for renderable in rich_renderables(report):
             console.print(renderable)
         return

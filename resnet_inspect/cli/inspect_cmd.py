@@ -54,7 +54,8 @@ def summary_command(
                                      show_default=False),
     device: str = typer.Option("cpu", "--device", help="Device for --time (cpu, cuda, cuda:N, mps)."),
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
-    fvcore: bool = typer.Option(True, "--fvcore/--no-fvcore", help="Also count with fvcore (real tensors, batch 1)."),
+    fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
+                                help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -75,9 +76,11 @@ def summary_command(
         capture = capture_model(network, size, batch, in_channels or 3, name)
         layer_times_ms = None
         if time:
-            from resnet_inspect.analysis.timing import layer_times_for_summary
+            from resnet_inspect.analysis.timing import resolve_device, time_layers
 
-            layer_times_ms = layer_times_for_summary(model, capture, device, in_channels, num_classes)
+            real_network, _ = load_model(model, in_channels=in_channels, num_classes=num_classes, device=None)
+            timings = time_layers(real_network, capture.input_shape, resolve_device(device), warmup=3, repeat=10)
+            layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
         emit(report, fmt, output)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -12,40 +12,59 @@ from resnet_inspect.cli.common import (
     check_output_path,
     emit,
     parse_batch_sizes,
-    parse_input_size,
     parse_positive,
     progress_bar,
     user_errors,
 )
+from resnet_inspect.cli.inspect_cmd import (
+    INPUT_HELP,
+    ChannelsOption,
+    FormatOption,
+    ModelArgument,
+    OutputOption,
+    resolve_size,
+)
 from resnet_inspect.errors import BadInputError
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
 
 
+DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps.")
+BatchSizesOption = typer.Option("1", "--batch-size", "-b", help="Batch sizes to time, e.g. 1,8,32.")
+InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
+WarmupOption = typer.Option(10, "--warmup", help="Untimed forward passes before each measurement.")
+RepeatOption = typer.Option(50, "--repeat", help="About how many forward passes to time per batch size.")
+ThreadsOption = typer.Option(None, "--threads", help="CPU threads for the measurement (default: torch's).",
+                             show_default=False)
+DTypeOption = typer.Option(DType.float32, "--dtype", help="Data type of the weights and the input.")
+ChannelsLastOption = typer.Option(False, "--channels-last", help="Use the channels-last memory format.")
+PerLayerOption = typer.Option(False, "--per-layer", help="Also time each layer (forward hooks), at the first batch.")
+
+
 def time_command(
-    model: str = typer.Argument(..., help="Registry name, path/to/file.py:factory or package.module:factory."),
-    device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda, cuda:N or mps."),
-    batch_sizes: str = typer.Option("1", "--batch-size", "-b", help="Batch sizes to time, e.g. 1,8,32."),
-    input_size: str = typer.Option("224", "--input-size", "-i", help="Input size: 224 or HxW such as 224x320."),
-    in_channels: int | None = typer.Option(None, "--in-channels", "-c", help="Input channels (default 3)."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed forward passes before measuring."),
-    repeat: int = typer.Option(50, "--repeat", help="About how many forward passes to time."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for the measurement (torch default)."),
-    dtype: DType = typer.Option(DType.float32, "--dtype", help="Data type of weights and input."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Use the channels-last memory format."),
-    per_layer: bool = typer.Option(False, "--per-layer", help="Also time each layer (forward hooks)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    model: str = ModelArgument,
+    device: str = DeviceOption,
+    batch_sizes: str = BatchSizesOption,
+    input_size: str | None = InputSizeOption,
+    in_channels: int | None = ChannelsOption,
+    warmup: int = WarmupOption,
+    repeat: int = RepeatOption,
+    threads: int | None = ThreadsOption,
+    dtype: DType = DTypeOption,
+    channels_last: bool = ChannelsLastOption,
+    per_layer: bool = PerLayerOption,
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
 ) -> None:
     """Time inference with random weights: median latency, IQR and images/s per batch size."""
     with user_errors():
         check_output_path(output)
         batches = parse_batch_sizes(batch_sizes)
-        size = parse_input_size(input_size)
+        size = resolve_size(model, input_size)
         if warmup < 0:
             raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
         parse_positive(str(repeat), "--repeat")

@@ -59,7 +59,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
 
 
 def inspect(model: nn.Module, input_size: int | tuple[int, int] = (224, 224), batch_size: int = 1,
-            in_channels: int = 3, *, model_name: str = "", fvcore: bool = True) -> SummaryReport:
+            in_channels: int = 3, *, model_name: str = "", fvcore: bool = False) -> SummaryReport:
     """Inspect any CNN: shapes, arithmetic checks, parameters, MACs, receptive fields (and fvcore's count).
 
     ``report.to_dict()`` is exactly the JSON of ``resnet-inspect summary``. The model itself is not changed:

@@ -169,6 +169,7 @@ class SummaryReport:
             macs = counts.layer_macs.get(layer.index, 0)
             entry: dict[str, Any] = {
                 "name": layer.name, "type": layer.type, "depth": layer.depth,
+                "kind": layer.geometry.kind.value if layer.geometry is not None else None,
                 "input_shape": list(layer.input_shape), "output_shape": list(layer.output_shape),
                 "params": layer.params, "macs": macs, "flops": 2 * macs,
                 "arithmetic": arithmetic_json(check) if check is not None else None,
@@ -192,7 +193,7 @@ class SummaryReport:
                 "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
             },
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
-            "receptive_field": self.fields.output_json() if self.fields is not None else None,
+            "receptive_field": self.fields.to_json() if self.fields is not None else None,
             "layers": layers,
         }
 
@@ -217,7 +218,7 @@ class SummaryReport:
             rf_text = "" if not field_json else "x".join(map(str, dict.fromkeys(field_json["size"])))
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
-                "  " * (layer.depth - 1) + layer.name.rsplit(".", 1)[-1], layer.type,
+                "  " * (layer.depth - 1) + self._relative_name(layer), layer.type,
                 shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
                 check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
                 f"{macs:,}" if macs else "",
@@ -235,6 +236,13 @@ class SummaryReport:
             notes=self._notes(),
         )
 
+    def _relative_name(self, layer: LayerRecord) -> str:
+        """The name below the enclosing call's: `layers.0` under `encoder` (ModuleLists make no call of their own)."""
+        if layer.parent is None:
+            return layer.name
+        parent = self.capture.layers[layer.parent].name
+        return layer.name.removeprefix(f"{parent}.") if layer.name.startswith(f"{parent}.") else layer.name
+
     def _footer(self) -> tuple[str, ...]:
         capture, counts = self.capture, self.counts
         convolutions = sum(1 for node in capture.nodes if node.geometry.kind is OpKind.CONV)
@@ -248,8 +256,10 @@ class SummaryReport:
             lines.append(f"fvcore flops (one fused multiply-add = one flop): {self.fvcore.total_flops:,}")
         lines.append(f"activation memory: {_bytes(counts.activation_bytes)}   "
                      f"estimated peak inference memory: {_bytes(counts.peak_memory_bytes)}")
-        if self.fields is not None:
-            lines.append(f"receptive field at the encoder output: {self.fields.output_text()}")
+        if self.fields is not None and self.fields.output is not None:
+            output = self.fields.output
+            lines.append(f"receptive field at the encoder output: {_pair(output.size)}, effective stride "
+                         f"{_pair(output.stride)}, effective padding {_pair(output.padding)}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
 
@@ -262,8 +272,12 @@ class SummaryReport:
             skipped = ", ".join(f"{op} x{count}" for op, count in sorted(self.fvcore.unsupported_ops.items()))
             notes.append(f"fvcore did not count: {skipped}")
         if self.fields is not None:
-            notes += list(self.fields.notes())
+            notes += [f"receptive field: {reason}" for reason in self.fields.reasons]
         return tuple(notes)
+
+
+def _pair(values: tuple[int, int]) -> str:
+    return str(values[0]) if values[0] == values[1] else f"{values[0]}x{values[1]}"
 
 
 def _bytes(count: int) -> str:

@@ -1,0 +1,461 @@
+"""The `compare` report: several models (and input sizes) side by side, one row per model and size.
+
+Every row comes from one capture on the meta device, read by every analysis (counting, receptive field,
+depth); only ``--time`` builds real weights and runs the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from resnet_inspect.records import Capture, OpKind, Pair, Shape
+from resnet_inspect.render.document import Cell, Column, Document, Table
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult
+    from resnet_inspect.analysis.timing import LatencyResult
+
+BEST = "bold green"  # style of the best value in a column
+STEM, HEAD = "stem", "head"
+
+# Column units: the largest value in a column picks one unit for the whole column, so rows line up.
+COUNT_UNITS = ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""))
+BYTE_UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
+
+
+class Family(StrEnum):
+    """Shortcuts for groups of registered models."""
+
+    imagenet = "imagenet"  # the five torchvision depths, resnet18 ... resnet152
+    cifar = "cifar"  # He et al.'s CIFAR-10 networks, resnet20 ... resnet110
+    all = "all"  # every registered name
+
+
+# Registry families each shortcut selects (None: every family).
+FAMILY_MEMBERS: dict[Family, str | None] = {Family.imagenet: "resnet", Family.cifar: "cifar-resnet", Family.all: None}
+
+
+def family_models(family: Family | str) -> list[str]:
+    """Registered names in ``family``, in registration order (shallowest first)."""
+    from resnet_inspect.models import list_models, model_spec
+
+    wanted = FAMILY_MEMBERS[Family(family)]
+    return [name for name in list_models() if wanted is None or model_spec(name).family == wanted]
+
+
+# ------------------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of one model at one size: the stem, a residual stage, or the head after the encoder."""
+
+    name: str
+    blocks: int  # residual merges (x + shortcut) inside the stage
+    output_shape: Shape
+    field: NodeField | None  # receptive field at the stage output; None for the head or when undefined
+    covers_input: bool | None
+    macs: int
+
+    def to_dict(self, total_macs: int) -> dict[str, Any]:
+        return {
+            "name": self.name, "blocks": self.blocks, "output_shape": list(self.output_shape),
+            "receptive_field": self.field.to_json() if self.field else None, "covers_input": self.covers_input,
+            "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None,
+        }
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model at one input size: everything one capture gives, plus the latency when timed."""
+
+    model: str
+    input_shape: Shape
+    depth: int
+    stages: tuple[int, ...]  # residual blocks per stage, from the dataflow graph
+    params: int
+    macs: int
+    activation_bytes: int
+    peak_memory_bytes: int
+    field: NodeField | None  # at the encoder output
+    field_reason: str | None  # why ``field`` is undefined
+    covers_input: bool | None  # every encoder output unit sees the whole input
+    output_shape: Shape | None  # the encoder output feature map (N, C, H, W)
+    model_output_shape: Shape
+    stage_rows: tuple[StageRow, ...]
+    latency: LatencyResult | None = None
+
+    @property
+    def input_size(self) -> Pair:
+        return (self.input_shape[-2], self.input_shape[-1])
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} at {_pair_text(self.input_size)}"
+
+    @property
+    def field_input_ratio(self) -> tuple[float, float] | None:
+        """Receptive field size over input size, per axis: above 1 means one unit can see the whole input."""
+        if self.field is None:
+            return None
+        return (self.field.size[0] / self.input_size[0], self.field.size[1] / self.input_size[1])
+
+
+def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) -> dict[int, int]:
+    """Record index -> position of the stage whose module call encloses it (records outside every stage omitted)."""
+    owner: dict[int, int] = {}
+    for layer in capture.layers:
+        parent = capture.layers[layer.parent] if layer.parent is not None else None
+        if parent is not None and parent.index in owner:
+            owner[layer.index] = owner[parent.index]
+            continue
+        for position, modules in enumerate(stage_modules):
+            if layer.name in modules:
+                owner[layer.index] = position
+    return owner
+
+
+def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Any) -> tuple[StageRow, ...]:
+    """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
+    from resnet_inspect.analysis.counting import enclosing_records
+
+    stages = [stage for stage in fields.stages if stage.name != "output"]
+    owner = _stage_of_records(capture, [stage.modules for stage in stages])
+    blocks = [0] * len(stages)
+    enclosing = enclosing_records(capture)
+    for node in capture.nodes:
+        record = enclosing[node.id]
+        if len(node.inputs) > 1 and node.geometry.kind is OpKind.ELEMENTWISE and record in owner:
+            blocks[owner[record]] += 1  # a residual merge: x + shortcut
+    stage_macs = [0] * len(stages)
+    for layer in capture.layers:
+        position = owner.get(layer.index)
+        if position is not None and layer.name in stages[position].modules:  # the stage's own call: inclusive MACs
+            stage_macs[position] += counts.layer_macs.get(layer.index, 0)
+    rows = [
+        StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
+                 stage.covers_input, stage_macs[position])
+        for position, stage in enumerate(stages)
+    ]
+    rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs)))
+    return tuple(rows)
+
+
+def row_from_capture(capture: Capture) -> ModelRow:
+    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage."""
+    from resnet_inspect.analysis.counting import count
+    from resnet_inspect.analysis.depth import network_depth
+    from resnet_inspect.analysis.receptive_field import analyze_receptive_field
+
+    counts = count(capture)
+    fields = analyze_receptive_field(capture)
+    stage_rows = _stage_rows(capture, fields, counts)
+    output_node = fields.output_node
+    output_stage = next((stage for stage in fields.stages if stage.name == "output"), None)
+    reason = fields.undefined.get(output_node) if output_node is not None else "no spatial feature map"
+    return ModelRow(
+        model=capture.model_name, input_shape=capture.input_shape, depth=network_depth(capture),
+        stages=tuple(row.blocks for row in stage_rows if row.name not in (STEM, HEAD)),
+        params=counts.params, macs=counts.macs, activation_bytes=counts.activation_bytes,
+        peak_memory_bytes=counts.peak_memory_bytes, field=fields.output, field_reason=reason,
+        covers_input=output_stage.covers_input if output_stage else None,
+        output_shape=capture.nodes[output_node].output_shape if output_node is not None else None,
+        model_output_shape=capture.output_shape, stage_rows=stage_rows,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _pair_text(values: Sequence[Any] | None) -> str:
+    """'435' when both axes agree, '435x431' (height x width) otherwise, '-' when undefined."""
+    if values is None:
+        return "-"
+    texts = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in values]
+    return texts[0] if len(set(texts)) == 1 else "x".join(texts)
+
+
+def _shape_text(shape: Sequence[int] | None) -> str:
+    return "x".join(map(str, shape)) if shape else "-"
+
+
+def _unit(values: Sequence[float], units: tuple[tuple[float, str], ...]) -> tuple[float, str]:
+    largest = max(values, default=0)
+    return next(((scale, name) for scale, name in units if largest >= scale), units[-1])
+
+
+def _scaled(value: float, unit: tuple[float, str], digits: int) -> str:
+    scale, name = unit
+    text = f"{value:,.0f}" if scale == 1 else f"{value / scale:,.{digits}f}"
+    return f"{text} {name}".rstrip()
+
+
+def _ratio(value: float, first: float) -> str:
+    """'x2.25' (two decimals below 100, none above); empty when there is nothing to divide by."""
+    if not first:
+        return ""
+    ratio = value / first
+    return f"x{ratio:.2f}" if ratio < 100 else f"x{ratio:,.0f}"
+
+
+def _best_cells(texts: list[str], values: list[float | None], lowest: bool, ratios: list[str] | None) -> list[Cell]:
+    """Cells for one column; the best value (lowest or highest) in bold green when there are several rows."""
+    defined = [value for value in values if value is not None]
+    best = (min(defined) if lowest else max(defined)) if len(defined) > 1 else None
+    cells = []
+    for position, (text, value) in enumerate(zip(texts, values, strict=True)):
+        if ratios is not None and ratios[position]:
+            text = f"{text}  {ratios[position]}"
+        cells.append(Cell(text, BEST if best is not None and value == best else None))
+    return cells
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """`compare`: one row per model and input size; ratios are against the first row."""
+
+    rows: tuple[ModelRow, ...]
+    show_stages: bool = False
+    device: str | None = None  # where the latencies were measured (None: not timed)
+    warmup: int | None = None
+    repeat: int | None = None
+
+    @property
+    def timed(self) -> bool:
+        return any(row.latency is not None for row in self.rows)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """A list with one entry per row: the contract keys first, extra detail after them."""
+        first = self.rows[0] if self.rows else None
+        entries = []
+        for row in self.rows:
+            latency = row.latency
+            entries.append({
+                "model": row.model,
+                "input_shape": list(row.input_shape),
+                "depth": row.depth,
+                "stages": list(row.stages),
+                "params": row.params,
+                "macs": row.macs,
+                "activation_bytes": row.activation_bytes,
+                "receptive_field": row.field.to_json() if row.field else None,
+                "output_shape": list(row.output_shape) if row.output_shape is not None else None,
+                "latency_ms": latency.median_ms if latency else None,
+                "latency_iqr_ms": latency.iqr_ms if latency else None,
+                "images_per_s": latency.images_per_s if latency else None,
+                "device": self.device if latency else None,
+                "flops": 2 * row.macs,
+                "peak_memory_bytes": row.peak_memory_bytes,
+                "receptive_field_covers_input": row.covers_input,
+                "receptive_field_input_ratio": list(row.field_input_ratio) if row.field_input_ratio else None,
+                "receptive_field_reason": None if row.field else row.field_reason,
+                "model_output_shape": list(row.model_output_shape),
+                "vs_first": self._ratios(row, first) if first is not None else None,
+                "stage_details": [stage.to_dict(row.macs) for stage in row.stage_rows],
+            })
+        return entries
+
+    @staticmethod
+    def _ratios(row: ModelRow, first: ModelRow) -> dict[str, float | None]:
+        def ratio(value: float | None, reference: float | None) -> float | None:
+            return value / reference if value is not None and reference else None
+
+        return {
+            "params": ratio(row.params, first.params), "macs": ratio(row.macs, first.macs),
+            "activation_bytes": ratio(row.activation_bytes, first.activation_bytes),
+            "latency_ms": ratio(row.latency.median_ms if row.latency else None,
+                                first.latency.median_ms if first.latency else None),
+        }
+
+    # ------------------------------------------------------------------------------------------ tables
+
+    def document(self) -> Document:
+        tables = [self._main_table()]
+        if self.show_stages:
+            tables.append(self._stage_table())
+        return Document(tuple(tables), self._notes())
+
+    def _column(self, values: list[float], units: tuple[tuple[float, str], ...], digits: int, lowest: bool,
+                ratios: bool) -> list[Cell]:
+        unit = _unit(values, units)
+        texts = [_scaled(value, unit, digits) for value in values]
+        first = values[0] if values else 0
+        ratio_texts = ["", *(_ratio(value, first) for value in values[1:])] if ratios and len(values) > 1 else None
+        return _best_cells(texts, list(values), lowest, ratio_texts)
+
+    def _main_table(self) -> Table:
+        rows = self.rows
+        several = len(rows) > 1
+        params = self._column([row.params for row in rows], COUNT_UNITS, 2, True, several)
+        macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
+        memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
+        field_sizes = [row.field.size[0] * row.field.size[1] if row.field else None for row in rows]
+        fields = _best_cells([_pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
+                             False, None)
+        columns = [
+            Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
+            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right"),
+            Column("RF", "right"), Column("stride", "right"), Column("RF/input", "right"), Column("output", "right"),
+        ]
+        table_rows: list[list[Cell | str]] = [
+            [
+                row.model, _pair_text(row.input_size), str(row.depth), "-".join(map(str, row.stages)) or "-",
+                params[position], macs[position], memory[position], fields[position],
+                _pair_text(row.field.stride if row.field else None), _pair_text(row.field_input_ratio),
+                _shape_text(row.output_shape),
+            ]
+            for position, row in enumerate(rows)
+        ]
+        if self.timed:
+            columns += [Column(f"ms ({self.device})", "right"), Column("images/s", "right")]
+            latencies = [row.latency.median_ms if row.latency else None for row in rows]
+            first = latencies[0]
+            ratio_texts = ["", *("" if value is None else _ratio(value, first or 0) for value in latencies[1:])]
+            milliseconds = _best_cells(["-" if value is None else f"{value:,.2f}" for value in latencies], latencies,
+                                       True, ratio_texts)
+            rates = [row.latency.images_per_s if row.latency else None for row in rows]
+            throughput = _best_cells(["-" if value is None else f"{value:,.1f}" for value in rates], rates, False,
+                                     None)
+            for position, table_row in enumerate(table_rows):
+                table_row += [milliseconds[position], throughput[position]]
+        footer = [
+            "depth: convolutions and linear layers on the longest input-to-output path (shortcut projections "
+            "excluded); blocks: residual blocks per stage",
+            "MACs: multiply-accumulates of convolutions and linear layers (FLOPs = 2 x MACs); act. memory: every "
+            "layer output, stored once",
+            "RF, stride: receptive field and effective stride at the encoder output; RF/input: field size over "
+            "input size; output: encoder output feature map",
+        ]
+        if several:
+            footer.append(f"xN: ratio to the first row ({rows[0].label}); best value of each column in bold green")
+        if self.timed:
+            footer.append(f"ms: median latency of one forward pass on {self.device} with random weights "
+                          f"({self.warmup} warm-up, about {self.repeat} timed passes)")
+        title = "Comparison of " + ", ".join(dict.fromkeys(row.model for row in rows))
+        return Table(title, tuple(columns), tuple(tuple(row) for row in table_rows), tuple(footer))
+
+    def _stage_table(self) -> Table:
+        columns = (
+            Column("model"), Column("input", "right"), Column("stage"), Column("blocks", "right"),
+            Column("output", "right"), Column("RF", "right"), Column("stride", "right"), Column("covers input"),
+            Column("MACs share", "right"),
+        )
+        table_rows = []
+        for row in self.rows:
+            for stage in row.stage_rows:
+                share = f"{100 * stage.macs / row.macs:.1f}%" if row.macs else "-"
+                table_rows.append((
+                    row.model, _pair_text(row.input_size), stage.name, str(stage.blocks) if stage.blocks else "",
+                    _shape_text(stage.output_shape), _pair_text(stage.field.size if stage.field else None),
+                    _pair_text(stage.field.stride if stage.field else None), _yes_no(stage.covers_input), share,
+                ))
+        footer = ("RF, stride: receptive field and effective stride at the stage output; head: everything after the "
+                  "encoder (global pooling, classifier)",)
+        return Table("Stages", columns, tuple(table_rows), footer)
+
+    def _notes(self) -> tuple[str, ...]:
+        return tuple(f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
+                     if row.field is None and row.field_reason)
+
+
+def _yes_no(value: bool | None) -> Cell:
+    if value is None:
+        return Cell("-")
+    return Cell("yes", "green") if value else Cell("no")
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to compare, built once on the meta device, and the input sizes to capture it at."""
+
+    spec: str
+    name: str
+    model: nn.Module
+    sizes: tuple[Pair, ...]
+
+
+def load_candidates(specs: Sequence[str], input_sizes: Sequence[Pair] | None = None,
+                    in_channels: int | None = None) -> list[Candidate]:
+    """Build every model on the meta device (an unknown name fails here, before any capture).
+
+    Without ``input_sizes`` each model is compared at its own default size (32 for CIFAR, 224 otherwise).
+    Repeated specs are compared once.
+    """
+    from resnet_inspect.capture.loader import load_model
+    from resnet_inspect.report.rf import default_input_size
+
+    candidates = []
+    for spec in dict.fromkeys(specs):
+        model, name = load_model(spec, in_channels=in_channels, device="meta")
+        sizes = tuple(input_sizes) if input_sizes else (default_input_size(spec),)
+        candidates.append(Candidate(spec, name, model, sizes))
+    return candidates
+
+
+def compare_rows(candidates: Sequence[Candidate], batch_size: int = 1, in_channels: int = 3) -> list[ModelRow]:
+    """One capture per model per size, each read by every analysis; rows in model-major order."""
+    from resnet_inspect.report.build import capture_model
+
+    return [
+        row_from_capture(capture_model(candidate.model, size, batch_size, in_channels, candidate.name))
+        for candidate in candidates for size in candidate.sizes
+    ]
+
+
+RowProgress = Callable[[str, int], None]  # (label of the row being timed, rows finished so far)
+
+
+def time_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], device: str = "cpu", warmup: int = 3,
+              repeat: int = 10, progress: RowProgress | None = None) -> list[ModelRow]:
+    """``rows`` (as ``compare_rows`` made them from ``candidates``) with each one's latency on ``device``.
+
+    Each model gets real random weights once; every size of it is then timed in turn.
+    """
+    from resnet_inspect.analysis.timing import prepare_model, time_model
+
+    timed: list[ModelRow] = []
+    remaining = iter(rows)
+    for candidate in candidates:
+        model = prepare_model(candidate.model, device)
+        for _ in candidate.sizes:
+            row = next(remaining)
+            if progress is not None:
+                progress(row.label, len(timed))
+            latency = time_model(model, row.input_shape, device, warmup=warmup, repeat=repeat)
+            timed.append(replace(row, latency=latency))
+    if progress is not None and timed:
+        progress(timed[-1].label, len(timed))
+    return timed
+
+
+def compare(specs: Sequence[str], input_sizes: Sequence[Pair] | None = None, *, batch_size: int = 1,
+            show_stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
+            repeat: int = 10) -> CompareReport:
+    """Compare models (registry names or factory specs) at their default or the given input sizes."""
+    candidates = load_candidates(specs, input_sizes)
+    rows = compare_rows(candidates, batch_size)
+    if time:
+        from resnet_inspect.analysis.timing import resolve_device
+
+        device = resolve_device(device)
+        rows = time_rows(candidates, rows, device, warmup, repeat)
+    return CompareReport(tuple(rows), show_stages, device if time else None, warmup if time else None,
+                         repeat if time else None)
+
+
+def total_rows(candidates: Sequence[Candidate]) -> int:
+    return sum(len(candidate.sizes) for candidate in candidates)
+
+
+__all__ = [
+    "Candidate", "CompareReport", "Family", "ModelRow", "StageRow", "compare", "compare_rows", "family_models",
+    "load_candidates", "row_from_capture", "time_rows", "total_rows",
+]

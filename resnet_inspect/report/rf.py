@@ -1,0 +1,240 @@
+"""The receptive-field report: one row per stage, optionally checked with gradients, and the effective field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
+from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
+from resnet_inspect.errors import BadInputError, InspectError
+from resnet_inspect.records import Pair
+from resnet_inspect.render.document import Cell, Column, Document, Table
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ERF_SEED = 0
+HEATMAP_COLUMNS = 32
+
+
+def _pair(values: tuple[Any, Any] | None) -> str:
+    """'43' when both axes agree, '43x45' (height x width) otherwise, '-' when undefined."""
+    if values is None:
+        return "-"
+    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    return texts[0] if texts[0] == texts[1] else "x".join(texts)
+
+
+def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
+    return list(values) if values is not None else None
+
+
+def _yes_no(value: bool | None) -> Cell:
+    if value is None:
+        return Cell("-")
+    return Cell("yes", "green") if value else Cell("no")
+
+
+@dataclass(frozen=True)
+class RfReport:
+    """Receptive fields of one model at one input size, per stage; the check and the ERF when asked for."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    result: ReceptiveFieldResult
+    empirical: SupportCheck | None = None
+    erf: ErfResult | None = None
+    png: str | None = None
+
+    @property
+    def stages(self) -> tuple[StageField, ...]:
+        return self.result.stages
+
+    def _stage_dict(self, stage: StageField) -> dict[str, Any]:
+        field = stage.field
+        return {
+            "name": stage.name, "size": _list(stage.size), "stride": _list(stage.stride),
+            "padding": _list(stage.padding), "output_size": list(stage.output_size),
+            "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,
+            "modules": list(stage.modules), "reason": stage.reason,
+        }
+
+    def _empirical_dict(self) -> dict[str, Any] | None:
+        if self.empirical is None:
+            return None
+        return {
+            "size": _list(self.empirical.size), "agrees": self.empirical.agrees,
+            "input_size": list(self.empirical.input_size),
+            "stages": [
+                {"name": check.name, "size": _list(check.measured_size), "analytic": _list(check.analytic_size),
+                 "unit": list(check.unit), "inside": check.inside, "agrees": check.agrees, "reason": check.reason}
+                for check in self.empirical.stages
+            ],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "stages": [self._stage_dict(stage) for stage in self.stages],
+            "output": self.result.to_json(),
+            "aligned": self.result.aligned,
+            "reasons": list(self.result.reasons),
+            "empirical": self._empirical_dict(),
+            "erf": {**self.erf.to_dict(), "png": self.png} if self.erf else None,
+        }
+
+    def _stage_table(self) -> Table:
+        checks = {check.name: check for check in self.empirical.stages} if self.empirical else {}
+        columns = [Column("stage"), Column("size", "right"), Column("stride", "right"), Column("padding", "right"),
+                   Column("output", "right"), Column("covers input")]
+        if self.empirical:
+            columns += [Column("measured", "right"), Column("agrees")]
+        rows = []
+        for stage in self.stages:
+            row: list[Cell | str] = [
+                stage.name, _pair(stage.size), _pair(stage.stride), _pair(stage.padding),
+                f"{stage.output_size[0]}x{stage.output_size[1]}", _yes_no(stage.covers_input),
+            ]
+            if self.empirical:
+                check = checks.get(stage.name)
+                agrees = check.agrees if check else None
+                row += [_pair(check.measured_size if check else None),
+                        _yes_no(agrees) if agrees is not False else Cell("NO", "bold red")]
+            rows.append(tuple(row))
+        height, width = self.input_shape[2], self.input_shape[3]
+        footer = (
+            "size, stride, padding: effective, per axis (one number when height = width); Distill 2019",
+            "output unit u sees input [-padding + u*stride, -padding + u*stride + size - 1] on each axis",
+            "covers input: every output unit, border units included, sees the whole input",
+        )
+        return Table(f"Receptive field of {self.model} at {height}x{width}", tuple(columns), tuple(rows), footer)
+
+    def _erf_tables(self) -> tuple[Table, ...]:
+        if self.erf is None:
+            return ()
+        erf = self.erf
+        rows = (
+            ("r50", f"{erf.r50:g} px"), ("r90", f"{erf.r90:g} px"), ("r99", f"{erf.r99:g} px"),
+            ("ratio r99 / field half-width", "-" if erf.ratio is None else f"{erf.ratio:.3f}"),
+            ("theoretical field", _pair(erf.field_size)),
+            ("centre (row, column)", f"({erf.centre[0]:g}, {erf.centre[1]:g})"),
+            ("samples", str(erf.samples)), ("weights", erf.weights),
+        )
+        summary = Table(
+            f"Effective receptive field of the encoder output's centre unit ({erf.unit[0]}, {erf.unit[1]}) "
+            "(Luo et al. 2016)",
+            (Column("quantity"), Column("value", "right")), rows,
+            ("rq: half-width (px) of the smallest square around the centre holding q of the gradient mass",
+             "ratio: r99 / ((size - 1) / 2), the theoretical field's half-width (larger axis)"),
+        )
+        heatmap = Table(
+            "Gradient mass over the input (shade = sqrt of mass)", (Column("heatmap"),),
+            tuple((line,) for line in erf_heatmap(erf.mass, HEATMAP_COLUMNS)),
+        )
+        return (summary, heatmap)
+
+    def _notes(self) -> tuple[str, ...]:
+        notes = [f"undefined: {reason}" for reason in self.result.reasons]
+        if not self.result.aligned:
+            notes.append("the network is not aligned: its receptive field depends on the position")
+        if self.empirical:
+            size = self.empirical.input_size
+            compared = sum(check.agrees is not None for check in self.empirical.stages)
+            total = len(self.empirical.stages)
+            scope = "every stage" if compared == total else f"{compared} of {total} stages (the others have no field)"
+            verdict = {True: f"agrees with the analysis on {scope}", False: "DISAGREES with the analysis",
+                       None: "could not be compared with the analysis"}[self.empirical.agrees]
+            notes.append(f"check: input-gradient support of each stage's centre unit in a linear one-channel replay "
+                         f"at {size[0]}x{size[1]} {verdict}")
+        if self.png:
+            notes.append(f"ERF picture written to {self.png}")
+        return tuple(notes)
+
+    def document(self) -> Document:
+        return Document((self._stage_table(), *self._erf_tables()), self._notes())
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def default_input_size(spec: str) -> Pair:
+    """The model's designed input size for registry names (32 for the CIFAR ResNets), else 224."""
+    from resnet_inspect.models import model_spec
+
+    if ":" not in spec and not spec.endswith(".py"):
+        try:
+            size = model_spec(spec).default_input_size
+        except ValueError:
+            return (224, 224)  # an unknown name: loading the model reports it
+        return (size, size)
+    return (224, 224)
+
+
+def load_rf_model(spec: str, in_channels: int, num_classes: int | None, real: bool,
+                  seed: int = ERF_SEED) -> tuple[nn.Module, str]:
+    """Load the model: on the meta device for the analysis alone, with seeded random weights on CPU for the ERF."""
+    import torch
+
+    from resnet_inspect.capture.loader import load_model
+
+    if not real:
+        return load_model(spec, in_channels=in_channels, num_classes=num_classes, device="meta")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_model(spec, in_channels=in_channels, num_classes=num_classes, device=None)
+
+
+def _looks_torchvision(keys: list[str]) -> bool:
+    return "conv1.weight" in keys and any(key.startswith("layer1.") for key in keys)
+
+
+def load_weights(model: nn.Module, path: Path) -> str:
+    """Load a state_dict file into ``model``; torchvision-layout keys go through ``load_torchvision_weights``."""
+    import torch
+
+    from resnet_inspect.models import ResNet, load_torchvision_weights
+
+    if not path.is_file():
+        raise BadInputError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InspectError(f"cannot read weights from {path}: {exc}".splitlines()[0]) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise InspectError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    try:
+        if isinstance(model, ResNet) and _looks_torchvision(list(state)):
+            load_torchvision_weights(model, state)
+        else:
+            model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InspectError(f"weights in {path} do not fit the model: {exc}".splitlines()[0]) from exc
+    return str(path)
+
+
+def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 3, check: bool = False,
+              erf: bool = False, erf_samples: int = 8, weights_path: Path | None = None,
+              png_path: Path | None = None) -> RfReport:
+    """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF."""
+    from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check, write_png
+    from resnet_inspect.analysis.receptive_field import analyze_receptive_field
+    from resnet_inspect.capture.trace import capture
+
+    captured = capture(model, input_size, 1, in_channels, name)
+    result = analyze_receptive_field(captured)
+    empirical = empirical_check(model, result, in_channels) if check else None
+    erf_result = None
+    if erf or weights_path is not None or png_path is not None:
+        weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
+        erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
+        if png_path is not None:
+            write_png(png_path, erf_result.mass)
+    return RfReport(name, captured.input_shape, result, empirical, erf_result, str(png_path) if png_path else None)
+
+
+__all__ = ["RfReport", "default_input_size", "load_rf_model", "load_weights", "rf_report"]
