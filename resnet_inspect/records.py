@@ -6,13 +6,13 @@ Plain frozen dataclasses: no torch, no formatting. Every analysis reads these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
 
 
-class OpKind(str, Enum):
+class OpKind(StrEnum):
     """What a layer does to the spatial axes, for arithmetic and receptive fields."""
 
     CONV = "conv"

@@ -156,7 +156,7 @@ def test_a_huge_input_is_captured_quickly_without_allocating_activations():
         """
     )
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    shape, seconds, peak_mib = output.rsplit(" ", 2)
+    shape, _seconds, peak_mib = output.rsplit(" ", 2)
     assert shape.strip() == "(8, 1000)"
     assert float(peak_mib) < 1024  # resnet152's activations at 8x3x2048x2048 alone would take tens of GiB
 

@@ -37,8 +37,14 @@ def conv_geometry(kernel: Any, stride: Any, padding: Any, dilation: Any, groups:
     kernel_hw, dilation_hw = pair(kernel), pair(dilation)
     before, after, mode = _padding(padding, kernel_hw, dilation_hw)
     return Geometry(
-        OpKind.CONV, kernel=kernel_hw, stride=pair(stride), padding=before, padding_end=after,
-        dilation=dilation_hw, groups=int(groups), padding_mode=mode,
+        OpKind.CONV,
+        kernel=kernel_hw,
+        stride=pair(stride),
+        padding=before,
+        padding_end=after,
+        dilation=dilation_hw,
+        groups=int(groups),
+        padding_mode=mode,
     )
 
 
@@ -47,8 +53,13 @@ def pool_geometry(kind: OpKind, kernel: Any, stride: Any, padding: Any, dilation
     stride_hw = kernel_hw if stride is None or stride == () or stride == [] else pair(stride)
     padding_hw = pair(padding)
     return Geometry(
-        kind, kernel=kernel_hw, stride=stride_hw, padding=padding_hw, padding_end=padding_hw,
-        dilation=pair(dilation), ceil_mode=bool(ceil_mode),
+        kind,
+        kernel=kernel_hw,
+        stride=stride_hw,
+        padding=padding_hw,
+        padding_end=padding_hw,
+        dilation=pair(dilation),
+        ceil_mode=bool(ceil_mode),
     )
 
 
@@ -81,8 +92,14 @@ def module_rules() -> list[tuple[type, Callable[[Any], Geometry]]]:
     def conv_transpose(m: Any) -> Geometry:
         kernel, dilation, padding = pair(m.kernel_size), pair(m.dilation), pair(m.padding)
         return Geometry(
-            OpKind.CONV_TRANSPOSE, kernel=kernel, stride=pair(m.stride), padding=padding, padding_end=padding,
-            dilation=dilation, groups=m.groups, output_padding=pair(m.output_padding),
+            OpKind.CONV_TRANSPOSE,
+            kernel=kernel,
+            stride=pair(m.stride),
+            padding=padding,
+            padding_end=padding,
+            dilation=dilation,
+            groups=m.groups,
+            output_padding=pair(m.output_padding),
         )
 
     def max_pool(m: Any) -> Geometry:
@@ -92,9 +109,29 @@ def module_rules() -> list[tuple[type, Callable[[Any], Geometry]]]:
         return pool_geometry(OpKind.AVG_POOL, m.kernel_size, m.stride, m.padding, 1, m.ceil_mode)
 
     elementwise_types = (
-        nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU,
-        nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
-        nn.Hardtanh, nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+        nn.BatchNorm2d,
+        nn.BatchNorm1d,
+        nn.SyncBatchNorm,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.PReLU,
+        nn.ELU,
+        nn.SELU,
+        nn.CELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.Hardtanh,
+        nn.Softplus,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.AlphaDropout,
+        nn.Identity,
     )
     return [
         (nn.Conv2d, conv),
@@ -125,15 +162,73 @@ def module_geometry(module: Any) -> Geometry | None:
 # -------------------------------------------------------------------------------------------- functions
 
 _ELEMENTWISE_OPS = frozenset(
-    """add sub mul div true_divide neg abs relu relu6 leaky_relu prelu elu selu celu gelu silu mish sigmoid tanh
-    hardswish hardsigmoid hardtanh softplus dropout dropout2d alpha_dropout batch_norm contiguous clone detach to
-    float half double bfloat16 type type_as clamp clip exp log sqrt rsqrt pow square maximum minimum where
-    mul_add addcmul addcdiv""".split()
+    [
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "true_divide",
+        "neg",
+        "abs",
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "prelu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "silu",
+        "mish",
+        "sigmoid",
+        "tanh",
+        "hardswish",
+        "hardsigmoid",
+        "hardtanh",
+        "softplus",
+        "dropout",
+        "dropout2d",
+        "alpha_dropout",
+        "batch_norm",
+        "contiguous",
+        "clone",
+        "detach",
+        "to",
+        "float",
+        "half",
+        "double",
+        "bfloat16",
+        "type",
+        "type_as",
+        "clamp",
+        "clip",
+        "exp",
+        "log",
+        "sqrt",
+        "rsqrt",
+        "pow",
+        "square",
+        "maximum",
+        "minimum",
+        "where",
+        "mul_add",
+        "addcmul",
+        "addcdiv",
+    ]
 )
-_RESHAPE_OPS = frozenset("flatten view reshape squeeze unsqueeze permute transpose".split())
-_REDUCE_OPS = frozenset("mean sum amax amin max min".split())
-_DUNDER_ALIASES = {"radd": "add", "iadd": "add", "rsub": "sub", "isub": "sub", "rmul": "mul", "imul": "mul",
-                   "truediv": "div", "rtruediv": "div", "itruediv": "div"}
+_RESHAPE_OPS = frozenset(["flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose"])
+_REDUCE_OPS = frozenset(["mean", "sum", "amax", "amin", "max", "min"])
+_DUNDER_ALIASES = {
+    "radd": "add",
+    "iadd": "add",
+    "rsub": "sub",
+    "isub": "sub",
+    "rmul": "mul",
+    "imul": "mul",
+    "truediv": "div",
+    "rtruediv": "div",
+    "itruediv": "div",
+}
 
 
 def op_name(func: Any) -> str:
@@ -185,8 +280,9 @@ def _pad_geometry(args: Sequence[Any], kwargs: dict[str, Any], input_shape: tupl
     return Geometry(OpKind.PAD, padding=(top, left), padding_end=(bottom, right), padding_mode=str(mode))
 
 
-def function_geometry(func: Any, args: Sequence[Any], kwargs: dict[str, Any],
-                      input_shape: tuple[int, ...]) -> tuple[str, Geometry]:
+def function_geometry(
+    func: Any, args: Sequence[Any], kwargs: dict[str, Any], input_shape: tuple[int, ...]
+) -> tuple[str, Geometry]:
     """(operation name, geometry) of a functional call seen outside any known layer."""
     name = op_name(func)
     ndim = len(input_shape)
@@ -210,19 +306,29 @@ def function_geometry(func: Any, args: Sequence[Any], kwargs: dict[str, Any],
         weight = _arg(args, kwargs, 1, "weight", None)
         kernel = tuple(weight.shape[-2:]) if weight is not None else (1, 1)
         return name, conv_geometry(
-            kernel, _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0),
-            _arg(args, kwargs, 5, "dilation", 1), _arg(args, kwargs, 6, "groups", 1),
+            kernel,
+            _arg(args, kwargs, 3, "stride", 1),
+            _arg(args, kwargs, 4, "padding", 0),
+            _arg(args, kwargs, 5, "dilation", 1),
+            _arg(args, kwargs, 6, "groups", 1),
         )
     if name in ("max_pool2d", "max_pool2d_with_indices"):
         return name, pool_geometry(
-            OpKind.MAX_POOL, _arg(args, kwargs, 1, "kernel_size", 1), _arg(args, kwargs, 2, "stride", None),
-            _arg(args, kwargs, 3, "padding", 0), _arg(args, kwargs, 4, "dilation", 1),
+            OpKind.MAX_POOL,
+            _arg(args, kwargs, 1, "kernel_size", 1),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            _arg(args, kwargs, 4, "dilation", 1),
             _arg(args, kwargs, 5, "ceil_mode", False),
         )
     if name == "avg_pool2d":
         return name, pool_geometry(
-            OpKind.AVG_POOL, _arg(args, kwargs, 1, "kernel_size", 1), _arg(args, kwargs, 2, "stride", None),
-            _arg(args, kwargs, 3, "padding", 0), 1, _arg(args, kwargs, 4, "ceil_mode", False),
+            OpKind.AVG_POOL,
+            _arg(args, kwargs, 1, "kernel_size", 1),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            1,
+            _arg(args, kwargs, 4, "ceil_mode", False),
         )
     if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
         return name, adaptive_geometry(_arg(args, kwargs, 1, "output_size", 1))

@@ -81,8 +81,25 @@ def _linear(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
 
 _UNARY = frozenset(
-    "relu relu6 leaky_relu gelu silu mish sigmoid tanh hardtanh hardswish hardsigmoid elu selu celu softplus "
-    "dropout dropout2d".split()
+    [
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "gelu",
+        "silu",
+        "mish",
+        "sigmoid",
+        "tanh",
+        "hardtanh",
+        "hardswish",
+        "hardsigmoid",
+        "elu",
+        "selu",
+        "celu",
+        "softplus",
+        "dropout",
+        "dropout2d",
+    ]
 )
 
 
@@ -91,8 +108,10 @@ def _unary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     import torch
 
     x = args[0]
-    in_place = getattr(func, "__name__", "").endswith("_") or kwargs.get("inplace") is True or (
-        len(args) > 1 and args[-1] is True and op_name(func) in ("relu", "relu6", "hardtanh", "silu", "mish")
+    in_place = (
+        getattr(func, "__name__", "").endswith("_")
+        or kwargs.get("inplace") is True
+        or (len(args) > 1 and args[-1] is True and op_name(func) in ("relu", "relu6", "hardtanh", "silu", "mish"))
     )
     if any(isinstance(a, torch.Tensor) for a in args[1:]) or any(isinstance(v, torch.Tensor) for v in kwargs.values()):
         return NotImplemented

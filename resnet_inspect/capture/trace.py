@@ -235,9 +235,10 @@ def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if running is None:
         return ForwardError(f"forward pass failed before any layer ran: {reason}")
-    where = f"{running.name} ({type(running.module).__name__}) with input {'x'.join(map(str, running.input_shapes[0]))}" \
-        if running.input_shapes else f"{running.name} ({type(running.module).__name__})"
     shape = running.input_shapes[0] if running.input_shapes else ()
+    where = f"{running.name} ({type(running.module).__name__})"
+    if shape:
+        where += f" with input {'x'.join(map(str, shape))}"
     if running.geometry is not None and running.geometry.kind.has_window and len(shape) == 4:
         check = check_layer(running.geometry, (shape[2], shape[3]), (shape[2], shape[3]))
         if check is not None and min(check.expected) < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli import inspect_cmd, registry_cmd, time_cmd
+from resnet_inspect.cli import inspect_cmd, registry_cmd, rf_cmd, time_cmd
 
 app = typer.Typer(
     name="resnet-inspect",
@@ -19,6 +19,7 @@ app.command("list")(registry_cmd.list_command)
 app.command("summary")(inspect_cmd.summary_command)
 app.command("verify")(inspect_cmd.verify_command)
 app.command("arith")(inspect_cmd.arith_command)
+app.command("rf")(rf_cmd.rf_command)
 app.command("time")(time_cmd.time_command)
 
 

@@ -30,17 +30,9 @@ OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead 
                             show_default=False)
 
 
-def default_input_size(model_spec: str) -> tuple[int, int]:
-    """The registry's input size for a registry name (32 for CIFAR), 224 for anything else."""
-    from resnet_inspect.models import list_models, model_spec as spec_of
-
-    if model_spec in list_models():
-        size = spec_of(model_spec).default_input_size
-        return (size, size)
-    return (224, 224)
-
-
 def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
+    from resnet_inspect.capture.loader import default_input_size
+
     return parse_input_size(input_size) if input_size is not None else default_input_size(model)
 
 

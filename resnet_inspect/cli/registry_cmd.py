@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
 from resnet_inspect.cli.common import OutputFormat, check_output_path, emit, user_errors
+from resnet_inspect.cli.inspect_cmd import FormatOption, OutputOption
 
 
 def list_command(
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
 ) -> None:
     """List the registered models with their exact parameter counts (counted on the meta device)."""
     with user_errors():

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
+from resnet_inspect.capture.loader import default_input_size
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
@@ -158,19 +159,6 @@ class RfReport:
 
 
 # --------------------------------------------------------------------------------------------- building
-
-
-def default_input_size(spec: str) -> Pair:
-    """The model's designed input size for registry names (32 for the CIFAR ResNets), else 224."""
-    from resnet_inspect.models import model_spec
-
-    if ":" not in spec and not spec.endswith(".py"):
-        try:
-            size = model_spec(spec).default_input_size
-        except ValueError:
-            return (224, 224)  # an unknown name: loading the model reports it
-        return (size, size)
-    return (224, 224)
 
 
 def load_rf_model(spec: str, in_channels: int, num_classes: int | None, real: bool,

@@ -1,0 +1,73 @@
+"""`resnet-inspect rf`: receptive field per stage, optionally checked with gradients, and the effective field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from resnet_inspect.cli.common import (
+    EXIT_CHECK_FAILED,
+    OutputFormat,
+    check_output_path,
+    emit,
+    parse_input_size,
+    parse_positive,
+    user_errors,
+)
+from resnet_inspect.errors import BadInputError
+
+MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
+INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
+
+ModelArgument = typer.Argument(..., help=MODEL_HELP, show_default=False)
+InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
+ChannelsOption = typer.Option(3, "--in-channels", help="Input channels.")
+ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (default: the model's).",
+                             show_default=False)
+CheckOption = typer.Option(
+    False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
+    "(exit 1 if one disagrees)."
+)
+ErfOption = typer.Option(False, "--erf", help="Measure the effective receptive field (Luo et al. 2016).")
+SamplesOption = typer.Option(8, "--erf-samples", help="Random inputs averaged for the ERF.")
+WeightsOption = typer.Option(None, "--weights", help="A state_dict file for the ERF (torchvision layout accepted); "
+                             "implies --erf.", show_default=False)
+PngOption = typer.Option(None, "--png", help="Save the ERF as a grayscale PNG; implies --erf.", show_default=False)
+FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
+OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
+                            show_default=False)
+
+
+def rf_command(
+    model: str = ModelArgument,
+    input_size: str | None = InputSizeOption,
+    in_channels: int = ChannelsOption,
+    num_classes: int | None = ClassesOption,
+    check: bool = CheckOption,
+    erf: bool = ErfOption,
+    erf_samples: int = SamplesOption,
+    weights: Path | None = WeightsOption,
+    png: Path | None = PngOption,
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """Receptive field size, effective stride and padding at every stage (stem, each layer, encoder output)."""
+    with user_errors():
+        check_output_path(output)
+        check_output_path(png)
+        for value, option in ((in_channels, "--in-channels"), (erf_samples, "--erf-samples"),
+                              (num_classes, "--num-classes")):
+            if value is not None:
+                parse_positive(str(value), option, maximum=1 << 20)
+        if weights is not None and not weights.is_file():
+            raise BadInputError(f"weights file not found: {weights}")
+        from resnet_inspect.report.rf import default_input_size, load_rf_model, rf_report
+
+        size = parse_input_size(input_size) if input_size is not None else default_input_size(model)
+        wants_erf = erf or weights is not None or png is not None
+        network, name = load_rf_model(model, in_channels, num_classes, real=wants_erf)
+        report = rf_report(network, name, size, in_channels, check, wants_erf, erf_samples, weights, png)
+        emit(report, fmt, output)
+    if report.empirical is not None and report.empirical.agrees is False:
+        raise typer.Exit(EXIT_CHECK_FAILED)
