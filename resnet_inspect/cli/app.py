@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli import inspect_cmd, registry_cmd, rf_cmd, time_cmd
+from resnet_inspect.cli import compare_cmd, inspect_cmd, registry_cmd, rf_cmd, time_cmd
 
 app = typer.Typer(
     name="resnet-inspect",
@@ -21,6 +21,7 @@ app.command("verify")(inspect_cmd.verify_command)
 app.command("arith")(inspect_cmd.arith_command)
 app.command("rf")(rf_cmd.rf_command)
 app.command("time")(time_cmd.time_command)
+app.command("compare")(compare_cmd.compare_command)
 
 
 def main() -> None:

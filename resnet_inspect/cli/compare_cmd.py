@@ -1,0 +1,101 @@
+"""`resnet-inspect compare`: several models (and input sizes) side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from resnet_inspect.cli.common import (
+    OutputFormat,
+    check_output_path,
+    emit,
+    parse_input_sizes,
+    parse_positive,
+    progress_bar,
+    user_errors,
+)
+from resnet_inspect.cli.inspect_cmd import MODEL_HELP, FormatOption, OutputOption
+from resnet_inspect.errors import BadInputError
+from resnet_inspect.report.compare import Family
+
+ModelsArgument = typer.Argument(None, help=f"Models to compare. {MODEL_HELP}", show_default=False)
+FamilyOption = typer.Option(
+    None, "--family", metavar="imagenet|cifar|all", show_default=False,
+    help="Add a group of registered models: imagenet (resnet18, 34, 50, 101, 152), cifar (resnet20, 32, 44, 56, "
+    "110) or all (every registered name).",
+)
+InputSizesOption = typer.Option(
+    None, "--input-size", "-i", help="Input sizes, e.g. 224 or 128,224,320 or 224x320; every model is compared at "
+    "every size (default: each model's own, 224 or 32 for CIFAR).", show_default=False,
+)
+BatchOption = typer.Option("1", "--batch-size", "-b", help="Batch size.")
+StagesOption = typer.Option(False, "--stages", help="Add a table stage by stage: output shape, receptive field, "
+                            "share of MACs.")
+TimeOption = typer.Option(False, "--time", help="Also measure latency and images/s on --device (random weights).")
+DeviceOption = typer.Option("cpu", "--device", help="Device for --time: cpu, cuda, cuda:N or mps.")
+WarmupOption = typer.Option(3, "--warmup", help="Untimed forward passes before each measurement (--time).")
+RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes to time per row (--time).")
+
+
+def parse_family(text: str) -> Family:
+    """A --family value, or one line naming the choices."""
+    try:
+        return Family(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(family.value for family in Family)
+        raise BadInputError(f"unknown family '{text}': use one of {choices}") from None
+
+
+def compare_command(
+    models: list[str] | None = ModelsArgument,
+    family: str | None = FamilyOption,
+    input_size: str | None = InputSizesOption,
+    batch_size: str = BatchOption,
+    stages: bool = StagesOption,
+    time: bool = TimeOption,
+    device: str = DeviceOption,
+    warmup: int = WarmupOption,
+    repeat: int = RepeatOption,
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """Compare models: depth, blocks per stage, parameters, MACs, activation memory, receptive field, output size
+    (and latency with --time). Ratios are against the first model; the best value of each column is highlighted."""
+    with user_errors():
+        check_output_path(output)
+        sizes = parse_input_sizes(input_size) if input_size is not None else None
+        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        if warmup < 0:
+            raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
+        parse_positive(str(repeat), "--repeat")
+        from resnet_inspect.report.compare import (
+            CompareReport,
+            compare_rows,
+            family_models,
+            load_candidates,
+            time_rows,
+            total_rows,
+        )
+
+        specs = [*(models or []), *(family_models(parse_family(family)) if family is not None else [])]
+        if not specs:
+            raise BadInputError("nothing to compare: name at least one MODEL or use --family")
+        resolved = None
+        if time:
+            from resnet_inspect.analysis.timing import resolve_device
+
+            resolved = resolve_device(device)
+        candidates = load_candidates(specs, sizes)
+        rows = compare_rows(candidates, batch)
+        if resolved is not None:
+            progress, task = progress_bar("timing", total_rows(candidates))
+            try:
+                rows = time_rows(
+                    candidates, rows, resolved, warmup, repeat,
+                    progress=lambda label, done: progress.update(task, description=f"timing {label}", completed=done),
+                )
+            finally:
+                progress.stop()
+        report = CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
+        emit(report, fmt, output)
