@@ -1,8 +1,11 @@
 """Output shapes of a few operations on the meta device, without running their meta kernels.
 
 PyTorch's meta kernels for element-wise ops, batch norm, linear, adaptive pooling and mean are Python
-references whose first call imports ``torch._dynamo`` (over a second of start-up). Their output shapes
-follow simple rules, applied here; every other operation runs its own meta kernel.
+references whose first call imports ``torch._dynamo`` (over a second of start-up); those of convolution,
+max pooling, ``empty_like`` and ``broadcast_shapes`` import sympy (about half a second). Their output shapes
+follow simple rules, applied here (convolution and pooling by the project's own arithmetic, which the tests
+check against torch); every other operation runs its own meta kernel. A rule that meets arguments the real
+kernel would reject steps aside, so that kernel raises its own error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,78 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else ()
 
 
+def _empty(shape: Sequence[int], like: Any) -> Any:
+    import torch
+
+    return torch.empty(tuple(shape), dtype=like.dtype, device="meta")
+
+
+def _broadcast(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of two shapes; ValueError where they don't broadcast."""
+    width = max(len(first), len(second))
+    padded = [(1,) * (width - len(shape)) + shape for shape in (first, second)]
+    result = []
+    for a, b in zip(*padded, strict=True):
+        if a != b and 1 not in (a, b):
+            raise ValueError(f"shapes {first} and {second} do not broadcast")
+        result.append(b if a == 1 else a)
+    return tuple(result)
+
+
+def _ints(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    values = tuple(value)
+    if not all(isinstance(v, int) for v in values) or len(values) not in (1, 2):
+        raise TypeError("not a size")
+    return (values[0], values[-1])
+
+
+def _argument(args: Sequence[Any], kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
+    return kwargs[name] if name in kwargs else args[position] if len(args) > position else default
+
+
+def _conv2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    from resnet_inspect.analysis.arithmetic import conv_output
+
+    x, weight = args[0], _argument(args, kwargs, 1, "weight", None)
+    bias = _argument(args, kwargs, 2, "bias", None)
+    stride, dilation = _ints(_argument(args, kwargs, 3, "stride", 1)), _ints(_argument(args, kwargs, 5, "dilation", 1))
+    padding, groups = _argument(args, kwargs, 4, "padding", 0), _argument(args, kwargs, 6, "groups", 1)
+    if isinstance(padding, str) or x.dim() != 4 or weight is None or weight.dim() != 4 or x.dtype != weight.dtype:
+        return NotImplemented
+    if x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups or (bias is not None and (
+            bias.dim() != 1 or bias.shape[0] != weight.shape[0])):
+        return NotImplemented
+    padding = _ints(padding)
+    sizes = [conv_output(x.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis], dilation[axis])
+             .output for axis in (0, 1)]
+    if min(sizes) < 1:
+        return NotImplemented
+    return _empty((x.shape[0], weight.shape[0], *sizes), x)
+
+
+def _max_pool2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    from resnet_inspect.analysis.arithmetic import pool_output
+
+    x = args[0]
+    kernel = _ints(_argument(args, kwargs, 1, "kernel_size", None))
+    stride_value = _argument(args, kwargs, 2, "stride", None)
+    stride = kernel if stride_value is None or stride_value == [] or stride_value == () else _ints(stride_value)
+    padding = _ints(_argument(args, kwargs, 3, "padding", 0))
+    dilation = _ints(_argument(args, kwargs, 4, "dilation", 1))
+    ceil_mode = bool(_argument(args, kwargs, 5, "ceil_mode", False))
+    if x.dim() != 4 or _argument(args, kwargs, 6, "return_indices", False) or 0 in x.shape[:2]:
+        return NotImplemented
+    if any(2 * padding[axis] > kernel[axis] for axis in (0, 1)):
+        return NotImplemented  # PyTorch: padding at most half the kernel size
+    sizes = [pool_output(x.shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis], ceil_mode)
+             .output for axis in (0, 1)]
+    if min(sizes) < 1:
+        return NotImplemented
+    return _empty((*x.shape[:2], *sizes), x)
+
+
 def _binary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     import torch
 
@@ -27,23 +102,22 @@ def _binary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     tensors = [value for value in (first, second) if isinstance(value, torch.Tensor)]
     if any(t.dtype != tensors[0].dtype for t in tensors):
         return NotImplemented
-    shape = torch.broadcast_shapes(_shape(first), _shape(second))
+    shape = _broadcast(_shape(first), _shape(second))
     name = getattr(func, "__name__", "")
     if name in _IN_PLACE:
         if tuple(shape) != _shape(first):
             return NotImplemented  # let the real kernel raise its own error
         return first
-    return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
+    return _empty(shape, tensors[0])
 
 
 def _batch_norm(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    import torch
 
     x = args[0]
     running_mean = args[1] if len(args) > 1 else kwargs.get("running_mean")
     if x.dim() < 2 or (running_mean is not None and running_mean.shape[0] != x.shape[1]):
         return NotImplemented
-    return torch.empty_like(x)
+    return _empty(x.shape, x)
 
 
 def _adaptive_pool(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -115,7 +189,7 @@ def _unary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     )
     if any(isinstance(a, torch.Tensor) for a in args[1:]) or any(isinstance(v, torch.Tensor) for v in kwargs.values()):
         return NotImplemented
-    return x if in_place else torch.empty_like(x)
+    return x if in_place else _empty(x.shape, x)
 
 
 _RULES: dict[str, Callable[[Any, Sequence[Any], dict[str, Any]], Any]] = {
@@ -125,6 +199,8 @@ _RULES: dict[str, Callable[[Any, Sequence[Any], dict[str, Any]], Any]] = {
     "adaptive_avg_pool2d": _adaptive_pool,
     "mean": _mean,
     "linear": _linear,
+    "conv2d": _conv2d,
+    "max_pool2d": _max_pool2d,
 }
 
 

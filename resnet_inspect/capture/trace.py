@@ -44,6 +44,13 @@ def shape_of(tensor: torch.Tensor) -> Shape:
     return tuple(int(size) for size in tensor.shape)
 
 
+def _meta_empty(tensor: torch.Tensor) -> torch.Tensor:
+    """An empty meta tensor of the same shape and dtype (``empty_like`` on meta would import sympy)."""
+    import torch
+
+    return torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta")
+
+
 def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
     """A deep copy of ``model`` whose parameters and buffers are empty tensors on ``device``.
 
@@ -54,11 +61,11 @@ def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
     memo: dict[int, Any] = {}
     for parameter in model.parameters():
         if id(parameter) not in memo:
-            empty = torch.empty_like(parameter, device=device) if device == "meta" else parameter.detach().clone()
+            empty = _meta_empty(parameter) if device == "meta" else parameter.detach().clone()
             memo[id(parameter)] = torch.nn.Parameter(empty, requires_grad=parameter.requires_grad)
     for buffer in model.buffers():
         if id(buffer) not in memo:
-            memo[id(buffer)] = torch.empty_like(buffer, device=device) if device == "meta" else buffer.clone()
+            memo[id(buffer)] = _meta_empty(buffer) if device == "meta" else buffer.clone()
     return copy.deepcopy(model, memo).to(device)
 
 
