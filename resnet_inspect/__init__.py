@@ -17,7 +17,7 @@ _EXPORTS = {
     "model_spec": "resnet_inspect.models",
     "load_torchvision_weights": "resnet_inspect.models",
     "inspect": "resnet_inspect.report.build",
-    "capture": "resnet_inspect.capture.trace",
+    "verify": "resnet_inspect.report.build",
     "load_model": "resnet_inspect.capture.loader",
 }
 
