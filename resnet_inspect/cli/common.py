@@ -12,7 +12,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from typer.core import TyperGroup
+
 from resnet_inspect.errors import BadInputError, InspectError
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import UsageError
 
 DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
@@ -27,12 +34,16 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
+def one_line(message: str) -> str:
+    """The first line of ``message`` with its runs of white space collapsed."""
+    return " ".join(message.strip().split("\n")[0].split())
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line on stderr and exit."""
     import typer
 
-    first_line = " ".join(message.strip().split("\n")[0].split())
-    typer.echo(f"error: {first_line}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -50,9 +61,53 @@ def user_errors() -> Iterator[None]:
             raise
         if isinstance(exc, InspectError):
             fail(str(exc), exc.exit_code)
-        if isinstance(exc, MemoryError):
-            fail("out of memory: try a smaller input size or batch size")
+        if isinstance(exc, MemoryError) or _is_allocation_failure(exc):
+            fail(f"out of memory{_requested_bytes(exc)}: try a smaller input size or batch size")
         fail(f"{type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for the traceback)")
+
+
+# What PyTorch's allocators say when a tensor does not fit (CPU, CUDA, MPS); a RuntimeError, not a MemoryError.
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "Cannot allocate memory")
+
+
+def _is_allocation_failure(exc: Exception) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _ALLOCATION_FAILURES)
+    )
+
+
+def _requested_bytes(exc: Exception) -> str:
+    """' (tried to allocate 48.0 GiB)' when the allocator's message says how much, else ''."""
+    match = re.search(r"allocate (\d+) bytes", str(exc))
+    return f" (tried to allocate {int(match.group(1)) / 1024**3:.1f} GiB)" if match else ""
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Typer's own usage errors (a bad option value, a missing argument, an unknown command) as one line.
+
+    Typer prints them as a usage line, a hint and a framed panel; every other error of the tool is one
+    `error: ...` line, so these are too, with the command's --help named on the same line. Exit code 2.
+    Running without any arguments still prints the help.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        help_hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(f"{one_line(exc.format_message())}{help_hint}", exc.exit_code)
 
 
 def parse_positive(text: str, what: str, maximum: int = MAX_INPUT_SIZE) -> int:
@@ -107,7 +162,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def check_output_path(output: Path | None) -> None:
-    """Fail before any work when --output cannot be written."""
+    """Fail before any work when --output cannot be written.
+
+    The directory is probed by creating (and removing) a temporary file in it, the way ``write_atomically``
+    will: permission bits do not stop root, and places such as /proc refuse new files whatever they say.
+    """
     if output is None:
         return
     directory = output.parent if str(output.parent) else Path(".")
@@ -115,8 +174,15 @@ def check_output_path(output: Path | None) -> None:
         raise BadInputError(f"cannot write {output}: it is a directory")
     if not directory.is_dir():
         raise BadInputError(f"cannot write {output}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+    if output.exists() and not os.access(output, os.W_OK):
         raise BadInputError(f"cannot write {output}: permission denied")
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BadInputError(f"cannot write {output}: {directory} does not accept new files "
+                            f"({exc.strerror or exc})") from exc
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> None:
@@ -141,13 +207,14 @@ def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> No
 
 
 def progress_bar(description: str, total: int) -> Any:
-    """A rich progress bar on stderr (results go to stdout)."""
+    """A rich progress bar on stderr (results go to stdout); silent when stderr is not a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        console=console, transient=True, disable=not console.is_terminal,  # else it leaves a blank line on stderr
     )
     progress.start()
     task = progress.add_task(description, total=total)

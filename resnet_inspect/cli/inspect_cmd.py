@@ -8,6 +8,7 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
+    MAX_INPUT_SIZE,
     OutputFormat,
     check_output_path,
     emit,
@@ -36,6 +37,13 @@ def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
     return parse_input_size(input_size) if input_size is not None else default_input_size(model)
 
 
+def check_model_options(in_channels: int | None, num_classes: int | None) -> None:
+    """--in-channels and --num-classes, when given, must be positive (torch would say something obscure)."""
+    for value, option in ((in_channels, "--in-channels"), (num_classes, "--num-classes")):
+        if value is not None:
+            parse_positive(str(value), option, maximum=1 << 20)
+
+
 def summary_command(
     model: str = ModelArgument,
     input_size: str | None = InputSizeOption,
@@ -57,10 +65,15 @@ def summary_command(
         check_output_path(output)
         size = resolve_size(model, input_size)
         batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        check_model_options(in_channels, num_classes)
         if depth is not None and depth < 1:
             from resnet_inspect.errors import BadInputError
 
             raise BadInputError(f"--depth must be at least 1, got {depth}")
+        if time:  # an unavailable device fails before the capture, not after it
+            from resnet_inspect.analysis.timing import resolve_device
+
+            device = resolve_device(device)
         from resnet_inspect.capture.loader import load_model
         from resnet_inspect.report.build import capture_model, summary_from_capture
 
@@ -68,10 +81,10 @@ def summary_command(
         capture = capture_model(network, size, batch, in_channels or 3, name)
         layer_times_ms = None
         if time:
-            from resnet_inspect.analysis.timing import resolve_device, time_layers
+            from resnet_inspect.analysis.timing import time_layers
 
             real_network, _ = load_model(model, in_channels=in_channels, num_classes=num_classes, device=None)
-            timings = time_layers(real_network, capture.input_shape, resolve_device(device), warmup=3, repeat=10)
+            timings = time_layers(real_network, capture.input_shape, device, warmup=3, repeat=10)
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
@@ -93,6 +106,7 @@ def verify_command(
         check_output_path(output)
         size = resolve_size(model, input_size)
         batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        check_model_options(in_channels, num_classes)
         from resnet_inspect.capture.loader import load_model
         from resnet_inspect.report.build import verify
 
@@ -120,6 +134,12 @@ def arith_command(
     """The convolution-arithmetic calculator: output size, relation, filled-in formula, dropped rows/columns."""
     with user_errors():
         check_output_path(output)
+        for value, name in ((input_size, "i"), (kernel, "k"), (stride, "s"), (padding, "p"), (dilation, "d"),
+                            (output_padding, "output padding")):
+            if value > MAX_INPUT_SIZE:  # the same bound as --input-size; the lower bounds are the arithmetic's
+                from resnet_inspect.errors import BadInputError
+
+                raise BadInputError(f"{name} {value} is larger than the maximum {MAX_INPUT_SIZE}")
         from resnet_inspect.report.arith import arith_report
 
         report = arith_report(input_size, kernel, stride, padding, dilation, pool=pool, ceil_mode=ceil_mode,
