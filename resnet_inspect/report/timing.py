@@ -77,6 +77,10 @@ class TimingReport:
             hidden = len(self.profile.layers) - TOP_LAYERS
             if hidden > 0:
                 notes.append(f"{hidden} faster layers not shown (--format json lists them all)")
+            overhead = self.hook_overhead_ms
+            if overhead is not None and overhead < 0:
+                notes.append("the hook overhead is negative: the two measurements differ by less than their noise "
+                             "(compare the IQRs)")
         return Document(tuple(tables), tuple(notes))
 
     def _layer_table(self) -> Table:
