@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -25,6 +25,7 @@ from resnet_inspect.analysis.empirical import (
 from resnet_inspect.analysis.receptive_field import NodeField, analyze_receptive_field, layer_fields
 from resnet_inspect.capture.loader import load_model
 from resnet_inspect.capture.trace import capture
+from resnet_inspect.errors import InputTooSmallError
 from resnet_inspect.models import list_models, model_spec
 
 TORCHVISION_LAYOUT = str(Path(__file__).parent / "fixtures" / "tv_resnet.py")  # factories resnet18..101
@@ -255,12 +256,15 @@ def test_support_check_tolerates_a_sparse_field_only_where_the_input_clips_it():
     assert check.agrees is True and not check.inside
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2)),
                 min_size=1, max_size=4))
 def test_support_of_the_gradient_is_the_analytic_field_for_any_conv_chain(layers):
     module = nn.Sequential(*(nn.Conv2d(1, 1, k, stride=s, padding=min(p, k // 2), dilation=d) for k, s, p, d in layers))
-    _, result = analyse_module(module, 64)
+    try:
+        _, result = analyse_module(module, 64)
+    except InputTooSmallError:
+        assume(False)  # a chain whose last window no longer fits a 64x64 input
     check = empirical_check(module, result, in_channels=1)
     assert check.agrees is True
     assert all(stage.inside for stage in check.stages)
