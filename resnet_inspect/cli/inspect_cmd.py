@@ -16,6 +16,7 @@ from resnet_inspect.cli.common import (
     parse_positive,
     user_errors,
 )
+from resnet_inspect.errors import BadInputError
 
 MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
 INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
@@ -67,8 +68,6 @@ def summary_command(
         batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
         check_model_options(in_channels, num_classes)
         if depth is not None and depth < 1:
-            from resnet_inspect.errors import BadInputError
-
             raise BadInputError(f"--depth must be at least 1, got {depth}")
         if time:  # an unavailable device fails before the capture, not after it
             from resnet_inspect.analysis.timing import resolve_device
@@ -137,8 +136,6 @@ def arith_command(
         for value, name in ((input_size, "i"), (kernel, "k"), (stride, "s"), (padding, "p"), (dilation, "d"),
                             (output_padding, "output padding")):
             if value > MAX_INPUT_SIZE:  # the same bound as --input-size; the lower bounds are the arithmetic's
-                from resnet_inspect.errors import BadInputError
-
                 raise BadInputError(f"{name} {value} is larger than the maximum {MAX_INPUT_SIZE}")
         from resnet_inspect.report.arith import arith_report
 
