@@ -123,21 +123,8 @@ ANALYSES: dict[str, Callable[[nn.Module], Any]] = {
         model, captured := capture(model, 32), analyze_receptive_field(captured), samples=2),
 }
 
-# The ERF sets every module to the model's own flag afterwards (model.train(was_training)), which wakes frozen
-# BatchNorm layers: it should put back each module's flag (analysis/empirical.py, effective_receptive_field).
-ERF_RESTORES_ONE_FLAG = pytest.mark.xfail(strict=True, reason="the ERF restores one train flag for all modules")
-# fvcore_count runs fvcore on the caller's own CPU model and restores one flag for all modules
-# (analysis/fvcore_count.py: run on a copy, as capture does).
-FVCORE_RESTORES_ONE_FLAG = pytest.mark.xfail(strict=True, reason="fvcore_count restores one train flag for all")
-
-
 def analysis_case(name: str, mode: str):
-    marks = []
-    if mode == "mixed" and name in ("rf effective field", "effective field"):
-        marks.append(ERF_RESTORES_ONE_FLAG)
-    if mode == "mixed" and name == "inspect with fvcore":
-        marks.append(FVCORE_RESTORES_ONE_FLAG)
-    return pytest.param(name, mode, id=f"{name}-{mode}", marks=marks)
+    return pytest.param(name, mode, id=f"{name}-{mode}")
 
 
 @pytest.mark.parametrize(("analysis", "mode"),
@@ -157,11 +144,7 @@ def test_a_model_on_the_meta_device_stays_there(analysis):
 
 @pytest.mark.parametrize("analysis", [
     "inspect", "verify", "capture", "rf", "rf check",
-    pytest.param("inspect with fvcore", marks=pytest.mark.xfail(
-        strict=True, reason="fvcore's tracer fails on float64 (fvcore_count feeds a float32 input) and leaves "
-        "its hooks on the model when it fails (analysis/fvcore_count.py: run fvcore on a copy)")),
-    pytest.param("rf effective field", marks=pytest.mark.xfail(
-        strict=True, reason="effective_receptive_field calls model.float() and never converts back")),
+    "inspect with fvcore", "rf effective field",
 ])
 def test_a_float64_model_keeps_its_dtype(analysis):
     model = small_resnet("train", torch.float64)

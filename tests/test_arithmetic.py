@@ -654,3 +654,29 @@ def test_check_layer_accepts_what_torch_modules_return(layer):
     result = check_layer(geometry, input_hw, tuple(output.shape[2:]))
     assert result is not None and result.ok
     assert len(result.remarks) >= len(result.flags) and set(result.warnings) <= set(result.remarks)
+
+
+def _blind_windows_by_brute_force(i, k, s, p, d, output):
+    return sum(
+        not any(0 <= j * s - p + t * d <= i - 1 for t in range(k)) for j in range(output)
+    )
+
+
+def _unreached_outputs_by_brute_force(i, k, s, p, d, output):
+    return sum(
+        not any((x + p - t * d) % s == 0 and 0 <= (x + p - t * d) // s < i for t in range(k)) for x in range(output)
+    )
+
+
+@examples(2000)
+@given(st.integers(1, 30), st.integers(1, 7), st.integers(1, 5), st.integers(0, 12), st.integers(1, 3))
+def test_zero_window_counts_equal_a_tap_by_tap_count(i, k, s, p, d):
+    from resnet_inspect.analysis.arithmetic import _outputs_without_input, _windows_without_input
+
+    output = (i + 2 * p - d * (k - 1) - 1) // s + 1
+    if output >= 1:
+        assert _windows_without_input(i, k, s, p, d, output) == _blind_windows_by_brute_force(i, k, s, p, d, output)
+    transposed = (i - 1) * s - 2 * p + d * (k - 1) + 1 + (s - 1)
+    if transposed >= 1:
+        assert _outputs_without_input(i, k, s, p, d, transposed) == _unreached_outputs_by_brute_force(
+            i, k, s, p, d, transposed)

@@ -390,9 +390,9 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     owner, call = _owner(model, capture, result.output_node)
     shape = capture.input_shape
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
+    training_flags = {module: module.training for module in model.modules()}
     model.eval()
-    model.float()
+    dtype = next((parameter.dtype for parameter in model.parameters()), torch.float32)
     seen: list[torch.Tensor] = []
     handle = None
     if owner is not None:
@@ -402,7 +402,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     try:
         for _ in range(samples):
             seen.clear()
-            image = torch.randn(shape, generator=generator, dtype=torch.float32).requires_grad_(True)
+            image = torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype).requires_grad_(True)
             output = model(image)
             features = seen[call] if owner is not None else output
             features = features[0] if isinstance(features, (tuple, list)) else features
@@ -412,7 +412,8 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     finally:
         if handle is not None:
             handle.remove()
-        model.train(was_training)
+        for module, flag in training_flags.items():
+            module.training = flag
     field = result.output
     if field is not None:
         centre = (field.centre[0] + unit[0] * field.stride[0], field.centre[1] + unit[1] * field.stride[1])

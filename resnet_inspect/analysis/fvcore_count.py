@@ -9,6 +9,7 @@ of mm/addmm/convolution and works on the meta device.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -94,9 +95,11 @@ def fvcore_count(model: nn.Module, capture: Capture, *,
                       f"over the {memory_budget_bytes / 1024**3:.1f} GiB budget")
     batch_size = capture.input_shape[0]
     real = materialize(model, "cpu")
-    was_training = real.training
+    if real is model:  # fvcore's hooks and the eval switch must not touch the caller's model
+        real = copy.deepcopy(model)
     real.eval()
-    sample = torch.zeros((1, *capture.input_shape[1:]), dtype=getattr(torch, capture.dtype))
+    dtype = next((parameter.dtype for parameter in real.parameters()), getattr(torch, capture.dtype))
+    sample = torch.zeros((1, *capture.input_shape[1:]), dtype=dtype)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -112,8 +115,6 @@ def fvcore_count(model: nn.Module, capture: Capture, *,
     except Exception as exc:  # TorchScript tracing rejects some models (data-dependent control flow, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"fvcore could not trace the model: {reason}"
-    finally:
-        real.train(was_training)
     counts = FvcoreCounts(
         total_flops=int(total_flops) * batch_size,
         by_module={name: int(flops) * batch_size for name, flops in by_module.items()},

@@ -264,7 +264,7 @@ def run_capture(model: nn.Module, input_shape: Shape, model_name: str = "", devi
     working = structural_copy(model, device)
     working.eval()
     recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name})
-    x = torch.empty(input_shape, device=device, dtype=getattr(torch, dtype))
+    x = torch.zeros(input_shape, device=device, dtype=getattr(torch, dtype))  # defined values if run for real
     try:
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(x)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from resnet_inspect.cli import compare_cmd, inspect_cmd, registry_cmd, rf_cmd, time_cmd
+from resnet_inspect.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="resnet-inspect",
+    cls=OneLineUsageErrors,
     help="Shapes, convolution arithmetic, receptive fields, FLOPs and timing of ResNets (and any CNN).",
     no_args_is_help=True,
     add_completion=False,

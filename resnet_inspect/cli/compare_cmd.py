@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,7 +18,9 @@ from resnet_inspect.cli.common import (
 )
 from resnet_inspect.cli.inspect_cmd import MODEL_HELP, FormatOption, OutputOption
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.report.compare import Family
+
+if TYPE_CHECKING:
+    from resnet_inspect.report.compare import Family
 
 ModelsArgument = typer.Argument(None, help=f"Models to compare. {MODEL_HELP}", show_default=False)
 FamilyOption = typer.Option(
@@ -40,6 +43,8 @@ RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes 
 
 def parse_family(text: str) -> Family:
     """A --family value, or one line naming the choices."""
+    from resnet_inspect.report.compare import Family
+
     try:
         return Family(text.strip().lower())
     except ValueError:
