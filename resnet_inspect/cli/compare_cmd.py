@@ -16,7 +16,7 @@ from resnet_inspect.cli.common import (
     progress_bar,
     user_errors,
 )
-from resnet_inspect.cli.inspect_cmd import MODEL_HELP, FormatOption, OutputOption
+from resnet_inspect.cli.options import MODEL_HELP, BatchOption, FormatOption, OutputOption
 from resnet_inspect.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ InputSizesOption = typer.Option(
     None, "--input-size", "-i", help="Input sizes, e.g. 224 or 128,224,320 or 224x320; every model is compared at "
     "every size (default: each model's own, 224 or 32 for CIFAR).", show_default=False,
 )
-BatchOption = typer.Option("1", "--batch-size", "-b", help="Batch size.")
 StagesOption = typer.Option(False, "--stages", help="Add a table stage by stage: output shape, receptive field, "
                             "share of MACs.")
 TimeOption = typer.Option(False, "--time", help="Also measure latency and images/s on --device (random weights).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnet_inspect.cli.common import OutputFormat, check_output_path, emit, user_errors
-from resnet_inspect.cli.inspect_cmd import FormatOption, OutputOption
+from resnet_inspect.cli.options import FormatOption, OutputOption
 
 
 def list_command(

@@ -15,13 +15,9 @@ from resnet_inspect.cli.common import (
     parse_positive,
     user_errors,
 )
+from resnet_inspect.cli.options import FormatOption, InputSizeOption, ModelArgument, OutputOption
 from resnet_inspect.errors import BadInputError
 
-MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
-INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
-
-ModelArgument = typer.Argument(..., help=MODEL_HELP, show_default=False)
-InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
 ChannelsOption = typer.Option(3, "--in-channels", help="Input channels.")
 ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (default: the model's).",
                              show_default=False)
@@ -34,9 +30,6 @@ SamplesOption = typer.Option(8, "--erf-samples", help="Random inputs averaged fo
 WeightsOption = typer.Option(None, "--weights", help="A state_dict file for the ERF (torchvision layout accepted); "
                              "implies --erf.", show_default=False)
 PngOption = typer.Option(None, "--png", help="Save the ERF as a grayscale PNG; implies --erf.", show_default=False)
-FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
-OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
-                            show_default=False)
 
 
 def rf_command(

@@ -16,14 +16,8 @@ from resnet_inspect.cli.common import (
     progress_bar,
     user_errors,
 )
-from resnet_inspect.cli.inspect_cmd import (
-    INPUT_HELP,
-    ChannelsOption,
-    FormatOption,
-    ModelArgument,
-    OutputOption,
-    resolve_size,
-)
+from resnet_inspect.cli.inspect_cmd import resolve_size
+from resnet_inspect.cli.options import ChannelsOption, FormatOption, InputSizeOption, ModelArgument, OutputOption
 from resnet_inspect.errors import BadInputError
 
 
@@ -35,7 +29,6 @@ class DType(StrEnum):
 
 DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps.")
 BatchSizesOption = typer.Option("1", "--batch-size", "-b", help="Batch sizes to time, e.g. 1,8,32.")
-InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
 WarmupOption = typer.Option(10, "--warmup", help="Untimed forward passes before each measurement.")
 RepeatOption = typer.Option(50, "--repeat", help="About how many forward passes to time per batch size.")
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads for the measurement (default: torch's).",
