@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
+
+from _child import load_average, resnet_inspect_command, run_child
 
 LIMIT_SECONDS, LIMIT_BYTES = 5.0, 2**30
 RESNET152_PARAMS = 60_192_808
@@ -43,29 +40,10 @@ print(tuple(output.shape))
 """
 
 
-def run_child(argv: list[str]) -> tuple[float, int, str]:
-    """Run ``argv`` in a fresh process: (wall seconds, peak RSS in bytes, stdout)."""
-    with tempfile.TemporaryFile() as output:
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        text = output.read().decode()
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited with {process.returncode}")
-    return wall, usage.ru_maxrss * 1024, text  # ru_maxrss is in KiB on Linux
-
-
 def check_ours(text: str) -> None:
     data = json.loads(text)
     assert data["input_shape"] == [8, 3, 2048, 2048], data["input_shape"]
     assert data["totals"]["params"] == RESNET152_PARAMS, data["totals"]
-
-
-def load() -> str:
-    return Path("/proc/loadavg").read_text().split(" ")[0] if Path("/proc/loadavg").exists() else "?"
 
 
 def main() -> int:
@@ -73,29 +51,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    entry = shutil.which("resnet-inspect")
-    ours = [entry, *ARGS] if entry else [sys.executable, "-m", "resnet_inspect", *ARGS]
+    ours = resnet_inspect_command(*ARGS)
     reference = [sys.executable, "-c", REFERENCE]
     walls: dict[str, list[float]] = {"ours": [], "reference": []}
     memories: dict[str, list[int]] = {"ours": [], "reference": []}
-    print(f"{os.cpu_count()} CPUs, load average {load()} at the start; python {sys.version.split()[0]}")
+    print(f"{os.cpu_count()} CPUs, load average {load_average()} at the start; python {sys.version.split()[0]}")
     print(f"ours      = resnet-inspect {' '.join(ARGS)}")
     print("reference = import torch, build resnet152 on meta, one bare forward of an 8x3x2048x2048 meta tensor")
     for round_index in range(args.rounds):
         order = ("ours", "reference") if round_index % 2 == 0 else ("reference", "ours")
         for name in order:
-            wall, memory, text = run_child(ours if name == "ours" else reference)
+            child = run_child(ours if name == "ours" else reference)
             if name == "ours":
-                check_ours(text)
-            walls[name].append(wall)
-            memories[name].append(memory)
+                check_ours(child.stdout)
+            walls[name].append(child.wall_s)
+            memories[name].append(child.peak_rss_bytes)
         print(f"round {round_index + 1}: " + "   ".join(
             f"{name} {walls[name][-1]:5.2f} s {memories[name][-1] / 2**20:5.0f} MiB" for name in walls))
 
     wall, memory = statistics.median(walls["ours"]), statistics.median(memories["ours"])
     wall_ratio = statistics.median(o / r for o, r in zip(walls["ours"], walls["reference"], strict=True))
     memory_ratio = statistics.median(o / r for o, r in zip(memories["ours"], memories["reference"], strict=True))
-    print(f"\nmedians over {args.rounds} rounds (load average {load()} at the end):")
+    print(f"\nmedians over {args.rounds} rounds (load average {load_average()} at the end):")
     print(f"  ours      wall {wall:5.2f} s   peak RSS {memory / 2**20:5.0f} MiB")
     print(f"  reference wall {statistics.median(walls['reference']):5.2f} s   "
           f"peak RSS {statistics.median(memories['reference']) / 2**20:5.0f} MiB")

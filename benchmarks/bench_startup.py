@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
+
+from _child import load_average, resnet_inspect_command, run_child
 
 TARGET_SECONDS = 0.3
 HEAVY = ("torch", "torchinfo", "fvcore", "numpy")
@@ -28,23 +27,6 @@ COMMANDS = {
     "--help": ["--help"],
     "arith": ["arith", "-i", "56", "-k", "3", "-s", "2", "-p", "1"],
 }
-
-
-def entry_point() -> list[str]:
-    entry = shutil.which("resnet-inspect")
-    return [entry] if entry else [sys.executable, "-m", "resnet_inspect"]
-
-
-def run_child(argv: list[str]) -> tuple[float, float]:
-    """Run ``argv`` in a fresh process: (wall seconds, CPU seconds of that child from ``os.wait4``)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited with {process.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime
 
 
 def heavy_imports(args: list[str]) -> list[str]:
@@ -56,31 +38,27 @@ def heavy_imports(args: list[str]) -> list[str]:
     return sorted(imported & set(HEAVY))
 
 
-def load() -> str:
-    return Path("/proc/loadavg").read_text().split(" ")[0] if Path("/proc/loadavg").exists() else "?"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
 
     runs = {"python -c pass": [sys.executable, "-c", "pass"]}
-    runs |= {f"resnet-inspect {name}": [*entry_point(), *argv] for name, argv in COMMANDS.items()}
+    runs |= {f"resnet-inspect {name}": resnet_inspect_command(*argv) for name, argv in COMMANDS.items()}
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu_times: dict[str, list[float]] = {name: [] for name in names}
-    print(f"{os.cpu_count()} CPUs, load average {load()} at the start; python {sys.version.split()[0]}")
+    print(f"{os.cpu_count()} CPUs, load average {load_average()} at the start; python {sys.version.split()[0]}")
     for round_index in range(args.rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            wall, cpu = run_child(runs[name])
-            times[name].append(wall)
-            cpu_times[name].append(cpu)
+            child = run_child(runs[name])
+            times[name].append(child.wall_s)
+            cpu_times[name].append(child.cpu_s)
         print(f"round {round_index + 1:2d}: " + "   ".join(
             f"{name} {times[name][-1]:.3f} s (CPU {cpu_times[name][-1]:.3f} s)" for name in names))
 
-    print(f"\nmedians over {args.rounds} rounds (load average {load()} at the end):")
+    print(f"\nmedians over {args.rounds} rounds (load average {load_average()} at the end):")
     failed = False
     for name in names:
         median, cpu = statistics.median(times[name]), statistics.median(cpu_times[name])

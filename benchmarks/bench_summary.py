@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
+
+from _child import load_average, resnet_inspect_command, run_child
 
 RESNET50_MACS = 4_089_184_256
 TARGET_WALL, TARGET_MEMORY = 0.9, 0.7
@@ -48,25 +45,8 @@ print("fvcore total", analysis.total())
 """
 
 
-def run_child(argv: list[str]) -> tuple[float, float, int, str]:
-    """Run ``argv`` in a fresh process: (wall seconds, CPU seconds, peak RSS in bytes, stdout)."""
-    with tempfile.TemporaryFile() as output:
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        text = output.read().decode()
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited with {process.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, text  # ru_maxrss is in KiB on Linux
-
-
 def ours_command(*extra: str) -> list[str]:
-    entry = shutil.which("resnet-inspect")
-    prefix = [entry] if entry else [sys.executable, "-m", "resnet_inspect"]
-    return [*prefix, "summary", "resnet50", "--format", "json", *extra]
+    return resnet_inspect_command("summary", "resnet50", "--format", "json", *extra)
 
 
 def check_ours(text: str, fvcore: bool) -> None:
@@ -77,10 +57,6 @@ def check_ours(text: str, fvcore: bool) -> None:
 
 def check_reference(text: str) -> None:
     assert "Total mult-adds" in text and "| module" in text and "fvcore total" in text, text[-500:]
-
-
-def load() -> str:
-    return Path("/proc/loadavg").read_text().split(" ")[0] if Path("/proc/loadavg").exists() else "?"
 
 
 def main() -> int:
@@ -97,7 +73,7 @@ def main() -> int:
     walls: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
     memories: dict[str, list[int]] = {name: [] for name in names}
-    print(f"{os.cpu_count()} CPUs, load average {load()} at the start; python {sys.version.split()[0]}")
+    print(f"{os.cpu_count()} CPUs, load average {load_average()} at the start; python {sys.version.split()[0]}")
     print("ours (default) = `resnet-inspect summary resnet50 --format json` (meta-device capture, no fvcore)")
     print("ours --fvcore  = the same with --fvcore (real weights, fvcore at batch 1)")
     print("reference      = torchinfo.summary + fvcore FlopCountAnalysis + flop_count_table, real weights")
@@ -106,8 +82,9 @@ def main() -> int:
         line = []
         for name in names[shift:] + names[:shift]:
             argv, check = runs[name]
-            wall, cpu, memory, text = run_child(argv)
-            check(text)
+            child = run_child(argv)
+            check(child.stdout)
+            wall, cpu, memory = child.wall_s, child.cpu_s, child.peak_rss_bytes
             walls[name].append(wall)
             cpus[name].append(cpu)
             memories[name].append(memory)
@@ -116,7 +93,7 @@ def main() -> int:
 
     reference_wall = statistics.median(walls["reference"])
     reference_memory = statistics.median(memories["reference"])
-    print(f"\nmedians over {args.rounds} rounds (load average {load()} at the end):")
+    print(f"\nmedians over {args.rounds} rounds (load average {load_average()} at the end):")
     verdicts = []
     for name in names:
         wall, memory = statistics.median(walls[name]), statistics.median(memories[name])
