@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -220,5 +220,3 @@ def progress_bar(description: str, total: int) -> Any:
     task = progress.add_task(description, total=total)
     return progress, task
 
-
-Command = Callable[..., Any]

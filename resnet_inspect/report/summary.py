@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.arithmetic import LayerArithmetic
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
+
+if TYPE_CHECKING:
+    from resnet_inspect.analysis.counting import Counts
+    from resnet_inspect.analysis.fvcore_count import FvcoreCounts
+    from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
 
 PASS, FAIL = "✓", "✗"
 
@@ -136,15 +142,15 @@ class SummaryReport:
     model: str
     capture: Capture
     checks: tuple[LayerCheck, ...]
-    counts: Any  # analysis.counting.Counts
-    fields: Any  # analysis.receptive_field.ReceptiveFieldResult
-    fvcore: Any = None  # analysis.fvcore_count.FvcoreCounts or None
+    counts: Counts
+    fields: ReceptiveFieldResult | None
+    fvcore: FvcoreCounts | None = None
     fvcore_note: str | None = None
     layer_times_ms: dict[str, float] | None = None
     max_depth: int | None = None
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def checks_by_node(self) -> dict[int, LayerArithmetic]:
         return {item.node.id: item.check for item in self.checks}
 
