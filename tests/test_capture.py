@@ -176,7 +176,9 @@ def test_the_meta_pass_records_exactly_what_a_real_pass_records(spec):
     assert on_meta.nodes == on_cpu.nodes
 
 
-def test_the_meta_pass_does_not_pay_for_importing_torch_dynamo():
+def test_the_meta_pass_imports_neither_torch_dynamo_nor_sympy():
+    # PyTorch's meta kernels for element-wise ops import torch._dynamo, those of convolution import sympy:
+    # together over a second of start-up that the capture's shape rules avoid.
     script = textwrap.dedent(
         """
         import sys, torch
@@ -185,11 +187,11 @@ def test_the_meta_pass_does_not_pay_for_importing_torch_dynamo():
         with torch.device("meta"):
             model = get_model("resnet50")
         capture(model, 224)
-        print("torch._dynamo" in sys.modules)
+        print(sorted(name for name in ("torch._dynamo", "sympy") if name in sys.modules))
         """
     )
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert output.strip() == "False"
+    assert output.strip() == "[]"
 
 
 conv_configs = st.fixed_dictionaries({
@@ -250,19 +252,3 @@ def test_meta_shape_rules_for_max_pooling_match_torch(config):
         assert _outcome(by_rule) == "rejected"
     else:
         assert _outcome(by_rule) == _outcome(real)
-
-
-def test_the_meta_pass_does_not_import_sympy_either():
-    script = textwrap.dedent(
-        """
-        import sys, torch
-        from resnet_inspect import get_model
-        from resnet_inspect.capture.trace import capture
-        with torch.device("meta"):
-            model = get_model("resnet50")
-        capture(model, 224)
-        print("sympy" in sys.modules)
-        """
-    )
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert output.strip() == "False"
