@@ -49,6 +49,8 @@ def test_summary_resnet50_totals(resnet50_summary):
     totals = resnet50_summary["totals"]
     assert totals["params"] == totals["trainable_params"] == 25_557_032
     assert totals["macs"] == 4_089_184_256
+    assert totals["param_bytes_by_dtype"] == {"float32": 4 * 25_557_032}
+    assert sum(totals["params_by_stage"].values()) == 25_557_032
     assert resnet50_summary["input_shape"] == [1, 3, 224, 224]
     assert resnet50_summary["output_shape"] == [1, 1000]
 

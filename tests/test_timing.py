@@ -56,6 +56,11 @@ def test_time_model_reports_median_iqr_and_throughput(resnet20: torch.nn.Module)
     assert result.images_per_s == pytest.approx(2 / (result.median_ms / 1e3))
 
 
+def test_measured_peak_memory_is_reported_only_on_cuda(resnet20: torch.nn.Module) -> None:
+    result = time_model(resnet20, (1, 3, 32, 32), warmup=1, repeat=2)
+    assert result.peak_memory_bytes is None  # torch.cuda.max_memory_allocated exists only on CUDA
+
+
 def test_time_model_restores_the_thread_count(resnet20: torch.nn.Module) -> None:
     before = torch.get_num_threads()
     time_model(resnet20, (1, 3, 32, 32), warmup=0, repeat=1, threads=1)

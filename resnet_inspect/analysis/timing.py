@@ -39,6 +39,7 @@ class LatencyResult:
     images_per_s: float
     runs: int  # forward passes timed (blocks x passes per block)
     threads: int
+    peak_memory_bytes: int | None = None  # measured on CUDA (torch.cuda.max_memory_allocated); None elsewhere
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,9 @@ def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, re
         synchronize()
         return time.perf_counter()
 
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     with thread_count(threads) as used_threads, torch.inference_mode():
         per_pass_s = _warm_up(model, x, warmup, synchronize, progress)
         timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=used_threads,
@@ -195,7 +199,7 @@ def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, re
     return LatencyResult(
         batch_size=batch_size, median_ms=measurement.median * 1e3, iqr_ms=measurement.iqr * 1e3,
         images_per_s=batch_size / measurement.median, runs=len(measurement.raw_times) * measurement.number_per_run,
-        threads=used_threads,
+        threads=used_threads, peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if on_cuda else None,
     )
 
 

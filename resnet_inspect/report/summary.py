@@ -197,6 +197,8 @@ class SummaryReport:
                 "param_bytes": counts.param_bytes, "frozen_params": counts.frozen_params,
                 "peak_memory_bytes": counts.peak_memory_bytes,
                 "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
+                "param_bytes_by_dtype": dict(counts.param_bytes_by_dtype),
+                "params_by_stage": dict(counts.stage_params),
             },
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,

@@ -47,7 +47,7 @@ class TimingReport:
             "repeat": self.repeat,
             "results": [
                 {"batch_size": r.batch_size, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
-                 "images_per_s": r.images_per_s, "runs": r.runs}
+                 "images_per_s": r.images_per_s, "runs": r.runs, "peak_memory_bytes": r.peak_memory_bytes}
                 for r in self.results
             ],
             "per_layer": None if profile is None else [
@@ -70,6 +70,10 @@ class TimingReport:
             (str(r.batch_size), f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.images_per_s:,.1f}", str(r.runs))
             for r in self.results
         )
+        if any(r.peak_memory_bytes is not None for r in self.results):  # measured on CUDA
+            columns += (Column("peak MiB", "right"),)
+            rows = tuple((*row, f"{(r.peak_memory_bytes or 0) / 2**20:,.1f}") for row, r in zip(rows, self.results,
+                                                                                                 strict=True))
         tables = [Table(title, columns, rows)]
         notes: list[str] = []
         if self.profile is not None:
