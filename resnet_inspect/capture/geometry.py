@@ -238,7 +238,8 @@ def op_name(func: Any) -> str:
     return _DUNDER_ALIASES.get(name, name)
 
 
-def _arg(args: Sequence[Any], kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
+def call_argument(args: Sequence[Any], kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
+    """A functional call's argument, passed by keyword or by position."""
     if name in kwargs:
         return kwargs[name]
     return args[position] if len(args) > position else default
@@ -269,8 +270,8 @@ def _getitem_geometry(args: Sequence[Any], input_shape: tuple[int, ...]) -> Geom
 
 
 def _pad_geometry(args: Sequence[Any], kwargs: dict[str, Any], input_shape: tuple[int, ...]) -> Geometry:
-    pads = tuple(_arg(args, kwargs, 1, "pad", ()))
-    mode = _arg(args, kwargs, 2, "mode", "constant")
+    pads = tuple(call_argument(args, kwargs, 1, "pad", ()))
+    mode = call_argument(args, kwargs, 2, "mode", "constant")
     pads = pads + (0,) * (8 - len(pads))
     left, right, top, bottom = pads[0], pads[1], pads[2], pads[3]
     if len(input_shape) != 4:
@@ -289,12 +290,12 @@ def function_geometry(
     if name in _ELEMENTWISE_OPS:
         return name, ELEMENTWISE
     if name in ("cat", "concat", "concatenate", "stack"):
-        dim = _arg(args, kwargs, 1, "dim", 0)
+        dim = call_argument(args, kwargs, 1, "dim", 0)
         return name, ELEMENTWISE if name != "stack" and ndim == 4 and dim % 4 == 1 else UNKNOWN
     if name in _RESHAPE_OPS:
         return name, RESHAPE
     if name in _REDUCE_OPS:
-        dims = _spatial_dims(_arg(args, kwargs, 1, "dim", None), ndim) if ndim == 4 else set()
+        dims = _spatial_dims(call_argument(args, kwargs, 1, "dim", None), ndim) if ndim == 4 else set()
         if {2, 3} <= dims:
             return name, GLOBAL
         return name, UNKNOWN
@@ -303,35 +304,35 @@ def function_geometry(
     if name == "pad":
         return name, _pad_geometry(args, kwargs, input_shape)
     if name == "conv2d":
-        weight = _arg(args, kwargs, 1, "weight", None)
+        weight = call_argument(args, kwargs, 1, "weight", None)
         kernel = tuple(weight.shape[-2:]) if weight is not None else (1, 1)
         return name, conv_geometry(
             kernel,
-            _arg(args, kwargs, 3, "stride", 1),
-            _arg(args, kwargs, 4, "padding", 0),
-            _arg(args, kwargs, 5, "dilation", 1),
-            _arg(args, kwargs, 6, "groups", 1),
+            call_argument(args, kwargs, 3, "stride", 1),
+            call_argument(args, kwargs, 4, "padding", 0),
+            call_argument(args, kwargs, 5, "dilation", 1),
+            call_argument(args, kwargs, 6, "groups", 1),
         )
     if name in ("max_pool2d", "max_pool2d_with_indices"):
         return name, pool_geometry(
             OpKind.MAX_POOL,
-            _arg(args, kwargs, 1, "kernel_size", 1),
-            _arg(args, kwargs, 2, "stride", None),
-            _arg(args, kwargs, 3, "padding", 0),
-            _arg(args, kwargs, 4, "dilation", 1),
-            _arg(args, kwargs, 5, "ceil_mode", False),
+            call_argument(args, kwargs, 1, "kernel_size", 1),
+            call_argument(args, kwargs, 2, "stride", None),
+            call_argument(args, kwargs, 3, "padding", 0),
+            call_argument(args, kwargs, 4, "dilation", 1),
+            call_argument(args, kwargs, 5, "ceil_mode", False),
         )
     if name == "avg_pool2d":
         return name, pool_geometry(
             OpKind.AVG_POOL,
-            _arg(args, kwargs, 1, "kernel_size", 1),
-            _arg(args, kwargs, 2, "stride", None),
-            _arg(args, kwargs, 3, "padding", 0),
+            call_argument(args, kwargs, 1, "kernel_size", 1),
+            call_argument(args, kwargs, 2, "stride", None),
+            call_argument(args, kwargs, 3, "padding", 0),
             1,
-            _arg(args, kwargs, 4, "ceil_mode", False),
+            call_argument(args, kwargs, 4, "ceil_mode", False),
         )
     if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
-        return name, adaptive_geometry(_arg(args, kwargs, 1, "output_size", 1))
+        return name, adaptive_geometry(call_argument(args, kwargs, 1, "output_size", 1))
     if name == "linear":
         return name, LINEAR
     return name, UNKNOWN

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resnet_inspect.capture.geometry import op_name
+from resnet_inspect.capture.geometry import call_argument, op_name
 
 _BINARY = frozenset({"add", "sub", "mul", "div", "true_divide"})
 _IN_PLACE = frozenset({"__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_"})
@@ -50,25 +50,29 @@ def _ints(value: Any) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-def _argument(args: Sequence[Any], kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
-    return kwargs[name] if name in kwargs else args[position] if len(args) > position else default
-
-
 def _conv2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     from resnet_inspect.analysis.arithmetic import conv_output
 
-    x, weight = args[0], _argument(args, kwargs, 1, "weight", None)
-    bias = _argument(args, kwargs, 2, "bias", None)
-    stride, dilation = _ints(_argument(args, kwargs, 3, "stride", 1)), _ints(_argument(args, kwargs, 5, "dilation", 1))
-    padding, groups = _argument(args, kwargs, 4, "padding", 0), _argument(args, kwargs, 6, "groups", 1)
+    x, weight = args[0], call_argument(args, kwargs, 1, "weight", None)
+    bias = call_argument(args, kwargs, 2, "bias", None)
+    stride, dilation = (
+        _ints(call_argument(args, kwargs, 3, "stride", 1)),
+        _ints(call_argument(args, kwargs, 5, "dilation", 1)),
+    )
+    padding, groups = call_argument(args, kwargs, 4, "padding", 0), call_argument(args, kwargs, 6, "groups", 1)
     if isinstance(padding, str) or x.dim() != 4 or weight is None or weight.dim() != 4 or x.dtype != weight.dtype:
         return NotImplemented
-    if x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups or (bias is not None and (
-            bias.dim() != 1 or bias.shape[0] != weight.shape[0])):
+    if (
+        x.shape[1] != weight.shape[1] * groups
+        or weight.shape[0] % groups
+        or (bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]))
+    ):
         return NotImplemented
     padding = _ints(padding)
-    sizes = [conv_output(x.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis], dilation[axis])
-             .output for axis in (0, 1)]
+    sizes = [
+        conv_output(x.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis], dilation[axis]).output
+        for axis in (0, 1)
+    ]
     if min(sizes) < 1:
         return NotImplemented
     return _empty((x.shape[0], weight.shape[0], *sizes), x)
@@ -78,18 +82,20 @@ def _max_pool2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     from resnet_inspect.analysis.arithmetic import pool_output
 
     x = args[0]
-    kernel = _ints(_argument(args, kwargs, 1, "kernel_size", None))
-    stride_value = _argument(args, kwargs, 2, "stride", None)
+    kernel = _ints(call_argument(args, kwargs, 1, "kernel_size", None))
+    stride_value = call_argument(args, kwargs, 2, "stride", None)
     stride = kernel if stride_value is None or stride_value == [] or stride_value == () else _ints(stride_value)
-    padding = _ints(_argument(args, kwargs, 3, "padding", 0))
-    dilation = _ints(_argument(args, kwargs, 4, "dilation", 1))
-    ceil_mode = bool(_argument(args, kwargs, 5, "ceil_mode", False))
-    if x.dim() != 4 or _argument(args, kwargs, 6, "return_indices", False) or 0 in x.shape[:2]:
+    padding = _ints(call_argument(args, kwargs, 3, "padding", 0))
+    dilation = _ints(call_argument(args, kwargs, 4, "dilation", 1))
+    ceil_mode = bool(call_argument(args, kwargs, 5, "ceil_mode", False))
+    if x.dim() != 4 or call_argument(args, kwargs, 6, "return_indices", False) or 0 in x.shape[:2]:
         return NotImplemented
     if any(2 * padding[axis] > kernel[axis] for axis in (0, 1)):
         return NotImplemented  # PyTorch: padding at most half the kernel size
-    sizes = [pool_output(x.shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis], ceil_mode)
-             .output for axis in (0, 1)]
+    sizes = [
+        pool_output(x.shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis], ceil_mode).output
+        for axis in (0, 1)
+    ]
     if min(sizes) < 1:
         return NotImplemented
     return _empty((*x.shape[:2], *sizes), x)
