@@ -47,7 +47,6 @@ def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
     A meta-device model gets uninitialised storage, then each module's ``reset_parameters`` (random init;
     weights do not change any count or timing); buffers without a rule are zeroed.
     """
-    import copy
 
     import torch
 

@@ -11,10 +11,10 @@ from resnet_inspect.cli.common import (
     OutputFormat,
     check_output_path,
     emit,
-    parse_input_size,
     parse_positive,
     user_errors,
 )
+from resnet_inspect.cli.inspect_cmd import resolve_size
 from resnet_inspect.cli.options import FormatOption, InputSizeOption, ModelArgument, OutputOption
 from resnet_inspect.errors import BadInputError
 
@@ -55,9 +55,9 @@ def rf_command(
                 parse_positive(str(value), option, maximum=1 << 20)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
-        from resnet_inspect.report.rf import default_input_size, load_rf_model, rf_report
+        from resnet_inspect.report.rf import load_rf_model, rf_report
 
-        size = parse_input_size(input_size) if input_size is not None else default_input_size(model)
+        size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
         network, name = load_rf_model(model, in_channels, num_classes, real=wants_erf)
         report = rf_report(network, name, size, in_channels, check, wants_erf, erf_samples, weights, png)

@@ -409,8 +409,7 @@ def load_candidates(specs: Sequence[str], input_sizes: Sequence[Pair] | None = N
     Without ``input_sizes`` each model is compared at its own default size (32 for CIFAR, 224 otherwise).
     Repeated specs are compared once.
     """
-    from resnet_inspect.capture.loader import load_model
-    from resnet_inspect.report.rf import default_input_size
+    from resnet_inspect.capture.loader import default_input_size, load_model
 
     candidates = []
     with paused_garbage_collection():
@@ -448,7 +447,8 @@ def time_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], device:
 
     timed: list[ModelRow] = []
     remaining = iter(rows)
-    with torch.random.fork_rng(devices=[]):  # random weights and inputs
+    cuda_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda_devices):  # random weights and inputs leave the caller's RNG alone
         for candidate in candidates:
             model = prepare_model(candidate.model, device)
             for _ in candidate.sizes:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
-from resnet_inspect.capture.loader import default_input_size
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
@@ -211,9 +210,9 @@ def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF."""
     from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check, write_png
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
-    from resnet_inspect.capture.trace import capture
+    from resnet_inspect.report.build import capture_model
 
-    captured = capture(model, input_size, 1, in_channels, name)
+    captured = capture_model(model, input_size, 1, in_channels, name)
     result = analyze_receptive_field(captured)
     empirical = empirical_check(model, result, in_channels) if check else None
     erf_result = None
@@ -225,4 +224,4 @@ def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 
     return RfReport(name, captured.input_shape, result, empirical, erf_result, str(png_path) if png_path else None)
 
 
-__all__ = ["RfReport", "default_input_size", "load_rf_model", "load_weights", "rf_report"]
+__all__ = ["RfReport", "load_rf_model", "load_weights", "rf_report"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.arithmetic import LayerArithmetic
+from resnet_inspect.analysis.arithmetic import LayerArithmetic, check_layer
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
 
@@ -68,8 +68,6 @@ class LayerCheck:
 
 def check_nodes(capture: Capture) -> tuple[LayerCheck, ...]:
     """Check every windowed operation (module or functional) whose input and output are 4-D."""
-    from resnet_inspect.analysis.arithmetic import check_layer
-
     checks = []
     for node in capture.nodes:
         if not node.geometry.kind.has_window or not node.input_shapes:
@@ -248,8 +246,7 @@ class SummaryReport:
         """The name below the enclosing call's: `layers.0` under `encoder` (ModuleLists make no call of their own)."""
         if layer.parent is None:
             return layer.name
-        parent = self.capture.layers[layer.parent].name
-        return layer.name.removeprefix(f"{parent}.") if layer.name.startswith(f"{parent}.") else layer.name
+        return layer.name.removeprefix(f"{self.capture.layers[layer.parent].name}.")
 
     def _footer(self) -> tuple[str, ...]:
         capture, counts = self.capture, self.counts

@@ -130,7 +130,6 @@ def timing_report(spec: str, batch_sizes: list[int], input_size: tuple[int, int]
     """
     from resnet_inspect.analysis.timing import (
         check_dtype,
-        prepare_model,
         profile_layers,
         resolve_device,
         time_model,
@@ -140,7 +139,6 @@ def timing_report(spec: str, batch_sizes: list[int], input_size: tuple[int, int]
     device = resolve_device(device)
     check_dtype(device, dtype)
     model, name = load_model(spec, in_channels=in_channels, device=device)
-    model = prepare_model(model, device, dtype, channels_last)
     channels = in_channels or 3
     results = []
     for batch_size in batch_sizes:
