@@ -252,3 +252,34 @@ def test_meta_shape_rules_for_max_pooling_match_torch(config):
         assert _outcome(by_rule) == "rejected"
     else:
         assert _outcome(by_rule) == _outcome(real)
+
+
+def test_a_data_dependent_forward_of_a_meta_built_model_falls_back_to_real_tensors(tmp_path):
+    factory = tmp_path / "data_dependent.py"
+    factory.write_text(textwrap.dedent(
+        """
+        from torch import nn
+
+        class DataDependent(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+            def forward(self, x):
+                y = self.conv(x)
+                return y * 2 if float(y.abs().sum()) >= 0 else y
+
+        def model():
+            return DataDependent()
+        """
+    ))
+    model, _ = load_model(f"{factory}:model")  # built on the meta device
+    result = capture(model, 16)
+    assert result.output_shape == (1, 4, 16, 16)
+
+
+def test_the_input_takes_the_models_dtype():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).half()
+    result = capture(model, 16)
+    assert result.dtype == "float16"
+    assert result.output_shape == (1, 4, 14, 14)

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import FactoryError, ModelNotFoundError
+from resnet_inspect.errors import FactoryError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -95,11 +95,8 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
                if value is not None}
     device_context = torch.device(device) if device else nullcontext()
     if ":" not in spec and not spec.endswith(".py"):
-        try:
-            with device_context:
-                return get_model(spec, **options), spec
-        except ValueError as exc:
-            raise ModelNotFoundError(str(exc)) from exc
+        with device_context:
+            return get_model(spec, **options), spec  # an unknown name raises ModelNotFoundError
     if ":" not in spec:
         raise FactoryError(f"'{spec}' names a file but no factory: use {spec}:factory_name")
     factory = resolve_factory(spec)

@@ -58,14 +58,20 @@ def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
     """
     import torch
 
+    def copied(tensor: torch.Tensor) -> torch.Tensor:
+        if device == "meta":
+            return _meta_empty(tensor)
+        if tensor.is_meta:  # a model built on meta, run for real: zeros stand in for the weights it never had
+            return torch.zeros(tuple(tensor.shape), dtype=tensor.dtype, device=device)
+        return tensor.detach().clone()
+
     memo: dict[int, Any] = {}
     for parameter in model.parameters():
         if id(parameter) not in memo:
-            empty = _meta_empty(parameter) if device == "meta" else parameter.detach().clone()
-            memo[id(parameter)] = torch.nn.Parameter(empty, requires_grad=parameter.requires_grad)
+            memo[id(parameter)] = torch.nn.Parameter(copied(parameter), requires_grad=parameter.requires_grad)
     for buffer in model.buffers():
         if id(buffer) not in memo:
-            memo[id(buffer)] = _meta_empty(buffer) if device == "meta" else buffer.clone()
+            memo[id(buffer)] = copied(buffer)
     return copy.deepcopy(model, memo).to(device)
 
 
@@ -256,10 +262,23 @@ def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
     return ForwardError(f"forward pass failed in {where}: {reason}")
 
 
+def model_dtype(model: nn.Module) -> str:
+    """The dtype of the model's first floating-point parameter ("float32" when it has none)."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return str(parameter.dtype).removeprefix("torch.")
+    return "float32"
+
+
 def run_capture(model: nn.Module, input_shape: Shape, model_name: str = "", device: str = "meta",
-                dtype: str = "float32") -> Capture:
-    """Run one instrumented forward pass of a structural copy of ``model`` on an input of ``input_shape``."""
+                dtype: str | None = None) -> Capture:
+    """Run one instrumented forward pass of a structural copy of ``model`` on an input of ``input_shape``.
+
+    The input has the model's own dtype unless ``dtype`` says otherwise.
+    """
     import torch
+
+    dtype = dtype or model_dtype(model)
 
     working = structural_copy(model, device)
     working.eval()
@@ -268,8 +287,6 @@ def run_capture(model: nn.Module, input_shape: Shape, model_name: str = "", devi
     try:
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(x)
-    except InputTooSmallError:
-        raise
     except Exception as exc:  # the model's own code may raise anything
         raise _failure(recorder, exc) from exc
     outputs = tensors_in(output)
@@ -314,7 +331,7 @@ def smallest_input_size(model: nn.Module, in_channels: int = 3, limit: int = 409
     def works(size: int) -> bool:
         try:
             capture(model, size, 1, in_channels)
-        except InputTooSmallError:
+        except ForwardError:  # too small, or a size-bound layer (a fixed Linear) rejects this probe size
             return False
         return True
 

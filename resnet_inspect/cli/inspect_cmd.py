@@ -78,8 +78,8 @@ def summary_command(
         if time:
             from resnet_inspect.analysis.timing import time_layers
 
-            real_network, _ = load_model(model, in_channels=in_channels, num_classes=num_classes, device=None)
-            timings = time_layers(real_network, capture.input_shape, device, warmup=3, repeat=10)
+            # time_layers gives the meta-built model real (random) weights on the device itself
+            timings = time_layers(network, capture.input_shape, device, warmup=3, repeat=10)
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
