@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_INPUT_SIZE = 65536
+MAX_COUNT = 1 << 20  # the largest batch size, channel count or class count accepted
 PIPE_WIDTH = 240
 
 
@@ -140,7 +141,33 @@ def parse_batch_sizes(text: str) -> list[int]:
     parts = text.split(",")
     if not all(part.strip() for part in parts):
         raise BadInputError(f"batch sizes must look like 1 or 1,8,32, got '{text}'")
-    return [parse_positive(part, "batch size", maximum=1 << 20) for part in parts]
+    return [parse_batch_size(part) for part in parts]
+
+
+def parse_batch_size(text: str) -> int:
+    """One --batch-size value."""
+    return parse_positive(text, "batch size", maximum=MAX_COUNT)
+
+
+def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
+    """--input-size if given, else the model's own default (224, or 32 for CIFAR)."""
+    from resnet_inspect.capture.loader import default_input_size
+
+    return parse_input_size(input_size) if input_size is not None else default_input_size(model)
+
+
+def check_model_options(in_channels: int | None, num_classes: int | None) -> None:
+    """--in-channels and --num-classes, when given, must be positive (torch would say something obscure)."""
+    for value, option in ((in_channels, "--in-channels"), (num_classes, "--num-classes")):
+        if value is not None:
+            parse_positive(str(value), option, maximum=MAX_COUNT)
+
+
+def check_timing_options(warmup: int, repeat: int) -> None:
+    """--warmup must be 0 or more and --repeat positive."""
+    if warmup < 0:
+        raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
+    parse_positive(str(repeat), "--repeat")
 
 
 def write_atomically(path: Path, text: str) -> None:

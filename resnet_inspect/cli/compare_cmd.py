@@ -10,9 +10,10 @@ import typer
 from resnet_inspect.cli.common import (
     OutputFormat,
     check_output_path,
+    check_timing_options,
     emit,
+    parse_batch_size,
     parse_input_sizes,
-    parse_positive,
     progress_bar,
     user_errors,
 )
@@ -69,10 +70,8 @@ def compare_command(
     with user_errors():
         check_output_path(output)
         sizes = parse_input_sizes(input_size) if input_size is not None else None
-        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
-        if warmup < 0:
-            raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
-        parse_positive(str(repeat), "--repeat")
+        batch = parse_batch_size(batch_size)
+        check_timing_options(warmup, repeat)
         from resnet_inspect.report.compare import (
             CompareReport,
             compare_rows,

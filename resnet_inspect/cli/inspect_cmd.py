@@ -10,10 +10,11 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     MAX_INPUT_SIZE,
     OutputFormat,
+    check_model_options,
     check_output_path,
     emit,
-    parse_input_size,
-    parse_positive,
+    parse_batch_size,
+    resolve_size,
     user_errors,
 )
 from resnet_inspect.cli.options import (
@@ -26,19 +27,6 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
-
-
-def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
-    from resnet_inspect.capture.loader import default_input_size
-
-    return parse_input_size(input_size) if input_size is not None else default_input_size(model)
-
-
-def check_model_options(in_channels: int | None, num_classes: int | None) -> None:
-    """--in-channels and --num-classes, when given, must be positive (torch would say something obscure)."""
-    for value, option in ((in_channels, "--in-channels"), (num_classes, "--num-classes")):
-        if value is not None:
-            parse_positive(str(value), option, maximum=1 << 20)
 
 
 def summary_command(
@@ -61,7 +49,7 @@ def summary_command(
     with user_errors():
         check_output_path(output)
         size = resolve_size(model, input_size)
-        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
         if depth is not None and depth < 1:
             raise BadInputError(f"--depth must be at least 1, got {depth}")
@@ -100,7 +88,7 @@ def verify_command(
     with user_errors():
         check_output_path(output)
         size = resolve_size(model, input_size)
-        batch = parse_positive(batch_size, "batch size", maximum=1 << 20)
+        batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
         from resnet_inspect.capture.loader import load_model
         from resnet_inspect.report.build import verify

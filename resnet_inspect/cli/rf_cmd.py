@@ -8,19 +8,25 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
+    MAX_COUNT,
     OutputFormat,
+    check_model_options,
     check_output_path,
     emit,
     parse_positive,
+    resolve_size,
     user_errors,
 )
-from resnet_inspect.cli.inspect_cmd import resolve_size
-from resnet_inspect.cli.options import FormatOption, InputSizeOption, ModelArgument, OutputOption
+from resnet_inspect.cli.options import (
+    ChannelsOption,
+    ClassesOption,
+    FormatOption,
+    InputSizeOption,
+    ModelArgument,
+    OutputOption,
+)
 from resnet_inspect.errors import BadInputError
 
-ChannelsOption = typer.Option(3, "--in-channels", help="Input channels.")
-ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (default: the model's).",
-                             show_default=False)
 CheckOption = typer.Option(
     False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
     "(exit 1 if one disagrees)."
@@ -35,7 +41,7 @@ PngOption = typer.Option(None, "--png", help="Save the ERF as a grayscale PNG; i
 def rf_command(
     model: str = ModelArgument,
     input_size: str | None = InputSizeOption,
-    in_channels: int = ChannelsOption,
+    in_channels: int | None = ChannelsOption,
     num_classes: int | None = ClassesOption,
     check: bool = CheckOption,
     erf: bool = ErfOption,
@@ -49,18 +55,17 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_output_path(png)
-        for value, option in ((in_channels, "--in-channels"), (erf_samples, "--erf-samples"),
-                              (num_classes, "--num-classes")):
-            if value is not None:
-                parse_positive(str(value), option, maximum=1 << 20)
+        check_model_options(in_channels, num_classes)
+        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_COUNT)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
         from resnet_inspect.report.rf import load_rf_model, rf_report
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
-        network, name = load_rf_model(model, in_channels, num_classes, real=wants_erf)
-        report = rf_report(network, name, size, in_channels, check, wants_erf, erf_samples, weights, png)
+        channels = in_channels or 3
+        network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
+        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, png)
         emit(report, fmt, output)
     if report.empirical is not None and report.empirical.agrees is False:
         raise typer.Exit(EXIT_CHECK_FAILED)

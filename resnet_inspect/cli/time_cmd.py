@@ -9,16 +9,17 @@ import typer
 
 from resnet_inspect.cli.common import (
     OutputFormat,
+    check_model_options,
     check_output_path,
+    check_timing_options,
     emit,
     parse_batch_sizes,
     parse_positive,
     progress_bar,
+    resolve_size,
     user_errors,
 )
-from resnet_inspect.cli.inspect_cmd import resolve_size
 from resnet_inspect.cli.options import ChannelsOption, FormatOption, InputSizeOption, ModelArgument, OutputOption
-from resnet_inspect.errors import BadInputError
 
 
 class DType(StrEnum):
@@ -58,13 +59,10 @@ def time_command(
         check_output_path(output)
         batches = parse_batch_sizes(batch_sizes)
         size = resolve_size(model, input_size)
-        if warmup < 0:
-            raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
-        parse_positive(str(repeat), "--repeat")
+        check_timing_options(warmup, repeat)
         if threads is not None:
             parse_positive(str(threads), "--threads", maximum=4096)
-        if in_channels is not None:
-            parse_positive(str(in_channels), "--in-channels")
+        check_model_options(in_channels, None)
         from resnet_inspect.analysis.timing import check_dtype, resolve_device
         from resnet_inspect.report.timing import phase_runs, timing_report
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Capture, OpKind, Pair, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
+from resnet_inspect.render.text import pair_text, shape_text, yes_no
 
 if TYPE_CHECKING:
     from torch import nn
@@ -99,7 +100,7 @@ class ModelRow:
 
     @property
     def label(self) -> str:
-        return f"{self.model} at {_pair_text(self.input_size)}"
+        return f"{self.model} at {pair_text(self.input_size)}"
 
     @property
     def field_input_ratio(self) -> tuple[float, float] | None:
@@ -175,21 +176,9 @@ def row_from_capture(capture: Capture) -> ModelRow:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def _pair_text(values: Sequence[Any] | None) -> str:
-    """'435' when both axes agree, '435x431' (height x width) otherwise, '-' when undefined."""
-    if values is None:
-        return "-"
-    texts = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in values]
-    return texts[0] if len(set(texts)) == 1 else "x".join(texts)
-
-
 def _blocks_text(stages: Sequence[int]) -> str:
     """'3-4-6-3'; '-' for a network without residual blocks."""
     return "-".join(map(str, stages)) if any(stages) else "-"
-
-
-def _shape_text(shape: Sequence[int] | None) -> str:
-    return "x".join(map(str, shape)) if shape else "-"
 
 
 def _unit(values: Sequence[float], units: tuple[tuple[float, str], ...]) -> tuple[float, str]:
@@ -303,7 +292,7 @@ class CompareReport:
         macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
         memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
         field_sizes = [row.field.size[0] * row.field.size[1] if row.field else None for row in rows]
-        fields = _best_cells([_pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
+        fields = _best_cells([pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
                              False, None)
         columns = [
             Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
@@ -312,10 +301,10 @@ class CompareReport:
         ]
         table_rows: list[list[Cell | str]] = [
             [
-                row.model, _pair_text(row.input_size), str(row.depth), _blocks_text(row.stages),
+                row.model, pair_text(row.input_size), str(row.depth), _blocks_text(row.stages),
                 params[position], macs[position], memory[position], fields[position],
-                _pair_text(row.field.stride if row.field else None), _pair_text(row.field_input_ratio),
-                _shape_text(row.output_shape),
+                pair_text(row.field.stride if row.field else None), pair_text(row.field_input_ratio, ".2f"),
+                shape_text(row.output_shape),
             ]
             for position, row in enumerate(rows)
         ]
@@ -358,9 +347,9 @@ class CompareReport:
             for stage in row.stage_rows:
                 share = f"{100 * stage.macs / row.macs:.1f}%" if row.macs else "-"
                 table_rows.append((
-                    row.model, _pair_text(row.input_size), stage.name, str(stage.blocks) if stage.blocks else "",
-                    _shape_text(stage.output_shape), _pair_text(stage.field.size if stage.field else None),
-                    _pair_text(stage.field.stride if stage.field else None), _yes_no(stage.covers_input), share,
+                    row.model, pair_text(row.input_size), stage.name, str(stage.blocks) if stage.blocks else "",
+                    shape_text(stage.output_shape), pair_text(stage.field.size if stage.field else None),
+                    pair_text(stage.field.stride if stage.field else None), yes_no(stage.covers_input), share,
                 ))
         footer = ("RF, stride: receptive field and effective stride at the stage output; head: everything after the "
                   "encoder (global pooling, classifier)",)
@@ -369,12 +358,6 @@ class CompareReport:
     def _notes(self) -> tuple[str, ...]:
         return tuple(f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
                      if row.field is None and row.field_reason)
-
-
-def _yes_no(value: bool | None) -> Cell:
-    if value is None:
-        return Cell("-")
-    return Cell("yes", "green") if value else Cell("no")
 
 
 # --------------------------------------------------------------------------------------------- building

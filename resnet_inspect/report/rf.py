@@ -11,6 +11,7 @@ from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageF
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
+from resnet_inspect.render.text import pair_text, yes_no
 
 if TYPE_CHECKING:
     from torch import nn
@@ -19,22 +20,8 @@ ERF_SEED = 0
 HEATMAP_COLUMNS = 32
 
 
-def _pair(values: tuple[Any, Any] | None) -> str:
-    """'43' when both axes agree, '43x45' (height x width) otherwise, '-' when undefined."""
-    if values is None:
-        return "-"
-    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
-    return texts[0] if texts[0] == texts[1] else "x".join(texts)
-
-
 def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
     return list(values) if values is not None else None
-
-
-def _yes_no(value: bool | None) -> Cell:
-    if value is None:
-        return Cell("-")
-    return Cell("yes", "green") if value else Cell("no")
 
 
 @dataclass(frozen=True)
@@ -95,14 +82,14 @@ class RfReport:
         rows = []
         for stage in self.stages:
             row: list[Cell | str] = [
-                stage.name, _pair(stage.size), _pair(stage.stride), _pair(stage.padding),
-                f"{stage.output_size[0]}x{stage.output_size[1]}", _yes_no(stage.covers_input),
+                stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
+                f"{stage.output_size[0]}x{stage.output_size[1]}", yes_no(stage.covers_input),
             ]
             if self.empirical:
                 check = checks.get(stage.name)
                 agrees = check.agrees if check else None
-                row += [_pair(check.measured_size if check else None),
-                        _yes_no(agrees) if agrees is not False else Cell("NO", "bold red")]
+                row += [pair_text(check.measured_size if check else None),
+                        yes_no(agrees) if agrees is not False else Cell("NO", "bold red")]
             rows.append(tuple(row))
         height, width = self.input_shape[2], self.input_shape[3]
         footer = (
@@ -119,7 +106,7 @@ class RfReport:
         rows = (
             ("r50", f"{erf.r50:g} px"), ("r90", f"{erf.r90:g} px"), ("r99", f"{erf.r99:g} px"),
             ("ratio r99 / field half-width", "-" if erf.ratio is None else f"{erf.ratio:.3f}"),
-            ("theoretical field", _pair(erf.field_size)),
+            ("theoretical field", pair_text(erf.field_size)),
             ("centre (row, column)", f"({erf.centre[0]:g}, {erf.centre[1]:g})"),
             ("samples", str(erf.samples)), ("weights", erf.weights),
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.analysis.arithmetic import LayerArithmetic, check_layer
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
+from resnet_inspect.render.text import bytes_text, pair_text, shape_text
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
@@ -18,10 +19,6 @@ if TYPE_CHECKING:
 PASS, FAIL = "✓", "✗"
 
 
-def shape_text(shape: tuple[int, ...] | list[int]) -> str:
-    return "x".join(str(size) for size in shape) if shape else "-"
-
-
 def geometry_text(geometry: Geometry | None) -> str:
     """'7x7/2 p3' style: kernel, stride, padding (and dilation, groups when not 1)."""
     if geometry is None or not geometry.kind.has_window or geometry.kind is OpKind.ADAPTIVE_POOL:
@@ -29,14 +26,11 @@ def geometry_text(geometry: Geometry | None) -> str:
             return "-> " + "x".join("=" if size is None else str(size) for size in geometry.output_size)
         return ""
 
-    def axes(values: tuple[int, int]) -> str:
-        return str(values[0]) if values[0] == values[1] else f"{values[0]}x{values[1]}"
-
-    text = f"{geometry.kernel[0]}x{geometry.kernel[1]}/{axes(geometry.stride)} p{axes(geometry.padding)}"
+    text = f"{geometry.kernel[0]}x{geometry.kernel[1]}/{pair_text(geometry.stride)} p{pair_text(geometry.padding)}"
     if geometry.padding_end != geometry.padding:
-        text += f"+{axes(geometry.padding_end)}"
+        text += f"+{pair_text(geometry.padding_end)}"
     if geometry.dilation != (1, 1):
-        text += f" d{axes(geometry.dilation)}"
+        text += f" d{pair_text(geometry.dilation)}"
     if geometry.groups != 1:
         text += f" g{geometry.groups}"
     if geometry.ceil_mode:
@@ -221,7 +215,7 @@ class SummaryReport:
             if self.max_depth is not None and layer.depth > self.max_depth:
                 continue
             field_json = self.layer_fields.get(layer.index)
-            rf_text = "" if not field_json else "x".join(map(str, dict.fromkeys(field_json["size"])))
+            rf_text = "" if not field_json else pair_text(field_json["size"])
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
                 "  " * (layer.depth - 1) + self._relative_name(layer), layer.type,
@@ -254,17 +248,17 @@ class SummaryReport:
         lines = [
             f"output shape: {shape_text(capture.output_shape)}",
             f"parameters: {counts.params:,} (trainable {counts.trainable_params:,}, frozen {counts.frozen_params:,}; "
-            f"{_bytes(counts.param_bytes)})",
+            f"{bytes_text(counts.param_bytes)})",
             f"MACs: {counts.macs:,} ({counts.macs / 1e9:.3f} G)   FLOPs = 2 x MACs: {counts.flops:,}",
         ]
         if self.fvcore is not None:
             lines.append(f"fvcore flops (one fused multiply-add = one flop): {self.fvcore.total_flops:,}")
-        lines.append(f"activation memory: {_bytes(counts.activation_bytes)}   "
-                     f"estimated peak inference memory: {_bytes(counts.peak_memory_bytes)}")
+        lines.append(f"activation memory: {bytes_text(counts.activation_bytes)}   "
+                     f"estimated peak inference memory: {bytes_text(counts.peak_memory_bytes)}")
         if self.fields is not None and self.fields.output is not None:
             output = self.fields.output
-            lines.append(f"receptive field at the encoder output: {_pair(output.size)}, effective stride "
-                         f"{_pair(output.stride)}, effective padding {_pair(output.padding)}")
+            lines.append(f"receptive field at the encoder output: {pair_text(output.size)}, effective stride "
+                         f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
 
@@ -281,14 +275,3 @@ class SummaryReport:
         return tuple(notes)
 
 
-def _pair(values: tuple[int, int]) -> str:
-    return str(values[0]) if values[0] == values[1] else f"{values[0]}x{values[1]}"
-
-
-def _bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{count} B"

@@ -1,0 +1,38 @@
+"""Small text forms shared by the reports' tables: shapes, (height, width) pairs, yes/no cells, byte counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from resnet_inspect.render.document import Cell
+
+
+def shape_text(shape: Sequence[int] | None) -> str:
+    """'1x64x112x112'; '-' for no shape."""
+    return "x".join(str(size) for size in shape) if shape else "-"
+
+
+def pair_text(values: Sequence[Any] | None, float_format: str = "g") -> str:
+    """'43' when both axes agree, '43x45' (height x width) otherwise, '-' when undefined."""
+    if values is None:
+        return "-"
+    texts = [format(value, float_format) if isinstance(value, float) else str(value) for value in values]
+    return texts[0] if len(set(texts)) == 1 else "x".join(texts)
+
+
+def yes_no(value: bool | None) -> Cell:
+    """A green 'yes', a plain 'no', or '-' when unknown."""
+    if value is None:
+        return Cell("-")
+    return Cell("yes", "green") if value else Cell("no")
+
+
+def bytes_text(count: int) -> str:
+    """Binary units: '512 B', '3.1 MiB', '1.2 GiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
