@@ -161,3 +161,10 @@ def test_output_file_receives_the_whole_report(tmp_path):
     result = invoke("verify", "resnet18", "--format", "json", "-o", str(target))
     assert result.exit_code == 0 and result.stdout == ""
     assert json.loads(target.read_text())["failed"] == 0
+
+
+def test_summary_reports_operations_it_has_no_counting_rule_for():
+    data = invoke_json("summary", f"{ZOO}:attention", "-i", "8")
+    assert data["totals"]["uncounted_ops"] == {"matmul": 1}
+    table = invoke("summary", f"{ZOO}:attention", "-i", "8").stdout
+    assert "no counting rule (0 MACs assumed) for: matmul x1" in table

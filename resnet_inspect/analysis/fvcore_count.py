@@ -19,6 +19,8 @@ from resnet_inspect.records import Capture, Shape
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.analysis.counting import Counts
+
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 # fvcore operator names that are convolutions or matrix products: the share every counter agrees on.
 CONV_LINEAR_OPERATORS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum"})
@@ -70,17 +72,17 @@ def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
     return real
 
 
-def batch1_memory_bytes(capture: Capture) -> int:
+def batch1_memory_bytes(capture: Capture, counts: Counts | None = None) -> int:
     """Memory a batch-1 real forward needs, estimated from the capture: weights, buffers, all activations."""
     from resnet_inspect.analysis.counting import count
 
-    counts = count(capture)
+    counts = counts or count(capture)
     batch_size = max(capture.input_shape[0], 1) if capture.input_shape else 1
     return counts.param_bytes + counts.buffer_bytes + (counts.input_bytes + counts.activation_bytes) // batch_size
 
 
-def fvcore_count(model: nn.Module, capture: Capture, *,
-                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> tuple[FvcoreCounts | None, str | None]:
+def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+                 counts: Counts | None = None) -> tuple[FvcoreCounts | None, str | None]:
     """fvcore's FlopCountAnalysis of ``model`` on the capture's input; (counts, None) or (None, why skipped).
 
     fvcore's log warnings are silenced; the operators it could not count are returned in
@@ -88,7 +90,7 @@ def fvcore_count(model: nn.Module, capture: Capture, *,
     """
     import torch
 
-    needed_bytes = batch1_memory_bytes(capture)
+    needed_bytes = batch1_memory_bytes(capture, counts)
     if needed_bytes > memory_budget_bytes:
         return None, (f"fvcore skipped: a real batch-1 forward needs about {needed_bytes / 1024**3:.1f} GiB, "
                       f"over the {memory_budget_bytes / 1024**3:.1f} GiB budget")

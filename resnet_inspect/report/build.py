@@ -45,14 +45,15 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
 
     fields = analyze_receptive_field(capture)
+    counts = count(capture)
     fvcore_counts, fvcore_note = None, None
     if fvcore and model is not None:
         from resnet_inspect.analysis.fvcore_count import fvcore_count
 
         options = {} if fvcore_memory_budget_bytes is None else {"memory_budget_bytes": fvcore_memory_budget_bytes}
-        fvcore_counts, fvcore_note = fvcore_count(model, capture, **options)
+        fvcore_counts, fvcore_note = fvcore_count(model, capture, counts=counts, **options)
     return SummaryReport(
-        model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=count(capture),
+        model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
         max_depth=max_depth, layer_fields=layer_fields(capture, fields),
     )

@@ -191,6 +191,7 @@ class SummaryReport:
                 "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
                 "param_bytes_by_dtype": dict(counts.param_bytes_by_dtype),
                 "params_by_stage": dict(counts.stage_params),
+                "uncounted_ops": dict(counts.uncounted_ops),
             },
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,
@@ -265,6 +266,9 @@ class SummaryReport:
     def _notes(self) -> tuple[str, ...]:
         notes = [f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings
                  if not item.check.ok]
+        if self.counts.uncounted_ops:
+            unknown = ", ".join(f"{op} x{count}" for op, count in sorted(self.counts.uncounted_ops.items()))
+            notes.append(f"no counting rule (0 MACs assumed) for: {unknown}")
         if self.fvcore_note:
             notes.append(self.fvcore_note)
         if self.fvcore is not None and self.fvcore.unsupported_ops:
