@@ -12,12 +12,20 @@ from typing import Any
 from resnet_inspect.records import Geometry, OpKind, Pair
 
 
-def pair(value: Any) -> Pair:
-    """(h, w) from an int or a sequence of one or two ints."""
+def pair(value: Any, strict: bool = False) -> Pair:
+    """(h, w) from an int or a sequence of one or two ints; ``strict`` raises TypeError on anything else."""
     if isinstance(value, int):
         return (value, value)
-    values = tuple(int(v) for v in value)
+    values = tuple(value)
+    if strict and (len(values) not in (1, 2) or not all(isinstance(v, int) for v in values)):
+        raise TypeError(f"not a size: {value!r}")
+    values = tuple(int(v) for v in values)
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def pool_stride(kernel: Pair, stride: Any, strict: bool = False) -> Pair:
+    """PyTorch pooling's stride: the kernel size when none is given."""
+    return kernel if stride is None or stride == () or stride == [] else pair(stride, strict)
 
 
 def _padding(padding: Any, kernel: Pair, dilation: Pair) -> tuple[Pair, Pair, str]:
@@ -50,7 +58,7 @@ def conv_geometry(kernel: Any, stride: Any, padding: Any, dilation: Any, groups:
 
 def pool_geometry(kind: OpKind, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool) -> Geometry:
     kernel_hw = pair(kernel)
-    stride_hw = kernel_hw if stride is None or stride == () or stride == [] else pair(stride)
+    stride_hw = pool_stride(kernel_hw, stride)
     padding_hw = pair(padding)
     return Geometry(
         kind,

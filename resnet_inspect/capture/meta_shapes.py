@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resnet_inspect.capture.geometry import call_argument, op_name
+from resnet_inspect.capture.geometry import call_argument, op_name, pair, pool_stride
 
 _BINARY = frozenset({"add", "sub", "mul", "div", "true_divide"})
 _IN_PLACE = frozenset({"__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_"})
@@ -23,7 +23,8 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else ()
 
 
-def _empty(shape: Sequence[int], like: Any) -> Any:
+def meta_empty(shape: Sequence[int], like: Any) -> Any:
+    """An empty meta tensor of ``shape`` with ``like``'s dtype (``empty_like`` on meta would import sympy)."""
     import torch
 
     return torch.empty(tuple(shape), dtype=like.dtype, device="meta")
@@ -41,23 +42,14 @@ def _broadcast(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ..
     return tuple(result)
 
 
-def _ints(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    values = tuple(value)
-    if not all(isinstance(v, int) for v in values) or len(values) not in (1, 2):
-        raise TypeError("not a size")
-    return (values[0], values[-1])
-
-
 def _conv2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     from resnet_inspect.analysis.arithmetic import conv_output
 
     x, weight = args[0], call_argument(args, kwargs, 1, "weight", None)
     bias = call_argument(args, kwargs, 2, "bias", None)
     stride, dilation = (
-        _ints(call_argument(args, kwargs, 3, "stride", 1)),
-        _ints(call_argument(args, kwargs, 5, "dilation", 1)),
+        pair(call_argument(args, kwargs, 3, "stride", 1), strict=True),
+        pair(call_argument(args, kwargs, 5, "dilation", 1), strict=True),
     )
     padding, groups = call_argument(args, kwargs, 4, "padding", 0), call_argument(args, kwargs, 6, "groups", 1)
     if isinstance(padding, str) or x.dim() != 4 or weight is None or weight.dim() != 4 or x.dtype != weight.dtype:
@@ -68,25 +60,24 @@ def _conv2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         or (bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]))
     ):
         return NotImplemented
-    padding = _ints(padding)
+    padding = pair(padding, strict=True)
     sizes = [
         conv_output(x.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis], dilation[axis]).output
         for axis in (0, 1)
     ]
     if min(sizes) < 1:
         return NotImplemented
-    return _empty((x.shape[0], weight.shape[0], *sizes), x)
+    return meta_empty((x.shape[0], weight.shape[0], *sizes), x)
 
 
 def _max_pool2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     from resnet_inspect.analysis.arithmetic import pool_output
 
     x = args[0]
-    kernel = _ints(call_argument(args, kwargs, 1, "kernel_size", None))
-    stride_value = call_argument(args, kwargs, 2, "stride", None)
-    stride = kernel if stride_value is None or stride_value == [] or stride_value == () else _ints(stride_value)
-    padding = _ints(call_argument(args, kwargs, 3, "padding", 0))
-    dilation = _ints(call_argument(args, kwargs, 4, "dilation", 1))
+    kernel = pair(call_argument(args, kwargs, 1, "kernel_size", None), strict=True)
+    stride = pool_stride(kernel, call_argument(args, kwargs, 2, "stride", None), strict=True)
+    padding = pair(call_argument(args, kwargs, 3, "padding", 0), strict=True)
+    dilation = pair(call_argument(args, kwargs, 4, "dilation", 1), strict=True)
     ceil_mode = bool(call_argument(args, kwargs, 5, "ceil_mode", False))
     if x.dim() != 4 or call_argument(args, kwargs, 6, "return_indices", False) or 0 in x.shape[:2]:
         return NotImplemented
@@ -98,7 +89,7 @@ def _max_pool2d(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     ]
     if min(sizes) < 1:
         return NotImplemented
-    return _empty((*x.shape[:2], *sizes), x)
+    return meta_empty((*x.shape[:2], *sizes), x)
 
 
 def _binary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -114,7 +105,7 @@ def _binary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         if tuple(shape) != _shape(first):
             return NotImplemented  # let the real kernel raise its own error
         return first
-    return _empty(shape, tensors[0])
+    return meta_empty(shape, tensors[0])
 
 
 def _batch_norm(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -123,11 +114,10 @@ def _batch_norm(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     running_mean = args[1] if len(args) > 1 else kwargs.get("running_mean")
     if x.dim() < 2 or (running_mean is not None and running_mean.shape[0] != x.shape[1]):
         return NotImplemented
-    return _empty(x.shape, x)
+    return meta_empty(x.shape, x)
 
 
 def _adaptive_pool(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    import torch
 
     x = args[0]
     target = args[1] if len(args) > 1 else kwargs["output_size"]
@@ -135,11 +125,10 @@ def _adaptive_pool(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> An
     if x.dim() not in (3, 4) or len(target) != 2:
         return NotImplemented
     spatial = tuple(x.shape[-2 + axis] if size is None else int(size) for axis, size in enumerate(target))
-    return torch.empty((*x.shape[:-2], *spatial), dtype=x.dtype, device="meta")
+    return meta_empty((*x.shape[:-2], *spatial), x)
 
 
 def _mean(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    import torch
 
     x = args[0]
     dims = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -148,16 +137,15 @@ def _mean(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         return NotImplemented
     reduced = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
     shape = [1 if axis in reduced else size for axis, size in enumerate(x.shape) if keepdim or axis not in reduced]
-    return torch.empty(shape, dtype=x.dtype, device="meta")
+    return meta_empty(shape, x)
 
 
 def _linear(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    import torch
 
     x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1] or x.dtype != weight.dtype:
         return NotImplemented  # the real kernel raises its own error
-    return torch.empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device="meta")
+    return meta_empty((*x.shape[:-1], weight.shape[0]), x)
 
 
 _UNARY = frozenset(
@@ -195,7 +183,7 @@ def _unary(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     )
     if any(isinstance(a, torch.Tensor) for a in args[1:]) or any(isinstance(v, torch.Tensor) for v in kwargs.values()):
         return NotImplemented
-    return x if in_place else _empty(x.shape, x)
+    return x if in_place else meta_empty(x.shape, x)
 
 
 _RULES: dict[str, Callable[[Any, Sequence[Any], dict[str, Any]], Any]] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.capture.geometry import ELEMENTWISE, function_geometry, module_geometry
-from resnet_inspect.capture.meta_shapes import meta_result
+from resnet_inspect.capture.meta_shapes import meta_empty, meta_result
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
@@ -44,13 +44,6 @@ def shape_of(tensor: torch.Tensor) -> Shape:
     return tuple(int(size) for size in tensor.shape)
 
 
-def _meta_empty(tensor: torch.Tensor) -> torch.Tensor:
-    """An empty meta tensor of the same shape and dtype (``empty_like`` on meta would import sympy)."""
-    import torch
-
-    return torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta")
-
-
 def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
     """A deep copy of ``model`` whose parameters and buffers are empty tensors on ``device``.
 
@@ -60,7 +53,7 @@ def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
 
     def copied(tensor: torch.Tensor) -> torch.Tensor:
         if device == "meta":
-            return _meta_empty(tensor)
+            return meta_empty(tensor.shape, tensor)
         if tensor.is_meta:  # a model built on meta, run for real: zeros stand in for the weights it never had
             return torch.zeros(tuple(tensor.shape), dtype=tensor.dtype, device=device)
         return tensor.detach().clone()
@@ -91,6 +84,7 @@ class _Call:
     node: int | None = None
     input_nodes: tuple[int, ...] = ()
     output_node: int | None = None
+    inputs: list[Any] = field(default_factory=list)  # the input tensors, held only while the call runs
 
 
 @dataclass
@@ -178,7 +172,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
             is_leaf=geometry is not None or not any(True for _ in module.children()),
             geometry=geometry, input_shapes=tuple(shape_of(t) for t in inputs),
         )
-        call.inputs = inputs  # type: ignore[attr-defined]  # dropped once the call ends
+        call.inputs = inputs
         call.input_nodes = recorder.input_nodes(inputs)
         recorder.calls.append(call)
         recorder.stack.append(call)
@@ -191,7 +185,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
         call = recorder.stack.pop()
         outputs = tensors_in(output)
         call.output_shapes = tuple(shape_of(t) for t in outputs)
-        inputs = call.__dict__.pop("inputs", [])
+        inputs, call.inputs = call.inputs, []
         if call.geometry is not None:
             recorder.opaque_depth -= 1
             call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
