@@ -18,11 +18,13 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.receptive_field import (
+    NodeField,
     ReceptiveFieldResult,
     StageField,
     analyze_receptive_field,
@@ -176,13 +178,29 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
     return image, values, failures
 
 
+def centre_unit(field: NodeField | None, output_size: Sequence[int], input_size: Sequence[int]) -> tuple[int, ...]:
+    """The unit backpropagated from: the centre of the map; on an even axis, of the two central units the one
+    whose field lies inside the input, if one does."""
+    unit = []
+    for axis, size in enumerate(output_size):
+        choices = dict.fromkeys(((size - 1) // 2, size // 2))
+        fits = [u for u in choices if field is not None and _axis_inside(field, axis, u, input_size[axis])]
+        unit.append(fits[0] if fits else (size - 1) // 2)
+    return tuple(unit)
+
+
+def _axis_inside(field: NodeField, axis: int, unit: int, side: int) -> bool:
+    first = -field.padding[axis] + (0 if field.position_independent else unit * field.stride[axis])
+    return first >= 0 and first + field.size[axis] - 1 <= side - 1
+
+
 def _stage_check(stage: StageField, value: Any, image: Any, failure: str | None,
                  input_size: tuple[int, ...]) -> StageCheck:
     import torch
 
     rank = len(input_size)
-    unit = tuple((size - 1) // 2 for size in stage.output_size)
     field = stage.field
+    unit = centre_unit(field, stage.output_size, input_size)
     analytic = interval = None
     inside = False
     if field is not None:
@@ -241,12 +259,13 @@ def check_input_size(result: ReceptiveFieldResult) -> tuple[int, ...]:
     return tuple(sides)
 
 
-def _spilled(check: StageCheck) -> bool:
-    return check.measured is not None and not check.inside
+def _spilled(check: StageCheck, field: NodeField | None) -> bool:
+    """A field clipped by the input, which a larger input would hold (a position-independent one grows with it)."""
+    return check.measured is not None and not check.inside and field is not None and not field.position_independent
 
 
 def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldResult,
-                    in_channels: int = 3) -> SupportCheck:
+                    in_channels: int | None = None) -> SupportCheck:
     """The support check at the nominal input size; stages whose field spills over it are checked again at a
     larger input (grown while a field still spills), and say so. A support clipped at every size tried is
     reported as clipped, never as a measured size."""
@@ -255,7 +274,8 @@ def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldRe
     checked = support_check(capture, result)
     stages = {check.name: check for check in checked.stages}
     largest = checked.input_size
-    pending = [check.name for check in checked.stages if _spilled(check)]
+    fields = {stage.name: stage.field for stage in result.stages}
+    pending = [check.name for check in checked.stages if _spilled(check, fields[check.name])]
     size = check_input_size(result)
     for _attempt in range(CHECK_ATTEMPTS):
         if not pending or size == result.input_size:
@@ -266,7 +286,7 @@ def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldRe
         for check in rechecked.stages:
             if check.name in pending:
                 stages[check.name] = check
-        pending = [name for name in pending if _spilled(stages[name])]
+        pending = [name for name in pending if _spilled(stages[name], fields[name])]
         growth = max((tuple(math.ceil(s) for s in stage.field.stride) for stage in result.stages
                       if stage.field and not stage.field.position_independent), default=(1,) * len(size))
         size = tuple(side + 2 * step for side, step in zip(size, growth, strict=True))

@@ -61,7 +61,7 @@ def summary_command(
         from resnet_inspect.report.build import capture_model, summary_from_capture
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        capture = capture_model(network, size, batch, in_channels or 3, name)
+        capture = capture_model(network, size, batch, in_channels, name)
         layer_times_ms = None
         if time:
             from resnet_inspect.analysis.timing import time_layers
@@ -94,7 +94,7 @@ def verify_command(
         from resnet_inspect.report.build import verify
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        report = verify(network, size, batch, in_channels or 3, model_name=name)
+        report = verify(network, size, batch, in_channels, model_name=name)
         emit(report, fmt, output)
     if report.failed:
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -63,7 +63,7 @@ def rf_command(
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
-        channels = in_channels or 3
+        channels = in_channels
         network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
         report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, png)
         emit(report, fmt, output)

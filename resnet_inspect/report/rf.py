@@ -204,7 +204,8 @@ def load_weights(model: nn.Module, path: Path) -> str:
     return str(path)
 
 
-def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int = 3, check: bool = False,
+def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int | None = None,
+              check: bool = False,
               erf: bool = False, erf_samples: int = 8, weights_path: Path | None = None,
               png_path: Path | None = None) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF."""
