@@ -397,6 +397,15 @@ def test_conv2d_same_field_follows_the_padding_of_an_odd_input() -> None:
 
 # Conv1d and Conv3d -------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize(("name", "checked"), [("audio_net", 3), ("video_net", 5)])
+def test_verify_checks_one_and_three_dimensional_layers_on_every_axis(name: str, checked: int) -> None:
+    """Audio: two Conv1d and a MaxPool1d. Video: three Conv3d, a MaxPool3d and an AvgPool3d."""
+    report = cli_json("verify", *model_args(name))
+    assert report["failed"] == 0 and report["checked"] >= checked
+    axes = len(CASES[name].input_size)
+    assert all(len(layer["expected"]) == len(layer["observed"]) == axes for layer in report["layers"])
+
+
 def test_spatial_axes_come_from_the_first_convolution() -> None:
     """`-i N` gives N on every spatial axis: one for Conv1d, three for Conv3d."""
     assert cli_json("summary", f"{ZOO_FILE}:audio_net", "-i", "256", "--in-channels", "1")["input_shape"] == [
@@ -412,10 +421,19 @@ def test_one_size_per_axis_for_a_video_input() -> None:
 
 # rf --check ----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [*LOCAL, "vit"])
-def test_rf_check_agrees_on_every_model_with_a_field(name: str) -> None:
+@pytest.mark.parametrize("name", LOCAL)
+def test_rf_check_agrees_on_every_model_with_a_local_field(name: str) -> None:
     empirical = rf_checked(name)["empirical"]
     assert empirical["agrees"] is True, empirical
+    assert empirical["size"] == rf_checked(name)["output"]["size"]
+
+
+@pytest.mark.parametrize("name", [name for name, case in CASES.items() if case.field != "local"])
+def test_rf_check_agrees_or_gives_a_reason_on_global_and_upsampled_fields(name: str) -> None:
+    empirical = rf_checked(name)["empirical"]
+    assert empirical["agrees"] is not False, empirical
+    for stage in empirical["stages"]:
+        assert stage["agrees"] is True or stage["reason"], stage
 
 
 @pytest.mark.parametrize("name", LOCAL)
@@ -434,6 +452,13 @@ def test_rf_check_never_reports_a_clipped_support_as_a_measurement(name: str) ->
 
 
 # The CLI, as a user runs it -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_verify_passes_on_every_zoo_model(name: str) -> None:
+    """verify observes torch's own kernels: every zoo layer's declared geometry holds, Conv2dSame included."""
+    report = cli_json("verify", *model_args(name))
+    assert report["failed"] == 0, [layer for layer in report["layers"] if not layer["ok"]]
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resnet_inspect", *args, "--format", "json"], cwd=ROOT,
