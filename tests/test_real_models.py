@@ -65,6 +65,7 @@ CASES: dict[str, Case] = {
     "blur_pool_net": Case((64, 64)),
     "fpn": Case((64, 64), field="upsampled"),
     "unet": Case((64, 64), field="upsampled"),
+    "espcn": Case((32, 32), in_channels=1, field="upsampled"),
     "conv2d_same_net": Case((64, 64)),
     "audio_net": Case((256,), in_channels=1, spatial_axes=(2,)),
     "video_net": Case((16, 32, 32), spatial_axes=(2, 3, 4)),
@@ -357,10 +358,11 @@ def test_resnet_d_odd_input_pools_with_ceil_mode() -> None:
 
 # Upsampling: a field per output pixel, or a stated reason ------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["fpn", "unet"])
+@pytest.mark.parametrize("name", ["fpn", "unet", "espcn"])
 def test_upsampled_output_field_matches_the_gradient_or_gives_a_reason(name: str) -> None:
-    """Bilinear, nearest and transposed 2x2/2 upsampling give each output pixel its own field. Either the reported
-    field puts the centre pixel and its neighbour where their gradients are, or the tool says why it has none."""
+    """Bilinear, nearest, transposed 2x2/2 and pixel-shuffle upsampling give each output pixel its own field.
+    Either the reported field puts the centre pixel and its neighbour where their gradients are, or the tool says
+    why it has none."""
     report = rf_checked(name)
     field = report["output"]
     if field is None:
