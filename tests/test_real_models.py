@@ -46,7 +46,7 @@ class Case:
     @property
     def cli_size(self) -> str:
         sizes = set(self.input_size)
-        return str(self.input_size[0]) if len(sizes) == 1 else ",".join(map(str, self.input_size))
+        return str(self.input_size[0]) if len(sizes) == 1 else "x".join(map(str, self.input_size))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -428,7 +428,8 @@ def test_spatial_axes_come_from_the_first_convolution() -> None:
 
 
 def test_one_size_per_axis_for_a_video_input() -> None:
-    report = cli_json("summary", f"{ZOO_FILE}:video_net", "-i", "16,32,32")
+    """`-i TxHxW`, as `-i HxW` for images (a comma separates several sizes in compare)."""
+    report = cli_json("summary", f"{ZOO_FILE}:video_net", "-i", "16x32x32")
     assert report["input_shape"] == [1, 3, 16, 32, 32]
     assert report["output_shape"] == [1, 5]
 
