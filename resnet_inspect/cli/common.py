@@ -170,8 +170,8 @@ def check_timing_options(warmup: int, repeat: int) -> None:
     parse_positive(str(repeat), "--repeat")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed into place."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write the whole file or nothing: a temporary file beside it, renamed into place (text as UTF-8)."""
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise BadInputError(f"cannot write {path}: directory {directory} does not exist")
@@ -180,8 +180,8 @@ def write_atomically(path: Path, text: str) -> None:
     except OSError as exc:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(temporary, path)
     except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
