@@ -35,6 +35,16 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
+class SummaryFormat(StrEnum):
+    """`summary` also writes a self-contained HTML page."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    html = "html"
+
+
 def one_line(message: str) -> str:
     """The first line of ``message`` with its runs of white space collapsed."""
     return " ".join(message.strip().split("\n")[0].split())
@@ -212,11 +222,11 @@ def check_output_path(output: Path | None) -> None:
     os.unlink(probe)
 
 
-def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> None:
+def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | None = None) -> None:
     """Render ``report`` in ``fmt``; print it, or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables
 
-    fmt_name = fmt.value if isinstance(fmt, OutputFormat) else fmt
+    fmt_name = fmt.value if isinstance(fmt, StrEnum) else fmt
     if output is not None:
         write_atomically(output, render(report, fmt_name))
         return

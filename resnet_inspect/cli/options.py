@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli.common import OutputFormat
+from resnet_inspect.cli.common import OutputFormat, SummaryFormat
 
 MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
 INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
@@ -16,5 +16,7 @@ ChannelsOption = typer.Option(None, "--in-channels", help="Input channels (defau
 ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (registry models).",
                              show_default=False)
 FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
+SummaryFormatOption = typer.Option(SummaryFormat.table, "--format", "-f", help="Output format (html: one "
+                                   "self-contained page with the layer tree, totals and pictures; use -o FILE).")
 OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
                             show_default=False)

@@ -14,6 +14,10 @@ from typing import Any
 
 from resnet_inspect.errors import BadInputError
 
+# Distinct opaque colours, one per stage box (matplotlib's tab10); the image tests find the boxes by them.
+BOX_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf")
+
 
 @dataclass(frozen=True)
 class FieldBox:
@@ -116,4 +120,7 @@ def view_extent(boxes: Sequence[FieldBox], size: Sequence[int]) -> tuple[tuple[f
     return tuple(extent)
 
 
-__all__ = ["FieldBox", "drawable_axes", "field_box", "input_size", "stage_boxes", "undefined_stages", "view_extent"]
+__all__ = [
+    "BOX_COLOURS", "FieldBox", "drawable_axes", "field_box", "input_size", "stage_boxes", "undefined_stages",
+    "view_extent",
+]

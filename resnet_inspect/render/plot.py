@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.fields import (
+    BOX_COLOURS,
     FieldBox,
     drawable_axes,
     field_box,
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 PLOT_FORMATS = ("png", "svg", "pdf")
 INSTALL_HINT = "pip install 'resnet-inspect[plot]'"
 DPI = 100
-# Distinct opaque colours, one per stage box (matplotlib's tab10); the tests find the boxes by these colours.
-BOX_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-               "#17becf")
 INPUT_COLOUR = "#333333"
 PADDING_COLOUR = "#ececec"
 PADDING_HATCH_COLOUR = "#c8c8c8"
@@ -58,8 +56,11 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
     """The figure as PNG, SVG or PDF bytes; metadata without dates, so the same picture gives the same bytes."""
     metadata: dict[str, Any] = {"png": {"Software": None}, "svg": {"Date": None},
                                 "pdf": {"CreationDate": None, "ModDate": None}}[fmt]
+    from matplotlib import rc_context
+
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "resnet-inspect"}):  # SVG text stays text
+        figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
     return buffer.getvalue()
 
 
