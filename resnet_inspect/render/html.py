@@ -203,7 +203,7 @@ def _fields_section(rf: Mapping[str, Any] | None) -> str:
 def summary_html(summary: Mapping[str, Any], document: Document, rf: Mapping[str, Any] | None = None,
                  open_depth: int | None = None) -> str:
     """The page: ``summary`` is the report's JSON, ``document`` its table with every layer, ``rf`` the `rf`
-    JSON of the same model (stages), ``open_depth`` how deep the tree starts expanded (default 1)."""
+    JSON of the same model (stages), ``open_depth`` how deep the tree starts expanded (default 2)."""
     table = document.tables[0]
     layers = summary["layers"]
     depth_limit = open_depth or 2

@@ -100,8 +100,11 @@ def _padding_background(axes: Axes, extent: Sequence[tuple[float, float]], size:
     axes.set_ylabel("input row (px)")
 
 
-def _draw_box(axes: Axes, box: FieldBox, colour: str, position: int, size: Sequence[int], gid: str) -> None:
-    """The field's outline (into the padding where it spills over) and a tint on the part inside the input."""
+def _draw_box(axes: Axes, box: FieldBox, colour: str, layer: int, size: Sequence[int], gid: str) -> None:
+    """The field's outline (into the padding where it spills over) and a tint on the part inside the input.
+
+    ``layer`` orders the outlines: inner (earlier) fields go on top, so an edge shared with a later field shows.
+    """
     from matplotlib.patches import Rectangle
 
     (top, bottom), (left, right) = box.covered(size)
@@ -109,7 +112,7 @@ def _draw_box(axes: Axes, box: FieldBox, colour: str, position: int, size: Seque
         axes.add_patch(Rectangle((left, top), right - left + 1, bottom - top + 1, facecolor=colour, alpha=0.10,
                                  edgecolor="none", zorder=2))
     style = _box_style(box)
-    axes.add_patch(_rectangle(box, fill=False, edgecolor=colour, linewidth=1.5, antialiased=False, zorder=3 + position,
+    axes.add_patch(_rectangle(box, fill=False, edgecolor=colour, linewidth=1.5, antialiased=False, zorder=3 + layer,
                               gid=gid, label=f"{box.label}: {box.geometry_text}", **style))
     inset = 0.012 * (axes.get_xlim()[1] - axes.get_xlim()[0])
     axes.text(box.start[1] + inset, box.start[0] + inset, box.label, color=colour, fontsize=7, va="top", ha="left",
@@ -133,7 +136,8 @@ def _fields_panel_2d(axes: Axes, rf: Mapping[str, Any], boxes: Sequence[FieldBox
     size = input_size(rf)
     _padding_background(axes, view_extent(boxes, size), size)
     for position, box in enumerate(boxes):
-        _draw_box(axes, box, BOX_COLOURS[position % len(BOX_COLOURS)], position, size, f"field-{position}")
+        _draw_box(axes, box, BOX_COLOURS[position % len(BOX_COLOURS)], len(boxes) - position, size,
+                  f"field-{position}")
     handles, _ = axes.get_legend_handles_labels()
     axes.legend(handles=handles + _legend_extras(boxes), loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
                 frameon=False, title="centre unit's field per stage", title_fontsize=8)
