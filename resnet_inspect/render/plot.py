@@ -60,7 +60,7 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
 
     buffer = io.BytesIO()
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "resnet-inspect"}):  # SVG text stays text
-        figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+        figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata, bbox_inches="tight", pad_inches=0.15)
     return buffer.getvalue()
 
 
@@ -89,8 +89,12 @@ def _padding_background(axes: Axes, extent: Sequence[tuple[float, float]], size:
     (top, bottom), (left, right) = extent
     axes.add_patch(Rectangle((left, top), right - left, bottom - top, facecolor=PADDING_COLOUR,
                              edgecolor=PADDING_HATCH_COLOUR, linewidth=0, hatch="..", zorder=0, label="zero padding"))
-    axes.add_patch(Rectangle((0, 0), size[1], size[0], facecolor="white", edgecolor=INPUT_COLOUR, linewidth=1.2,
-                             antialiased=False, zorder=1, gid="input", label=f"input {size[0]}x{size[1]}"))
+    axes.add_patch(Rectangle((0, 0), size[1], size[0], facecolor="white", edgecolor="none", zorder=1))
+    # the outline above the fields' tints (zorder 2), below their boxes (3 and up); unsnapped, so it lies exactly
+    # on the pixel edges 0 and n like the boxes
+    axes.add_patch(Rectangle((0, 0), size[1], size[0], fill=False, edgecolor=INPUT_COLOUR, linewidth=1.2,
+                             antialiased=False, snap=False, zorder=2.5, gid="input",
+                             label=f"input {size[0]}x{size[1]}"))
     axes.set_xlim(left, right)
     axes.set_ylim(bottom, top)  # row 0 at the top, as in an image
     axes.set_aspect("equal")
@@ -112,7 +116,8 @@ def _draw_box(axes: Axes, box: FieldBox, colour: str, layer: int, size: Sequence
         axes.add_patch(Rectangle((left, top), right - left + 1, bottom - top + 1, facecolor=colour, alpha=0.10,
                                  edgecolor="none", zorder=2))
     style = _box_style(box)
-    axes.add_patch(_rectangle(box, fill=False, edgecolor=colour, linewidth=1.5, antialiased=False, zorder=3 + layer,
+    axes.add_patch(_rectangle(box, fill=False, edgecolor=colour, linewidth=1.5, antialiased=False, snap=False,
+                              zorder=3 + layer,
                               gid=gid, label=f"{box.label}: {box.geometry_text}", **style))
     inset = 0.012 * (axes.get_xlim()[1] - axes.get_xlim()[0])
     axes.text(box.start[1] + inset, box.start[0] + inset, box.label, color=colour, fontsize=7, va="top", ha="left",
