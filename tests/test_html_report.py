@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
-from resnet_inspect.render.html import stage_costs
+from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.render.html import stage_costs, summary_html
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LIAR = f"{FIXTURES / 'cnn_zoo.py'}:liar_cnn"  # its second conv pads inside forward(): the check fails there
@@ -69,6 +70,16 @@ def test_stage_costs_follow_the_published_resnet18_numbers(pages):
     costs = {name: (macs, params) for name, macs, params in stage_costs(pages["resnet18"][1])}
     assert costs["stem"] == (112 * 112 * 64 * 3 * 7 * 7, 9_536)  # 7x7/2 conv to 64x112x112 (pools: no MACs)
     assert costs["head"] == (512 * 1000, 513_000)  # the 512 -> 1000 classifier
+
+
+def test_a_three_dimensional_input_gets_a_line_instead_of_a_picture(pages):
+    report = pages["resnet18"][1]
+    rf = {"model": "conv3d", "input_shape": [1, 1, 8, 8, 8], "stages": [
+        {"name": "stem", "size": [3, 3, 3], "stride": [1, 1, 1], "padding": [1, 1, 1], "output_size": [8, 8, 8]}]}
+    document = Document((Table("t", (Column("layer"),), tuple((layer["name"],) for layer in report["layers"])),))
+    page = summary_html(report, document, rf)
+    assert "Not drawn: the receptive-field picture draws 1-D and 2-D inputs; this input has 3 spatial axes" in page
+    assert "<svg" in page and 'class="rf-picture"' not in page  # the stage chart is still there
 
 
 def test_api_to_html_is_the_cli_page(pages):

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Document, Table, cell_style, cell_text
 from resnet_inspect.render.fields import undefined_stages
 from resnet_inspect.render.svg import bar_chart_svg, fields_legend, fields_svg
@@ -180,7 +181,10 @@ def _layer_table(table: Table, layers: Sequence[Mapping[str, Any]], open_depth: 
 def _fields_section(rf: Mapping[str, Any] | None) -> str:
     if rf is None:
         return ""
-    picture = fields_svg(rf)
+    try:
+        picture = fields_svg(rf)
+    except BadInputError as exc:  # a 3-D input: the numbers are in the table, the picture is not drawn
+        return f"<h2>Receptive fields</h2><p>Not drawn: {escape(str(exc))}</p>"
     if not picture:
         reasons = "; ".join(undefined_stages(rf))
         return f"<h2>Receptive fields</h2><p>No stage has a receptive field: {escape(reasons)}</p>"
