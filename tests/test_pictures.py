@@ -210,6 +210,7 @@ def test_three_dimensional_fields_are_refused_with_one_line():
 # ---------------------------------------------------------------------------------------------- the ERF panel
 
 
+@pytest.mark.slow
 def test_erf_panel_has_a_colour_bar_the_radii_and_the_theoretical_box(tmp_path):
     picture = tmp_path / "erf.png"
     result = runner.invoke(app, ["rf", "resnet20", "--erf", "--erf-samples", "1", "--plot", str(picture), "-f",
@@ -255,6 +256,7 @@ def test_unknown_picture_format_is_refused_before_any_work(tmp_path):
 # --------------------------------------------------------------------------------------------------- compare
 
 
+@pytest.mark.slow
 def test_compare_plot_has_four_panels_against_depth(tmp_path):
     result = runner.invoke(app, ["compare", "resnet18", "resnet34", "--plot", str(tmp_path / "c.png"), "-f", "json"])
     assert result.exit_code == 0, result.output
@@ -308,6 +310,7 @@ def test_heatmap_title_is_never_wrapped(three_layer):
 # ------------------------------------------------------------------------------------------------- the docs
 
 
+@pytest.mark.slow
 def test_docs_pictures_script_draws_every_picture_the_docs_show(tmp_path):
     page = (ROOT / "docs" / "pictures.md").read_text()
     shown = re.findall(r"!\[[^\]]*\]\(images/([^)]+)\)", page)

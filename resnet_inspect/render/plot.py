@@ -120,8 +120,12 @@ def _draw_box(axes: Axes, box: FieldBox, colour: str, layer: int, size: Sequence
                               zorder=3 + layer,
                               gid=gid, label=f"{box.label}: {box.geometry_text}", **style))
     inset = 0.012 * (axes.get_xlim()[1] - axes.get_xlim()[0])
-    axes.text(box.start[1] + inset, box.start[0] + inset, box.label, color=colour, fontsize=7, va="top", ha="left",
-              zorder=20, clip_on=True)
+    if layer % 2:  # alternate corners, so that boxes sharing a corner do not stack their labels
+        axes.text(box.start[1] + inset, box.start[0] + inset, box.label, color=colour, fontsize=7, va="top",
+                  ha="left", zorder=20, clip_on=True)
+    else:
+        axes.text(box.end[1] + 1 - inset, box.end[0] + 1 - inset, box.label, color=colour, fontsize=7,
+                  va="bottom", ha="right", zorder=20, clip_on=True)
 
 
 def _legend_extras(boxes: Sequence[FieldBox]) -> list[Any]:

@@ -76,8 +76,12 @@ def _fields_2d(rf: Mapping[str, Any], boxes: Sequence[FieldBox]) -> str:
             f'width="{_number(box.end[1] - box.start[1] + 1)}" height="{_number(box.end[0] - box.start[0] + 1)}" '
             f'stroke="{colour}" stroke-width="2" vector-effect="non-scaling-stroke"{_box_attributes(box)}/>'
         )
-        parts.append(f'<text x="{_number(box.start[1] + 4 * unit)}" y="{_number(box.start[0] + font + 2 * unit)}" '
-                     f'font-size="{_number(font)}" fill="{colour}">{escape(box.label)}</text>')
+        if position % 2:  # alternate corners, so that boxes sharing a corner do not stack their labels
+            x, y, anchor = box.end[1] + 1 - 4 * unit, box.end[0] + 1 - 4 * unit, "end"
+        else:
+            x, y, anchor = box.start[1] + 4 * unit, box.start[0] + font + 2 * unit, "start"
+        parts.append(f'<text x="{_number(x)}" y="{_number(y)}" text-anchor="{anchor}" font-size="{_number(font)}" '
+                     f'fill="{colour}">{escape(box.label)}</text>')
         parts.append("</g>")
     parts.append("</svg>")
     return "".join(parts)
@@ -129,6 +133,14 @@ def fields_legend(rf: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             for position, box in enumerate(stage_boxes(rf))]
 
 
+def _count_text(count: int) -> str:
+    """'118.0 M', '55.3 k', '32': a MAC count in SI units."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return str(count)
+
+
 def bar_chart_svg(stages: Sequence[tuple[str, int, int]]) -> str:
     """Horizontal bars per stage: MACs and parameters, each as a share of its total, with the values written."""
     if not stages:
@@ -152,7 +164,7 @@ def bar_chart_svg(stages: Sequence[tuple[str, int, int]]) -> str:
             f"({params / total_params:.1%})</title>"
             f'<text x="{label_width - 6}" y="{y + 16}" font-size="11" text-anchor="end">{escape(name)}</text>'
             f'<rect x="{label_width}" y="{y + 2}" width="{mac_length:.1f}" height="12" fill="#4c72b0"/>'
-            f'<text x="{label_width + mac_length + 4:.1f}" y="{y + 12}" font-size="10">{macs / 1e6:,.1f} M</text>'
+            f'<text x="{label_width + mac_length + 4:.1f}" y="{y + 12}" font-size="10">{_count_text(macs)}</text>'
             f'<rect x="{label_width}" y="{y + 16}" width="{param_length:.1f}" height="12" fill="#dd8452"/>'
             f'<text x="{label_width + param_length + 4:.1f}" y="{y + 26}" font-size="10">{params:,}</text></g>'
         )
