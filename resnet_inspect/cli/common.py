@@ -222,6 +222,17 @@ def check_output_path(output: Path | None) -> None:
     os.unlink(probe)
 
 
+def check_plot_path(plot: Path | None) -> None:
+    """Fail before any work when --plot has an unknown ending, matplotlib is missing, or the file can't be written."""
+    if plot is None:
+        return
+    from resnet_inspect.render.plot import plot_format, require_matplotlib
+
+    plot_format(plot)
+    require_matplotlib()
+    check_output_path(plot)
+
+
 def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | None = None) -> None:
     """Render ``report`` in ``fmt``; print it, or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables

@@ -10,6 +10,7 @@ import typer
 from resnet_inspect.cli.common import (
     OutputFormat,
     check_output_path,
+    check_plot_path,
     check_timing_options,
     emit,
     parse_batch_size,
@@ -75,13 +76,7 @@ def compare_command(
     (and latency with --time). Ratios are against the first model; the best value of each column is highlighted."""
     with user_errors():
         check_output_path(output)
-        check_output_path(plot)
-        plot_fmt = None
-        if plot is not None:
-            from resnet_inspect.render.plot import plot_format, require_matplotlib
-
-            plot_fmt = plot_format(plot)
-            require_matplotlib()
+        check_plot_path(plot)
         sizes = parse_input_sizes(input_size) if input_size is not None else None
         batch = parse_batch_size(batch_size)
         check_timing_options(warmup, repeat)
@@ -114,8 +109,8 @@ def compare_command(
             finally:
                 progress.stop()
         report = CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
-        if plot is not None and plot_fmt is not None:
-            from resnet_inspect.render.plot import compare_picture
+        if plot is not None:
+            from resnet_inspect.render.plot import compare_picture, plot_format
 
-            write_atomically(plot, compare_picture(report, plot_fmt))
+            write_atomically(plot, compare_picture(report, plot_format(plot)))
         emit(report, fmt, output)

@@ -13,6 +13,7 @@ from resnet_inspect.cli.common import (
     OutputFormat,
     check_model_options,
     check_output_path,
+    check_plot_path,
     emit,
     parse_positive,
     resolve_size,
@@ -61,13 +62,7 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_output_path(png)
-        check_output_path(plot)
-        plot_fmt = None
-        if plot is not None:
-            from resnet_inspect.render.plot import plot_format, require_matplotlib
-
-            plot_fmt = plot_format(plot)
-            require_matplotlib()
+        check_plot_path(plot)
         check_model_options(in_channels, num_classes)
         parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_COUNT)
         if weights is not None and not weights.is_file():
@@ -84,10 +79,10 @@ def rf_command(
 
             write_atomically(png, png_bytes(report.erf.mass))
             report = replace(report, png=str(png))
-        if plot is not None and plot_fmt is not None:
-            from resnet_inspect.render.plot import rf_picture
+        if plot is not None:
+            from resnet_inspect.render.plot import plot_format, rf_picture
 
-            write_atomically(plot, rf_picture(report, plot_fmt))
+            write_atomically(plot, rf_picture(report, plot_format(plot)))
             report = replace(report, plot=str(plot))
         emit(report, fmt, output)
     if report.empirical is not None and report.empirical.agrees is False:
