@@ -66,6 +66,14 @@ def test_page_has_every_column_the_totals_and_both_pictures(pages):
     assert sum(int(params) for _, _, params in bars) == report["totals"]["params"]
 
 
+def test_depth_option_sets_how_far_the_tree_starts_open(tmp_path):
+    target = tmp_path / "r.html"
+    summary("resnet18", "--depth", "1", "--format", "html", "-o", str(target))
+    rows = re.findall(r'<tr class="layer[^"]*" data-depth="(\d+)"( hidden)?>', target.read_text())
+    assert {depth for depth, hidden in rows if not hidden} == {"1"}
+    assert {depth for depth, hidden in rows if hidden} == {"2", "3", "4", "5", "6", "7"}  # all there, folded
+
+
 def test_stage_costs_follow_the_published_resnet18_numbers(pages):
     costs = {name: (macs, params) for name, macs, params in stage_costs(pages["resnet18"][1])}
     assert costs["stem"] == (112 * 112 * 64 * 3 * 7 * 7, 9_536)  # 7x7/2 conv to 64x112x112 (pools: no MACs)

@@ -238,12 +238,22 @@ def test_erf_panel_has_a_colour_bar_the_radii_and_the_theoretical_box(tmp_path):
 # ----------------------------------------------------------------------------------------------- bad input
 
 
-def test_missing_matplotlib_says_how_to_install_it(three_layer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["rf", "compare"])
+def test_missing_matplotlib_says_how_to_install_it(command, three_layer, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    result = runner.invoke(app, ["rf", three_layer, "-i", "13x21", "--plot", str(tmp_path / "x.png")])
+    result = runner.invoke(app, [command, three_layer, "-i", "13x21", "--plot", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     assert result.output.strip() == "error: pictures need matplotlib: pip install 'resnet-inspect[plot]'"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_model_without_any_field_has_nothing_to_draw():
+    rf = {"model": "m", "input_shape": [1, 3, 8, 8], "stages": [
+        {"name": "output", "size": None, "stride": None, "padding": None, "output_size": [4, 4],
+         "reason": "an operation with no rule (Weird)"}]}
+    with pytest.raises(ValueError, match=r"no receptive field to draw: output: an operation with no rule \(Weird\)"):
+        rf_figure(rf)
+    assert fields_svg(rf) == ""
 
 
 def test_unknown_picture_format_is_refused_before_any_work(tmp_path):
