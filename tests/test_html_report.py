@@ -19,8 +19,26 @@ from resnet_inspect.cli.app import app
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.render.html import stage_costs, summary_html
 
-FIXTURES = Path(__file__).parent / "fixtures"
-LIAR = f"{FIXTURES / 'cnn_zoo.py'}:liar_cnn"  # its second conv pads inside forward(): the check fails there
+FAILING = '''
+from torch import nn
+
+
+class DeclaresPaddingItSkips(nn.Conv2d):
+    """Sets its padding after nn.Conv2d.__init__: with padding_mode="reflect", PyTorch pads by what __init__
+    computed (nothing), so the layer declares p=1 and its output is two rows smaller than that says."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.padding = (1, 1)
+
+
+def failing_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.Sequential(DeclaresPaddingItSkips(4, 4, 3, padding_mode="reflect"), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )
+'''
 runner = CliRunner()
 
 
@@ -32,10 +50,12 @@ def summary(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
-    """resnet18 and the liar CNN: the HTML file and the JSON report of the same command."""
+    """resnet18 and a CNN whose check fails: the HTML file and the JSON report of the same command."""
     folder = tmp_path_factory.mktemp("html")
+    (folder / "failing.py").write_text(FAILING)
     made = {}
-    for name, args in (("resnet18", ["resnet18"]), ("liar", [LIAR, "-i", "16"])):
+    failing = [f"{folder / 'failing.py'}:failing_cnn", "-i", "16", "--depth", "1"]
+    for name, args in (("resnet18", ["resnet18"]), ("failing", failing)):
         target = folder / f"{name}.html"
         summary(*args, "--format", "html", "-o", str(target))
         made[name] = (target, json.loads(summary(*args, "--format", "json")))
@@ -188,11 +208,15 @@ def test_expanding_a_block_shows_its_children(pages, open_page):
 
 @pytest.mark.slow
 def test_a_failed_check_is_highlighted(pages, open_page):
-    path, report = pages["liar"]
+    path, report = pages["failing"]
     page = open_page(path)
     failed = [i for i, layer in enumerate(report["layers"]) if layer["arithmetic"] and not layer["arithmetic"]["ok"]]
-    assert failed == [2]  # the PaddingLiar
-    row = page.locator("table.layers tbody tr").nth(2)
+    assert failed == [3]  # 2.0, the DeclaresPaddingItSkips inside the block 2
+    rows = page.locator("table.layers tbody tr")
+    # the page opens at --depth 1, but the block holding the failure starts open and is marked
+    assert "has-failure" in rows.nth(2).get_attribute("class")
+    assert rows.nth(2).locator("button.toggle").get_attribute("aria-expanded") == "true"
+    row = rows.nth(3)
     assert row.is_visible() and "failed" in row.get_attribute("class")
     background = row.locator("td").first.evaluate("cell => getComputedStyle(cell).backgroundColor")
     assert background == "rgb(253, 226, 226)"

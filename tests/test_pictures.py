@@ -181,6 +181,95 @@ def test_global_context_and_union_fields_are_drawn_as_such(three_layer_rf):
     assert any("global context" in text for text in legend) and any("union" in text for text in legend)
 
 
+ZOO = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+def gated():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), SqueezeExcite(8)))
+
+
+class Shifted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + F.pad(x, (1, 0, 1, 0))[:, :, :-1, :-1]
+
+
+def shifted():
+    return Shifted()
+
+
+def conv1d():
+    return nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=2), nn.Conv1d(4, 4, 3, stride=2, padding=1))
+
+
+def conv3d():
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Conv3d(4, 4, 3, stride=2, padding=1))
+"""
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("zoo") / "zoo.py"
+    path.write_text(ZOO)
+    return str(path)
+
+
+def rf_json(*args: str) -> dict:
+    result = runner.invoke(app, ["rf", *args, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_gated_network_draws_its_global_context_fields_hatched(zoo, tmp_path):
+    rf = rf_json(f"{zoo}:gated", "-i", "32", "--plot", str(tmp_path / "gated.svg"))
+    assert [stage["global_context"] for stage in rf["stages"]] == [False, True, True]
+    patches = {patch.get_gid(): patch for patch in rf_figure(rf).axes[0].patches}
+    assert patches["field-0"].get_hatch() is None
+    assert patches["field-1"].get_hatch() == "//" and patches["field-1"].get_linestyle() == "--"
+    assert '<g class="field global-context" data-stage="1 = output">' in fields_svg(rf)
+    assert "also sees the whole input (global context)" in (tmp_path / "gated.svg").read_text()
+
+
+def test_shifted_paths_draw_their_union_dotted(zoo):
+    rf = rf_json(f"{zoo}:shifted", "-i", "16")
+    assert rf["union"] is True
+    assert [box.union for box in stage_boxes(rf)][-1] is True
+    assert re.search(r'<g class="field union" data-stage="[^"]*output">.*?stroke-dasharray="1.5 3"', fields_svg(rf),
+                     re.S)
+    assert rf_figure(rf).axes[0].patches[-1].get_linestyle() == ":"
+
+
+def test_a_conv1d_net_is_drawn_as_intervals(zoo, tmp_path):
+    rf = rf_json(f"{zoo}:conv1d", "-i", "50", "--in-channels", "2", "--plot", str(tmp_path / "c1.png"))
+    # stage1: r 5, S 2, P 2, output 25, unit 12: [22, 26]; stage2: r 9, S 4, P 4, output 13, unit 6: [20, 28]
+    assert [(box.start, box.end) for box in stage_boxes(rf)] == [((22,), (26,)), ((20,), (28,))]
+    assert Image.open(tmp_path / "c1.png").format == "PNG"
+
+
+def test_a_conv3d_net_is_not_drawn_and_says_so_in_one_line(zoo, tmp_path):
+    result = runner.invoke(app, ["rf", f"{zoo}:conv3d", "-i", "8x8x8", "--in-channels", "1", "--plot",
+                                 str(tmp_path / "c3.png")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: the receptive-field picture draws 1-D and 2-D inputs; this input has 3 spatial axes (use --format "
+        "json for the numbers)")
+    assert not (tmp_path / "c3.png").exists()
+
+
 def test_top_level_union_marks_the_encoder_output(three_layer_rf):
     rf = {**three_layer_rf, "aligned": False, "union": True}
     assert [box.union for box in stage_boxes(rf)] == [False, False, True]

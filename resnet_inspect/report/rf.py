@@ -11,7 +11,7 @@ from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageF
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.heatmap import erf_heatmap
-from resnet_inspect.render.text import pair_text, yes_no
+from resnet_inspect.render.text import pair_text, shape_text, yes_no
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,7 +88,7 @@ class RfReport:
         for stage in self.stages:
             row: list[Cell | str] = [
                 stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
-                f"{stage.output_size[0]}x{stage.output_size[1]}", yes_no(stage.covers_input),
+                shape_text(stage.output_size), yes_no(stage.covers_input),
             ]
             if self.empirical:
                 check = checks.get(stage.name)
