@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 # Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
 _META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "not implemented for")
+# Tensor metadata: answered at once, never recorded.
+_METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride", "element_size", "is_contiguous",
+                       "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
+                       "__format__", "__repr__", "storage_offset"})
 # Calls that read a tensor's values back into Python: control flow may depend on them.
 _VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero", "len"})
 INPUT_OP = "input"
@@ -57,7 +61,7 @@ def named_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
 
 
 def shape_of(tensor: torch.Tensor) -> Shape:
-    return tuple(int(size) for size in tensor.shape)
+    return tuple(tensor.shape)
 
 
 def _unique(tensors: list[Any]) -> list[Any]:
@@ -124,7 +128,7 @@ class _Recorder:
     op_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
-    current_shapes: tuple[Shape, ...] = ()  # the shapes of its tensor arguments
+    current_call: tuple[Any, Any] = ((), {})  # its arguments
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -201,19 +205,24 @@ def _function_mode(recorder: _Recorder) -> Any:
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
+            raw_name = getattr(func, "__name__", "")
+            if raw_name in _METADATA:  # .shape, .dim(), .dtype: nothing to record, and called very often
+                return func(*args, **kwargs)
             name = function_name(func)
             spec = op_for_function(name)
-            raw_name = getattr(func, "__name__", "")
             call = Call(None, tuple(args), kwargs, name=raw_name)
-            tensors = tensors_in(list(args)) + tensors_in(kwargs)
             if not recorder.opaque_depth:
-                recorder.current_op, recorder.current_shapes = name, tuple(shape_of(t) for t in tensors)
+                recorder.current_op, recorder.current_call = name, (args, kwargs)
             result = _fast_result(spec, call, recorder.exact_checked_shapes)
             if result is NotImplemented:
                 result = func(*args, **kwargs)
             recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
+            outputs = tensors_in(result)
+            if not outputs and name not in _VALUE_READS:
+                return result
+            tensors = tensors_in(list(args)) + tensors_in(kwargs)
             tracked = [t for t in tensors if id(t) in recorder.producers]
             if not tracked:
                 return result
@@ -223,7 +232,6 @@ def _function_mode(recorder: _Recorder) -> Any:
                 recorder.warn(f"{where} reads the value of {source} ({raw_name or name}) to decide what to run; the "
                               "pass used an all-zero input, so a branch taken only for other inputs is not in this "
                               "report")
-            outputs = tensors_in(result)
             if not outputs or (spec is not None and spec.constant):
                 return result
             spec = spec or get_op("unknown")
@@ -336,7 +344,8 @@ def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
         scope = recorder.stack[-1].name if recorder.stack else "the model's forward"
-        shapes = ", ".join("x".join(map(str, shape)) for shape in recorder.current_shapes)
+        args, kwargs = recorder.current_call
+        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors_in(list(args)) + tensors_in(kwargs))
         return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
     running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
     if running is None:
