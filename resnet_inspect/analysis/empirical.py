@@ -14,13 +14,8 @@ output's centre unit with respect to the input, averaged over random inputs.
 from __future__ import annotations
 
 import math
-import os
-import struct
-import tempfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.receptive_field import (
@@ -41,7 +36,6 @@ if TYPE_CHECKING:
 
 CHECK_ATTEMPTS = 4
 ERF_LEVELS = (0.5, 0.9, 0.99)
-SHADES = " ░▒▓█"
 
 
 # ------------------------------------------------------------------------------------------ support check
@@ -420,60 +414,6 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     )
 
 
-def erf_heatmap(mass: tuple[tuple[float, ...], ...], columns: int = 32) -> list[str]:
-    """The mass map as text: block sums over a grid ~``columns`` wide (rows halved for tall characters).
-
-    Shade = sqrt(block / max block) on the scale " ░▒▓█", so the faint tails stay visible.
-    """
-    height, width = len(mass), len(mass[0]) if mass else 0
-    if not height or not width:
-        return []
-    columns = max(1, min(columns, width))
-    rows = max(1, min(height, round(columns * height / width / 2)))
-    row_edges = [round(i * height / rows) for i in range(rows + 1)]
-    column_edges = [round(j * width / columns) for j in range(columns + 1)]
-    blocks = [
-        [sum(sum(mass[y][column_edges[j]:column_edges[j + 1]]) for y in range(row_edges[i], row_edges[i + 1]))
-         for j in range(columns)]
-        for i in range(rows)
-    ]
-    peak = max(max(row) for row in blocks) or 1.0
-    top = len(SHADES) - 1
-    return ["".join(SHADES[min(top, round(math.sqrt(value / peak) * top))] for value in row) for row in blocks]
-
-
-def png_bytes(mass: tuple[tuple[float, ...], ...]) -> bytes:
-    """An 8-bit grayscale PNG of the mass map (sqrt scale, white = most mass), written with zlib and struct only."""
-    height, width = len(mass), len(mass[0])
-    peak = max(max(row) for row in mass) or 1.0
-    raw = b"".join(
-        b"\x00" + bytes(min(255, round(255 * math.sqrt(value / peak))) for value in row) for row in mass
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def write_png(path: Path, mass: tuple[tuple[float, ...], ...]) -> None:
-    """Write the picture whole or not at all (a temporary file beside it, renamed into place)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    data = png_bytes(mass)
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
 __all__ = [
     "ErfResult",
     "StageCheck",
@@ -481,9 +421,6 @@ __all__ = [
     "check_input_size",
     "effective_receptive_field",
     "empirical_check",
-    "erf_heatmap",
-    "png_bytes",
     "replay_one_channel",
     "support_check",
-    "write_png",
 ]

@@ -10,6 +10,7 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     MAX_INPUT_SIZE,
     OutputFormat,
+    SummaryFormat,
     check_model_options,
     check_output_path,
     emit,
@@ -25,6 +26,7 @@ from resnet_inspect.cli.options import (
     InputSizeOption,
     ModelArgument,
     OutputOption,
+    SummaryFormatOption,
 )
 from resnet_inspect.errors import BadInputError
 
@@ -41,7 +43,7 @@ def summary_command(
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
     fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
                                 help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
-    fmt: OutputFormat = FormatOption,
+    fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
     """Every layer: input and output shape checked against convolution arithmetic, parameters, MACs, receptive

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from resnet_inspect.render.document import Document, cell_style, cell_text
 
-FORMATS = ("table", "json", "csv", "markdown")
+FORMATS = ("table", "json", "csv", "markdown", "html")
 
 
 class Report(Protocol):
@@ -69,7 +69,9 @@ def rich_renderables(report: Report) -> list[Any]:
     document = report.document()
     renderables: list[Any] = []
     for table in document.tables:
-        rich_table = RichTable(title=table.title, title_justify="left", header_style="bold", show_lines=False)
+        # a title longer than its table runs past it rather than wrapping in the middle of a word
+        title = Text(table.title, style="table.title", no_wrap=True, overflow="ignore")
+        rich_table = RichTable(title=title, title_justify="left", header_style="bold", show_lines=False)
         for column in table.columns:
             rich_table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
         for row in table.rows:
@@ -90,11 +92,22 @@ def render_table(report: Report, width: int = 200) -> str:
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
+def render_html(report: Report) -> str:
+    """A self-contained HTML page, for the reports that have one (``to_html()``: the summary)."""
+    to_html = getattr(report, "to_html", None)
+    if to_html is None:
+        from resnet_inspect.errors import BadInputError
+
+        raise BadInputError(f"--format html is not available for {type(report).__name__}")
+    return to_html()
+
+
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "table": render_table,
     "json": render_json,
     "csv": render_csv,
     "markdown": render_markdown,
+    "html": render_html,
 }
 
 

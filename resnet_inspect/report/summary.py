@@ -246,6 +246,17 @@ class SummaryReport:
             notes=self._notes(),
         )
 
+    def to_html(self) -> str:
+        """One self-contained HTML page: the layer tree (every layer, expanded down to ``max_depth``), the totals,
+        the receptive-field picture and MACs and parameters per stage."""
+        from dataclasses import replace
+
+        from resnet_inspect.render.html import summary_html
+        from resnet_inspect.report.rf import RfReport
+
+        rf = RfReport(self.model, self.capture.input_shape, self.fields).to_dict() if self.fields else None
+        return summary_html(self.to_dict(), replace(self, max_depth=None).document(), rf, self.max_depth)
+
     def _relative_name(self, layer: LayerRecord) -> str:
         """The name below the enclosing call's: `layers.0` under `encoder` (ModuleLists make no call of their own)."""
         if layer.parent is None:
