@@ -108,7 +108,7 @@ def arith_command(
     dilation: int = typer.Option(1, "--dilation", "-d", help="Dilation d."),
     pool: bool = typer.Option(False, "--pool", help="A pooling layer (relation 7)."),
     ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling with ceil_mode=True."),
-    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-13)."),
+    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-14)."),
     output_padding: int = typer.Option(0, "--output-padding", help="Transposed convolution's output_padding."),
     solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s)."),
     fmt: OutputFormat = FormatOption,
