@@ -41,6 +41,8 @@ def summary_command(
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
     fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
                                 help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
+    torchinfo: bool = typer.Option(False, "--torchinfo/--no-torchinfo",
+                                   help="Add torchinfo's parameters and Mult-Adds beside ours, differences explained."),
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -71,6 +73,12 @@ def summary_command(
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
+        if torchinfo:
+            from dataclasses import replace
+
+            from resnet_inspect.analysis.torchinfo_count import torchinfo_count
+
+            report = replace(report, torchinfo=torchinfo_count(network, capture, report.counts))
         emit(report, fmt, output)
 
 

@@ -14,10 +14,11 @@ from resnet_inspect.analysis.arithmetic import (
 )
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.report.view import ReportView
 
 
-@dataclass(frozen=True)
-class ArithReport:
+@dataclass(frozen=True, repr=False)
+class ArithReport(ReportView):
     """One axis: the layer's numbers, its output size, relation and formula (and paddings that keep the size)."""
 
     layer: str

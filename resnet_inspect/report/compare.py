@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.records import Capture, OpKind, Pair, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.report.view import ReportView
 
 if TYPE_CHECKING:
     from torch import nn
@@ -212,8 +213,8 @@ def _best_cells(texts: list[str], values: list[float | None], lowest: bool, rati
     return cells
 
 
-@dataclass(frozen=True)
-class CompareReport:
+@dataclass(frozen=True, repr=False)
+class CompareReport(ReportView):
     """`compare`: one row per model and input size; ratios are against the first row."""
 
     rows: tuple[ModelRow, ...]

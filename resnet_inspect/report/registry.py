@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.report.view import ReportView
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,8 @@ class RegistryEntry:
     params: int
 
 
-@dataclass(frozen=True)
-class RegistryReport:
+@dataclass(frozen=True, repr=False)
+class RegistryReport(ReportView):
     entries: tuple[RegistryEntry, ...]
 
     def to_dict(self) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, yes_no
+from resnet_inspect.report.view import ReportView
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,8 +25,8 @@ def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
     return list(values) if values is not None else None
 
 
-@dataclass(frozen=True)
-class RfReport:
+@dataclass(frozen=True, repr=False)
+class RfReport(ReportView):
     """Receptive fields of one model at one input size, per stage; the check and the ERF when asked for."""
 
     model: str
