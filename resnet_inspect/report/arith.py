@@ -15,6 +15,7 @@ from resnet_inspect.analysis.arithmetic import (
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 
 @dataclass(frozen=True, repr=False)
@@ -29,6 +30,7 @@ class ArithReport(ReportView):
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "output": self.result.output, "relation": self.result.relation, "formula": self.result.formula,
             "dropped": self.result.dropped, "layer": self.layer, "flags": list(self.result.flags),
         }

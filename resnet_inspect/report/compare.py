@@ -17,6 +17,7 @@ from resnet_inspect.records import Capture, OpKind, Pair, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -234,6 +235,7 @@ class CompareReport(ReportView):
         for row in self.rows:
             latency = row.latency
             entries.append({
+                "schema_version": SCHEMA_VERSION,
                 "model": row.model,
                 "input_shape": list(row.input_shape),
                 "depth": row.depth,
@@ -284,7 +286,8 @@ class CompareReport(ReportView):
         texts = [_scaled(value, unit, digits) for value in values]
         first = values[0] if values else 0
         ratio_texts = ["", *(_ratio(value, first) for value in values[1:])] if ratios and len(values) > 1 else None
-        return _best_cells(texts, list(values), lowest, ratio_texts)
+        cells = _best_cells(texts, list(values), lowest, ratio_texts)
+        return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]  # exact, for CSV
 
     def _main_table(self) -> Table:
         rows = self.rows
@@ -297,7 +300,7 @@ class CompareReport(ReportView):
                              False, None)
         columns = [
             Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
-            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right"),
+            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right", unit="bytes"),
             Column("RF", "right"), Column("stride", "right"), Column("RF/input", "right"), Column("output", "right"),
         ]
         table_rows: list[list[Cell | str]] = [

@@ -7,6 +7,7 @@ from typing import Any
 
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class RegistryReport(ReportView):
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [
-            {"name": e.name, "family": e.family, "block": e.block, "stages": list(e.stages), "params": e.params}
+            {"schema_version": SCHEMA_VERSION, "name": e.name, "family": e.family, "block": e.block,
+             "stages": list(e.stages), "params": e.params}
             for e in self.entries
         ]
 

@@ -13,6 +13,7 @@ from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, yes_no
 from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,6 +65,7 @@ class RfReport(ReportView):
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "stages": [self._stage_dict(stage) for stage in self.stages],

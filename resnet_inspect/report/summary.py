@@ -11,6 +11,7 @@ from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNod
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import bytes_text, pair_text, shape_text
 from resnet_inspect.report.view import ReportView, SummaryView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
@@ -95,6 +96,7 @@ class VerifyReport(ReportView):
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "checked": len(self.checks),
@@ -184,6 +186,7 @@ class SummaryReport(SummaryView):
                 entry["time_ms"] = self.layer_times_ms.get(layer.name)
             layers.append(entry)
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(capture.input_shape),
             "output_shape": list(capture.output_shape),
@@ -228,7 +231,7 @@ class SummaryReport(SummaryView):
             rf_text = "" if not field_json else pair_text(field_json["size"])
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
-                "  " * (layer.depth - 1) + self._relative_name(layer), layer.type,
+                Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
                 shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
                 check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
                 f"{macs:,}" if macs else "",

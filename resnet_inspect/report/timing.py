@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,6 +43,7 @@ class TimingReport(ReportView):
     def to_dict(self) -> dict[str, Any]:
         profile = self.profile
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
