@@ -104,7 +104,8 @@ def render_table(report: Report, width: int = 200) -> str:
     """The rich table as plain text (for files and tests)."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    # force_jupyter=False: in a notebook rich would otherwise send the output to the page, not to the string
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, force_jupyter=False)
     for renderable in rich_renderables(report):
         console.print(renderable)
     return console.file.getvalue()  # type: ignore[attr-defined]

@@ -84,7 +84,7 @@ class ReportView:
     def __repr__(self) -> str:
         from resnet_inspect.render import render_table
 
-        return render_table(self, width=self.TEXT_WIDTH).rstrip("\n")
+        return "\n".join(line.rstrip() for line in render_table(self, width=self.TEXT_WIDTH).splitlines())
 
     def __str__(self) -> str:
         return self.__repr__()
