@@ -110,7 +110,7 @@ def test_bad_arguments_raise_a_value_error_that_says_what_was_expected(arguments
 
 
 def test_a_model_that_is_neither_a_module_nor_a_name_is_refused():
-    with pytest.raises(ValueError, match="model must be an nn.Module or a model name, got int"):
+    with pytest.raises(ValueError, match=r"model must be an nn\.Module or a model name, got int"):
         resnet_inspect.summary(42)
 
 
@@ -212,7 +212,7 @@ def test_layer_is_one_layers_record_and_a_typo_gets_suggestions(resnet50):
     stem_conv = resnet50.layer("encoder.gate.conv")
     assert (stem_conv["params"], stem_conv["macs"], stem_conv["arithmetic"]["relation"]) == (9408, 118_013_952, 6)
     assert resnet50.layer("encoder.layers.0")["receptive_field"]["size"] == [35, 35]
-    with pytest.raises(KeyError, match="did you mean encoder.layers.0"):
+    with pytest.raises(KeyError, match=r"did you mean encoder\.layers\.0"):
         resnet50.layer("encoder.layer.0")
 
 
@@ -260,7 +260,7 @@ def test_to_dataframe_without_pandas_says_how_to_get_it(monkeypatch, resnet50):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pandas)
-    with pytest.raises(ImportError, match="to_dataframe\\(\\) needs pandas.*pip install pandas"):
+    with pytest.raises(ImportError, match=r"to_dataframe\(\) needs pandas.*pip install pandas"):
         resnet50.to_dataframe()
 
 
