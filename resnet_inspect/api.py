@@ -237,6 +237,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
         name = model_name or name
     else:
         network, name = _model(model, in_channels, None, model_name)
+        if weights is not None:  # loading them must not overwrite the caller's own
+            import copy
+
+            network = copy.deepcopy(network)
     return rf_report(network, name, size, channels, check, wants_erf, erf_samples,
                      Path(weights) if weights is not None else None, Path(png) if png is not None else None)
 
