@@ -123,27 +123,27 @@ def _default_size(model: nn.Module | str) -> Pair:
 
 
 def _capture(network: nn.Module, spec: InputSpec, default: Pair, batch_size: int, in_channels: int | None,
-             name: str, dtype: torch.dtype | None = None) -> Any:
+             name: str) -> Any:
+    """One capture: the CLI's own call for one image batch, else the model's forward fed shapes or tensors."""
     from resnet_inspect.report.build import capture_model
 
-    shapes = spec.shapes
-    if spec.data is None and shapes is None and dtype is None:
-        return capture_model(network, spec.size or default, batch_size, in_channels or 3, name)
-    if spec.data is None and dtype is None and shapes is not None and len(shapes) == 1 and len(shapes[0]) == 4:
-        batch, channels, height, width = shapes[0]  # one image batch: the same call as the CLI's
-        return capture_model(network, (height, width), batch, channels, name)
-    if spec.data is not None and dtype is not None:
-        raise ValueError("dtype applies to input_size; input_data tensors keep their own dtype")
-    if shapes is None and spec.data is None:
-        shapes = ((batch_size, in_channels or 3, *(spec.size or default)),)
-    if spec.data is None and dtype is not None:
-        import torch
-
-        data = tuple(torch.empty(shape, dtype=dtype, device="meta") for shape in shapes or ())
-        return capture_model(network, model_name=name, input_data=data if len(data) > 1 else data[0])
     if spec.data is not None:
         return capture_model(network, model_name=name, input_data=spec.data)
+    shapes = spec.shapes
+    if shapes is None or (len(shapes) == 1 and len(shapes[0]) == 4):
+        height, width = spec.size or default
+        batch, channels, height, width = shapes[0] if shapes else (batch_size, in_channels or 3, height, width)
+        return capture_model(network, (height, width), batch, channels, name)
     return capture_model(network, model_name=name, input_shapes=shapes)
+
+
+def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """The model as it would be in ``dtype``: a meta copy converted (nothing allocated, the model untouched)."""
+    if dtype is None:
+        return network
+    from resnet_inspect.capture.trace import structural_copy
+
+    return structural_copy(network, "meta").to(dtype)
 
 
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -158,8 +158,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     the model's own size (224, or 32 for the CIFAR ResNets). ``depth`` limits the table (default 4); the JSON
     and the queries keep every layer. There is no ``device``: the analysis runs on a meta-device copy of the
     model (real CPU tensors only when its forward needs data), so the model is not changed and no weights are
-    allocated. ``dtype`` is the input's (default: the model's). ``fvcore`` and ``torchinfo`` add those tools'
-    counts beside ours.
+    allocated. ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
+    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
     """
     from resnet_inspect.report.build import summary_from_capture
 
@@ -171,7 +171,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
         _positive(in_channels, "in_channels")
     dtype = _dtype(dtype)
     network, name = _model(model, in_channels, num_classes, model_name)
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, dtype)
+    network = _in_dtype(network, dtype)
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name)
     report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
     if torchinfo:
         from dataclasses import replace

@@ -84,6 +84,18 @@ def test_summary_with_a_tuple_of_input_data_feeds_forward_positionally():
     assert by_data.total("macs") == by_size.total("macs") == 32 * 32 * 8 * 3 * (9 + 25) + 8 * 10
 
 
+def test_dtype_analyses_the_model_as_if_converted_and_leaves_it_as_it_was():
+    model = get_model("resnet18")
+    single = resnet_inspect.summary(model, 224)
+    half = resnet_inspect.summary(model, 224, dtype=torch.float16)
+    assert half.total("param_bytes") == 2 * 11_689_512 == single.total("param_bytes") // 2
+    assert half.total("activation_bytes") * 2 == single.total("activation_bytes")
+    assert half.total("macs") == single.total("macs")
+    assert resnet_inspect.summary(model, 224, dtype="bfloat16").total("param_bytes_by_dtype") == {
+        "bfloat16": 2 * 11_689_512}
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+
+
 def test_inspect_stays_an_alias_of_summary():
     model = get_model("resnet20")
     assert resnet_inspect.inspect(model, 32).to_dict() == resnet_inspect.summary(model, 32).to_dict()
