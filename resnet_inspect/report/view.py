@@ -6,11 +6,9 @@ to what the report holds, only ways to read it. ``SummaryView`` adds the queries
 
 from __future__ import annotations
 
-import difflib
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +53,8 @@ def document_html(document: Document) -> str:
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write the whole file or nothing: a temporary file beside it, renamed into place."""
+    import tempfile
+
     target = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -142,6 +142,8 @@ class SummaryView(ReportView):
         for entry in layers:
             if entry["name"] == name:
                 return entry
+        import difflib
+
         close = difflib.get_close_matches(name, [entry["name"] for entry in layers], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"no layer named {name!r}{hint}")
