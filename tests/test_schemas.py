@@ -1,8 +1,11 @@
-"""Every command's --format json validates against the JSON Schema the package publishes for it."""
+"""The published contracts: every command's --format json fits its JSON Schema; CSV holds numbers and words."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 
 import pytest
 from jsonschema import Draft202012Validator, ValidationError
@@ -66,3 +69,33 @@ def test_extra_keys_are_allowed_because_keys_are_added_never_renamed():
 def test_an_unknown_command_has_no_schema():
     with pytest.raises(ValueError, match="no schema for 'inspect'"):
         load_schema("inspect")
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+
+
+def command_csv(arguments: list[str], exit_code: int = 0) -> list[list[str]]:
+    result = CliRunner().invoke(app, [*arguments, "--format", "csv"])
+    assert result.exit_code == exit_code, result.output
+    return list(csv.reader(io.StringIO(result.stdout)))
+
+
+def test_summary_csv_holds_full_names_plain_numbers_and_words():
+    rows = command_csv(["summary", "resnet18"])
+    assert rows[0] == ["layer", "type", "input", "output", "kernel/stride/pad", "check", "RF", "params", "MACs"]
+    assert ["encoder.gate.conv", "Conv2d", "1x3x224x224", "1x64x112x112", "7x7/2 p3", "ok", "7", "9408",
+            "118013952"] in rows
+    cells = [cell for row in rows for cell in row]
+    assert not [cell for cell in cells if re.search(r"\d,\d{3}", cell) or "✓" in cell or "✗" in cell]
+
+
+def test_verify_csv_says_failed_for_a_layer_that_disagrees():
+    rows = command_csv(["verify", "examples/verify_padding.py:seed_style_cnn", "-i", "32"], exit_code=1)
+    check = rows[0].index("check")
+    assert [row[check] for row in rows[1:]] == ["failed", "ok", "ok", "ok"]
+
+
+def test_compare_csv_holds_exact_counts_instead_of_units_and_ratios():
+    rows = command_csv(["compare", "resnet18", "resnet50"])
+    assert rows[0][4:7] == ["params", "MACs", "act. memory (bytes)"]
+    assert rows[2][:7] == ["resnet50", "224", "50", "3-4-6-3", "25557032", "4089184256", "150239136"]
