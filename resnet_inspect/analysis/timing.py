@@ -214,13 +214,13 @@ def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype:
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules timed one by one: known layers (conv, BN, ...) and modules without children."""
-    from resnet_inspect.capture.geometry import module_geometry
+    from resnet_inspect.ops.table import op_for_module
 
     leaves: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(parent + ".") for parent, _ in leaves):
             continue
-        if module_geometry(module) is not None or not any(True for _ in module.children()):
+        if op_for_module(module) is not None or not any(True for _ in module.children()):
             leaves.append((name, module))
     return leaves
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
 from resnet_inspect.errors import BadInputError, InspectError
-from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, yes_no
 from resnet_inspect.report.view import ReportView
@@ -43,9 +42,10 @@ class RfReport(ReportView):
 
     def _stage_dict(self, stage: StageField) -> dict[str, Any]:
         field = stage.field
+        values = field.to_json() if field else {"size": None, "stride": None, "padding": None,
+                                                 "global_context": None}
         return {
-            "name": stage.name, "size": _list(stage.size), "stride": _list(stage.stride),
-            "padding": _list(stage.padding), "output_size": list(stage.output_size),
+            "name": stage.name, **values, "output_size": list(stage.output_size),
             "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,
             "modules": list(stage.modules), "reason": stage.reason,
         }
@@ -58,7 +58,8 @@ class RfReport(ReportView):
             "input_size": list(self.empirical.input_size),
             "stages": [
                 {"name": check.name, "size": _list(check.measured_size), "analytic": _list(check.analytic_size),
-                 "unit": list(check.unit), "inside": check.inside, "agrees": check.agrees, "reason": check.reason}
+                 "unit": list(check.unit), "inside": check.inside, "agrees": check.agrees, "reason": check.reason,
+                 "input_size": list(check.input_size)}
                 for check in self.empirical.stages
             ],
         }
@@ -71,6 +72,7 @@ class RfReport(ReportView):
             "stages": [self._stage_dict(stage) for stage in self.stages],
             "output": self.result.to_json(),
             "aligned": self.result.aligned,
+            "union": self.result.union,
             "reasons": list(self.result.reasons),
             "empirical": self._empirical_dict(),
             "erf": {**self.erf.to_dict(), "png": self.png} if self.erf else None,
@@ -94,13 +96,13 @@ class RfReport(ReportView):
                 row += [pair_text(check.measured_size if check else None),
                         yes_no(agrees) if agrees is not False else Cell("NO", "bold red")]
             rows.append(tuple(row))
-        height, width = self.input_shape[2], self.input_shape[3]
         footer = (
             "size, stride, padding: effective, per axis (one number when height = width); Distill 2019",
             "output unit u sees input [-padding + u*stride, -padding + u*stride + size - 1] on each axis",
             "covers input: every output unit, border units included, sees the whole input",
         )
-        return Table(f"Receptive field of {self.model} at {height}x{width}", tuple(columns), tuple(rows), footer)
+        size = "x".join(map(str, self.input_shape[2:]))
+        return Table(f"Receptive field of {self.model} at {size}", tuple(columns), tuple(rows), footer)
 
     def _erf_tables(self) -> tuple[Table, ...]:
         if self.erf is None:
@@ -128,17 +130,27 @@ class RfReport(ReportView):
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"undefined: {reason}" for reason in self.result.reasons]
-        if not self.result.aligned:
+        notes += list(self.result.remarks)
+        if self.result.union:
+            notes.append("the network is not aligned: paths with the same stride but different centres merge, and "
+                         "each field is the hull (union) of their intervals")
+        elif not self.result.aligned:
             notes.append("the network is not aligned: its receptive field depends on the position")
+        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context]
+        if context:
+            notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
+                         "the whole input through a pooled branch (a gate, attention or normalisation statistics)")
         if self.empirical:
-            size = self.empirical.input_size
             compared = sum(check.agrees is not None for check in self.empirical.stages)
             total = len(self.empirical.stages)
             scope = "every stage" if compared == total else f"{compared} of {total} stages (the others have no field)"
             verdict = {True: f"agrees with the analysis on {scope}", False: "DISAGREES with the analysis",
                        None: "could not be compared with the analysis"}[self.empirical.agrees]
+            sizes = sorted({"x".join(map(str, check.input_size)) for check in self.empirical.stages})
             notes.append(f"check: input-gradient support of each stage's centre unit in a linear one-channel replay "
-                         f"at {size[0]}x{size[1]} {verdict}")
+                         f"at {', '.join(sizes)} {verdict}")
+            notes += [f"check of {check.name}: {check.reason}" for check in self.empirical.stages
+                      if check.reason and check.field is not None]
         if self.png:
             notes.append(f"ERF picture written to {self.png}")
         return tuple(notes)
@@ -194,7 +206,7 @@ def load_weights(model: nn.Module, path: Path) -> str:
     return str(path)
 
 
-def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 3, check: bool = False,
+def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int = 3, check: bool = False,
               erf: bool = False, erf_samples: int = 8, weights_path: Path | None = None,
               png_path: Path | None = None) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF."""
@@ -204,7 +216,7 @@ def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 
 
     captured = capture_model(model, input_size, 1, in_channels, name)
     result = analyze_receptive_field(captured)
-    empirical = empirical_check(model, result, in_channels) if check else None
+    empirical = empirical_check(model, captured, result, in_channels) if check else None
     erf_result = None
     if erf or weights_path is not None or png_path is not None:
         weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
