@@ -32,7 +32,7 @@ SIZE_EXPECTED = ("input_size must be a spatial size (224 or (224, 320)), a full 
 class InputSpec:
     """What to feed the model: a spatial size (with batch and channels), full shapes, or the caller's tensors."""
 
-    size: Pair | None = None
+    size: int | Pair | None = None  # an int: every spatial axis the model has
     shapes: tuple[Shape, ...] | None = None
     data: Any = None
 
@@ -56,7 +56,7 @@ def parse_input(input_size: Any = None, input_data: Any = None) -> InputSpec:
     if input_size is None:
         return InputSpec()
     if _is_int(input_size):
-        return InputSpec(size=_positive_shape((input_size, input_size), "size"))  # type: ignore[arg-type]
+        return InputSpec(size=_positive_shape((input_size,), "size")[0])
     if isinstance(input_size, list) and input_size and all(isinstance(item, (tuple, list)) for item in input_size):
         shapes = tuple(_positive_shape(tuple(shape), "shape") for shape in input_size)
         if any(len(shape) < 3 for shape in shapes):
@@ -116,25 +116,23 @@ def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | N
     return model, model_name or type(model).__name__
 
 
-def _default_size(model: nn.Module | str) -> Pair:
+def _default_size(model: nn.Module | str) -> int:
+    """The model's own input side on every spatial axis: 32 for the CIFAR ResNets, else 224."""
     from resnet_inspect.capture.loader import default_input_size
 
-    return default_input_size(model) if isinstance(model, str) else (224, 224)
+    return default_input_size(model) if isinstance(model, str) else 224
 
 
-def _capture(network: nn.Module, spec: InputSpec, default: Pair, batch_size: int, in_channels: int | None,
+def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
              name: str) -> Any:
-    """One capture: the CLI's own call for one image batch, else the model's forward fed shapes or tensors."""
+    """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors."""
     from resnet_inspect.report.build import capture_model
 
     if spec.data is not None:
         return capture_model(network, model_name=name, input_data=spec.data)
-    shapes = spec.shapes
-    if shapes is None or (len(shapes) == 1 and len(shapes[0]) == 4):
-        height, width = spec.size or default
-        batch, channels, height, width = shapes[0] if shapes else (batch_size, in_channels or 3, height, width)
-        return capture_model(network, (height, width), batch, channels, name)
-    return capture_model(network, model_name=name, input_shapes=shapes)
+    if spec.shapes is not None:
+        return capture_model(network, model_name=name, input_shapes=spec.shapes)
+    return capture_model(network, spec.size or default, batch_size, in_channels or 3, name)
 
 
 def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
@@ -206,17 +204,17 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured))
 
 
-def _spatial(input_size: Any, model: nn.Module | str) -> Pair:
-    """A spatial size only (``receptive_field``, ``time_model``): 224 or (224, 320)."""
+def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
+    """A spatial size only (``receptive_field``, ``time_model``): 224, (224, 320), or one full shape's."""
     if input_size is None:
         return _default_size(model)
     spec = parse_input(input_size)
     if spec.size is not None:
         return spec.size
     assert spec.shapes is not None
-    if len(spec.shapes) == 1 and len(spec.shapes[0]) == 4:
-        return spec.shapes[0][2], spec.shapes[0][3]
-    raise ValueError(f"input_size must be a spatial size (224 or (224, 320)) or one (N, C, H, W) shape here, "
+    if len(spec.shapes) == 1:
+        return spec.shapes[0][2:]
+    raise ValueError(f"input_size must be a spatial size (224 or (224, 320)) or one full shape here, "
                      f"got {input_size!r}")
 
 
@@ -285,7 +283,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
 
 
-def _sizes(input_sizes: Any) -> list[Pair] | None:
+def _sizes(input_sizes: Any) -> list[int | Pair] | None:
     if input_sizes is None:
         return None
     if _is_int(input_sizes) or (isinstance(input_sizes, tuple) and len(input_sizes) == 2

@@ -49,6 +49,24 @@ def test_command_json_validates_against_its_schema_and_carries_the_version(run: 
     assert entries and all(entry["schema_version"] == SCHEMA_VERSION for entry in entries)
 
 
+def test_fractional_strides_and_one_axis_fields_fit_the_schemas(tmp_path):
+    """After upsampling the effective stride is a fraction; a Conv1d net has one entry per size list."""
+    factory = tmp_path / "nets.py"
+    factory.write_text(
+        "from torch import nn\n"
+        "def upsampled():\n"
+        "    return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 8, 3, padding=1))\n"
+        "def signal():\n"
+        "    return nn.Sequential(nn.Conv1d(3, 8, 5, stride=2), nn.ReLU(), nn.Conv1d(8, 8, 3))\n"
+    )
+    upsampled = command_json(["rf", f"{factory}:upsampled", "-i", "16"])
+    assert upsampled["output"]["stride"] == [0.5, 0.5]
+    Draft202012Validator(load_schema("rf")).validate(upsampled)
+    signal = command_json(["summary", f"{factory}:signal", "-i", "64"])
+    assert signal["receptive_field"]["size"] == [9]
+    Draft202012Validator(load_schema("summary")).validate(signal)
+
+
 def test_every_command_is_covered_by_a_run():
     assert {run.split()[0] for run in RUNS} == set(COMMANDS)
 
