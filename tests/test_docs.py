@@ -19,8 +19,8 @@ the packages are those the suite already runs with): it checks that the pip part
 version the tests run with) and installs the project or its ``test`` extra, which must exist in pyproject.toml,
 then runs what follows ``&&`` with the installed packages. The test command itself, ``python -m pytest -q -n 2``,
 would run this test again inside itself, so it is checked instead: it must be the command .ci/run runs, and pytest
-must collect the suite with those options (``-n 2`` only parses with pytest-xdist, which the test extra installs;
-the collection adds ``-n 0`` so that no workers start).
+must accept those options and collect this file with them (``-n 2`` only parses with pytest-xdist, which the test
+extra installs; the collection adds ``-n 0`` so that no workers start).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def check_console_block(block: Block, env: dict[str, str]) -> None:
         if command == TEST_COMMAND:
             ci_script = (ROOT / ".ci" / "run").read_text()
             assert re.search(rf"^{re.escape(TEST_COMMAND)}$", ci_script, re.MULTILINE), ".ci/run must run it"
-            command = f"{TEST_COMMAND} --collect-only -n 0"  # -n 2 parses (xdist is there); no workers to start
+            # -n 2 must parse (xdist is installed); -n 0 starts no workers, and collecting this file is enough
+            command = f"{TEST_COMMAND} --collect-only -n 0 {Path(__file__).relative_to(ROOT)}"
         exit_code, printed = run(command, env)
         assert exit_code == block.exit_code, (
             f"{block.where}: `{command}` exited {exit_code}, expected {block.exit_code}\n{printed[-3000:]}")
