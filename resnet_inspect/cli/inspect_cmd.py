@@ -43,6 +43,8 @@ def summary_command(
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
     fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
                                 help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
+    torchinfo: bool = typer.Option(False, "--torchinfo/--no-torchinfo",
+                                   help="Add torchinfo's parameters and Mult-Adds beside ours, differences explained."),
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -73,6 +75,12 @@ def summary_command(
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
+        if torchinfo:
+            from dataclasses import replace
+
+            from resnet_inspect.analysis.torchinfo_count import torchinfo_count
+
+            report = replace(report, torchinfo=torchinfo_count(network, capture, report.counts))
         emit(report, fmt, output)
 
 
@@ -110,7 +118,7 @@ def arith_command(
     dilation: int = typer.Option(1, "--dilation", "-d", help="Dilation d."),
     pool: bool = typer.Option(False, "--pool", help="A pooling layer (relation 7)."),
     ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling with ceil_mode=True."),
-    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-13)."),
+    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-14)."),
     output_padding: int = typer.Option(0, "--output-padding", help="Transposed convolution's output_padding."),
     solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s)."),
     fmt: OutputFormat = FormatOption,

@@ -12,6 +12,8 @@ from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.heatmap import erf_heatmap
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,8 +26,8 @@ def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
     return list(values) if values is not None else None
 
 
-@dataclass(frozen=True)
-class RfReport:
+@dataclass(frozen=True, repr=False)
+class RfReport(ReportView):
     """Receptive fields of one model at one input size, per stage; the check and the ERF when asked for."""
 
     model: str
@@ -66,6 +68,7 @@ class RfReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "stages": [self._stage_dict(stage) for stage in self.stages],
