@@ -124,15 +124,20 @@ def _default_size(model: nn.Module | str) -> int:
 
 
 def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
-             name: str) -> Any:
-    """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors."""
+             name: str, exact_checked_shapes: bool = False) -> Any:
+    """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
+
+    ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
     from resnet_inspect.report.build import capture_model
 
     if spec.data is not None:
-        return capture_model(network, model_name=name, input_data=spec.data)
+        return capture_model(network, model_name=name, input_data=spec.data,
+                             exact_checked_shapes=exact_checked_shapes)
     if spec.shapes is not None:
-        return capture_model(network, model_name=name, input_shapes=spec.shapes)
-    return capture_model(network, spec.size or default, batch_size, in_channels or 3, name)
+        return capture_model(network, model_name=name, input_shapes=spec.shapes,
+                             exact_checked_shapes=exact_checked_shapes)
+    return capture_model(network, spec.size or default, batch_size, in_channels, name,
+                         exact_checked_shapes=exact_checked_shapes)
 
 
 def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
@@ -200,8 +205,8 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     spec = parse_input(input_size, input_data)
     _positive(batch_size, "batch_size")
     network, name = _model(model, in_channels, num_classes, model_name)
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name)
-    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured))
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, exact_checked_shapes=True)
+    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
 
 
 def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
@@ -228,7 +233,7 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     from resnet_inspect.report.rf import load_rf_model, rf_report
 
     size = _spatial(input_size, model)
-    channels = in_channels or 3
+    channels = in_channels
     _positive(erf_samples, "erf_samples")
     wants_erf = erf or weights is not None or png is not None
     if isinstance(model, str):
@@ -240,8 +245,17 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
             import copy
 
             network = copy.deepcopy(network)
-    return rf_report(network, name, size, channels, check, wants_erf, erf_samples,
-                     Path(weights) if weights is not None else None, Path(png) if png is not None else None)
+    report = rf_report(network, name, size, channels, check, wants_erf, erf_samples,
+                       Path(weights) if weights is not None else None)
+    if png is not None and report.erf is not None:
+        from dataclasses import replace
+
+        from resnet_inspect.render.files import write_file
+        from resnet_inspect.render.heatmap import png_bytes
+
+        write_file(Path(png), png_bytes(report.erf.mass))
+        report = replace(report, png=str(png))
+    return report
 
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,

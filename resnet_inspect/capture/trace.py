@@ -488,7 +488,7 @@ def spatial_rank(model: nn.Module, default: int = 2) -> int:
 
 
 def input_channels(model: nn.Module, default: int = 3) -> int:
-    """The channels the model's first convolution takes (3 when it has none)."""
+    """The channels the model's first convolution takes (``default`` when it has none)."""
     for module in model.modules():
         spec = op_for_module(module)
         channels = getattr(module, "in_channels", None)
@@ -499,13 +499,13 @@ def input_channels(model: nn.Module, default: int = 3) -> int:
 
 def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
                     in_channels: int | None = None) -> Shape:
-    """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model), and the
-    channels are those of the model's first convolution unless given."""
+    """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model); three
+    channels unless given."""
     if isinstance(input_size, int):
         spatial = (input_size,) * spatial_rank(model)
     else:
         spatial = tuple(int(size) for size in input_size)
-    return (batch_size, in_channels or input_channels(model), *spatial)
+    return (batch_size, in_channels or 3, *spatial)
 
 
 def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import BadInputError, InputTooSmallError
+from resnet_inspect.errors import BadInputError, ForwardError, InputTooSmallError
 from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nodes
 
 if TYPE_CHECKING:
@@ -64,18 +64,26 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                   input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None,
                   exact_checked_shapes: bool = False) -> Capture:
     """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs)."""
-    from resnet_inspect.capture.trace import capture_inputs, smallest_input_size
+    from resnet_inspect.capture.trace import capture_inputs, input_channels, smallest_input_size
 
     inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
                           input_data=input_data)
+    given = input_shapes is not None or input_data is not None
     try:
         return capture_inputs(model, inputs, model_name, exact_checked_shapes)
     except InputTooSmallError as error:
-        if input_shapes is not None or input_data is not None:
+        if given:
             raise
         smallest = smallest_input_size(model, in_channels)
         hint = f"; the smallest input that works is {smallest} on every spatial axis" if smallest else ""
         raise InputTooSmallError(f"{error}{hint}") from error
+    except ForwardError:
+        # Three channels did not fit: a model that takes another number says so in its first convolution.
+        channels = input_channels(model)
+        if in_channels is not None or given or channels == 3:
+            raise
+        return capture_model(model, input_size, batch_size, channels, model_name,
+                             exact_checked_shapes=exact_checked_shapes)
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,

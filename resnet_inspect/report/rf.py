@@ -139,10 +139,18 @@ class RfReport(ReportView):
                          "each field is the hull (union) of their intervals")
         elif not self.result.aligned:
             notes.append("the network is not aligned: its receptive field depends on the position")
-        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context]
+        whole = [stage.name for stage in self.stages if stage.field is not None and stage.field.whole]
+        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context
+                   and not stage.field.whole]
+        if whole:
+            notes.append(f"from {whole[0]} on, every unit sees the same region, the whole input: attention (or "
+                         "another token mixer) mixes every position with every other")
         if context:
             notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
-                         "the whole input through a pooled branch (a gate, attention or normalisation statistics)")
+                         "the whole input through a pooled branch (a gate or normalisation statistics)")
+        inexact = [stage for stage in self.stages if stage.field is not None and not stage.field.exact]
+        if inexact:
+            notes.append(f"from {inexact[0].name} on: {inexact[0].reason}")
         if self.empirical:
             compared = sum(check.agrees is not None for check in self.empirical.stages)
             total = len(self.empirical.stages)
