@@ -18,7 +18,8 @@ import typer
 from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
-from resnet_inspect.cli.common import MAX_INPUT_SIZE, OneLineUsageErrors, write_atomically
+from resnet_inspect.cli.common import MAX_INPUT_SIZE, OneLineUsageErrors
+from resnet_inspect.render.files import write_output
 from resnet_inspect.errors import BadInputError
 
 ZOO = "tests/fixtures/cnn_zoo.py"
@@ -225,14 +226,14 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path, monkey
 
     monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(BadInputError, match="No space left on device"):
-        write_atomically(tmp_path / "report.json", "{}")
+        write_output(tmp_path / "report.json", "{}")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_successful_write_replaces_the_file_whole(tmp_path):
     target = tmp_path / "report.json"
     target.write_text("old")
-    write_atomically(target, "new")
+    write_output(target, "new")
     assert target.read_text() == "new"
     assert list(tmp_path.iterdir()) == [target]
 

@@ -27,7 +27,7 @@ ModelsArgument = typer.Argument(None, help=f"Models to compare. {MODEL_HELP}", s
 FamilyOption = typer.Option(
     None, "--family", metavar="imagenet|cifar|all", show_default=False,
     help="Add a group of registered models: imagenet (resnet18, 34, 50, 101, 152), cifar (resnet20, 32, 44, 56, "
-    "110) or all (every registered name).",
+    "110) or all (every registered name). Repeat it to add several groups.",
 )
 InputSizesOption = typer.Option(
     None, "--input-size", "-i", help="Input sizes, e.g. 224 or 128,224,320 or 224x320; every model is compared at "
@@ -39,6 +39,16 @@ TimeOption = typer.Option(False, "--time", help="Also measure latency and images
 DeviceOption = typer.Option("cpu", "--device", help="Device for --time: cpu, cuda, cuda:N or mps.")
 WarmupOption = typer.Option(3, "--warmup", help="Untimed forward passes before each measurement (--time).")
 RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes to time per row (--time).")
+
+
+def parse_families(texts: list[str]) -> list[str]:
+    """Every registered name the --family options add, in order, each once (--family cifar --family imagenet)."""
+    from resnet_inspect.report.compare import family_models
+
+    names: list[str] = []
+    for text in texts:
+        names += [name for name in family_models(parse_family(text)) if name not in names]
+    return names
 
 
 def parse_family(text: str) -> Family:
@@ -54,7 +64,7 @@ def parse_family(text: str) -> Family:
 
 def compare_command(
     models: list[str] | None = ModelsArgument,
-    family: str | None = FamilyOption,
+    family: list[str] | None = FamilyOption,
     input_size: str | None = InputSizesOption,
     batch_size: str = BatchOption,
     stages: bool = StagesOption,
@@ -75,13 +85,12 @@ def compare_command(
         from resnet_inspect.report.compare import (
             CompareReport,
             compare_rows,
-            family_models,
             load_candidates,
             time_rows,
             total_rows,
         )
 
-        specs = [*(models or []), *(family_models(parse_family(family)) if family is not None else [])]
+        specs = [*(models or []), *parse_families(family or [])]
         if not specs:
             raise BadInputError("nothing to compare: name at least one MODEL or use --family")
         resolved = None

@@ -8,7 +8,7 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
-    MAX_COUNT,
+    MAX_ERF_SAMPLES,
     OutputFormat,
     check_model_options,
     check_output_path,
@@ -26,6 +26,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.render.files import is_stdout, same_file
 
 CheckOption = typer.Option(
     False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
@@ -54,9 +55,13 @@ def rf_command(
     """Receptive field size, effective stride and padding at every stage (stem, each layer, encoder output)."""
     with user_errors():
         check_output_path(output)
+        if png is not None and is_stdout(png):
+            raise BadInputError("--png needs a file name: the picture cannot go to standard output")
+        if same_file(png, output):
+            raise BadInputError(f"--png and -o both name {png}: one would overwrite the other")
         check_output_path(png)
         check_model_options(in_channels, num_classes)
-        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_COUNT)
+        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
         from resnet_inspect.report.rf import load_rf_model, rf_report
@@ -64,7 +69,7 @@ def rf_command(
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
         channels = in_channels or 3
-        network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
+        network, name = load_rf_model(model, in_channels, num_classes, real=wants_erf)
         report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, png)
         emit(report, fmt, output)
     if report.empirical is not None and report.empirical.agrees is False:

@@ -69,9 +69,12 @@ def rich_renderables(report: Report) -> list[Any]:
     document = report.document()
     renderables: list[Any] = []
     for table in document.tables:
-        rich_table = RichTable(title=table.title, title_justify="left", header_style="bold", show_lines=False)
+        # Text, not str: a title holds model names and paths, and rich would read `[/x]` or `:rocket:` in a str
+        # as markup. Columns fold instead of cutting a cell with an ellipsis, so a narrow terminal never
+        # shows a shortened number.
+        rich_table = RichTable(title=Text(table.title), title_justify="left", header_style="bold", show_lines=False)
         for column in table.columns:
-            rich_table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
+            rich_table.add_column(Text(column.header), justify=column.justify, overflow="fold")
         for row in table.rows:
             rich_table.add_row(*(Text(cell_text(cell), style=cell_style(cell) or "") for cell in row))
         renderables.append(rich_table)
