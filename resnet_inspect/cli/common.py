@@ -60,7 +60,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 # Where the report goes while a command runs: standard output as it was when the command started. In the
 # meantime sys.stdout is standard error, so whatever the model's code prints cannot corrupt the report.
-_report_stream: ContextVar[Any] = ContextVar("report_stream", default=None)
+_NOT_RUNNING = object()
+_report_stream: ContextVar[Any] = ContextVar("report_stream", default=_NOT_RUNNING)
 
 
 @contextmanager
@@ -97,6 +98,12 @@ def user_errors() -> Iterator[None]:
         _report_stream.reset(token)
 
 
+def report_stream() -> Any:
+    """The stream the report goes to: standard output as the running command found it (None when closed)."""
+    stream = _report_stream.get()
+    return sys.stdout if stream is _NOT_RUNNING else stream
+
+
 def _show_traceback() -> None:
     if debug_enabled():
         import traceback
@@ -108,7 +115,7 @@ def _silence_stdout() -> None:
     """After a broken pipe: point standard output at /dev/null so the interpreter's last flush stays quiet."""
     with suppress(OSError):
         sys.stdout.flush()
-    stream = _report_stream.get() or sys.__stdout__
+    stream = report_stream() or sys.__stdout__
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
@@ -266,6 +273,22 @@ def _can_show(stream: Any, sample: str = "░✓—─") -> bool:
     return True
 
 
+def _report_console(stream: Any) -> Any:
+    """A rich console on ``stream`` whose broken pipe reaches ``user_errors`` (rich's own handler would exit 1
+    and point the wrong descriptor, sys.stdout's, at /dev/null)."""
+    from rich.console import Console
+
+    class ReportConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = ReportConsole(file=stream)
+    if not console.is_terminal:
+        console = ReportConsole(file=stream, width=PIPE_WIDTH)  # piped: don't squeeze wide tables into 80 columns
+    return console
+
+
 def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> None:
     """Render ``report`` in ``fmt``; print it (``-o -`` too), or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables
@@ -275,18 +298,14 @@ def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> No
     if output is not None and not is_stdout(output):
         write_output(output, render(report, fmt_name))
         return
-    stream = _report_stream.get() or sys.stdout
+    stream = report_stream()
     if stream is None:  # started with standard output closed (`>&-`): the report would be lost
         raise BadInputError("cannot write the report: standard output is closed (use -o FILE)")
     if not _can_show(stream):
         stream = AsciiMarks(stream)
     try:
         if fmt_name == "table":
-            from rich.console import Console
-
-            console = Console(file=stream)
-            if not console.is_terminal:
-                console = Console(file=stream, width=PIPE_WIDTH)  # piped: don't squeeze wide tables into 80 columns
+            console = _report_console(stream)
             for renderable in rich_renderables(report):
                 console.print(renderable)
         else:
