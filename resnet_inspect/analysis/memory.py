@@ -159,9 +159,8 @@ def replay_bytes(capture: Capture, check_size: tuple[int, int]) -> int:
     """`rf --check`'s one-channel float64 replay at ``check_size``: each operation's map, kept for backward."""
     height, width = capture.input_shape[-2], capture.input_shape[-1]
     scale = (check_size[0] * check_size[1]) / max(height * width, 1)
-    elements = sum(math.prod(node.output_shape[2:]) for node in capture.nodes if len(node.output_shape) > 2)
-    elements += check_size[0] * check_size[1]
-    return int(2 * FLOAT64_BYTES * elements * scale)
+    maps = sum(math.prod(node.output_shape[2:]) for node in capture.nodes if len(node.output_shape) > 2)
+    return int(2 * FLOAT64_BYTES * (maps * scale + check_size[0] * check_size[1]))
 
 
 __all__ = [
