@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
 from resnet_inspect.cli.common import MAX_INPUT_SIZE, OneLineUsageErrors
-from resnet_inspect.render.files import write_output
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.render.files import write_output
 
 ZOO = "tests/fixtures/cnn_zoo.py"
 BROKEN = "tests/fixtures/broken_import.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,11 +188,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise InspectError(f"cannot read weights from {path}: {exc.strerror or exc}") from exc
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if pickled:  # torch.save(model) pickles the class: loading it would run code from the file
             raise InspectError(
-                f"{path} holds a pickled object, not only tensors, and torch.load(weights_only=True) refuses it; "
-                "save a state_dict instead: torch.save(model.state_dict(), 'weights.pt')") from exc
-        raise InspectError(f"cannot read weights from {path}: not a PyTorch checkpoint ({_first_line(exc)})") from exc
+                f"{path} holds a pickled object ({pickled.group(1)}), not only tensors, and "
+                "torch.load(weights_only=True) refuses it; save a state_dict instead: "
+                "torch.save(model.state_dict(), 'weights.pt')") from exc
+        raise InspectError(f"cannot read weights from {path}: not a PyTorch checkpoint") from exc
     except Exception as exc:  # torch.load raises RuntimeError, EOFError, ValueError... for damaged files
         raise InspectError(f"cannot read weights from {path}: not a PyTorch checkpoint ({_first_line(exc)})") from exc
     for key in _WRAPPING_KEYS:
