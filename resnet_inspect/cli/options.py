@@ -6,15 +6,18 @@ import typer
 
 from resnet_inspect.cli.common import OutputFormat
 
-MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
+MODEL_HELP = ("A registry name (see `resnet-inspect list`), torchvision:NAME, timm:NAME, path/to/file.py:factory or "
+              "package.module:factory. A spec imports and runs that code, like `python file.py`: never take one "
+              "from untrusted input.")
 INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
 
 ModelArgument = typer.Argument(..., help=MODEL_HELP, show_default=False)
 InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)
 BatchOption = typer.Option("1", "--batch-size", "-b", help="Batch size.")
 ChannelsOption = typer.Option(None, "--in-channels", help="Input channels (default 3).", show_default=False)
-ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (registry models).",
+ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (given to the factory).",
                              show_default=False)
 FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
-OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
+OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing; - is "
+                            "stdout).",
                             show_default=False)
