@@ -169,12 +169,13 @@ def _timed_model(model: nn.Module, input_shape: Shape, device: str, dtype: str,
 def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32") -> None:
     """Refuse (MemoryGuardError) a measurement whose estimated peak does not fit; a too-small input names its layer.
 
-    The estimate comes from a batch-1 capture on the meta device, scaled to the batch size and the dtype. A
-    model the meta device cannot run (data-dependent code) is measured without an estimate.
+    The estimate comes from a batch-1 capture on the meta device, scaled to the batch size and the dtype. When
+    the meta pass fails, the capture's own fallback decides: data-dependent code is captured on real tensors
+    at batch 1, and a forward pass that really fails raises ForwardError naming the layer.
     """
     from resnet_inspect.analysis.counting import element_bytes
     from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
-    from resnet_inspect.capture.trace import run_capture
+    from resnet_inspect.capture.trace import capture, run_capture
     from resnet_inspect.errors import ForwardError, InputTooSmallError
 
     try:
@@ -182,7 +183,9 @@ def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu"
     except InputTooSmallError:
         raise
     except ForwardError:
-        return
+        if len(input_shape) != 4:
+            return
+        captured = capture(model, (input_shape[2], input_shape[3]), 1, input_shape[1])
     batch_size = input_shape[0]
     needed = inference_bytes(captured, batch_size, element_bytes(dtype))
     ensure_fits(needed, f"timing at batch size {batch_size} and input {'x'.join(map(str, input_shape[1:]))}",
