@@ -242,3 +242,22 @@ def test_png_and_report_are_written_through_links_without_replacing_them(tmp_pat
     assert picture_link.is_symlink() and report_link.is_symlink()
     assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert json.loads(report.read_text())["erf"]["png"] == str(picture_link)
+
+
+def test_dev_stdout_redirected_to_a_file_writes_that_file_instead_of_replacing_it(tmp_path):
+    """`-o /dev/stdout > out.json`: the shell's open file gets the report; replacing it would lose it."""
+    import subprocess
+    import sys
+
+    repository = Path(__file__).resolve().parent.parent
+    target = tmp_path / "out.json"
+    target.write_text("")
+    inode = target.stat().st_ino
+    with open(target, "w") as redirected:
+        finished = subprocess.run([sys.executable, "-m", "resnet_inspect", *ARITH, "-o", "/dev/stdout"],
+                                  stdout=redirected, stderr=subprocess.PIPE, text=True, cwd=repository,
+                                  env={**os.environ, "PYTHONPATH": str(repository)}, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    assert target.stat().st_ino == inode
+    assert json.loads(target.read_text())["output"] == 54
+    assert sorted(tmp_path.iterdir()) == [target]

@@ -6,8 +6,9 @@
   sees the old file or the new one, never half of one. It keeps the existing file's mode, or gets the mode
   the umask gives a new file (like the shell's ``>``). A file with several hard links is rewritten in place
   instead, so every link sees the new content.
-- A character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe) is written directly: it is
-  never replaced by a regular file, and a failed write (``/dev/full``) is an error.
+- A character device or a FIFO (``/dev/null``, a named pipe) is written directly: it is never replaced by a
+  regular file, and a failed write (``/dev/full``) is an error. So is a path through /proc/*/fd or /dev/fd,
+  such as ``/dev/stdout``, even when it leads to a regular file (the one the shell redirected output to).
 """
 
 from __future__ import annotations
@@ -28,8 +29,21 @@ def is_stdout(path: Path | str) -> bool:
 
 
 def _target(path: Path) -> Path:
-    """The path a write lands on: a symbolic link's final target (which may not exist yet)."""
+    """Where a regular file's replacement goes: a symbolic link's final target (which may not exist yet)."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _opens_a_descriptor(path: Path) -> bool:
+    """Whether ``path`` leads through /proc/*/fd or /dev/fd (as /dev/stdout does): an open file of this process,
+    such as the file the shell redirected standard output to, which must be written, never replaced."""
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on nested links
+        if str(current).startswith(("/proc/", "/dev/fd/")):
+            return True
+        if not current.is_symlink():
+            return False
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return False
 
 
 def _file_mode(path: Path) -> int | None:
@@ -56,16 +70,16 @@ def check_writable(path: Path | None) -> None:
     """
     if path is None or is_stdout(path):
         return
-    target = _target(path)
-    mode = _file_mode(target)
+    mode = _file_mode(path)  # through any links: /dev/stdout -> /proc/self/fd/1 -> a pipe or a terminal
     if mode is not None and stat.S_ISDIR(mode):
         raise BadInputError(f"cannot write {path}: it is a directory")
-    if mode is not None and not stat.S_ISREG(mode):
-        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+    if mode is not None and (not stat.S_ISREG(mode) or _opens_a_descriptor(path)):
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
             raise BadInputError(f"cannot write {path}: not a regular file, character device or FIFO")
-        if not os.access(target, os.W_OK):
+        if not os.access(path, os.W_OK):
             raise BadInputError(f"cannot write {path}: permission denied")
         return
+    target = _target(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise BadInputError(f"cannot write {path}: directory {directory} does not exist")
@@ -94,15 +108,14 @@ def write_output(path: Path | str, data: str | bytes) -> None:
         _write_stdout(payload)
         return
     path = Path(path)
-    target = _target(path)
-    mode = _file_mode(target)
+    mode = _file_mode(path)  # through any links
     if mode is not None and stat.S_ISDIR(mode):
         raise BadInputError(f"cannot write {path}: it is a directory")
     try:
-        if mode is not None and (not stat.S_ISREG(mode) or target.stat().st_nlink > 1):
-            _write_in_place(target, payload)
+        if mode is not None and (not stat.S_ISREG(mode) or path.stat().st_nlink > 1 or _opens_a_descriptor(path)):
+            _write_in_place(path, payload)  # opening the path itself follows its links, /proc/self/fd/N too
         else:
-            _replace(target, payload, mode)
+            _replace(_target(path), payload, mode)
     except OSError as exc:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
