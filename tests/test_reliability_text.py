@@ -153,3 +153,11 @@ def test_an_unknown_family_among_several_is_one_error_line():
     result = runner.invoke(app, ["compare", "--family", "cifar", "--family", "vgg"])
     assert result.exit_code == 2
     assert result.stderr == "error: unknown family 'vgg': use one of imagenet, cifar, all\n"
+
+
+@pytest.mark.parametrize("command", ["summary", "verify", "rf", "time", "compare"])
+def test_the_help_says_that_a_model_spec_runs_code(command):
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    text = " ".join(result.stdout.split())
+    assert "A spec imports and runs that code, like `python file.py`: never take one from untrusted input." in text
+    assert "torchvision:NAME, timm:NAME" in text
