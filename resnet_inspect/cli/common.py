@@ -85,7 +85,7 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except SystemExit as exc:
         _show_traceback()
-        fail(f"the model's code called sys.exit({exc.code!r}); nothing was checked")
+        fail(f"the model's code called sys.exit({exc.code!r}); the command did not finish")
     except Exception as exc:
         _show_traceback()
         if isinstance(exc, InspectError):
