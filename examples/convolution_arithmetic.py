@@ -8,7 +8,7 @@ keeps the size only for an odd kernel at stride 1, and which paddings would keep
 
 from __future__ import annotations
 
-from resnet_inspect.analysis.arithmetic import conv_output, conv_transpose_output, pool_output, solve_padding
+from resnet_inspect.ops.arithmetic import conv_output, conv_transpose_output, pool_output, solve_padding
 
 # (what it shows, the call): one line per relation, with small sizes you can check by hand.
 EXAMPLES = [

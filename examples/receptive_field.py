@@ -54,7 +54,7 @@ def study(dilation: int) -> None:
 
     # The gradient check: in a linear all-ones replay, the input positions with a nonzero gradient are exactly
     # the centre unit's field, so the measured sizes must equal the analytic ones.
-    support = empirical_check(model, fields)
+    support = empirical_check(model, captured, fields)
     measured = [check.measured_size[0] for check in support.stages]
     print(f"  gradient support of each stage's centre unit: {measured} (agrees: {support.agrees})")
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
+Sizes = tuple[int, ...]  # one value per spatial axis: (length,), (height, width) or (depth, height, width)
 
 
 class OpKind(StrEnum):
@@ -23,9 +25,13 @@ class OpKind(StrEnum):
     LINEAR = "linear"
     ELEMENTWISE = "elementwise"  # acts per position: k = 1, s = 1 (BN, ReLU, add, channel cat/pad)
     SUBSAMPLE = "subsample"  # strided slicing x[..., ::s, ::s]: k = 1, stride s, offset as padding
-    PAD = "pad"  # explicit zero padding of the spatial axes (F.pad): k = 1, s = 1, padding p
+    PAD = "pad"  # explicit padding of the spatial axes (F.pad): k = 1, s = 1, padding p
     GLOBAL = "global"  # reduces the spatial axes away (mean over H, W)
-    RESHAPE = "reshape"  # flatten / view: spatial meaning ends here
+    RESHAPE = "reshape"  # layout only: view, permute, transpose, flatten, chunk (positions kept or moved back)
+    NORM = "norm"  # normalisation over some axes (LayerNorm, GroupNorm, softmax): global context when spatial
+    MATMUL = "matmul"  # matmul, bmm, einsum: mixes the positions it contracts
+    ATTENTION = "attention"  # token mixing: every output position sees every input position
+    UPSAMPLE = "upsample"  # interpolate, Upsample, pixel (un)shuffle: rational strides
     UNKNOWN = "unknown"  # an operation the tool has no rule for
 
     @property
@@ -37,35 +43,43 @@ class OpKind(StrEnum):
         """Layers whose output size follows a convolution-arithmetic relation."""
         return self in (OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.MAX_POOL, OpKind.AVG_POOL, OpKind.ADAPTIVE_POOL)
 
+    @property
+    def is_weighted(self) -> bool:
+        """Operations with a weight tensor that mixes features: one layer of depth each."""
+        return self in (OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.LINEAR)
+
 
 @dataclass(frozen=True)
 class Geometry:
-    """A layer's declared spatial geometry, per axis (height, width).
+    """A layer's declared spatial geometry, one value per spatial axis (height, width for 2-D layers).
 
-    ``padding`` is the zero padding before the first row/column; ``padding_end`` the padding after the
+    ``padding`` is the padding before the first row/column; ``padding_end`` the padding after the
     last one (equal to ``padding`` except for asymmetric cases such as ``padding='same'`` or ``F.pad``).
-    ``output_size`` is the target of adaptive pooling (None on an axis means "keep").
+    ``output_size`` is the target of adaptive pooling (None on an axis means "keep"). Windowless kinds keep
+    the 2-D defaults; their rules read only ``kind``.
     """
 
     kind: OpKind
-    kernel: Pair = (1, 1)
-    stride: Pair = (1, 1)
-    padding: Pair = (0, 0)
-    padding_end: Pair = (0, 0)
-    dilation: Pair = (1, 1)
+    kernel: Sizes = (1, 1)
+    stride: Sizes = (1, 1)
+    padding: Sizes = (0, 0)
+    padding_end: Sizes = (0, 0)
+    dilation: Sizes = (1, 1)
     groups: int = 1
     ceil_mode: bool = False
-    output_padding: Pair = (0, 0)
-    output_size: tuple[int | None, int | None] | None = None
+    output_padding: Sizes = (0, 0)
+    output_size: tuple[int | None, ...] | None = None
     padding_mode: str = "zeros"
 
     @property
-    def effective_kernel(self) -> Pair:
+    def rank(self) -> int:
+        """How many spatial axes the geometry describes."""
+        return len(self.kernel)
+
+    @property
+    def effective_kernel(self) -> Sizes:
         """k' = d(k - 1) + 1 per axis."""
-        return (
-            self.dilation[0] * (self.kernel[0] - 1) + 1,
-            self.dilation[1] * (self.kernel[1] - 1) + 1,
-        )
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,10 @@ class LayerRecord:
 class OpNode:
     """One operation in the dataflow graph: a leaf module call or a functional op such as ``x + residual``.
 
-    Node 0 is the model input. ``inputs`` are the nodes whose outputs this operation consumed, in argument
-    order; tensors that no tracked operation produced (constants, fresh zeros) are left out.
+    The model inputs are nodes without inputs. ``inputs`` are the nodes whose outputs this operation consumed,
+    in argument order; tensors that no tracked operation produced (constants, fresh zeros) are left out, and
+    ``input_shapes`` are those of ``inputs``. ``op`` names the entry of the operation table that describes it,
+    and ``attrs`` holds the call's arguments that its rules need (dims of a permute, the scale of an upsample).
     """
 
     id: int
@@ -117,6 +133,9 @@ class OpNode:
     record: int | None = None  # the LayerRecord index for leaf module calls
     scope: str = ""  # qualified name of the innermost module that made the call ("" for the model itself)
     inplace: bool = False  # the output is one of the inputs, written in place (ReLU(inplace=True), `x += y`)
+    op: str = "unknown"  # the operation-table entry
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    output_shapes: tuple[Shape, ...] = ()  # every output tensor (chunk, split); output_shape is the first
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,13 @@ class Capture:
     param_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     buffer_bytes: int = 0
     dtype: str = "float32"
+    input_shapes: tuple[Shape, ...] = ()  # every input tensor (input_shape is the first)
+    output_shapes: tuple[Shape, ...] = ()  # every output tensor, in the order the output structure holds them
+    output_names: tuple[str, ...] = ()  # where each output sits in that structure: "", "0", "logits", "aux.1"
+    output_nodes: tuple[int | None, ...] = ()  # the node that produced each output (None: not from the input)
+    feature_modules: tuple[str, ...] = ()  # the stages the model declares (timm's feature_info), if any
+    warnings: tuple[str, ...] = ()  # what the pass could not see: data-dependent branches, values read back
+    device: str = "meta"  # where the pass ran: "meta", or "cpu" when the forward needed real values
 
     @property
     def leaves(self) -> tuple[LayerRecord, ...]:

@@ -118,7 +118,8 @@ ANALYSES: dict[str, Callable[[nn.Module], Any]] = {
     "rf": lambda model: rf_report(model, "model", (32, 32)),
     "rf check": lambda model: rf_report(model, "model", (32, 32), check=True),
     "rf effective field": lambda model: rf_report(model, "model", (32, 32), erf=True, erf_samples=2),
-    "empirical check": lambda model: empirical_check(model, analyze_receptive_field(capture(model, 32))),
+    "empirical check": lambda model: empirical_check(
+        model, captured := capture(model, 32), analyze_receptive_field(captured)),
     "effective field": lambda model: effective_receptive_field(
         model, captured := capture(model, 32), analyze_receptive_field(captured), samples=2),
 }

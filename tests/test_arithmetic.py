@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from resnet_inspect.analysis.arithmetic import (
+from resnet_inspect.ops.arithmetic import (
     CEIL_MODE_DROPPED_WINDOW,
     DROPPED,
     EVEN_KERNEL_AUTO_PADDING,
@@ -315,7 +315,7 @@ def test_check_layer_skips_layers_without_a_window():
 
 
 def test_importing_the_arithmetic_does_not_import_torch():
-    code = "import sys, resnet_inspect.analysis.arithmetic; assert 'torch' not in sys.modules"
+    code = "import sys, resnet_inspect.ops.arithmetic; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 
@@ -671,7 +671,7 @@ def _unreached_outputs_by_brute_force(i, k, s, p, d, output):
 @examples(2000)
 @given(st.integers(1, 30), st.integers(1, 7), st.integers(1, 5), st.integers(0, 12), st.integers(1, 3))
 def test_zero_window_counts_equal_a_tap_by_tap_count(i, k, s, p, d):
-    from resnet_inspect.analysis.arithmetic import _outputs_without_input, _windows_without_input
+    from resnet_inspect.ops.arithmetic import _outputs_without_input, _windows_without_input
 
     output = (i + 2 * p - d * (k - 1) - 1) // s + 1
     if output >= 1:

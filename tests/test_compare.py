@@ -115,7 +115,7 @@ def test_macs_and_receptive_field_match_the_summary(name, size):
     assert row["macs"] == summary["totals"]["macs"]
     assert row["params"] == summary["totals"]["params"]
     assert row["activation_bytes"] == summary["totals"]["activation_bytes"]
-    assert row["receptive_field"] == {key: summary["receptive_field"][key] for key in ("size", "stride", "padding")}
+    assert row["receptive_field"] == summary["receptive_field"]
 
 
 def test_json_follows_the_contract(imagenet_rows):
@@ -123,7 +123,7 @@ def test_json_follows_the_contract(imagenet_rows):
                 "output_shape", "latency_ms"}
     for row in imagenet_rows:
         assert contract <= set(row)
-        assert set(row["receptive_field"]) == {"size", "stride", "padding"}
+        assert set(row["receptive_field"]) == {"size", "stride", "padding", "global_context"}
         assert row["input_shape"] == [1, 3, 224, 224]
         assert row["latency_ms"] is None
         assert all(isinstance(blocks, int) for blocks in row["stages"])
@@ -141,7 +141,8 @@ def test_cifar_family_depths_and_fields():
     assert [row["model"] for row in rows] == CIFAR
     assert [row["depth"] for row in rows] == [20, 32, 44, 56, 110]
     assert [row["stages"] for row in rows] == [[3, 3, 3], [5, 5, 5], [7, 7, 7], [9, 9, 9], [18, 18, 18]]
-    assert rows[0]["receptive_field"] == {"size": [81, 81], "stride": [4, 4], "padding": [40, 40]}
+    assert rows[0]["receptive_field"] == {"size": [81, 81], "stride": [4, 4], "padding": [40, 40],
+                                          "global_context": False}
 
 
 def test_family_all_is_every_registered_name():
@@ -182,9 +183,9 @@ def test_one_capture_per_model_per_size(monkeypatch):
     shapes = []
     original = trace.run_capture
 
-    def counting(model, input_shape, *args, **kwargs):
-        shapes.append(tuple(input_shape))
-        return original(model, input_shape, *args, **kwargs)
+    def counting(model, inputs, *args, **kwargs):
+        shapes.append(inputs.shapes[0])
+        return original(model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(trace, "run_capture", counting)
     compare(["resnet18", "resnet20"], [(64, 64), (96, 96)], show_stages=True)

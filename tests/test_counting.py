@@ -156,10 +156,17 @@ def test_torchinfo_agrees_on_parameters_and_mult_adds(name: str) -> None:
 # ------------------------------------------------------------------------------------- hand-built graphs
 
 
+# The operation-table entry behind each kind in these hand-built graphs.
+ENTRY = {OpKind.CONV: "conv", OpKind.CONV_TRANSPOSE: "conv_transpose", OpKind.LINEAR: "linear",
+         OpKind.RESHAPE: "reshape", OpKind.ELEMENTWISE: "elementwise", OpKind.MAX_POOL: "max_pool",
+         OpKind.ADAPTIVE_POOL: "adaptive_pool"}
+
+
 def node(node_id: int, kind: OpKind, inputs: tuple[int, ...], input_shape: tuple[int, ...],
          output_shape: tuple[int, ...], type_: str = "op", **geometry: object) -> OpNode:
+    op = "input" if type_ == "input" else ENTRY[kind]
     return OpNode(node_id, f"n{node_id}", type_, Geometry(kind, **geometry), inputs,  # type: ignore[arg-type]
-                  (input_shape,) if input_shape else (), output_shape)
+                  (input_shape,) if input_shape else (), output_shape, op=op)
 
 
 def test_grouped_convolution_macs() -> None:

@@ -6,6 +6,7 @@ import functools
 import struct
 import zlib
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -129,9 +130,16 @@ def test_layer_fields_give_every_module_call_its_output_field():
     fields = layer_fields(captured, result)
     by_name = {layer.name: fields[layer.index] for layer in captured.layers}
     assert set(fields) == {layer.index for layer in captured.layers}
-    assert by_name["encoder.gate.conv"] == {"size": [7, 7], "stride": [2, 2], "padding": [3, 3]}
-    assert by_name["encoder.gate"] == {"size": [11, 11], "stride": [4, 4], "padding": [5, 5]}
-    assert by_name["encoder"] == result.to_json() == {"size": [435, 435], "stride": [32, 32], "padding": [217, 217]}
+    def triple(field):
+        return {key: field[key] for key in ("size", "stride", "padding", "global_context")}
+
+    assert triple(by_name["encoder.gate.conv"]) == {"size": [7, 7], "stride": [2, 2], "padding": [3, 3],
+                                                    "global_context": False}
+    assert triple(by_name["encoder.gate"]) == {"size": [11, 11], "stride": [4, 4], "padding": [5, 5],
+                                               "global_context": False}
+    assert by_name["encoder"] == result.to_json()
+    assert triple(by_name["encoder"]) == {"size": [435, 435], "stride": [32, 32], "padding": [217, 217],
+                                          "global_context": False}
 
 
 def test_global_pool_and_head_cover_the_whole_input():
@@ -177,19 +185,38 @@ def test_ceil_mode_pool_keeps_size_stride_and_padding():
     assert (floor.stages[-1].output_size, ceil.stages[-1].output_size) == ((4, 4), (5, 5))
 
 
-def test_unaligned_merge_is_reported_not_guessed():
-    _, result = analyse_module(Shifted())
-    assert not result.aligned
+def test_a_merge_with_equal_strides_and_different_centres_is_the_union_of_the_intervals():
+    captured, result = analyse_module(Shifted(), 16)
+    # conv: [-1 + u, u + 1]; shortcut shifted by one pixel: [u - 1, u - 1]. Their hull is [u - 1, u + 1].
+    assert not result.aligned and result.union
+    assert result.output == NodeField((3, 3), (1, 1), (1, 1), union=True)
+    assert not result.reasons
+    assert support_check(captured, result).agrees is True
+
+
+def test_a_merge_of_different_strides_is_reported_not_guessed():
+    class TwoStrides(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.down(x) + x[:, :, :8, :8]
+
+    _, result = analyse_module(TwoStrides(), 16)
+    assert not result.aligned and not result.union
     assert result.output is None
     assert result.reasons[0].startswith("unaligned merge at add")
     assert result.stages[-1].reason == result.reasons[0]
 
 
-def test_transposed_convolution_is_not_covered():
-    _, result = analyse_module(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ConvTranspose2d(1, 1, 2, stride=2)))
-    assert result.output is None
-    assert "transposed convolution" in result.reasons[0]
-    assert result.aligned  # nothing unaligned: just not covered
+def test_transposed_convolution_has_a_rational_stride():
+    _captured, result = analyse_module(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ConvTranspose2d(1, 1, 2, stride=2)), 16)
+    # r' = r + (k - 1) S / s = 3 + 1/2, S' = 1/2, P' = P + (k - 1 - p) S / s = 1/2: exact at every other unit.
+    half = Fraction(1, 2)
+    assert result.output == NodeField((3 + half,) * 2, (half,) * 2, (half,) * 2, exact=False)
+    assert result.aligned and not result.reasons
+    assert "varies from pixel to pixel" in result.stages[-1].reason
 
 
 def test_adaptive_pool_is_a_plain_pool_only_for_an_exact_division():
@@ -220,8 +247,8 @@ def test_rectangular_input_and_kernels_are_per_axis():
 
 
 def test_support_check_agrees_on_the_torchvision_layout_outside_the_registry():
-    model, _, result = analysed(f"{TORCHVISION_LAYOUT}:resnet18")
-    check = empirical_check(model, result)
+    model, captured, result = analysed(f"{TORCHVISION_LAYOUT}:resnet18")
+    check = empirical_check(model, captured, result)
     assert check.agrees is True
     assert all(stage.inside for stage in check.stages)  # measured unclipped: the field fits in the input
     assert [stage.measured_size[0] for stage in check.stages] == [11, 43, 99, 211, 435, 435]
@@ -262,10 +289,10 @@ def test_support_check_tolerates_a_sparse_field_only_where_the_input_clips_it():
 def test_support_of_the_gradient_is_the_analytic_field_for_any_conv_chain(layers):
     module = nn.Sequential(*(nn.Conv2d(1, 1, k, stride=s, padding=min(p, k // 2), dilation=d) for k, s, p, d in layers))
     try:
-        _, result = analyse_module(module, 64)
+        captured, result = analyse_module(module, 64)
     except InputTooSmallError:
         assume(False)  # a chain whose last window no longer fits a 64x64 input
-    check = empirical_check(module, result, in_channels=1)
+    check = empirical_check(module, captured, result, in_channels=1)
     assert check.agrees is True
     assert all(stage.inside for stage in check.stages)
 
@@ -273,8 +300,8 @@ def test_support_of_the_gradient_is_the_analytic_field_for_any_conv_chain(layers
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_support_check_agrees_on_every_stage_of_every_registered_model(name):
-    model, _, result = analysed(name)
-    check = empirical_check(model, result)
+    model, captured, result = analysed(name)
+    check = empirical_check(model, captured, result)
     assert check.agrees is True
     assert all(stage.inside and stage.agrees for stage in check.stages)
     assert [stage.measured_size for stage in check.stages] == [stage.size for stage in result.stages]

@@ -48,7 +48,8 @@ def test_json_follows_the_contract(resnet18_report):
 def test_resnet18_rows_are_the_stem_each_layer_and_the_encoder_output(resnet18_report):
     assert stage_sizes(resnet18_report) == {"stem": 11, "layers.0": 43, "layers.1": 99, "layers.2": 211,
                                             "layers.3": 435, "output": 435}
-    assert resnet18_report["output"] == {"size": [435, 435], "stride": [32, 32], "padding": [217, 217]}
+    assert resnet18_report["output"] == {"size": [435, 435], "stride": [32, 32], "padding": [217, 217],
+                                         "global_context": False}
     assert [stage["output_size"] for stage in resnet18_report["stages"]][-1] == [7, 7]
 
 
@@ -144,14 +145,14 @@ def shifted():
 """
 
 
-def test_unaligned_network_reports_why_instead_of_a_number(tmp_path):
+def test_a_network_with_shifted_paths_reports_the_union_and_says_it_is_not_aligned(tmp_path):
     factory = tmp_path / "shifted.py"
     factory.write_text(SHIFTED_RESIDUAL)
-    report = invoke_json(f"{factory}:shifted", "-i", "16")
-    assert report["aligned"] is False and report["output"] is None
-    assert report["reasons"] == ["unaligned merge at add: its input paths differ (stride 1, centre 0; stride 1, "
-                                 "centre -1)"]
-    assert report["stages"][-1]["size"] is None and report["stages"][-1]["reason"] == report["reasons"][0]
+    report = invoke_json(f"{factory}:shifted", "-i", "16", "--check")
+    assert report["aligned"] is False and report["union"] is True
+    assert report["output"] == {"size": [3, 3], "stride": [1, 1], "padding": [1, 1], "global_context": False}
+    assert report["reasons"] == []
+    assert report["empirical"]["agrees"] is True
 
 
 def test_output_file_gets_the_whole_report(tmp_path):

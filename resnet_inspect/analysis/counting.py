@@ -1,18 +1,20 @@
 """Multiply-accumulates, parameters and activation memory, counted from a Capture's geometry and shapes.
 
 One multiply-accumulate (MAC) is one multiplication plus one addition; FLOPs = 2 x MACs. Like torchvision's
-`_ops` and He et al.'s "multiply-adds", only convolutions (transposed too) and linear layers are counted:
-BatchNorm, activations, pooling and additions count 0 MACs. Pure Python: no torch here.
+`_ops` and He et al.'s "multiply-adds", the products that carry weights or mix positions are counted:
+convolutions (transposed too), linear layers, matrix products, einsum and attention; each entry of the
+operation table says how. BatchNorm, activations, pooling and additions count 0 MACs. Pure Python: no torch
+here (the attention formula borrows torch.utils.flop_counter's).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from resnet_inspect.records import Capture, OpKind, OpNode
+from resnet_inspect.ops.table import get_op
+from resnet_inspect.records import Capture, OpNode
 
 ELEMENT_BYTES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
@@ -21,49 +23,15 @@ ELEMENT_BYTES = {
 
 # Operations whose output shares its input's storage: they allocate nothing (dropout is the identity in eval).
 ALIASING_TYPES = frozenset({"Identity", "Dropout", "Dropout2d", "AlphaDropout", "dropout", "detach"})
+ALIASING_OPS = frozenset({"reshape", "permute", "transpose", "movedim", "split", "unbind", "expand"})
 
 # A residual stage's module name: ours (`encoder.layers.2`), torchvision's (`layer3`), timm's (`stages.2`).
 _STAGE_NAME = re.compile(r"^(?:.*\.)?(?:layers\.\d+|layer\d+|stages\.\d+)$")
 
 
-def _spatial_macs(node: OpNode, data_shape: tuple[int, ...], channels_out: int, channels_in: int) -> int:
-    """N * C_a * (C_b / groups) * k_h * k_w * H * W with N, H, W taken from ``data_shape``."""
-    geometry = node.geometry
-    batch = math.prod(data_shape[:-3])  # 1 for an unbatched (C, H, W) input
-    height, width = data_shape[-2], data_shape[-1]
-    kernel_h, kernel_w = geometry.kernel
-    return batch * channels_out * (channels_in // geometry.groups) * kernel_h * kernel_w * height * width
-
-
-def conv_macs(node: OpNode) -> int:
-    """Convolution: N * C_out * (C_in / groups) * k_h * k_w * H_out * W_out (one MAC per weight per output)."""
-    input_shape, output_shape = node.input_shapes[0], node.output_shape
-    return _spatial_macs(node, output_shape, output_shape[-3], input_shape[-3])
-
-
-def conv_transpose_macs(node: OpNode) -> int:
-    """Transposed convolution: N * C_in * (C_out / groups) * k_h * k_w * H_in * W_in (each input scattered)."""
-    input_shape, output_shape = node.input_shapes[0], node.output_shape
-    return _spatial_macs(node, input_shape, input_shape[-3], output_shape[-3])
-
-
-def linear_macs(node: OpNode) -> int:
-    """Linear: prod(leading output dims) * in_features * out_features (bias additions are not counted)."""
-    input_shape, output_shape = node.input_shapes[0], node.output_shape
-    return math.prod(output_shape[:-1]) * input_shape[-1] * output_shape[-1]
-
-
-# Counting rules keyed by operation kind; every other kind counts 0 MACs.
-MAC_RULES: dict[OpKind, Callable[[OpNode], int]] = {
-    OpKind.CONV: conv_macs,
-    OpKind.CONV_TRANSPOSE: conv_transpose_macs,
-    OpKind.LINEAR: linear_macs,
-}
-
-
 def node_macs(node: OpNode) -> int:
-    """MACs of one operation, from its geometry and its input/output shapes."""
-    rule = MAC_RULES.get(node.geometry.kind)
+    """MACs of one operation, by its operation-table entry (0 for entries without a counting rule)."""
+    rule = get_op(node.op).macs
     if rule is None or not node.input_shapes or not node.output_shape:
         return 0
     return rule(node)
@@ -140,7 +108,7 @@ def _storage_roots(capture: Capture) -> list[int]:
     roots: list[int] = []
     for node in capture.nodes:
         in_place = getattr(node, "inplace", False)
-        aliases = node.geometry.kind is OpKind.RESHAPE or node.type in ALIASING_TYPES or in_place
+        aliases = node.op in ALIASING_OPS or node.type in ALIASING_TYPES or in_place
         roots.append(roots[node.inputs[0]] if aliases and node.inputs else node.id)
     return roots
 
@@ -220,7 +188,7 @@ def count(capture: Capture) -> Counts:
     input_bytes, activation_bytes, peak_bytes = activation_memory(capture)
     uncounted: dict[str, int] = {}
     for node in capture.nodes:
-        if node.geometry.kind is OpKind.UNKNOWN:
+        if node.op == "unknown":
             uncounted[node.type] = uncounted.get(node.type, 0) + 1
     total_macs = sum(macs_by_node.values())
     return Counts(

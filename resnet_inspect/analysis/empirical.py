@@ -1,10 +1,11 @@
 """Receptive fields measured with gradients: the support check and the effective receptive field.
 
-The support check replays the captured graph as a linear one-channel network (every window becomes a
-convolution with all-ones weights, element-wise ops the identity, merges a sum; float64 on CPU) and
-backpropagates from the centre unit of each stage: the input positions with a nonzero gradient are exactly
-that unit's theoretical field, clipped to the input. Positive weights leave no cancellation, and the support
-depends only on the geometry, so one channel is enough even for ResNet-152 at 1600x1600.
+The support check replays the captured graph as a linear one-channel network (each operation as its table
+entry's replay: every window a convolution with all-ones weights, element-wise ops the identity, merges a sum;
+float64 on CPU) and backpropagates from the centre unit of each stage: the input positions with a nonzero
+gradient are exactly that unit's theoretical field, clipped to the input. Positive weights leave no
+cancellation, and the support depends only on the geometry, so one channel is enough even for ResNet-152 at
+1600x1600.
 
 The effective receptive field (Luo et al. 2016) runs the real model: the gradient magnitude of the encoder
 output's centre unit with respect to the input, averaged over random inputs.
@@ -17,14 +18,20 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult, StageField, analyze_receptive_field
+from resnet_inspect.analysis.receptive_field import (
+    ReceptiveFieldResult,
+    StageField,
+    analyze_receptive_field,
+    ancestors,
+)
 from resnet_inspect.errors import BadInputError, InspectError
-from resnet_inspect.records import Capture, OpKind, OpNode, Pair
+from resnet_inspect.ops.fields import Undefined
+from resnet_inspect.ops.table import FieldState, ReplayCall, get_op
+from resnet_inspect.records import Capture, Pair
 
 if TYPE_CHECKING:
     import torch
@@ -37,26 +44,30 @@ SHADES = " ░▒▓█"
 
 # ------------------------------------------------------------------------------------------ support check
 
+Interval = tuple[tuple[int, int], ...]  # (first, last) input position per axis
+
 
 @dataclass(frozen=True)
 class StageCheck:
     """One stage's centre unit: the analytic interval (clipped to the input) against the gradient's support."""
 
     name: str
-    unit: Pair  # the output unit backpropagated from: the centre of the stage's output
-    analytic: tuple[Pair, Pair] | None  # ((top, bottom), (left, right)) clipped to the input
-    measured: tuple[Pair, Pair] | None  # the same, where the input gradient is nonzero
-    inside: bool  # the unit's whole field lies inside the input, so the size was measured unclipped
-    reason: str | None = None  # why there is no comparison
-    field: tuple[Pair, Pair] | None = None  # the analytic interval before clipping
+    unit: tuple[int, ...]  # the output unit backpropagated from: the centre of the stage's output
+    analytic: Interval | None  # the field's interval clipped to the input
+    measured: Interval | None  # where the input gradient is nonzero
+    inside: bool  # the unit's whole field lies inside the input, so its size was measured unclipped
+    reason: str | None = None  # why there is no comparison, or why the measured support is clipped
+    field: Interval | None = None  # the analytic interval before clipping
+    input_size: tuple[int, ...] = ()  # the input the check ran at
 
     @property
-    def analytic_size(self) -> Pair | None:
+    def analytic_size(self) -> tuple[int, ...] | None:
         return _extent(self.analytic)
 
     @property
-    def measured_size(self) -> Pair | None:
-        return _extent(self.measured)
+    def measured_size(self) -> tuple[int, ...] | None:
+        """The measured field size: only where the field lies inside the input (a clipped support is no size)."""
+        return _extent(self.measured) if self.inside else None
 
     @property
     def agrees(self) -> bool | None:
@@ -66,8 +77,7 @@ class StageCheck:
         """
         if self.analytic is None or self.measured is None or self.field is None:
             return None
-        for axis in (0, 1):
-            (start, end), (low, high), (first, last) = self.field[axis], self.analytic[axis], self.measured[axis]
+        for (start, end), (low, high), (first, last) in zip(self.field, self.analytic, self.measured, strict=True):
             if first < low or last > high:
                 return False
             if (start == low and first != start) or (end == high and last != end):
@@ -77,9 +87,9 @@ class StageCheck:
 
 @dataclass(frozen=True)
 class SupportCheck:
-    """The support check of every stage, at an input large enough to hold the fields."""
+    """The support check of every stage, at the nominal input where it holds the field, else at a larger one."""
 
-    input_size: Pair
+    input_size: tuple[int, ...]  # the largest input any stage was checked at
     stages: tuple[StageCheck, ...]
 
     @property
@@ -92,223 +102,175 @@ class SupportCheck:
         return all(verdicts) if verdicts else None
 
     @property
-    def size(self) -> Pair | None:
-        """The measured field size at the encoder output (the last row)."""
+    def size(self) -> tuple[int, ...] | None:
+        """The measured field size at the encoder output (the last row); None when it was clipped."""
         return self.stages[-1].measured_size if self.stages else None
 
 
-def _extent(interval: tuple[Pair, Pair] | None) -> Pair | None:
+def _extent(interval: Interval | None) -> tuple[int, ...] | None:
     if interval is None:
         return None
-    return (interval[0][1] - interval[0][0] + 1, interval[1][1] - interval[1][0] + 1)
+    return tuple(last - first + 1 for first, last in interval)
 
 
-def _spatial(shape: tuple[int, ...]) -> Pair | None:
-    return (shape[2], shape[3]) if len(shape) == 4 else None
+def _output_grid(state: FieldState) -> tuple[int, ...]:
+    return (1,) * state.layout.rank if state.field.reduced else state.layout.grid
 
 
-def _zero_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Zero padding by concatenation (for float64 on CPU much faster than ``F.pad``); negative values crop."""
-    import torch
-
-    x = x[:, :, max(0, -top): x.shape[2] - max(0, -bottom), max(0, -left): x.shape[3] - max(0, -right)]
-    rows = [x.new_zeros(1, 1, size, x.shape[3]) for size in (max(0, top), max(0, bottom))]
-    x = torch.cat([rows[0], x, rows[1]], dim=2)
-    columns = [x.new_zeros(1, 1, x.shape[2], size) for size in (max(0, left), max(0, right))]
-    return torch.cat([columns[0], x, columns[1]], dim=3)
-
-
-def _ones_window(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    """A conv/pool as a one-channel window sum (all-ones weights) with its kernel, stride, padding and dilation.
-
-    The right side is padded generously and the result cropped to the captured output size, which reproduces
-    ``ceil_mode`` and asymmetric padding without special cases.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    geometry = node.geometry
-    kernel, stride, padding = geometry.effective_kernel, geometry.stride, geometry.padding
-    size = (x.shape[2], x.shape[3])
-    extra = [max(0, (output[a] - 1) * stride[a] + kernel[a] - padding[a] - size[a]) for a in (0, 1)]
-    padded = _zero_pad(x, padding[0], extra[0], padding[1], extra[1])
-    if geometry.dilation == (1, 1):  # a sum pool: several times faster than a convolution in float64
-        result = F.avg_pool2d(padded, geometry.kernel, stride, divisor_override=1)
-    else:
-        weight = torch.ones((1, 1, *geometry.kernel), dtype=x.dtype)
-        result = F.conv2d(padded, weight, stride=stride, dilation=geometry.dilation)
-    return result[:, :, : output[0], : output[1]]
-
-
-def _subsample(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    start, step = (-node.geometry.padding[0], -node.geometry.padding[1]), node.geometry.stride
-    if min(start) < 0:
-        raise InspectError(f"{node.name} slices from a negative start")
-    return x[:, :, start[0]:: step[0], start[1]:: step[1]][:, :, : output[0], : output[1]]
-
-
-def _pad(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    (top, left), (bottom, right) = node.geometry.padding, node.geometry.padding_end
-    return _zero_pad(x, top, bottom, left, right)
-
-
-def _adaptive(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.adaptive_avg_pool2d(x, output)
-
-
-def _collapse(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    """Global pooling, flattening, linear layers: one value that depends on the whole map."""
-    return x.sum(dim=(2, 3), keepdim=True)
-
-
-def _identity(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    return x
-
-
-def _reshape(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    if (x.shape[2], x.shape[3]) == output:
-        return x
-    if output == (1, 1):
-        return _collapse(x, node, output)
-    raise InspectError(f"the empirical check does not cover {node.name} ({node.type}): it rearranges spatial axes")
-
-
-def _not_replayable(x: torch.Tensor, node: OpNode, output: Pair) -> torch.Tensor:
-    raise InspectError(f"the empirical check does not cover {node.name} ({node.type})")
-
-
-# How each operation kind acts on a one-channel map (a table, as for the analytic rules).
-REPLAY: dict[OpKind, Callable[[Any, OpNode, Pair], Any]] = {
-    OpKind.CONV: _ones_window,
-    OpKind.MAX_POOL: _ones_window,
-    OpKind.AVG_POOL: _ones_window,
-    OpKind.ADAPTIVE_POOL: _adaptive,
-    OpKind.ELEMENTWISE: _identity,
-    OpKind.SUBSAMPLE: _subsample,
-    OpKind.PAD: _pad,
-    OpKind.GLOBAL: _collapse,
-    OpKind.RESHAPE: _reshape,
-    OpKind.LINEAR: _collapse,
-    OpKind.CONV_TRANSPOSE: _not_replayable,
-    OpKind.UNKNOWN: _not_replayable,
-}
-
-
-def replay_one_channel(capture: Capture, targets: list[int]) -> tuple[Any, dict[int, Any], dict[int, str]]:
+def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: list[int]
+                       ) -> tuple[Any, dict[int, Any], dict[int, str]]:
     """Run the ancestors of ``targets`` as a linear one-channel float64 network on a zero input.
 
-    Returns the input tensor (requiring grad), each node's value as a (1, 1, h, w) tensor (non-spatial values
-    as 1x1), and the reason for every node that could not be replayed.
+    Every operation acts as its table entry's replay says (windows as all-ones convolutions, element-wise ops as
+    the identity, token mixing as a sum); merges add their inputs, except spatially reduced ones (a gate), which
+    are constants here, as the analysis treats them. Returns the input (requiring grad), each node's value as a
+    (1, 1, *grid) tensor, and the reason for every node that could not be replayed.
     """
     import torch
 
     needed: set[int] = set()
-    stack = list(targets)
-    while stack:
-        current = stack.pop()
-        if current not in needed:
-            needed.add(current)
-            stack.extend(capture.nodes[current].inputs)
-    source = next(node.id for node in capture.nodes if not node.inputs)
-    values: dict[int, torch.Tensor] = {}
+    for target in targets:
+        needed |= ancestors(capture, target)
+    values: dict[int, Any] = {}
     failures: dict[int, str] = {}
-    image: torch.Tensor | None = None
+    image: Any = None
     for node in capture.nodes:
         if node.id not in needed:
             continue
-        output = _spatial(node.output_shape) or (1, 1)
+        state = result.states.get(node.id)
+        if state is None:
+            failures[node.id] = result.undefined.get(node.id, f"{node.name} has no field")
+            continue
         if not node.inputs:
-            tensor = torch.zeros((1, 1, *output), dtype=torch.float64, requires_grad=node.id == source)
-            image = tensor if node.id == source else image
-            values[node.id] = tensor
+            if image is None or tuple(image.shape[2:]) != state.layout.grid:
+                tensor = torch.zeros((1, 1, *state.layout.grid), dtype=torch.float64, requires_grad=image is None)
+                image = tensor if image is None else image
+            values[node.id] = image if tuple(image.shape[2:]) == state.layout.grid else tensor
             continue
         failed = [failures[i] for i in node.inputs if i in failures]
         if failed:
             failures[node.id] = failed[0]
             continue
-        merged = values[node.inputs[0]]
-        for other in node.inputs[1:]:
-            merged = merged + values[other]  # add, multiply, channel cat: the union of the supports
+        inputs = [result.states[i] for i in node.inputs]
+        local = [values[i] for i, s in zip(node.inputs, inputs, strict=True) if not s.field.reduced]
+        grid = _output_grid(state)
         try:
-            value = REPLAY[node.geometry.kind](merged, node, output)
-        except InspectError as exc:
-            failures[node.id] = str(exc)
+            if not local:  # values that depend on the whole map, however they are combined
+                value = sum(values[i].sum() for i in node.inputs).reshape((1, 1) + (1,) * len(grid))
+            else:
+                merged = local[0]
+                for other in local[1:]:
+                    merged = merged + other  # add, multiply, concatenation: the union of the supports
+                spec = get_op(node.op)
+                if spec.replay is None:
+                    raise Undefined(f"the check does not cover {node.name} ({node.type})")
+                value = spec.replay(ReplayCall(node, [merged], inputs, state))
+        except (Undefined, RuntimeError, ValueError) as exc:
+            failures[node.id] = str(exc).splitlines()[0]
             continue
-        if (value.shape[2], value.shape[3]) != output:
-            raise InspectError(f"the one-channel replay of {node.name} gives {tuple(value.shape[2:])}, not {output}")
+        if tuple(value.shape[2:]) != grid:
+            failures[node.id] = (f"the one-channel replay of {node.name} gives {tuple(value.shape[2:])}, "
+                                 f"not {grid}")
+            continue
         values[node.id] = value
     return image, values, failures
 
 
-def _stage_check(stage: StageField, field: NodeField | None, value: Any, image: Any, failure: str | None,
-                 input_size: Pair) -> StageCheck:
+def _stage_check(stage: StageField, value: Any, image: Any, failure: str | None,
+                 input_size: tuple[int, ...]) -> StageCheck:
     import torch
 
-    unit = ((stage.output_size[0] - 1) // 2, (stage.output_size[1] - 1) // 2)
-    analytic = inside = interval = None
+    rank = len(input_size)
+    unit = tuple((size - 1) // 2 for size in stage.output_size)
+    field = stage.field
+    analytic = interval = None
+    inside = False
     if field is not None:
-        interval = field.interval(unit)
-        inside = all(interval[a][0] >= 0 and interval[a][1] <= input_size[a] - 1 for a in (0, 1))
-        analytic = tuple((max(interval[a][0], 0), min(interval[a][1], input_size[a] - 1)) for a in (0, 1))
+        raw = field.interval(unit)
+        interval = tuple((math.floor(first), math.ceil(last)) for first, last in raw)
+        inside = all(interval[a][0] >= 0 and interval[a][1] <= input_size[a] - 1 for a in range(rank))
+        analytic = tuple((max(interval[a][0], 0), min(interval[a][1], input_size[a] - 1)) for a in range(rank))
+    if field is not None and not field.exact:
+        return StageCheck(stage.name, unit, analytic, None, inside, stage.reason, interval, input_size)
     if value is None:
-        return StageCheck(stage.name, unit, analytic, None, bool(inside), failure or "not replayed", interval)
-    (gradient,) = torch.autograd.grad(value[0, 0, unit[0], unit[1]], image, retain_graph=True, allow_unused=True)
-    if gradient is None:
-        return StageCheck(stage.name, unit, analytic, None, bool(inside), "the stage does not depend on the input",
-                          interval)
+        return StageCheck(stage.name, unit, analytic, None, inside, failure or stage.reason or "not replayed",
+                          interval, input_size)
+    target = value[(0, 0, *(min(u, n - 1) for u, n in zip(unit, value.shape[2:], strict=True)))]
+    (gradient,) = torch.autograd.grad(target, image, retain_graph=True, allow_unused=True)
+    if gradient is None or not bool((gradient != 0).any()):
+        return StageCheck(stage.name, unit, analytic, None, inside, "the stage does not depend on the input",
+                          interval, input_size)
     if not torch.isfinite(gradient).all():
         raise InspectError(f"the one-channel replay overflowed at {stage.name}")
     support = gradient[0, 0] != 0
-    rows = torch.nonzero(support.any(dim=1)).flatten().tolist()
-    columns = torch.nonzero(support.any(dim=0)).flatten().tolist()
-    measured = ((rows[0], rows[-1]), (columns[0], columns[-1])) if rows and columns else None
-    reason = None if field is not None else stage.reason
-    return StageCheck(stage.name, unit, analytic, measured, bool(inside), reason, interval)
+    measured = []
+    for axis in range(rank):
+        others = tuple(a for a in range(rank) if a != axis)
+        positions = torch.nonzero(support.any(dim=others) if others else support).flatten().tolist()
+        measured.append((positions[0], positions[-1]))
+    reason = stage.reason if field is None else (
+        None if inside else "the field spills over the input: the gradient support is clipped, not measured")
+    return StageCheck(stage.name, unit, analytic, tuple(measured), inside, reason, interval, input_size)
 
 
 def support_check(capture: Capture, result: ReceptiveFieldResult) -> SupportCheck:
     """Backpropagate from the centre unit of every stage of the one-channel replay and compare supports."""
     targets = [stage.node for stage in result.stages]
-    image, values, failures = replay_one_channel(capture, targets)
+    image, values, failures = replay_one_channel(capture, result, targets)
     checked: dict[int, StageCheck] = {}  # the encoder output is usually also the last stage's output
     stages = []
     for stage in result.stages:
         if stage.node not in checked:
-            checked[stage.node] = _stage_check(stage, stage.field, values.get(stage.node), image,
-                                               failures.get(stage.node), result.input_size)
+            checked[stage.node] = _stage_check(stage, values.get(stage.node), image, failures.get(stage.node),
+                                               result.input_size)
         stages.append(replace(checked[stage.node], name=stage.name))
     return SupportCheck(result.input_size, tuple(stages))
 
 
-def check_input_size(result: ReceptiveFieldResult) -> Pair:
+def check_input_size(result: ReceptiveFieldResult) -> tuple[int, ...]:
     """An input side per axis that holds every stage's centre-unit field: r + 2|offset| + 4S, at least the input."""
     sides = list(result.input_size)
     for stage in result.stages:
-        if stage.field is None:
+        field = stage.field
+        if field is None or field.position_independent:
             continue
-        for axis in (0, 1):
-            offset = abs(stage.field.centre[axis])
-            needed = stage.field.size[axis] + 2 * math.ceil(offset) + 4 * stage.field.stride[axis]
+        for axis in range(len(sides)):
+            offset = abs(field.centre[axis])
+            needed = math.ceil(field.size[axis]) + 2 * math.ceil(offset) + 4 * math.ceil(field.stride[axis])
             sides[axis] = max(sides[axis], needed)
-    return (sides[0], sides[1])
+    return tuple(sides)
 
 
-def empirical_check(model: nn.Module, result: ReceptiveFieldResult, in_channels: int = 3) -> SupportCheck:
-    """The support check at an input large enough for every stage's field (grown if a field still spills over)."""
-    from resnet_inspect.capture.trace import capture
+def _spilled(check: StageCheck) -> bool:
+    return check.measured is not None and not check.inside
 
+
+def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldResult,
+                    in_channels: int = 3) -> SupportCheck:
+    """The support check at the nominal input size; stages whose field spills over it are checked again at a
+    larger input (grown while a field still spills), and say so. A support clipped at every size tried is
+    reported as clipped, never as a measured size."""
+    from resnet_inspect.capture.trace import capture as capture_at
+
+    checked = support_check(capture, result)
+    stages = {check.name: check for check in checked.stages}
+    largest = checked.input_size
+    pending = [check.name for check in checked.stages if _spilled(check)]
     size = check_input_size(result)
-    for attempt in range(CHECK_ATTEMPTS):
-        captured = capture(model, size, 1, in_channels)
-        checked = support_check(captured, analyze_receptive_field(captured))
-        spilled = [stage for stage in checked.stages if stage.analytic is not None and not stage.inside]
-        if not spilled or attempt == CHECK_ATTEMPTS - 1:
-            return checked
-        growth = max((stage.field.stride for stage in result.stages if stage.field), default=(1, 1))
-        size = (size[0] + 2 * growth[0], size[1] + 2 * growth[1])
-    return checked
+    for _attempt in range(CHECK_ATTEMPTS):
+        if not pending or size == result.input_size:
+            break
+        larger = capture_at(model, size, 1, in_channels)
+        rechecked = support_check(larger, analyze_receptive_field(larger))
+        largest = size
+        for check in rechecked.stages:
+            if check.name in pending:
+                stages[check.name] = check
+        pending = [name for name in pending if _spilled(stages[name])]
+        growth = max((tuple(math.ceil(s) for s in stage.field.stride) for stage in result.stages
+                      if stage.field and not stage.field.position_independent), default=(1,) * len(size))
+        size = tuple(side + 2 * step for side, step in zip(size, growth, strict=True))
+    return SupportCheck(largest, tuple(stages[check.name] for check in checked.stages))
 
 
 # --------------------------------------------------------------------------------- effective receptive field
@@ -381,10 +343,17 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     """
     import torch
 
+    from resnet_inspect.capture.trace import tensors_in
+
     if samples < 1:
         raise BadInputError(f"--erf-samples must be at least 1, got {samples}")
     if result.output_node is None:
-        raise InspectError("the model has no 4-D feature map before its output; no effective receptive field")
+        raise InspectError("the model has no feature map before its output; no effective receptive field")
+    state = result.states.get(result.output_node)
+    axis_dims = state.layout.axis_dims() if state is not None else None
+    if len(capture.input_shape) != 4 or axis_dims is None or len(axis_dims) != 2:
+        raise InspectError("the effective receptive field is measured for 2-D inputs whose encoder output keeps its "
+                           "height and width axes")
     if any(parameter.is_meta for parameter in model.parameters()):
         raise InspectError("the effective receptive field needs a model with real weights, not one on 'meta'")
     owner, call = _owner(model, capture, result.output_node)
@@ -404,10 +373,10 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
             seen.clear()
             image = torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype).requires_grad_(True)
             output = model(image)
-            features = seen[call] if owner is not None else output
-            features = features[0] if isinstance(features, (tuple, list)) else features
-            unit = ((features.shape[2] - 1) // 2, (features.shape[3] - 1) // 2)
-            (gradient,) = torch.autograd.grad(features[0, :, unit[0], unit[1]].sum(), image)
+            features = tensors_in(seen[call] if owner is not None else output)[0]
+            unit = ((features.shape[axis_dims[0]] - 1) // 2, (features.shape[axis_dims[1]] - 1) // 2)
+            picked = features[0].select(axis_dims[1] - 1, unit[1]).select(axis_dims[0] - 1, unit[0])
+            (gradient,) = torch.autograd.grad(picked.sum(), image)
             total += gradient[0].abs().sum(dim=0).double()
     finally:
         if handle is not None:
@@ -416,12 +385,13 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
             module.training = flag
     field = result.output
     if field is not None:
-        centre = (field.centre[0] + unit[0] * field.stride[0], field.centre[1] + unit[1] * field.stride[1])
+        steps = (0, 0) if field.position_independent else (float(field.stride[0]), float(field.stride[1]))
+        centre = (field.centre[0] + unit[0] * steps[0], field.centre[1] + unit[1] * steps[1])
     else:
         centre = ((shape[2] - 1) / 2, (shape[3] - 1) / 2)
     mass = total / total.sum() if float(total.sum()) > 0 else total
     r50, r90, r99 = (_radius(mass, centre, level) for level in ERF_LEVELS)
-    half_width = (max(field.size) - 1) / 2 if field is not None else 0
+    half_width = (float(max(field.size)) - 1) / 2 if field is not None else 0
     return ErfResult(
         input_size=(shape[2], shape[3]), samples=samples, weights=weights, unit=unit, centre=centre,
         r50=r50, r90=r90, r99=r99, field_size=field.size if field else None,

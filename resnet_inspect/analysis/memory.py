@@ -161,12 +161,11 @@ def gradient_bytes(capture: Capture, batch_size: int = 1) -> int:
     return int(capture.param_bytes + capture.buffer_bytes + kept + 2 * live)
 
 
-def replay_bytes(capture: Capture, check_size: tuple[int, int]) -> int:
+def replay_bytes(capture: Capture, check_size: tuple[int, ...]) -> int:
     """`rf --check`'s one-channel float64 replay at ``check_size``: each operation's map, kept for backward."""
-    height, width = capture.input_shape[-2], capture.input_shape[-1]
-    scale = (check_size[0] * check_size[1]) / max(height * width, 1)
+    scale = math.prod(check_size) / max(math.prod(capture.input_shape[2:]), 1)
     maps = sum(math.prod(node.output_shape[2:]) for node in capture.nodes if len(node.output_shape) > 2)
-    return int(2 * FLOAT64_BYTES * (maps * scale + check_size[0] * check_size[1]))
+    return int(2 * FLOAT64_BYTES * (maps * scale + math.prod(check_size)))
 
 
 __all__ = [

@@ -1,89 +1,51 @@
 """Receptive fields over the captured dataflow graph (Araujo, Norris & Sim, Distill 2019).
 
-Per axis, cumulative from the input: size ``r = sum (k'_l - 1) prod_{i<l} s_i + 1`` (``k' = d(k - 1) + 1``),
-effective stride ``S = prod s_l``, effective padding ``P = sum p_l prod_{i<l} s_i``. Output unit ``u`` covers
-input positions ``[-P + u S, -P + u S + r - 1]``. Node by node, each operation updates its input's field:
+Node by node, the operation table's field rule turns the inputs' states (where the spatial axes are, and their
+field) into the output's. Per axis, cumulative from the input: size ``r = sum (k'_l - 1) prod_{i<l} s_i + 1``,
+effective stride ``S = prod s_l``, effective padding ``P = sum p_l prod_{i<l} s_i``; output unit ``u`` covers
+input positions ``[-P + u S, -P + u S + r - 1]``.
 
-    r' = r + (k' - 1) S        S' = S s        P' = P + p S
+At a merge (``x + residual``) paths with the same stride and centre are aligned and the field is the largest;
+the same stride with different centres gives the hull of the intervals (``union``, not aligned); different
+strides leave the field undefined. A product with a spatially reduced tensor (a squeeze-and-excitation gate)
+keeps the main path's field and marks ``global_context``; token mixing (attention) makes the field the whole
+input. Operations without a rule leave the field undefined, with a reason. Pure Python.
 
-At a merge (``x + residual``) the paths must be *aligned*: same S and same centre ``(r - 1)/2 - P``; the
-merged field is then the largest one. Unaligned paths, transposed convolutions and operations without a rule
-leave the field undefined, with a reason, rather than a number that holds only somewhere. Pure Python.
+The stages: those the model declares (timm's ``feature_info``), else the trunk's children from the first
+residual block on, grouped by resolution, after a stem of the leading children.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Pair
-
-AXES = (0, 1)
-
-
-@dataclass(frozen=True)
-class NodeField:
-    """The receptive field of the units of one node's output, per axis (height, width), in input pixels.
-
-    ``reduced`` marks values whose spatial axes were pooled or flattened away: they depend on the whole input.
-    """
-
-    size: Pair
-    stride: Pair
-    padding: Pair
-    reduced: bool = False
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        """Centre of output unit 0 in input coordinates: ``-P + (r - 1) / 2``."""
-        return (-self.padding[0] + (self.size[0] - 1) / 2, -self.padding[1] + (self.size[1] - 1) / 2)
-
-    def interval(self, unit: Pair) -> tuple[Pair, Pair]:
-        """First and last input position covered by output unit ``unit``: ((top, bottom), (left, right))."""
-        starts = [-self.padding[axis] + unit[axis] * self.stride[axis] for axis in AXES]
-        return (
-            (starts[0], starts[0] + self.size[0] - 1),
-            (starts[1], starts[1] + self.size[1] - 1),
-        )
-
-    def covers_input(self, input_size: Pair, output_size: Pair) -> bool:
-        """Whether every output unit, the border ones included, sees the whole input."""
-        if self.reduced:
-            return True
-        first = self.interval((0, 0))
-        last = self.interval((max(output_size[0] - 1, 0), max(output_size[1] - 1, 0)))
-        return all(first[axis][1] >= input_size[axis] - 1 and last[axis][0] <= 0 for axis in AXES)
-
-    def to_json(self) -> dict[str, list[int]]:
-        return {"size": list(self.size), "stride": list(self.stride), "padding": list(self.padding)}
-
-
-INPUT_FIELD = NodeField(size=(1, 1), stride=(1, 1), padding=(0, 0))
+from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
+from resnet_inspect.ops.table import FieldState, get_op
+from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
 
 
 @dataclass(frozen=True)
 class StageField:
-    """The field at the output of one stage: the stem, a residual layer, or the encoder output."""
+    """The field at the output of one stage: the stem, a stage, or the encoder output."""
 
     name: str
     modules: tuple[str, ...]  # the trunk's children that make up this row
     node: int  # the graph node at the stage output
-    output_size: Pair
+    output_size: Sizes
     field: NodeField | None
     covers_input: bool | None
-    reason: str | None = None  # why the field is undefined
+    reason: str | None = None  # why the field is undefined (or, for an inexact field, what it is)
 
     @property
-    def size(self) -> Pair | None:
+    def size(self) -> tuple[object, ...] | None:
         return self.field.size if self.field else None
 
     @property
-    def stride(self) -> Pair | None:
+    def stride(self) -> tuple[object, ...] | None:
         return self.field.stride if self.field else None
 
     @property
-    def padding(self) -> Pair | None:
+    def padding(self) -> tuple[object, ...] | None:
         return self.field.padding if self.field else None
 
 
@@ -91,186 +53,109 @@ class StageField:
 class ReceptiveFieldResult:
     """Receptive fields of every node of a capture, the per-stage rows and the encoder output."""
 
-    input_size: Pair
-    fields: dict[int, NodeField | None]
+    input_size: Sizes
+    states: dict[int, FieldState]  # what the rules computed (layouts included), for the defined nodes
+    fields: dict[int, NodeField | None]  # the field reported for each node
     undefined: dict[int, str]  # node id -> why its field is undefined
     aligned: bool  # False when some merge joins paths with different stride or centre
+    union: bool  # some merge gave the hull of paths with the same stride and different centres
     reasons: tuple[str, ...]  # the distinct root causes of undefined fields, in graph order
     stages: tuple[StageField, ...]
-    output: NodeField | None  # at the encoder output: the last 4-D feature map before global pooling
+    output: NodeField | None  # at the encoder output: the last feature map before global pooling
     output_node: int | None
+    remarks: tuple[str, ...] = ()  # what holds the numbers: inexact fields after upsampling, padding modes
+    residual_stages: bool = False  # every stage after the stem is made of residual blocks
 
     def field(self, node: int | None) -> NodeField | None:
         return None if node is None else self.fields.get(node)
 
-    def field_json(self, node: int | None) -> dict[str, list[int]] | None:
+    def field_json(self, node: int | None) -> dict[str, object] | None:
         field = self.field(node)
         return field.to_json() if field else None
 
-    def to_json(self) -> dict[str, list[int]] | None:
-        """The ``receptive_field: {size, stride, padding}`` value of the encoder output (None if undefined)."""
+    def to_json(self) -> dict[str, object] | None:
+        """The ``receptive_field`` value of the encoder output (None if undefined)."""
         return self.output.to_json() if self.output else None
 
-
-class _Undefined(Exception):
-    """A node whose field the analysis cannot give; the message says why."""
-
-
-# ----------------------------------------------------------------------------------------- node rules
+    def grid(self, node: int) -> Sizes | None:
+        """The spatial size of a node's output, read on its own axes (NHWC and token maps too)."""
+        state = self.states.get(node)
+        return state.layout.grid if state is not None else None
 
 
-def _window(field: NodeField, kernel: Pair, stride: Pair, padding: Pair, reduced: bool = False) -> NodeField:
-    """Distill 2019's recurrence for one layer: r' = r + (k' - 1) S, S' = S s, P' = P + p S."""
-    return NodeField(
-        size=(field.size[0] + (kernel[0] - 1) * field.stride[0], field.size[1] + (kernel[1] - 1) * field.stride[1]),
-        stride=(field.stride[0] * stride[0], field.stride[1] * stride[1]),
-        padding=(field.padding[0] + padding[0] * field.stride[0], field.padding[1] + padding[1] * field.stride[1]),
-        reduced=reduced,
-    )
+# --------------------------------------------------------------------------------------------- node fields
 
 
-def _spatial(shape: tuple[int, ...]) -> Pair | None:
-    return (shape[2], shape[3]) if len(shape) == 4 else None
+def _input_state(node: OpNode) -> FieldState | None:
+    shape = node.output_shape
+    rank = len(shape) - 2
+    if rank < 1:
+        return None
+    grid = tuple(shape[2:])
+    return FieldState(Layout.channels_first(len(shape), grid), NodeField((1,) * rank, (1,) * rank, (0,) * rank))
 
 
-def _whole_map(field: NodeField, node: OpNode) -> NodeField:
-    """A reduction over the whole map: a window with k = s = the map's size, so the union of all unit fields."""
-    size = _spatial(node.input_shapes[0]) if node.input_shapes else None
-    if size is None:
-        return NodeField(field.size, field.stride, field.padding, reduced=True)
-    return _window(field, size, size, (0, 0), reduced=True)
+def _all_reduced(node: OpNode, inputs: list[FieldState]) -> FieldState:
+    """Any operation on values that already depend on the whole map (a classifier head, a gate's MLP)."""
+    fields = [state.field for state in inputs]
+    field = fields[0] if len(fields) == 1 else merge_fields(node.name, fields)
+    rank = inputs[0].layout.rank
+    return FieldState(Layout(((),) * len(node.output_shape), (1,) * rank), field)
 
 
-def _windowed(field: NodeField, node: OpNode) -> NodeField:
-    geometry = node.geometry
-    return _window(field, geometry.effective_kernel, geometry.stride, geometry.padding)
+def _reported(node: OpNode, state: FieldState) -> tuple[NodeField | None, str | None]:
+    """The field to report for a node, or why there is none (positions shifted along a spatial axis)."""
+    if state.layout.scrambled and not state.field.position_independent:
+        return None, (f"not covered: {node.name} ({node.type}) comes after a concatenation along a spatial axis; "
+                      "the positions no longer follow the grid")
+    return state.field, None
 
 
-def _adaptive(field: NodeField, node: OpNode) -> NodeField:
-    """Adaptive pooling is a plain pool with k = s = i / o when o divides i (o = 1 is global pooling)."""
-    size = _spatial(node.input_shapes[0]) if node.input_shapes else None
-    target = node.geometry.output_size or (None, None)
-    if size is None:
-        raise _Undefined(f"not covered: {node.name} ({node.type}) pools a tensor without two spatial axes")
-    outputs = tuple(size[axis] if target[axis] is None else target[axis] for axis in AXES)
-    if outputs == (1, 1):
-        return _whole_map(field, node)
-    if any(size[axis] % outputs[axis] for axis in AXES):
-        raise _Undefined(
-            f"not covered: {node.name} ({node.type}) pools {size[0]}x{size[1]} to {outputs[0]}x{outputs[1]} "
-            "with windows of unequal size"
-        )
-    kernel = (size[0] // outputs[0], size[1] // outputs[1])
-    return _window(field, kernel, kernel, (0, 0))
-
-
-def _position_wise(field: NodeField, node: OpNode) -> NodeField:
-    """Element-wise ops (BN, ReLU, addition, channel padding) act as k = 1, s = 1."""
-    return field
-
-
-def _subsample(field: NodeField, node: OpNode) -> NodeField:
-    """``x[..., a::s, b::s]``: k = 1, stride s, padding -a (the capture records the start as negative padding)."""
-    return _window(field, (1, 1), node.geometry.stride, node.geometry.padding)
-
-
-def _pad(field: NodeField, node: OpNode) -> NodeField:
-    """Explicit zero padding: k = 1, s = 1, leading padding p (the trailing padding moves no unit)."""
-    return _window(field, (1, 1), (1, 1), node.geometry.padding)
-
-
-def _reshape(field: NodeField, node: OpNode) -> NodeField:
-    before = _spatial(node.input_shapes[0]) if node.input_shapes else None
-    after = _spatial(node.output_shape)
-    if before is None or after == before:
-        return field
-    if after is None:
-        return _whole_map(field, node)  # flatten: spatial meaning ends, the value depends on the whole map
-    raise _Undefined(f"not covered: {node.name} ({node.type}) rearranges the spatial axes")
-
-
-def _linear(field: NodeField, node: OpNode) -> NodeField:
-    if node.input_shapes and _spatial(node.input_shapes[0]) is not None:
-        raise _Undefined(f"not covered: {node.name} ({node.type}) mixes a spatial axis")
-    return field
-
-
-def _not_covered(what: str) -> Callable[[NodeField, OpNode], NodeField]:
-    def rule(field: NodeField, node: OpNode) -> NodeField:
-        raise _Undefined(f"not covered: {node.name} ({node.type}) is {what}")
-
-    return rule
-
-
-# One rule per operation kind (fvcore's habit: a table, not an if/elif chain).
-RULES: dict[OpKind, Callable[[NodeField, OpNode], NodeField]] = {
-    OpKind.CONV: _windowed,
-    OpKind.MAX_POOL: _windowed,  # ceil_mode adds a window on the right: r, S and P are unchanged
-    OpKind.AVG_POOL: _windowed,
-    OpKind.ADAPTIVE_POOL: _adaptive,
-    OpKind.ELEMENTWISE: _position_wise,
-    OpKind.SUBSAMPLE: _subsample,
-    OpKind.PAD: _pad,
-    OpKind.GLOBAL: _whole_map,
-    OpKind.RESHAPE: _reshape,
-    OpKind.LINEAR: _linear,
-    OpKind.CONV_TRANSPOSE: _not_covered("a transposed convolution"),
-    OpKind.UNKNOWN: _not_covered("an operation without a receptive-field rule"),
-}
-
-
-def _merge(node: OpNode, fields: list[NodeField]) -> NodeField:
-    """Several inputs: the largest field over aligned paths (same S, same centre); anything else is undefined."""
-    reduced = [field for field in fields if field.reduced]
-    if reduced:  # a value that depends on the whole input, broadcast over the map (e.g. x * gate)
-        return max(reduced, key=lambda field: field.size[0] * field.size[1])
-    first = fields[0]
-    strides = {field.stride for field in fields}
-    centres = {field.centre for field in fields}
-    if len(strides) > 1 or len(centres) > 1:
-        paths = "; ".join(
-            f"stride {_pair_text(f.stride)}, centre {_pair_text(f.centre)}" for f in dict.fromkeys(fields)
-        )
-        raise _Undefined(f"unaligned merge at {node.name}: its input paths differ ({paths})")
-    size = tuple(max(field.size[axis] for field in fields) for axis in AXES)
-    padding = tuple(max(field.padding[axis] for field in fields) for axis in AXES)  # same centre: larger r, larger P
-    return NodeField((size[0], size[1]), first.stride, (padding[0], padding[1]))
-
-
-def _pair_text(values: tuple[Any, Any]) -> str:
-    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
-    return texts[0] if texts[0] == texts[1] else "x".join(texts)
-
-
-def node_fields(capture: Capture) -> tuple[dict[int, NodeField | None], dict[int, str], tuple[str, ...], bool]:
-    """Fields of every node, the reason for each undefined one, the distinct root causes, and alignment."""
-    fields: dict[int, NodeField | None] = {}
+def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str], list[str], bool, bool]:
+    """Each node's state, the reason for every undefined one, the distinct root causes, alignment and union."""
+    states: dict[int, FieldState] = {}
     undefined: dict[int, str] = {}
     causes: list[str] = []
-    aligned = True
+    aligned, union = True, False
     for node in capture.nodes:
         if not node.inputs:
-            fields[node.id] = INPUT_FIELD
+            state = _input_state(node)
+            if state is None:
+                undefined[node.id] = "the input has no spatial axes"
+            else:
+                states[node.id] = state
             continue
-        missing = [undefined[i] for i in node.inputs if fields.get(i) is None and i in undefined]
-        inputs = [fields[i] for i in node.inputs if fields.get(i) is not None]
-        if missing and not any(field.reduced for field in inputs):
-            fields[node.id], undefined[node.id] = None, missing[0]
+        missing = [undefined[i] for i in node.inputs if i in undefined]
+        if missing:
+            undefined[node.id] = missing[0]
             continue
+        inputs = [states[i] for i in node.inputs]
         try:
-            merged = _merge(node, inputs) if len(inputs) > 1 else inputs[0]
-            fields[node.id] = merged if merged.reduced else RULES[node.geometry.kind](merged, node)
-        except _Undefined as exc:
-            fields[node.id], undefined[node.id] = None, str(exc)
-            causes.append(str(exc))
-            aligned = aligned and not str(exc).startswith("unaligned")
-    return fields, undefined, tuple(dict.fromkeys(causes)), aligned
+            if all(state.field.reduced for state in inputs):
+                state = _all_reduced(node, inputs)
+            else:
+                state = get_op(node.op).field(node, inputs)
+        except Undefined as exc:
+            reason = str(exc)
+            undefined[node.id] = reason
+            causes.append(reason)
+            aligned = aligned and not reason.startswith("unaligned")
+            continue
+        except Exception as exc:  # a user's rule that breaks: said, not raised
+            reason = f"the field rule of {node.op!r} failed at {node.name}: {type(exc).__name__}: {exc}"
+            undefined[node.id] = reason.splitlines()[0]
+            causes.append(undefined[node.id])
+            continue
+        if state.field.union and not any(states[i].field.union for i in node.inputs):
+            aligned, union = False, True
+        states[node.id] = state
+    return states, undefined, list(dict.fromkeys(causes)), aligned, union
 
 
 # ------------------------------------------------------------------------------------------------ stages
 
 
-def _ancestors(capture: Capture, node: int) -> set[int]:
+def ancestors(capture: Capture, node: int) -> set[int]:
     """``node`` and every node it depends on."""
     seen, stack = set(), [node]
     while stack:
@@ -281,26 +166,26 @@ def _ancestors(capture: Capture, node: int) -> set[int]:
     return seen
 
 
-def _is_reduced(capture: Capture) -> set[int]:
-    """Nodes computed after the spatial axes were pooled or flattened away (independent of defined fields)."""
-    reduced: set[int] = set()
-    for node in capture.nodes:
-        before = _spatial(node.input_shapes[0]) if node.input_shapes else None
-        after = _spatial(node.output_shape)
-        reduces = before is not None and (after is None or (after == (1, 1) and before != (1, 1) and (
-            node.geometry.kind in (OpKind.GLOBAL, OpKind.ADAPTIVE_POOL))))
-        if reduces or any(i in reduced for i in node.inputs):
-            reduced.add(node.id)
-    return reduced
+def is_residual_merge(node: OpNode) -> bool:
+    """``x + shortcut``: an element-wise addition of two tracked tensors."""
+    return node.op == "elementwise" and node.type in ("add", "sub") and len(node.inputs) > 1
 
 
-def encoder_output_node(capture: Capture) -> int | None:
-    """The last 4-D feature map on the way to the model output before any global pooling or flattening."""
-    reduced = _is_reduced(capture)
-    candidates = [
-        i for i in _ancestors(capture, capture.output_node)
-        if len(capture.nodes[i].output_shape) == 4 and i not in reduced
-    ]
+def _is_map(capture: Capture, node: int, states: dict[int, FieldState]) -> bool:
+    """A feature map: its spatial axes are still there (in any dimensions), not pooled or flattened away."""
+    state = states.get(node)
+    if state is not None:
+        spatial = [axes for axes in state.layout.dims if axes]
+        return bool(spatial) and not state.field.reduced and all(FEATURES not in axes for axes in spatial)
+    shape, input_shape = capture.nodes[node].output_shape, capture.input_shape
+    return len(shape) == len(input_shape) and all(size > 1 for size in shape[2:])
+
+
+def encoder_output_node(capture: Capture, states: dict[int, FieldState] | None = None) -> int | None:
+    """The last feature map on the way to the (first) model output, before global pooling or flattening."""
+    states = states if states is not None else node_states(capture)[0]
+    candidates = [i for i in ancestors(capture, capture.output_node) if capture.nodes[i].inputs
+                  and _is_map(capture, i, states)]
     return max(candidates) if candidates else None
 
 
@@ -318,7 +203,7 @@ def _trunk(capture: Capture, encoder_output: int) -> LayerRecord | None:
     """
     def raw(node: int) -> bool:
         return all(capture.nodes[i].geometry.kind is OpKind.ELEMENTWISE and len(capture.nodes[i].inputs) <= 1
-                   for i in _ancestors(capture, node))
+                   for i in ancestors(capture, node))
 
     spanning = [
         layer for layer in capture.layers
@@ -328,96 +213,160 @@ def _trunk(capture: Capture, encoder_output: int) -> LayerRecord | None:
     return max(spanning, key=lambda layer: layer.depth) if spanning else None
 
 
-def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output: int) -> list[tuple[LayerRecord, bool]]:
-    """The trunk's children on the way to the encoder output, each with whether it contains a merge."""
-    path = _ancestors(capture, encoder_output)
-    children = [
-        layer for layer in _children(capture, trunk)
-        if layer.output_node is not None and layer.output_node in path
-    ]
-    merges = [node.id for node in capture.nodes if len(node.inputs) > 1]
+@dataclass(frozen=True)
+class _Child:
+    layer: LayerRecord
+    merges: int  # residual merges that ran inside it
+    weighted: bool  # it runs a convolution or linear layer
+    grid: Sizes | None
+
+
+def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output: int,
+                    states: dict[int, FieldState]) -> list[_Child]:
+    """The trunk's children on the way to the encoder output, with their residual merges and resolution."""
+    path = ancestors(capture, encoder_output)
+    children = [layer for layer in _children(capture, trunk)
+                if layer.output_node is not None and layer.output_node in path]
     result, start = [], 0
     for child in children:
         end = child.output_node if child.output_node is not None else start
-        result.append((child, any(start < merge <= end for merge in merges)))  # nodes run in call order
+        inside = [node for node in capture.nodes if start < node.id <= end]  # nodes run in call order
+        state = states.get(end)
+        grid = state.layout.grid if state is not None else tuple(capture.nodes[end].output_shape[2:])
+        result.append(_Child(child, sum(is_residual_merge(node) for node in inside),
+                             any(node.geometry.kind.is_weighted for node in inside), grid))
         start = max(start, end)
     return result
 
 
-def _groups(children: list[tuple[LayerRecord, bool]], prefix: str) -> list[tuple[str, list[LayerRecord]]]:
-    """Rows: the leading children without a residual merge form the stem; every later container is a stage.
+def _groups(children: list[_Child], prefix: str) -> tuple[list[tuple[str, list[LayerRecord]]], bool]:
+    """Rows, and whether the stages are made of residual blocks.
 
-    A network without merges (a plain CNN) gets a stem of its leading leaves and one row per container; a flat
-    one gets one row per run of layers ending before the next change of resolution. Stages are named relative
-    to the trunk (``layers.0`` inside ``encoder``, ``layer1`` in a torchvision ResNet).
+    The leading children without a residual merge form the stem; the later children are grouped by resolution
+    (a ResNet's stages are one container each; a MobileNet's blocks at one resolution make one stage). A network
+    without merges gets a stem of its leading leaves and one row per container, or one row per resolution.
+    When the children are single blocks, some without a residual merge (a strided MobileNet block), the stages
+    are not "made of residual blocks" and blocks per stage mean nothing.
     """
     if not children:
-        return []
-    with_merges = [i for i, (_, merges) in enumerate(children) if merges]
-    containers = [i for i, (child, _) in enumerate(children) if not child.is_leaf]
+        return [], False
+    with_merges = [i for i, child in enumerate(children) if child.merges]
+    containers = [i for i, child in enumerate(children) if not child.layer.is_leaf]
     boundary = with_merges[0] if with_merges else (containers[0] if containers else None)
-    if boundary is not None:
-        groups: list[tuple[str, list[LayerRecord]]] = []
-        if boundary:
-            groups.append(("stem", [child for child, _ in children[:boundary]]))
-        groups += [(child.name.removeprefix(prefix), [child]) for child, merges in children[boundary:]
-                   if merges or not child.is_leaf]
-        return groups
-    return _resolution_runs([child for child, _ in children])
+    if boundary is None:
+        return _resolution_runs(children), False
+    groups: list[tuple[str, list[_Child]]] = []
+    if boundary:
+        groups.append(("stem", children[:boundary]))
+    rest = [child for child in children[boundary:] if child.merges or not child.layer.is_leaf]
+    runs: list[list[_Child]] = []
+    for child in rest:  # residual blocks at one resolution make one stage; plain containers are one each
+        if with_merges and runs and runs[-1][-1].grid == child.grid:
+            runs[-1].append(child)
+        else:
+            runs.append([child])
+    for run in runs:
+        first, last = run[0].layer.name.removeprefix(prefix), run[-1].layer.name.removeprefix(prefix)
+        groups.append((first if len(run) == 1 else f"{first}..{last}", run))
+    residual = bool(with_merges) and all(child.merges or not child.weighted for child in rest) and all(
+        any(child.merges for child in run) for run in runs)
+    return [(name, [child.layer for child in members]) for name, members in groups], residual
 
 
-def _resolution_runs(children: list[LayerRecord]) -> list[tuple[str, list[LayerRecord]]]:
+def _resolution_runs(children: list[_Child]) -> list[tuple[str, list[LayerRecord]]]:
     runs: list[list[LayerRecord]] = [[]]
     for position, child in enumerate(children):
-        runs[-1].append(child)
+        runs[-1].append(child.layer)
         following = children[position + 1] if position + 1 < len(children) else None
-        if following is not None and following.output_shape[2:] != child.output_shape[2:]:
+        if following is not None and following.grid != child.grid:
             runs.append([])
     return [(f"stage{number}", run) for number, run in enumerate(runs, start=1) if run]
 
 
-def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int,
-           fields: dict[int, NodeField | None], undefined: dict[int, str]) -> StageField:
-    input_size = _spatial(capture.input_shape) or (1, 1)
-    output_size = _spatial(capture.nodes[node].output_shape) or (1, 1)
+def _declared_stages(capture: Capture) -> list[tuple[str, tuple[str, ...], int]]:
+    """The model's own stages (timm's ``feature_info``): name, modules and output node of each."""
+    stages = []
+    for name in capture.feature_modules:
+        calls = [layer for layer in capture.layers if layer.name == name and layer.output_node is not None]
+        if calls:
+            stages.append((name, (name,), calls[-1].output_node))
+    return stages
+
+
+def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fields: dict[int, NodeField | None],
+           undefined: dict[int, str], states: dict[int, FieldState]) -> StageField:
+    input_size = tuple(capture.input_shape[2:]) or (1,)
+    state = states.get(node)
+    output_size = state.layout.grid if state is not None else tuple(capture.nodes[node].output_shape[2:])
     field = fields.get(node)
     covers = field.covers_input(input_size, output_size) if field else None
-    return StageField(name, modules, node, output_size, field, covers, undefined.get(node))
+    reason = undefined.get(node)
+    if field is not None and not field.exact:
+        reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding are the "
+                  "rational-stride values, exact on the coarser grid")
+    return StageField(name, modules, node, output_size, field, covers, reason)
+
+
+def _remarks(capture: Capture, fields: dict[int, NodeField | None]) -> tuple[str, ...]:
+    remarks = []
+    for node in capture.nodes:
+        field = fields.get(node.id)
+        if field is not None and field.padding_mode != "zeros" and not any(
+                (fields.get(i) or field).padding_mode == field.padding_mode for i in node.inputs):
+            remarks.append(f"{node.name} pads with '{field.padding_mode}': from here on, the intervals of units near "
+                           "the border hold other input pixels than the formula's")
+    return tuple(remarks)
 
 
 def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
     """Receptive fields of every node of ``capture``, one row per stage and the encoder output's field."""
-    fields, undefined, reasons, aligned = node_fields(capture)
-    encoder_output = encoder_output_node(capture)
+    states, undefined, reasons, aligned, union = node_states(capture)
+    fields: dict[int, NodeField | None] = {}
+    for node in capture.nodes:
+        state = states.get(node.id)
+        if state is None:
+            fields[node.id] = None
+            continue
+        fields[node.id], why = _reported(node, state)
+        if why is not None:
+            undefined[node.id] = why
+    encoder_output = encoder_output_node(capture, states)
     stages: list[StageField] = []
+    residual = False
     if encoder_output is not None:
-        trunk = _trunk(capture, encoder_output)
-        prefix = f"{trunk.name}." if trunk else ""
-        for name, members in _groups(_stage_children(capture, trunk, encoder_output), prefix):
-            node = members[-1].output_node
-            if node is not None:
-                stages.append(_stage(capture, name, tuple(m.name for m in members), node, fields, undefined))
-        stages.append(_stage(capture, "output", (), encoder_output, fields, undefined))
+        declared = _declared_stages(capture)
+        if declared:
+            rows = declared
+        else:
+            trunk = _trunk(capture, encoder_output)
+            prefix = f"{trunk.name}." if trunk else ""
+            groups, residual = _groups(_stage_children(capture, trunk, encoder_output, states), prefix)
+            rows = [(name, tuple(m.name for m in members), members[-1].output_node) for name, members in groups
+                    if members[-1].output_node is not None]
+        stages = [_stage(capture, name, modules, node, fields, undefined, states) for name, modules, node in rows]
+        stages.append(_stage(capture, "output", (), encoder_output, fields, undefined, states))
+    input_size = tuple(capture.input_shape[2:]) or (1,)
     return ReceptiveFieldResult(
-        input_size=_spatial(capture.input_shape) or (1, 1), fields=fields, undefined=undefined, aligned=aligned,
-        reasons=reasons, stages=tuple(stages), output=fields.get(encoder_output) if encoder_output is not None
-        else None, output_node=encoder_output,
+        input_size=input_size, states=states, fields=fields, undefined=undefined, aligned=aligned, union=union,
+        reasons=tuple(reasons), stages=tuple(stages),
+        output=fields.get(encoder_output) if encoder_output is not None else None, output_node=encoder_output,
+        remarks=_remarks(capture, fields), residual_stages=residual,
     )
 
 
-def layer_fields(capture: Capture, result: ReceptiveFieldResult) -> dict[int, dict[str, list[int]] | None]:
-    """Record index -> the field at that module call's output as ``{size, stride, padding}``, or None."""
+def layer_fields(capture: Capture, result: ReceptiveFieldResult) -> dict[int, dict[str, object] | None]:
+    """Record index -> the field at that module call's output as ``{size, stride, padding, ...}``, or None."""
     return {layer.index: result.field_json(layer.output_node) for layer in capture.layers}
 
 
 __all__ = [
-    "INPUT_FIELD",
-    "RULES",
     "NodeField",
     "ReceptiveFieldResult",
     "StageField",
     "analyze_receptive_field",
+    "ancestors",
     "encoder_output_node",
+    "is_residual_merge",
     "layer_fields",
-    "node_fields",
+    "node_states",
 ]

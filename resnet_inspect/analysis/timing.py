@@ -169,23 +169,16 @@ def _timed_model(model: nn.Module, input_shape: Shape, device: str, dtype: str,
 def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32") -> None:
     """Refuse (MemoryGuardError) a measurement whose estimated peak does not fit; a too-small input names its layer.
 
-    The estimate comes from a batch-1 capture on the meta device, scaled to the batch size and the dtype. When
-    the meta pass fails, the capture's own fallback decides: data-dependent code is captured on real tensors
-    at batch 1, and a forward pass that really fails raises ForwardError naming the layer.
+    The estimate comes from a batch-1 capture (on the meta device, or on real tensors at batch 1 for
+    data-dependent code, as the capture decides); a forward pass that fails raises ForwardError naming the layer.
     """
     from resnet_inspect.analysis.counting import element_bytes
     from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
-    from resnet_inspect.capture.trace import capture, run_capture
-    from resnet_inspect.errors import ForwardError, InputTooSmallError
+    from resnet_inspect.capture.trace import capture
 
-    try:
-        captured = run_capture(model, (1, *input_shape[1:]), device="meta")
-    except InputTooSmallError:
-        raise
-    except ForwardError:
-        if len(input_shape) != 4:
-            return
-        captured = capture(model, (input_shape[2], input_shape[3]), 1, input_shape[1])
+    if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
+        return
+    captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1])
     batch_size = input_shape[0]
     needed = inference_bytes(captured, batch_size, element_bytes(dtype))
     ensure_fits(needed, f"timing at batch size {batch_size} and input {'x'.join(map(str, input_shape[1:]))}",
@@ -271,13 +264,13 @@ def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype:
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules timed one by one: known layers (conv, BN, ...) and modules without children."""
-    from resnet_inspect.capture.geometry import module_geometry
+    from resnet_inspect.ops.table import op_for_module
 
     leaves: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(parent + ".") for parent, _ in leaves):
             continue
-        if module_geometry(module) is not None or not any(True for _ in module.children()):
+        if op_for_module(module) is not None or not any(True for _ in module.children()):
             leaves.append((name, module))
     return leaves
 

@@ -129,14 +129,14 @@ def _check_call(spec: str, factory: Callable[..., Any], options: dict[str, Any])
                            "factory that takes none")
 
 
-def default_input_size(spec: str) -> tuple[int, int]:
-    """The model's designed input size for registry names (32 for the CIFAR ResNets), else 224."""
+def default_input_size(spec: str) -> int:
+    """The model's designed input side for registry names (32 for the CIFAR ResNets), else 224 (on every spatial
+    axis the model has)."""
     from resnet_inspect.models import list_models, model_spec
 
     if spec in list_models():
-        size = model_spec(spec).default_input_size
-        return (size, size)
-    return (224, 224)  # factories, ecosystem names, and unknown names (loading the model reports those)
+        return model_spec(spec).default_input_size
+    return 224  # factories, ecosystem names, and unknown names (loading the model reports those)
 
 
 def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:

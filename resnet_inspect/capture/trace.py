@@ -1,22 +1,24 @@
 """One instrumented forward pass: module hooks for the layer tree, a TorchFunctionMode for the dataflow.
 
-Module pre/post hooks give every module call (name, depth, shapes, geometry). Functional operations that
-no hook sees, such as the residual ``x + residual``, are caught by a ``TorchFunctionMode``; each tensor is
-mapped to the operation that produced it, so every node knows which nodes fed it. By default the pass runs
-on the meta device, on a structural copy of the model: no weights are copied and no activation is computed.
+Module pre/post hooks give every module call (name, depth, shapes). Functional operations that no hook sees,
+such as the residual ``x + residual``, are caught by a ``TorchFunctionMode``; each tensor is mapped to the
+operation that produced it, so every node knows which nodes fed it. What an operation is (its geometry, the
+arguments its rules need, a fast shape rule) comes from the operation table. By default the pass runs on the
+meta device, on a structural copy of the model: no weights are copied and no activation is computed.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.capture.geometry import ELEMENTWISE, function_geometry, module_geometry
-from resnet_inspect.capture.meta_shapes import meta_empty, meta_result
 from resnet_inspect.errors import ForwardError, InputTooSmallError
+from resnet_inspect.ops.arithmetic import check_layer
+from resnet_inspect.ops.builtin import meta_empty
+from resnet_inspect.ops.table import Call, OpSpec, function_name, get_op, op_for_function, op_for_module
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
 if TYPE_CHECKING:
@@ -25,23 +27,41 @@ if TYPE_CHECKING:
 
 # Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
 _META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "not implemented for")
+# Calls that read a tensor's values back into Python: control flow may depend on them.
+_VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero", "len"})
+INPUT_OP = "input"
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
     """Every tensor in a (nested) argument or output structure, in order."""
+    return [tensor for _, tensor in named_tensors(value)]
+
+
+def named_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested structure with where it sits: "" for a lone tensor, "0", "logits", "aux.1"."""
     import torch
 
+    def join(key: object) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
     if isinstance(value, torch.Tensor):
-        return [value]
+        return [(prefix, value)]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        pairs = zip(value._fields, value, strict=False)
+        return [pair for key, item in pairs for pair in named_tensors(item, join(key))]
     if isinstance(value, (list, tuple)):
-        return [t for item in value for t in tensors_in(item)]
+        return [pair for index, item in enumerate(value) for pair in named_tensors(item, join(index))]
     if isinstance(value, dict):
-        return [t for item in value.values() for t in tensors_in(item)]
+        return [pair for key, item in value.items() for pair in named_tensors(item, join(key))]
     return []
 
 
 def shape_of(tensor: torch.Tensor) -> Shape:
     return tuple(int(size) for size in tensor.shape)
+
+
+def _unique(tensors: list[Any]) -> list[Any]:
+    return list({id(t): t for t in tensors}.values())
 
 
 def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
@@ -78,7 +98,9 @@ class _Call:
     depth: int
     parent: int | None
     is_leaf: bool
+    spec: OpSpec | None  # the table entry when the module is taken as one operation
     geometry: Geometry | None
+    attrs: dict[str, Any]
     input_shapes: tuple[Shape, ...]
     output_shapes: tuple[Shape, ...] = ()
     node: int | None = None
@@ -92,6 +114,7 @@ class _Recorder:
     """State shared by the hooks and the function mode during one pass."""
 
     names: dict[int, str]
+    exact_checked_shapes: bool = False  # windowed operations get their output shape from torch's own kernels
     calls: list[_Call] = field(default_factory=list)
     stack: list[_Call] = field(default_factory=list)
     nodes: list[OpNode] = field(default_factory=list)
@@ -99,6 +122,8 @@ class _Recorder:
     alive: list[Any] = field(default_factory=list)  # keeps tensors alive so their ids are never reused
     opaque_depth: int = 0  # > 0 while inside a module recorded as one operation
     op_counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    current_op: str = ""  # the functional operation running (for error messages)
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -110,12 +135,14 @@ class _Recorder:
         return tuple(dict.fromkeys(self.producers[id(t)] for t in tensors if id(t) in self.producers))
 
     def add_node(self, name: str, type_: str, geometry: Geometry, inputs: list[Any], outputs: list[Any],
-                 record: int | None = None) -> int:
+                 record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None) -> int:
         node_id = len(self.nodes)
+        tracked = _unique([t for t in inputs if id(t) in self.producers])
         self.nodes.append(OpNode(
-            id=node_id, name=name, type=type_, geometry=geometry, inputs=self.input_nodes(inputs),
-            input_shapes=tuple(shape_of(t) for t in inputs), output_shape=shape_of(outputs[0]) if outputs else (),
+            id=node_id, name=name, type=type_, geometry=geometry, inputs=self.input_nodes(tracked),
+            input_shapes=tuple(shape_of(t) for t in tracked), output_shape=shape_of(outputs[0]) if outputs else (),
             record=record, scope=self.scope(), inplace=bool(outputs) and any(outputs[0] is t for t in inputs),
+            op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs),
         ))
         for tensor in outputs:
             self.producers[id(tensor)] = node_id
@@ -129,6 +156,34 @@ class _Recorder:
         self.op_counts[base] = count + 1
         return base if count == 0 else f"{base}_{count}"
 
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = False) -> Any:
+    """The table's shape rule on meta tensors, or NotImplemented to run torch's own kernel."""
+    import torch
+
+    if spec is None or spec.shape is None or (exact_checked_shapes and spec.checked):
+        return NotImplemented
+    args = call.args
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+        return NotImplemented
+    if any(isinstance(a, torch.Tensor) and not a.is_meta for a in args):
+        return NotImplemented
+    try:
+        return spec.shape(call)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return NotImplemented
+
+
+def meta_result(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """What the capture's fast path returns for ``func(*args, **kwargs)`` on meta tensors: the operation table's
+    shape rule, or NotImplemented where torch's own kernel decides."""
+    spec = op_for_function(function_name(func))
+    return _fast_result(spec, Call(None, tuple(args), dict(kwargs), name=getattr(func, "__name__", "")))
+
 
 def _function_mode(recorder: _Recorder) -> Any:
     from torch.overrides import TorchFunctionMode
@@ -138,17 +193,38 @@ def _function_mode(recorder: _Recorder) -> Any:
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
-            result = meta_result(func, args, kwargs)
+            name = function_name(func)
+            spec = op_for_function(name)
+            raw_name = getattr(func, "__name__", "")
+            call = Call(None, tuple(args), kwargs, name=raw_name)
+            recorder.current_op = name
+            result = _fast_result(spec, call, recorder.exact_checked_shapes)
             if result is NotImplemented:
                 result = func(*args, **kwargs)
+            recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
-            inputs = tensors_in(list(args)) + tensors_in(kwargs)
+            tensors = tensors_in(list(args)) + tensors_in(kwargs)
+            tracked = [t for t in tensors if id(t) in recorder.producers]
+            if not tracked:
+                return result
+            if name in _VALUE_READS:
+                where = recorder.scope() or "the model's forward"
+                recorder.warn(f"{where} reads a tensor's value ({raw_name or name}) to decide what to run; the pass "
+                              "used an all-zero input, so a branch taken only for other inputs is not in this report")
             outputs = tensors_in(result)
-            if outputs and any(id(t) in recorder.producers for t in inputs):
-                tracked = [t for t in inputs if id(t) in recorder.producers]
-                op, geometry = function_geometry(func, args, kwargs, shape_of(tracked[0]))
-                recorder.add_node(recorder.unique_op_name(op), op, geometry, tracked, outputs)
+            if not outputs or (spec is not None and spec.constant):
+                return result
+            spec = spec or get_op("unknown")
+            call.input_shapes = tuple(shape_of(t) for t in tensors)
+            call.output_shapes = tuple(shape_of(t) for t in outputs)
+            call.tensor_nodes = tuple(recorder.producers.get(id(t)) for t in tensors)
+            try:
+                geometry, attrs = spec.geometry(call)
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+                spec, geometry, attrs = get_op("unknown"), Geometry(OpKind.UNKNOWN), {}
+            recorder.add_node(recorder.unique_op_name(name), name, geometry, tracked, outputs, op=spec.name,
+                              attrs=attrs)
             return result
 
     return DataflowMode()
@@ -162,21 +238,29 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
         if module is root:
             for tensor in inputs:
                 if id(tensor) not in recorder.producers:
-                    recorder.add_node("input", "input", ELEMENTWISE, [], [tensor])
+                    recorder.add_node(INPUT_OP, INPUT_OP, Geometry(OpKind.ELEMENTWISE), [], [tensor], op=INPUT_OP)
             return
-        geometry = module_geometry(module)
+        spec = op_for_module(module) if not recorder.opaque_depth else None
+        geometry, attrs = None, {}
+        if spec is not None:
+            call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
+                        tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))
+            try:
+                geometry, attrs = spec.geometry(call)
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+                spec = None
         parent = recorder.stack[-1] if recorder.stack else None
-        call = _Call(
+        call_record = _Call(
             index=len(recorder.calls), module=module, name=recorder.names.get(id(module), type(module).__name__),
             depth=(parent.depth + 1) if parent else 1, parent=parent.index if parent else None,
-            is_leaf=geometry is not None or not any(True for _ in module.children()),
-            geometry=geometry, input_shapes=tuple(shape_of(t) for t in inputs),
+            is_leaf=spec is not None or not any(True for _ in module.children()), spec=spec,
+            geometry=geometry, attrs=attrs, input_shapes=tuple(shape_of(t) for t in inputs),
         )
-        call.inputs = inputs
-        call.input_nodes = recorder.input_nodes(inputs)
-        recorder.calls.append(call)
-        recorder.stack.append(call)
-        if geometry is not None:
+        call_record.inputs = inputs
+        call_record.input_nodes = recorder.input_nodes(inputs)
+        recorder.calls.append(call_record)
+        recorder.stack.append(call_record)
+        if spec is not None:
             recorder.opaque_depth += 1
 
     def post_hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
@@ -186,10 +270,11 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
         outputs = tensors_in(output)
         call.output_shapes = tuple(shape_of(t) for t in outputs)
         inputs, call.inputs = call.inputs, []
-        if call.geometry is not None:
+        if call.spec is not None:
             recorder.opaque_depth -= 1
-            call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
-                                          record=call.index)
+            if call.geometry is not None and outputs:
+                call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
+                                              record=call.index, op=call.spec.name, attrs=call.attrs)
         call.output_node = recorder.producers.get(id(outputs[0])) if outputs else None
 
     return pre_hook, post_hook
@@ -208,10 +293,11 @@ def _freeze(call: _Call) -> LayerRecord:
     return LayerRecord(
         index=call.index, name=call.name, type=type(module).__name__, depth=call.depth, parent=call.parent,
         is_leaf=call.is_leaf, input_shapes=call.input_shapes, output_shapes=call.output_shapes, params=params,
-        trainable_params=trainable, geometry=call.geometry,
+        trainable_params=trainable, geometry=call.geometry if call.geometry is not None and call.geometry.kind
+        is not OpKind.UNKNOWN else None,
         in_features=in_features if isinstance(in_features, int) else None,
         out_features=out_features if isinstance(out_features, int) else None,
-        has_bias=getattr(module, "bias", None) is not None and call.geometry is not None, node=call.node,
+        has_bias=getattr(module, "bias", None) is not None and call.spec is not None, node=call.node,
         input_nodes=call.input_nodes, output_node=call.output_node,
     )
 
@@ -235,19 +321,21 @@ def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
 
 
 def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
-    """A one-line error naming the layer that was running and the shape it got."""
-    from resnet_inspect.analysis.arithmetic import check_layer
-
+    """A one-line error naming the layer (or the operation) that was running and the shape it got."""
     running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    operation = f"{recorder.current_op} in " if recorder.current_op and not recorder.opaque_depth else ""
     if running is None:
-        return ForwardError(f"forward pass failed before any layer ran: {reason}")
+        prefix = f"{recorder.current_op}: " if recorder.current_op else ""
+        return ForwardError(f"forward pass failed before any layer ran: {prefix}{reason}")
     shape = running.input_shapes[0] if running.input_shapes else ()
-    where = f"{running.name} ({type(running.module).__name__})"
+    where = f"{operation}{running.name} ({type(running.module).__name__})"
     if shape:
         where += f" with input {'x'.join(map(str, shape))}"
-    if running.geometry is not None and running.geometry.kind.has_window and len(shape) == 4:
-        check = check_layer(running.geometry, (shape[2], shape[3]), (shape[2], shape[3]))
+    geometry = running.geometry
+    if geometry is not None and geometry.kind.has_window and len(shape) >= geometry.rank + 1:
+        spatial = shape[len(shape) - geometry.rank:]
+        check = check_layer(geometry, spatial, spatial)
         if check is not None and min(check.expected) < 1:
             size = "x".join(map(str, check.expected))
             return InputTooSmallError(f"input too small: {where} would give an output of {size}")
@@ -264,27 +352,78 @@ def model_dtype(model: nn.Module) -> str:
     return "float32"
 
 
-def run_capture(model: nn.Module, input_shape: Shape, model_name: str = "", device: str = "meta",
-                dtype: str | None = None) -> Capture:
-    """Run one instrumented forward pass of a structural copy of ``model`` on an input of ``input_shape``.
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the forward pass is called with: tensors by position and by keyword (shapes and dtypes count, and the
+    values when the pass must run for real)."""
 
-    The input has the model's own dtype unless ``dtype`` says otherwise.
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        return tuple(shape_of(t) for t in tensors_in(list(self.args)) + tensors_in(self.kwargs))
+
+    def on(self, device: str) -> ModelInputs:
+        """The same inputs on ``device``: empty tensors on meta, the values themselves (or zeros) elsewhere."""
+        import torch
+
+        def moved(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                if device == "meta":
+                    return meta_empty(value.shape, value)
+                if value.is_meta:
+                    return torch.zeros(tuple(value.shape), dtype=value.dtype, device=device)
+                return value.detach().to(device)
+            if isinstance(value, (list, tuple)):
+                return type(value)(moved(item) for item in value)
+            if isinstance(value, dict):
+                return {key: moved(item) for key, item in value.items()}
+            return value
+
+        return ModelInputs(tuple(moved(a) for a in self.args), {k: moved(v) for k, v in self.kwargs.items()})
+
+
+def zeros_inputs(shapes: Sequence[Shape], dtype: str) -> ModelInputs:
+    """One all-zero tensor per shape (defined values if the pass runs for real), on the meta device."""
+    import torch
+
+    return ModelInputs(tuple(torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device="meta")
+                             for shape in shapes))
+
+
+def _feature_modules(model: Any) -> tuple[str, ...]:
+    """Module names of the stages a model declares: timm's ``feature_info`` (a list of dicts or a FeatureInfo)."""
+    info = getattr(model, "feature_info", None)
+    entries = getattr(info, "info", info)
+    if not isinstance(entries, (list, tuple)):
+        return ()
+    names = tuple(entry.get("module") for entry in entries if isinstance(entry, dict))
+    return tuple(name for name in names if isinstance(name, str) and name) if all(names) else ()
+
+
+def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", device: str = "meta",
+                exact_checked_shapes: bool = False) -> Capture:
+    """Run one instrumented forward pass of a structural copy of ``model`` on ``inputs``.
+
+    ``exact_checked_shapes`` takes the output shape of every windowed operation from torch's own kernels (the
+    observed side of `verify`), not from the table's fast shape rules.
     """
     import torch
 
-    dtype = dtype or model_dtype(model)
-
     working = structural_copy(model, device)
     working.eval()
-    recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name})
-    x = torch.zeros(input_shape, device=device, dtype=getattr(torch, dtype))  # defined values if run for real
+    recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
+                         exact_checked_shapes=exact_checked_shapes)
+    placed = inputs.on(device)
     try:
         with torch.no_grad(), _instrumented(working, recorder):
-            output = working(x)
+            output = working(*placed.args, **placed.kwargs)
     except Exception as exc:  # the model's own code may raise anything
         raise _failure(recorder, exc) from exc
-    outputs = tensors_in(output)
-    output_node = recorder.producers.get(id(outputs[0]), 0) if outputs else 0
+    outputs = named_tensors(output)
+    output_nodes = tuple(recorder.producers.get(id(tensor)) for _, tensor in outputs)
+    output_node = next((node for node in output_nodes if node is not None), 0)
     params, trainable = _count(model)
     bytes_by_dtype: dict[str, int] = {}
     seen: set[int] = set()
@@ -294,33 +433,70 @@ def run_capture(model: nn.Module, input_shape: Shape, model_name: str = "", devi
             key = str(parameter.dtype).removeprefix("torch.")
             bytes_by_dtype[key] = bytes_by_dtype.get(key, 0) + parameter.numel() * parameter.element_size()
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    input_shapes = inputs.shapes
+    first_input = next((t for t in tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
+    dtype = str(first_input.dtype).removeprefix("torch.") if first_input is not None else model_dtype(model)
     return Capture(
         model_name=model_name or type(model).__name__, model_type=type(model).__name__,
-        input_shape=tuple(input_shape), output_shape=shape_of(outputs[0]) if outputs else (),
+        input_shape=input_shapes[0] if input_shapes else (), output_shape=shape_of(outputs[0][1]) if outputs else (),
         layers=tuple(_freeze(call) for call in recorder.calls), nodes=tuple(recorder.nodes),
         output_node=output_node, params=params, trainable_params=trainable,
         param_bytes=sum(bytes_by_dtype.values()), param_bytes_by_dtype=bytes_by_dtype,
-        buffer_bytes=buffer_bytes, dtype=dtype,
+        buffer_bytes=buffer_bytes, dtype=dtype, input_shapes=input_shapes,
+        output_shapes=tuple(shape_of(t) for _, t in outputs), output_names=tuple(name for name, _ in outputs),
+        output_nodes=output_nodes, feature_modules=_feature_modules(model), warnings=tuple(recorder.warnings),
+        device=device,
     )
 
 
-def capture(model: nn.Module, input_size: int | tuple[int, int] = (224, 224), batch_size: int = 1,
-            in_channels: int = 3, model_name: str = "") -> Capture:
-    """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs data."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    input_shape = (batch_size, in_channels, height, width)
+def spatial_rank(model: nn.Module, default: int = 2) -> int:
+    """How many spatial axes the model's input has: that of its first convolution or pooling module (Conv1d: 1,
+    Conv3d: 3), else ``default``."""
+    for module in model.modules():
+        spec = op_for_module(module)
+        if spec is not None and spec.checked:
+            try:
+                geometry, _ = spec.geometry(Call(module, (), {}))
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+                continue
+            return geometry.rank
+    return default
+
+
+def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
+                    in_channels: int = 3) -> Shape:
+    """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model)."""
+    if isinstance(input_size, int):
+        spatial = (input_size,) * spatial_rank(model)
+    else:
+        spatial = tuple(int(size) for size in input_size)
+    return (batch_size, in_channels, *spatial)
+
+
+def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",
+                   exact_checked_shapes: bool = False) -> Capture:
+    """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values."""
     try:
-        return run_capture(model, input_shape, model_name, device="meta")
+        return run_capture(model, inputs, model_name, device="meta", exact_checked_shapes=exact_checked_shapes)
     except InputTooSmallError:
         raise
     except ForwardError as error:
         if not any(marker in str(error) for marker in _META_LIMITATIONS):
             raise
-        return run_capture(model, input_shape, model_name, device="cpu")
+        return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes)
+
+
+def capture(model: nn.Module, input_size: int | Sequence[int] = (224, 224), batch_size: int = 1,
+            in_channels: int = 3, model_name: str = "", exact_checked_shapes: bool = False) -> Capture:
+    """Capture ``model`` on an all-zero input of ``input_size`` (meta device first, real CPU tensors if needed)."""
+    shape = input_shape_for(model, input_size, batch_size, in_channels)
+    inputs = zeros_inputs([shape], model_dtype(model))
+    return capture_inputs(model, inputs, model_name, exact_checked_shapes)
 
 
 def smallest_input_size(model: nn.Module, in_channels: int = 3, limit: int = 4096) -> int | None:
-    """The smallest square input size for which ``model``'s forward pass runs (None if none up to ``limit``)."""
+    """The smallest input size (every spatial axis) for which ``model``'s forward pass runs (None if none up to
+    ``limit``)."""
 
     def works(size: int) -> bool:
         try:
@@ -341,4 +517,18 @@ def smallest_input_size(model: nn.Module, in_channels: int = 3, limit: int = 409
     return high
 
 
-__all__ = ["Capture", "OpKind", "capture", "run_capture", "smallest_input_size", "structural_copy"]
+__all__ = [
+    "Capture",
+    "ModelInputs",
+    "OpKind",
+    "capture",
+    "capture_inputs",
+    "input_shape_for",
+    "meta_result",
+    "named_tensors",
+    "run_capture",
+    "smallest_input_size",
+    "spatial_rank",
+    "structural_copy",
+    "zeros_inputs",
+]

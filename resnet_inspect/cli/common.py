@@ -179,16 +179,16 @@ def parse_positive(text: str, what: str, maximum: int = MAX_INPUT_SIZE) -> int:
     return value
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'224' -> (224, 224); '224x320' -> (224, 320) as (height, width)."""
+def parse_input_size(text: str) -> int | tuple[int, ...]:
+    """'224' -> 224 (every spatial axis); '224x320' -> (224, 320) as (height, width); '16x64x64' for 3-D."""
     parts = text.strip().lower().split("x")
-    if len(parts) not in (1, 2) or not all(parts):
-        raise BadInputError(f"input size must look like 224 or 224x320, got '{text}'")
+    if len(parts) not in (1, 2, 3) or not all(parts):
+        raise BadInputError(f"input size must look like 224, 224x320 or 16x112x112, got '{text}'")
     sizes = [parse_positive(part, "input size") for part in parts]
-    return (sizes[0], sizes[-1])
+    return sizes[0] if len(sizes) == 1 else tuple(sizes)
 
 
-def parse_input_sizes(text: str) -> list[tuple[int, int]]:
+def parse_input_sizes(text: str) -> list[int | tuple[int, ...]]:
     """'128,224,320' -> several input sizes."""
     return [parse_input_size(part) for part in text.split(",")]
 
@@ -206,8 +206,8 @@ def parse_batch_size(text: str) -> int:
     return parse_positive(text, "batch size", maximum=MAX_COUNT)
 
 
-def resolve_size(model: str, input_size: str | None) -> tuple[int, int]:
-    """--input-size if given, else the model's own default (224, or 32 for CIFAR)."""
+def resolve_size(model: str, input_size: str | None) -> int | tuple[int, ...]:
+    """--input-size if given, else the model's own default (224, or 32 for CIFAR) on every spatial axis."""
     from resnet_inspect.capture.loader import default_input_size
 
     return parse_input_size(input_size) if input_size is not None else default_input_size(model)

@@ -9,7 +9,8 @@ from resnet_inspect.cli.common import OutputFormat
 MODEL_HELP = ("A registry name (see `resnet-inspect list`), torchvision:NAME, timm:NAME, path/to/file.py:factory or "
               "package.module:factory. A spec imports and runs that code, like `python file.py`: never take one "
               "from untrusted input.")
-INPUT_HELP = "Input height and width: 224 or 224x320 (default: the model's own, 224 or 32 for CIFAR)."
+INPUT_HELP = ("Input size: 224 (every spatial axis), 224x320 (height x width), 16x112x112 for 3-D nets "
+              "(default: the model's own, 224 or 32 for CIFAR).")
 
 ModelArgument = typer.Argument(..., help=MODEL_HELP, show_default=False)
 InputSizeOption = typer.Option(None, "--input-size", "-i", help=INPUT_HELP, show_default=False)

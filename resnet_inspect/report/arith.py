@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from resnet_inspect.analysis.arithmetic import (
+from resnet_inspect.errors import BadInputError
+from resnet_inspect.ops.arithmetic import (
     AxisArithmetic,
     conv_output,
     conv_transpose_output,
     pool_output,
     solve_padding,
 )
-from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Column, Document, Table
 
 

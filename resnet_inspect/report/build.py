@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.errors import BadInputError, InputTooSmallError
 from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nodes
@@ -10,30 +11,68 @@ from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nod
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.capture.trace import ModelInputs
     from resnet_inspect.records import Capture
 
-
-def _size(input_size: int | tuple[int, int]) -> tuple[int, int]:
-    height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if height <= 0 or width <= 0:
-        raise BadInputError(f"input size must be positive, got {height}x{width}")
-    return height, width
+InputSize = int | Sequence[int]
 
 
-def capture_model(model: nn.Module, input_size: int | tuple[int, int] = (224, 224), batch_size: int = 1,
-                  in_channels: int = 3, model_name: str = "") -> Capture:
-    """The one instrumented forward pass every analysis reads."""
-    from resnet_inspect.capture.trace import capture, smallest_input_size
+def _size(input_size: InputSize) -> int | tuple[int, ...]:
+    """An int (every spatial axis) or one size per spatial axis, each positive."""
+    sizes = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+    if not sizes or any(not isinstance(size, int) or isinstance(size, bool) for size in sizes):
+        raise BadInputError(f"input size must be an int or a sequence of ints, got {input_size!r}")
+    if any(size <= 0 for size in sizes):
+        raise BadInputError(f"input size must be positive, got {'x'.join(map(str, sizes))}")
+    return input_size if isinstance(input_size, int) else sizes
 
+
+def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3,
+                 *, input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> ModelInputs:
+    """What the forward pass is called with: ``input_data`` as given (a tensor, a tuple/list of tensors passed by
+    position, or a dict passed by keyword), else one all-zero tensor per full shape in ``input_shapes``, else
+    ``(batch_size, in_channels, *input_size)``."""
+    import torch
+
+    from resnet_inspect.capture.trace import ModelInputs, input_shape_for, model_dtype, zeros_inputs
+
+    if input_data is not None:
+        if isinstance(input_data, torch.Tensor):
+            return ModelInputs((input_data,))
+        if isinstance(input_data, dict):
+            return ModelInputs((), dict(input_data))
+        if isinstance(input_data, (tuple, list)):
+            return ModelInputs(tuple(input_data))
+        raise BadInputError(f"input_data must be a tensor, a tuple or list of tensors, or a dict of them, got "
+                            f"{type(input_data).__name__}")
+    if input_shapes is not None:
+        shapes = [tuple(int(size) for size in shape) for shape in input_shapes]
+        if not shapes or any(not shape or min(shape) <= 0 for shape in shapes):
+            raise BadInputError(f"input shapes must be non-empty and positive, got {input_shapes!r}")
+        return zeros_inputs(shapes, model_dtype(model))
     if batch_size <= 0:
         raise BadInputError(f"batch size must be positive, got {batch_size}")
     if in_channels <= 0:
         raise BadInputError(f"input channels must be positive, got {in_channels}")
+    shape = input_shape_for(model, _size(input_size), batch_size, in_channels)
+    return zeros_inputs([shape], model_dtype(model))
+
+
+def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3,
+                  model_name: str = "", *, input_shapes: Sequence[Sequence[int]] | None = None,
+                  input_data: Any = None, exact_checked_shapes: bool = False) -> Capture:
+    """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs)."""
+    from resnet_inspect.capture.trace import capture_inputs, smallest_input_size
+
+    inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
+                          input_data=input_data)
     try:
-        return capture(model, _size(input_size), batch_size, in_channels, model_name)
+        return capture_inputs(model, inputs, model_name, exact_checked_shapes)
     except InputTooSmallError as error:
+        if input_shapes is not None or input_data is not None:
+            raise
         smallest = smallest_input_size(model, in_channels)
-        hint = f"; the smallest input that works is {smallest}x{smallest}" if smallest else ""
+        hint = f"; the smallest input that works is {smallest} on every spatial axis" if smallest else ""
         raise InputTooSmallError(f"{error}{hint}") from error
 
 
@@ -59,19 +98,25 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     )
 
 
-def inspect(model: nn.Module, input_size: int | tuple[int, int] = (224, 224), batch_size: int = 1,
-            in_channels: int = 3, *, model_name: str = "", fvcore: bool = False) -> SummaryReport:
+def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3, *,
+            model_name: str = "", fvcore: bool = False, input_shapes: Sequence[Sequence[int]] | None = None,
+            input_data: Any = None) -> SummaryReport:
     """Inspect any CNN: shapes, arithmetic checks, parameters, MACs, receptive fields (and fvcore's count).
 
-    ``report.to_dict()`` is exactly the JSON of ``resnet-inspect summary``. The model itself is not changed:
-    the capture runs on a structural copy on the meta device.
+    ``input_size`` is an int (every spatial axis; how many axes the model's first convolution says) or one size
+    per axis. ``report.to_dict()`` is exactly the JSON of ``resnet-inspect summary``. The model itself is not
+    changed: the capture runs on a structural copy on the meta device.
     """
-    capture = capture_model(model, input_size, batch_size, in_channels, model_name)
+    capture = capture_model(model, input_size, batch_size, in_channels, model_name, input_shapes=input_shapes,
+                            input_data=input_data)
     return summary_from_capture(capture, model=model, fvcore=fvcore)
 
 
-def verify(model: nn.Module, input_size: int | tuple[int, int] = (224, 224), batch_size: int = 1,
-           in_channels: int = 3, *, model_name: str = "") -> VerifyReport:
-    """Check every convolution and pooling layer's output size against its declared geometry."""
-    capture = capture_model(model, input_size, batch_size, in_channels, model_name)
-    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture))
+def verify(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3, *,
+           model_name: str = "", input_shapes: Sequence[Sequence[int]] | None = None,
+           input_data: Any = None) -> VerifyReport:
+    """Check every convolution and pooling layer's output size, as torch's own kernels compute it, against the
+    arithmetic of its geometry."""
+    capture = capture_model(model, input_size, batch_size, in_channels, model_name, input_shapes=input_shapes,
+                            input_data=input_data, exact_checked_shapes=True)
+    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings)

@@ -7,13 +7,14 @@ depth); only ``--time`` builds real weights and runs the model.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.records import Capture, OpKind, Pair, Shape
+from resnet_inspect.records import Capture, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult
     from resnet_inspect.analysis.timing import LatencyResult
+
+InputSize = int | tuple[int, ...]  # every spatial axis, or one size per axis
 
 BEST = "bold green"  # style of the best value in a column
 STEM, HEAD = "stem", "head"
@@ -65,10 +68,12 @@ class StageRow:
     field: NodeField | None  # receptive field at the stage output; None for the head or when undefined
     covers_input: bool | None
     macs: int
+    output_size: tuple[int, ...] = ()  # the spatial size on the stage's own axes (NHWC maps too)
 
     def to_dict(self, total_macs: int) -> dict[str, Any]:
         return {
             "name": self.name, "blocks": self.blocks, "output_shape": list(self.output_shape),
+            "output_size": list(self.output_size),
             "receptive_field": self.field.to_json() if self.field else None, "covers_input": self.covers_input,
             "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None,
         }
@@ -94,20 +99,22 @@ class ModelRow:
     stage_rows: tuple[StageRow, ...]
     latency: LatencyResult | None = None
 
+    residual_stages: bool = True  # the stages are made of residual blocks: "blocks per stage" means something
+
     @property
-    def input_size(self) -> Pair:
-        return (self.input_shape[-2], self.input_shape[-1])
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(self.input_shape[2:])
 
     @property
     def label(self) -> str:
         return f"{self.model} at {pair_text(self.input_size)}"
 
     @property
-    def field_input_ratio(self) -> tuple[float, float] | None:
+    def field_input_ratio(self) -> tuple[float, ...] | None:
         """Receptive field size over input size, per axis: above 1 means one unit can see the whole input."""
         if self.field is None:
             return None
-        return (self.field.size[0] / self.input_size[0], self.field.size[1] / self.input_size[1])
+        return tuple(float(size) / side for size, side in zip(self.field.size, self.input_size, strict=True))
 
 
 def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) -> dict[int, int]:
@@ -127,6 +134,7 @@ def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) ->
 def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
     """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
     from resnet_inspect.analysis.counting import enclosing_records
+    from resnet_inspect.analysis.receptive_field import is_residual_merge
 
     stages = [stage for stage in fields.stages if stage.name != "output"]
     owner = _stage_of_records(capture, [stage.modules for stage in stages])
@@ -134,7 +142,7 @@ def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) 
     enclosing = enclosing_records(capture)
     for node in capture.nodes:
         record = enclosing[node.id]
-        if len(node.inputs) > 1 and node.geometry.kind is OpKind.ELEMENTWISE and record in owner:
+        if is_residual_merge(node) and record in owner:
             blocks[owner[record]] += 1  # a residual merge: x + shortcut
     stage_macs = [0] * len(stages)
     for layer in capture.layers:
@@ -143,7 +151,7 @@ def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) 
             stage_macs[position] += counts.layer_macs.get(layer.index, 0)
     rows = [
         StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position])
+                 stage.covers_input, stage_macs[position], stage.output_size)
         for position, stage in enumerate(stages)
     ]
     rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs)))
@@ -169,7 +177,7 @@ def row_from_capture(capture: Capture) -> ModelRow:
         peak_memory_bytes=counts.peak_memory_bytes, field=fields.output, field_reason=reason,
         covers_input=output_stage.covers_input if output_stage else None,
         output_shape=capture.nodes[output_node].output_shape if output_node is not None else None,
-        model_output_shape=capture.output_shape, stage_rows=stage_rows,
+        model_output_shape=capture.output_shape, stage_rows=stage_rows, residual_stages=fields.residual_stages,
     )
 
 
@@ -236,7 +244,7 @@ class CompareReport:
                 "model": row.model,
                 "input_shape": list(row.input_shape),
                 "depth": row.depth,
-                "stages": list(row.stages),
+                "stages": list(row.stages) if row.residual_stages else [],
                 "params": row.params,
                 "macs": row.macs,
                 "activation_bytes": row.activation_bytes,
@@ -291,7 +299,7 @@ class CompareReport:
         params = self._column([row.params for row in rows], COUNT_UNITS, 2, True, several)
         macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
         memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
-        field_sizes = [row.field.size[0] * row.field.size[1] if row.field else None for row in rows]
+        field_sizes = [math.prod(float(v) for v in row.field.size) if row.field else None for row in rows]
         fields = _best_cells([pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
                              False, None)
         columns = [
@@ -301,7 +309,8 @@ class CompareReport:
         ]
         table_rows: list[list[Cell | str]] = [
             [
-                row.model, pair_text(row.input_size), str(row.depth), _blocks_text(row.stages),
+                row.model, pair_text(row.input_size), str(row.depth),
+                _blocks_text(row.stages) if row.residual_stages else "-",
                 params[position], macs[position], memory[position], fields[position],
                 pair_text(row.field.stride if row.field else None), pair_text(row.field_input_ratio, ".2f"),
                 shape_text(row.output_shape),
@@ -383,10 +392,10 @@ class Candidate:
     spec: str
     name: str
     model: nn.Module
-    sizes: tuple[Pair, ...]
+    sizes: tuple[InputSize, ...]
 
 
-def load_candidates(specs: Sequence[str], input_sizes: Sequence[Pair] | None = None) -> list[Candidate]:
+def load_candidates(specs: Sequence[str], input_sizes: Sequence[InputSize] | None = None) -> list[Candidate]:
     """Build every model on the meta device (an unknown name fails here, before any capture).
 
     Without ``input_sizes`` each model is compared at its own default size (32 for CIFAR, 224 otherwise).
@@ -445,7 +454,7 @@ def time_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], device:
     return timed
 
 
-def compare(specs: Sequence[str], input_sizes: Sequence[Pair] | None = None, *, batch_size: int = 1,
+def compare(specs: Sequence[str], input_sizes: Sequence[InputSize] | None = None, *, batch_size: int = 1,
             show_stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
             repeat: int = 10) -> CompareReport:
     """Compare models (registry names or factory specs) at their default or the given input sizes."""

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
 from resnet_inspect.errors import BadInputError, InspectError
-from resnet_inspect.records import Pair
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, yes_no
 
@@ -42,9 +41,10 @@ class RfReport:
 
     def _stage_dict(self, stage: StageField) -> dict[str, Any]:
         field = stage.field
+        values = field.to_json() if field else {"size": None, "stride": None, "padding": None,
+                                                 "global_context": None}
         return {
-            "name": stage.name, "size": _list(stage.size), "stride": _list(stage.stride),
-            "padding": _list(stage.padding), "output_size": list(stage.output_size),
+            "name": stage.name, **values, "output_size": list(stage.output_size),
             "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,
             "modules": list(stage.modules), "reason": stage.reason,
         }
@@ -57,7 +57,8 @@ class RfReport:
             "input_size": list(self.empirical.input_size),
             "stages": [
                 {"name": check.name, "size": _list(check.measured_size), "analytic": _list(check.analytic_size),
-                 "unit": list(check.unit), "inside": check.inside, "agrees": check.agrees, "reason": check.reason}
+                 "unit": list(check.unit), "inside": check.inside, "agrees": check.agrees, "reason": check.reason,
+                 "input_size": list(check.input_size)}
                 for check in self.empirical.stages
             ],
         }
@@ -69,6 +70,7 @@ class RfReport:
             "stages": [self._stage_dict(stage) for stage in self.stages],
             "output": self.result.to_json(),
             "aligned": self.result.aligned,
+            "union": self.result.union,
             "reasons": list(self.result.reasons),
             "empirical": self._empirical_dict(),
             "erf": {**self.erf.to_dict(), "png": self.png} if self.erf else None,
@@ -92,13 +94,13 @@ class RfReport:
                 row += [pair_text(check.measured_size if check else None),
                         yes_no(agrees) if agrees is not False else Cell("NO", "bold red")]
             rows.append(tuple(row))
-        height, width = self.input_shape[2], self.input_shape[3]
         footer = (
             "size, stride, padding: effective, per axis (one number when height = width); Distill 2019",
             "output unit u sees input [-padding + u*stride, -padding + u*stride + size - 1] on each axis",
             "covers input: every output unit, border units included, sees the whole input",
         )
-        return Table(f"Receptive field of {self.model} at {height}x{width}", tuple(columns), tuple(rows), footer)
+        size = "x".join(map(str, self.input_shape[2:]))
+        return Table(f"Receptive field of {self.model} at {size}", tuple(columns), tuple(rows), footer)
 
     def _erf_tables(self) -> tuple[Table, ...]:
         if self.erf is None:
@@ -126,17 +128,27 @@ class RfReport:
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"undefined: {reason}" for reason in self.result.reasons]
-        if not self.result.aligned:
+        notes += list(self.result.remarks)
+        if self.result.union:
+            notes.append("the network is not aligned: paths with the same stride but different centres merge, and "
+                         "each field is the hull (union) of their intervals")
+        elif not self.result.aligned:
             notes.append("the network is not aligned: its receptive field depends on the position")
+        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context]
+        if context:
+            notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
+                         "the whole input through a pooled branch (a gate, attention or normalisation statistics)")
         if self.empirical:
-            size = self.empirical.input_size
             compared = sum(check.agrees is not None for check in self.empirical.stages)
             total = len(self.empirical.stages)
             scope = "every stage" if compared == total else f"{compared} of {total} stages (the others have no field)"
             verdict = {True: f"agrees with the analysis on {scope}", False: "DISAGREES with the analysis",
                        None: "could not be compared with the analysis"}[self.empirical.agrees]
+            sizes = sorted({"x".join(map(str, check.input_size)) for check in self.empirical.stages})
             notes.append(f"check: input-gradient support of each stage's centre unit in a linear one-channel replay "
-                         f"at {size[0]}x{size[1]} {verdict}")
+                         f"at {', '.join(sizes)} {verdict}")
+            notes += [f"check of {check.name}: {check.reason}" for check in self.empirical.stages
+                      if check.reason and check.field is not None]
         if self.png:
             notes.append(f"ERF picture written to {self.png}")
         return tuple(notes)
@@ -248,7 +260,11 @@ def load_weights(model: nn.Module, path: Path) -> str:
     return str(path)
 
 
-def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 3, check: bool = False,
+def _size_text(sizes: tuple[int, ...]) -> str:
+    return "x".join(str(size) for size in sizes)
+
+
+def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int = 3, check: bool = False,
               erf: bool = False, erf_samples: int = 8, weights_path: Path | None = None,
               png_path: Path | None = None) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF.
@@ -271,13 +287,13 @@ def rf_report(model: nn.Module, name: str, input_size: Pair, in_channels: int = 
     result = analyze_receptive_field(captured)
     wants_erf = erf or weights_path is not None or png_path is not None
     if wants_erf:
-        ensure_fits(gradient_bytes(captured), f"the effective receptive field at {input_size[0]}x{input_size[1]}",
-                    "lower --input-size")
-    if check:
+        where = _size_text(captured.input_shape[2:])
+        ensure_fits(gradient_bytes(captured), f"the effective receptive field at {where}", "lower --input-size")
+    if check:  # the replay runs at the nominal size, then at most at check_input_size (a field that spills over)
         size = check_input_size(result)
-        ensure_fits(replay_bytes(captured, size), f"--check (a one-channel replay at {size[0]}x{size[1]})",
+        ensure_fits(replay_bytes(captured, size), f"--check (a one-channel replay at {_size_text(size)})",
                     "lower --input-size, or leave out --check")
-    empirical = empirical_check(model, result, in_channels) if check else None
+    empirical = empirical_check(model, captured, result, in_channels) if check else None
     erf_result = None
     if wants_erf:
         weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"

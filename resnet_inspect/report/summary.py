@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.arithmetic import LayerArithmetic, check_layer
+from resnet_inspect.ops.arithmetic import LayerArithmetic, check_layer
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import bytes_text, pair_text, shape_text
@@ -26,10 +26,13 @@ def geometry_text(geometry: Geometry | None) -> str:
             return "-> " + "x".join("=" if size is None else str(size) for size in geometry.output_size)
         return ""
 
-    text = f"{geometry.kernel[0]}x{geometry.kernel[1]}/{pair_text(geometry.stride)} p{pair_text(geometry.padding)}"
+    kernel = "x".join(map(str, geometry.kernel))
+    text = f"{kernel}/{pair_text(geometry.stride)} p{pair_text(geometry.padding)}"
     if geometry.padding_end != geometry.padding:
         text += f"+{pair_text(geometry.padding_end)}"
-    if geometry.dilation != (1, 1):
+    if geometry.padding_mode not in ("zeros", "same", "valid"):
+        text += f" {geometry.padding_mode}"
+    if any(d != 1 for d in geometry.dilation):
         text += f" d{pair_text(geometry.dilation)}"
     if geometry.groups != 1:
         text += f" g{geometry.groups}"
@@ -61,15 +64,15 @@ class LayerCheck:
 
 
 def check_nodes(capture: Capture) -> tuple[LayerCheck, ...]:
-    """Check every windowed operation (module or functional) whose input and output are 4-D."""
+    """Check every windowed operation (module or functional) on its trailing spatial axes."""
     checks = []
     for node in capture.nodes:
         if not node.geometry.kind.has_window or not node.input_shapes:
             continue
-        if len(node.input_shapes[0]) != 4 or len(node.output_shape) != 4:
+        rank = node.geometry.rank
+        if len(node.input_shapes[0]) < rank + 1 or len(node.output_shape) < rank + 1:
             continue
-        observed_in, observed_out = node.input_shapes[0][2:], node.output_shape[2:]
-        check = check_layer(node.geometry, (observed_in[0], observed_in[1]), (observed_out[0], observed_out[1]))
+        check = check_layer(node.geometry, node.input_shapes[0][-rank:], node.output_shape[-rank:])
         if check is not None:
             checks.append(LayerCheck(node, check))
     return tuple(checks)
@@ -82,6 +85,7 @@ class VerifyReport:
     model: str
     input_shape: tuple[int, ...]
     checks: tuple[LayerCheck, ...]
+    capture_warnings: tuple[str, ...] = ()  # what the forward pass could not see (data-dependent branches)
 
     @property
     def failed(self) -> int:
@@ -89,7 +93,8 @@ class VerifyReport:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return tuple(f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings)
+        arithmetic = tuple(f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings)
+        return arithmetic + self.capture_warnings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,13 +117,13 @@ class VerifyReport:
         rows = []
         for item in self.checks:
             check = item.check
-            formula = check.formulas[0] if check.formulas[0] == check.formulas[1] else " ; ".join(check.formulas)
+            formula = check.formulas[0] if len(set(check.formulas)) == 1 else " ; ".join(check.formulas)
             rows.append((
                 item.node.name, item.node.type, geometry_text(item.node.geometry),
                 "adaptive" if check.relation is None else str(check.relation), formula,
                 shape_text(check.expected), shape_text(check.observed),
                 Cell(PASS if check.ok else FAIL, "green" if check.ok else "bold red"),
-                "" if check.dropped == (0, 0) else shape_text(check.dropped),
+                "" if not any(check.dropped) else shape_text(check.dropped),
             ))
         verdict = ("nothing to check: the model has no convolution or pooling layer" if not self.checks
                    else "all layers agree" if not self.failed
@@ -184,6 +189,10 @@ class SummaryReport:
             "model": self.model,
             "input_shape": list(capture.input_shape),
             "output_shape": list(capture.output_shape),
+            "output_shapes": [list(shape) for shape in capture.output_shapes],
+            "output_names": list(capture.output_names),
+            "input_shapes": [list(shape) for shape in capture.input_shapes],
+            "warnings": list(self.warnings),
             "totals": {
                 "params": counts.params, "trainable_params": counts.trainable_params, "macs": counts.macs,
                 "activation_bytes": counts.activation_bytes, "flops": counts.flops,
@@ -260,14 +269,29 @@ class SummaryReport:
                      f"estimated peak inference memory: {bytes_text(counts.peak_memory_bytes)}")
         if self.fields is not None and self.fields.output is not None:
             output = self.fields.output
+            extra = "".join(text for flag, text in (
+                (output.whole, "; every unit sees that whole region (token mixing)"),
+                (output.global_context and not output.whole, "; plus global context through a pooled branch"),
+                (output.union, "; the hull of unaligned paths"),
+            ) if flag)
             lines.append(f"receptive field at the encoder output: {pair_text(output.size)}, effective stride "
-                         f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}")
+                         f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}{extra}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the forward pass could not see: data-dependent branches, values read back."""
+        return self.capture.warnings
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings
                  if not item.check.ok]
+        notes += list(self.warnings)
+        if len(self.capture.output_shapes) > 1:
+            outputs = ", ".join(f"{name or 'output'} {shape_text(shape)}" for name, shape in
+                                zip(self.capture.output_names, self.capture.output_shapes, strict=True))
+            notes.append(f"outputs: {outputs}")
         if self.counts.uncounted_ops:
             unknown = ", ".join(f"{op} x{count}" for op, count in sorted(self.counts.uncounted_ops.items()))
             notes.append(f"no counting rule (0 MACs assumed) for: {unknown}")
@@ -277,7 +301,7 @@ class SummaryReport:
             skipped = ", ".join(f"{op} x{count}" for op, count in sorted(self.fvcore.unsupported_ops.items()))
             notes.append(f"fvcore did not count: {skipped}")
         if self.fields is not None:
-            notes += [f"receptive field: {reason}" for reason in self.fields.reasons]
+            notes += [f"receptive field: {reason}" for reason in (*self.fields.reasons, *self.fields.remarks)]
         return tuple(notes)
 
 

@@ -120,7 +120,7 @@ def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[
     return advance, finish
 
 
-def timing_report(spec: str, batch_sizes: list[int], input_size: tuple[int, int], device: str = "cpu",
+def timing_report(spec: str, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
                   dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
                   progress: Callable[[int], None] | None = None) -> TimingReport:
@@ -135,11 +135,13 @@ def timing_report(spec: str, batch_sizes: list[int], input_size: tuple[int, int]
         time_model,
     )
     from resnet_inspect.capture.loader import load_model
+    from resnet_inspect.capture.trace import input_shape_for
 
     device = resolve_device(device)
     check_dtype(device, dtype)
     model, name = load_model(spec, in_channels=in_channels, device=device)
     channels = in_channels or 3
+    input_size = input_shape_for(model, input_size, 1, channels)[2:]  # an int: every spatial axis of the model
     results = []
     for batch_size in batch_sizes:
         advance, finish = _phase(progress, warmup + repeat)

@@ -7,6 +7,7 @@ pooling ``ceil_mode`` and transposed ``output_padding``. Pure Python: no torch h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resnet_inspect.records import Geometry, OpKind
@@ -35,12 +36,12 @@ class AxisArithmetic:
 class LayerArithmetic:
     """A layer's expected output size (h, w) checked against what the forward pass produced."""
 
-    relation: int | None  # the more general (larger) of the two axes' relations
+    relation: int | None  # the most general (largest) of the axes' relations
     expected: tuple[int, ...]
     observed: tuple[int, ...]
     ok: bool
-    dropped: tuple[int, int]
-    formulas: tuple[str, str]
+    dropped: tuple[int, ...]
+    formulas: tuple[str, ...]
     flags: tuple[str, ...]  # union of the axes' flags
     warnings: tuple[str, ...]  # sentences for the flags worth a warning (lost input, even-kernel padding, ...)
     remarks: tuple[str, ...] = ()  # one sentence per flag (per axis where the axes differ), warnings included
@@ -178,14 +179,17 @@ def solve_padding(i: int, k: int, s: int = 1, d: int = 1) -> list[int]:
     return [p for p in candidates if not _windows_without_input(i, k, s, p, d, target)]
 
 
-def check_layer(geometry: Geometry, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> LayerArithmetic | None:
-    """Check a windowed layer's observed (h, w) against the arithmetic; None for kinds without a window."""
-    if not geometry.kind.has_window:
+def check_layer(geometry: Geometry, input_sizes: Sequence[int], output_sizes: Sequence[int]) -> LayerArithmetic | None:
+    """Check a windowed layer's observed spatial sizes against the arithmetic, one axis at a time.
+
+    None for kinds without a window, or when the observed sizes have another number of axes than the geometry.
+    """
+    if not geometry.kind.has_window or len(input_sizes) != geometry.rank or len(output_sizes) != geometry.rank:
         return None
-    axes = tuple(_axis(geometry, axis, input_hw[axis]) for axis in (0, 1))
+    axes = tuple(_axis(geometry, axis, input_sizes[axis]) for axis in range(geometry.rank))
     relations = [axis.relation for axis, _ in axes if axis.relation is not None]
     expected = tuple(axis.output for axis, _ in axes)
-    observed = tuple(output_hw)
+    observed = tuple(output_sizes)
     flags = {flag for axis, _ in axes for flag in axis.flags}
     remarks = _remarks(geometry.kind, axes)
     return LayerArithmetic(
@@ -193,8 +197,8 @@ def check_layer(geometry: Geometry, input_hw: tuple[int, int], output_hw: tuple[
         expected=expected,
         observed=observed,
         ok=expected == observed,
-        dropped=(axes[0][0].dropped, axes[1][0].dropped),
-        formulas=(axes[0][0].formula, axes[1][0].formula),
+        dropped=tuple(axis.dropped for axis, _ in axes),
+        formulas=tuple(axis.formula for axis, _ in axes),
         flags=tuple(flag for flag in FLAGS if flag in flags),
         warnings=tuple(sentence for sentence, is_warning in remarks if is_warning),
         remarks=tuple(sentence for sentence, _ in remarks),
@@ -234,16 +238,28 @@ def _axis(geometry: Geometry, axis: int, size: int) -> tuple[AxisArithmetic, _Wi
     return pool_output(size, k, s, p, d, geometry.ceil_mode, p_end), window
 
 
-_NOUNS = (("row", "rows", "height"), ("column", "columns", "width"))
-_BOTH = ("row and column", "rows and columns", "height and width")
+# (singular, plural, dimension) per axis, by the number of spatial axes; and for all axes at once.
+_NOUNS = {
+    1: (("position", "positions", "length"),),
+    2: (("row", "rows", "height"), ("column", "columns", "width")),
+    3: (("slice", "slices", "depth"), ("row", "rows", "height"), ("column", "columns", "width")),
+}
+_ALL = {
+    1: ("position", "positions", "length"),
+    2: ("row and column", "rows and columns", "height and width"),
+    3: ("slice, row and column", "slices, rows and columns", "depth, height and width"),
+}
 
 
 def _remarks(kind: OpKind, axes: tuple[tuple[AxisArithmetic, _Window], ...]) -> tuple[tuple[str, bool], ...]:
-    """One (sentence, is_warning) per flag; a square layer gets one sentence for both axes.
+    """One (sentence, is_warning) per flag; a layer equal on every axis gets one sentence for all of them.
 
     Keeping the size and a floor that drops only padding are remarks, not warnings: every ResNet does both.
     """
-    named = [(axes[0], _BOTH)] if axes[0] == axes[1] else list(zip(axes, _NOUNS, strict=True))
+    rank = len(axes)
+    same = all(axis == axes[0] for axis in axes)
+    nouns = _NOUNS.get(rank) or tuple((f"axis-{a} unit", f"axis-{a} units", f"axis {a}") for a in range(rank))
+    named = [(axes[0], _ALL.get(rank, nouns[0]))] if same else list(zip(axes, nouns, strict=True))
     return tuple(
         (_sentence(flag, kind, arithmetic, window, nouns), _is_warning(flag, arithmetic, window))
         for flag in FLAGS

@@ -1,0 +1,241 @@
+"""The operation table: everything the tool knows about one operation, in one entry.
+
+An entry says how the operation is matched (module base classes, function names), its geometry and the
+arguments its rules need, a fast output-shape rule for the meta pass, its multiply-accumulates, its
+receptive-field rule and its one-channel replay for the gradient check. The capture reads the matching,
+geometry and shape parts; the analyses read the rest. The built-in entries go through :func:`register_op`
+exactly as a user's do (fvcore's ``set_op_handle`` and torch's ``register_flop_formula`` are the models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from resnet_inspect.ops.fields import Layout, NodeField
+from resnet_inspect.records import Geometry, OpKind, OpNode, Shape
+
+
+@dataclass
+class Call:
+    """One call as the capture saw it: the module (None for a function), its arguments and tensor shapes.
+
+    ``input_shapes`` are those of every tensor argument, in order (tracked or not); ``output_shapes`` those of
+    the result (empty while the shape rule runs).
+    """
+
+    module: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    input_shapes: tuple[Shape, ...] = ()
+    output_shapes: tuple[Shape, ...] = ()
+    tensor_nodes: tuple[int | None, ...] = ()  # the graph node that produced each tensor argument (None: untracked)
+    name: str = ""  # the function's own name, e.g. "__iadd__" or "relu_" (the in-place forms matter to shapes)
+
+    def arg(self, position: int, name: str, default: Any = None) -> Any:
+        """A functional call's argument, passed by keyword or by position."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        return self.args[position] if len(self.args) > position else default
+
+
+@dataclass(frozen=True)
+class FieldState:
+    """What the receptive-field analysis knows of one tensor: where its spatial axes are and their field."""
+
+    layout: Layout
+    field: NodeField
+
+
+@dataclass
+class ReplayCall:
+    """One operation of the one-channel replay: its node, its inputs' values (1, 1, *grid) and layouts."""
+
+    node: OpNode
+    values: list[Any]  # float64 tensors, one channel, the spatial grid as trailing dims
+    inputs: Sequence[FieldState]
+    output: FieldState
+
+
+Describe = Callable[[Call], tuple[Geometry, dict[str, Any]]]
+ShapeRule = Callable[[Call], Any]  # returns the meta result, or NotImplemented to run torch's own kernel
+MacsRule = Callable[[OpNode], int]
+FieldRule = Callable[[OpNode, Sequence[FieldState]], FieldState]
+ReplayRule = Callable[[ReplayCall], Any]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One operation. ``name`` is the entry's key (a node's ``op``); ``kind`` labels it in reports.
+
+    - ``modules``: module classes matched with ``isinstance`` (base classes such as ``_ConvNd`` cover 1-D, 2-D
+      and 3-D). A module whose class overrides the matched class's ``forward`` is not taken as this operation:
+      the capture looks inside and checks what it really runs.
+    - ``functions``: normalised function names (``conv2d``, ``add`` for ``x + y`` and ``x += y``).
+    - ``describe``: the call's geometry and the arguments the rules need (``attrs``).
+    - ``shape``: an output-shape rule for the meta pass, where torch's own meta kernel is slow to import.
+    - ``macs``: multiply-accumulates of one call, from the node's shapes and attrs; None counts 0.
+    - ``field``: the receptive-field rule; raises ``Undefined`` with a reason when there is none.
+    - ``replay``: the operation on a one-channel float64 map, for the input-gradient check.
+    - ``constant``: the output does not depend on the input's values (``zeros_like``): not tracked.
+    """
+
+    name: str
+    kind: OpKind
+    field: FieldRule
+    modules: tuple[type, ...] = ()
+    functions: tuple[str, ...] = ()
+    describe: Describe | None = None
+    shape: ShapeRule | None = None
+    macs: MacsRule | None = None
+    replay: ReplayRule | None = None
+    constant: bool = False
+    doc: str = ""
+
+    @property
+    def checked(self) -> bool:
+        """Windowed operations, whose output size `verify` checks against the arithmetic."""
+        return self.kind.has_window
+
+    def geometry(self, call: Call) -> tuple[Geometry, dict[str, Any]]:
+        if self.describe is None:
+            return Geometry(self.kind), {}
+        return self.describe(call)
+
+
+@dataclass
+class _Table:
+    entries: dict[str, OpSpec] = field(default_factory=dict)
+    by_function: dict[str, OpSpec] = field(default_factory=dict)
+    module_entries: list[OpSpec] = field(default_factory=list)  # user entries first, then built-ins
+    loaded: bool = False
+
+
+_TABLE = _Table()
+
+
+def register_op(spec: OpSpec, *, replace: bool = False) -> OpSpec:
+    """Add ``spec`` to the table (a user's entry is matched before the built-in ones).
+
+    An entry with the same name, or a function name another entry claims, raises ValueError unless
+    ``replace=True``, which takes the name and the function names over.
+    """
+    _load_builtins()
+    return _register(spec, replace=replace, first=True)
+
+
+def _register(spec: OpSpec, *, replace: bool, first: bool) -> OpSpec:
+    if not spec.modules and not spec.functions:
+        raise ValueError(f"operation {spec.name!r} matches nothing: give modules or functions")
+    if not replace:
+        if spec.name in _TABLE.entries:
+            raise ValueError(f"operation {spec.name!r} is already registered (pass replace=True to override it)")
+        taken = [name for name in spec.functions if name in _TABLE.by_function]
+        if taken:
+            owner = _TABLE.by_function[taken[0]].name
+            raise ValueError(f"function {taken[0]!r} is already matched by operation {owner!r}")
+    old = _TABLE.entries.get(spec.name)
+    if old is not None:
+        _TABLE.module_entries = [entry for entry in _TABLE.module_entries if entry is not old]
+        for name in old.functions:
+            _TABLE.by_function.pop(name, None)
+    _TABLE.entries[spec.name] = spec
+    for name in spec.functions:
+        _TABLE.by_function[name] = spec
+    if spec.modules:
+        if first:
+            _TABLE.module_entries.insert(0, spec)
+        else:
+            _TABLE.module_entries.append(spec)
+    return spec
+
+
+def unregister_op(name: str) -> None:
+    """Remove a user's entry (built-in entries can be replaced, not removed)."""
+    _load_builtins()
+    spec = _TABLE.entries.pop(name)
+    _TABLE.module_entries = [entry for entry in _TABLE.module_entries if entry is not spec]
+    for function in spec.functions:
+        if _TABLE.by_function.get(function) is spec:
+            del _TABLE.by_function[function]
+    from resnet_inspect.ops.builtin import builtin_ops
+
+    for builtin in builtin_ops():  # a replaced built-in comes back
+        if builtin.name == name:
+            _register(builtin, replace=True, first=False)
+
+
+def _load_builtins() -> None:
+    if _TABLE.loaded:
+        return
+    _TABLE.loaded = True
+    from resnet_inspect.ops.builtin import UNKNOWN_OP, builtin_ops
+
+    for spec in builtin_ops():
+        _register(spec, replace=False, first=False)
+    _TABLE.entries[UNKNOWN_OP.name] = UNKNOWN_OP
+
+
+def get_op(name: str) -> OpSpec:
+    """The entry called ``name`` (the ``unknown`` entry for a name the table has lost)."""
+    _load_builtins()
+    return _TABLE.entries.get(name) or _TABLE.entries["unknown"]
+
+
+def ops() -> tuple[OpSpec, ...]:
+    """Every entry, in matching order for modules."""
+    _load_builtins()
+    return tuple(_TABLE.entries.values())
+
+
+def op_for_function(name: str) -> OpSpec | None:
+    _load_builtins()
+    return _TABLE.by_function.get(name)
+
+
+def _stock_forward(module: Any, spec: OpSpec) -> bool:
+    """The module runs the matched class's own forward: the first class in its MRO that the entry names or that
+    torch.nn defines."""
+    for cls in type(module).__mro__:
+        if cls in spec.modules or cls.__module__.startswith("torch.nn."):
+            return type(module).forward is cls.forward
+    return True
+
+
+def op_for_module(module: Any) -> OpSpec | None:
+    """The entry that takes ``module`` as one operation, or None to look inside it."""
+    _load_builtins()
+    for spec in _TABLE.module_entries:
+        if isinstance(module, spec.modules):
+            return spec if _stock_forward(module, spec) else None
+    return None
+
+
+def function_name(func: Any) -> str:
+    """Normalised operation name: `Tensor.__iadd__` -> "add", `relu_` -> "relu", `Tensor.__matmul__` -> "matmul"."""
+    name = getattr(func, "__name__", None) or str(func)
+    name = name.strip("_")
+    return _DUNDER_ALIASES.get(name, name)
+
+
+_DUNDER_ALIASES = {
+    "radd": "add", "iadd": "add", "rsub": "sub", "isub": "sub", "rmul": "mul", "imul": "mul", "truediv": "div",
+    "rtruediv": "div", "itruediv": "div", "rmatmul": "matmul", "floordiv": "div", "rfloordiv": "div",
+    "ifloordiv": "div", "ipow": "pow", "rpow": "pow",
+}
+
+
+__all__ = [
+    "Call",
+    "FieldState",
+    "OpSpec",
+    "ReplayCall",
+    "function_name",
+    "get_op",
+    "op_for_function",
+    "op_for_module",
+    "ops",
+    "register_op",
+    "unregister_op",
+]
