@@ -194,6 +194,40 @@ def test_the_meta_pass_imports_neither_torch_dynamo_nor_sympy():
     assert output.strip() == "[]"
 
 
+def test_nor_does_a_pass_over_layer_norm_gates_and_attention():
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        import torch.nn.functional as F
+        from torch import nn
+        from resnet_inspect.capture.trace import capture
+
+        class Modern(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 16, 4, stride=4)
+                self.norm, self.group = nn.LayerNorm(16), nn.GroupNorm(4, 16)
+                self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+            def forward(self, x):
+                x = self.group(self.conv(x))
+                x = x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+                tokens = self.norm(x.flatten(2).transpose(1, 2))
+                tokens = tokens + self.attention(tokens, tokens, tokens, need_weights=False)[0]
+                q = k = v = tokens.unsqueeze(1)
+                mixed = F.scaled_dot_product_attention(q, k, v) + torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+                return mixed.mean(2)
+
+        with torch.device("meta"):
+            model = Modern()
+        capture(model, 64)
+        print(sorted(name for name in ("torch._dynamo", "sympy") if name in sys.modules))
+        """
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
 conv_configs = st.fixed_dictionaries({
     "size": st.tuples(st.integers(1, 40), st.integers(1, 40)),
     "kernel": st.tuples(st.integers(1, 7), st.integers(1, 7)),

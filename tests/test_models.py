@@ -403,3 +403,15 @@ def test_convolutions_start_with_kaiming_normal_fan_out_weights() -> None:
     conv = get_model("resnet20").encoder.layers[2].blocks[1].blocks[0].conv  # 64 -> 64, 3x3
     expected_std = math.sqrt(2.0 / (64 * 3 * 3))
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_listed_parameter_count_is_the_built_models_own(name):
+    """`list` counts parameters from the configuration, without building: the count must be the model's."""
+    from resnet_inspect.models.resnet import CONFIGS, parameter_count
+
+    with torch.device("meta"):
+        default = get_model(name)
+        other = get_model(name, in_channels=1, num_classes=7)
+    assert model_spec(name).params == sum(p.numel() for p in default.parameters())
+    assert parameter_count(CONFIGS[name], 1, 7) == sum(p.numel() for p in other.parameters())

@@ -168,11 +168,32 @@ def test_the_convolution_shape_rule_matches_torch_in_one_two_and_three_dimension
     (F.adaptive_avg_pool3d, (torch.zeros(2, 3, 4, 9, 7), 2)),
     (torch.mean, (torch.zeros(2, 3, 9, 7), (2, 3), True)),
     (F.batch_norm, (torch.zeros(2, 3, 4, 4), torch.zeros(3), torch.ones(3))),
+    (F.layer_norm, (torch.zeros(2, 5, 8), (8,), torch.ones(8))),
+    (F.group_norm, (torch.zeros(2, 8, 3, 3), 4)),
+    (torch.softmax, (torch.zeros(2, 3, 5), -1)),
+    (torch.matmul, (torch.zeros(2, 1, 4, 5), torch.zeros(3, 5, 6))),
+    (torch.bmm, (torch.zeros(2, 4, 5), torch.zeros(2, 5, 6))),
+    (F.scaled_dot_product_attention, (torch.zeros(2, 3, 7, 8), torch.zeros(2, 3, 9, 8), torch.zeros(2, 3, 9, 4))),
 ])
 def test_the_fast_shape_rules_match_torchs_kernels(function, args):
     rule = _outcome(_by_rule(function, *args))
     assert rule != "rejected", "the rule should answer here"
     assert rule == _outcome(lambda: function(*args))
+
+
+@pytest.mark.parametrize("need_weights, average", [(True, True), (True, False), (False, True)])
+def test_the_multi_head_attention_shape_rule_matches_torch(need_weights, average):
+    module = nn.MultiheadAttention(16, 2).eval()
+    query, key = torch.zeros(5, 2, 16), torch.zeros(7, 2, 16)
+    args = (query, key, key, 16, 2, module.in_proj_weight, module.in_proj_bias, None, None, False, 0.0,
+            module.out_proj.weight, module.out_proj.bias)
+    options = {"training": False, "need_weights": need_weights, "average_attn_weights": average}
+    with torch.no_grad():
+        real = F.multi_head_attention_forward(*args, **options)
+    rule = meta_result(F.multi_head_attention_forward,
+                       [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args], options)
+    assert [None if t is None else tuple(t.shape) for t in rule] == [None if t is None else tuple(t.shape)
+                                                                      for t in real]
 
 
 # ------------------------------------------------------------------------------------ semantics, per pattern

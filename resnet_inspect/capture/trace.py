@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 # Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
 _META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "not implemented for")
+# Tensor metadata: answered at once, never recorded.
+_METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride", "element_size", "is_contiguous",
+                       "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
+                       "__format__", "__repr__", "storage_offset"})
 # Calls that read a tensor's values back into Python: control flow may depend on them.
 _VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero", "len"})
 INPUT_OP = "input"
@@ -57,7 +61,7 @@ def named_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
 
 
 def shape_of(tensor: torch.Tensor) -> Shape:
-    return tuple(int(size) for size in tensor.shape)
+    return tuple(tensor.shape)
 
 
 def _unique(tensors: list[Any]) -> list[Any]:
@@ -124,6 +128,7 @@ class _Recorder:
     op_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
+    current_call: tuple[Any, Any] = ((), {})  # its arguments
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -155,6 +160,13 @@ class _Recorder:
         count = self.op_counts.get(base, 1 if base in self.module_names else 0)
         self.op_counts[base] = count + 1
         return base if count == 0 else f"{base}_{count}"
+
+    def layer_behind(self, node: int) -> str:
+        """The nearest module call upstream of ``node`` (following first inputs), else the node's own name."""
+        current: OpNode | None = self.nodes[node]
+        while current is not None and current.record is None and current.inputs:
+            current = self.nodes[current.inputs[0]]
+        return current.name if current is not None and current.record is not None else self.nodes[node].name
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -193,16 +205,22 @@ def _function_mode(recorder: _Recorder) -> Any:
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
+            raw_name = getattr(func, "__name__", "")
+            if raw_name in _METADATA:  # .shape, .dim(), .dtype: nothing to record, and called very often
+                return func(*args, **kwargs)
             name = function_name(func)
             spec = op_for_function(name)
-            raw_name = getattr(func, "__name__", "")
             call = Call(None, tuple(args), kwargs, name=raw_name)
-            recorder.current_op = name
+            if not recorder.opaque_depth:
+                recorder.current_op, recorder.current_call = name, (args, kwargs)
             result = _fast_result(spec, call, recorder.exact_checked_shapes)
             if result is NotImplemented:
                 result = func(*args, **kwargs)
             recorder.current_op = ""
             if recorder.opaque_depth:
+                return result
+            outputs = tensors_in(result)
+            if not outputs and name not in _VALUE_READS:
                 return result
             tensors = tensors_in(list(args)) + tensors_in(kwargs)
             tracked = [t for t in tensors if id(t) in recorder.producers]
@@ -210,9 +228,10 @@ def _function_mode(recorder: _Recorder) -> Any:
                 return result
             if name in _VALUE_READS:
                 where = recorder.scope() or "the model's forward"
-                recorder.warn(f"{where} reads a tensor's value ({raw_name or name}) to decide what to run; the pass "
-                              "used an all-zero input, so a branch taken only for other inputs is not in this report")
-            outputs = tensors_in(result)
+                source = recorder.layer_behind(recorder.producers[id(tracked[0])])
+                recorder.warn(f"{where} reads the value of {source} ({raw_name or name}) to decide what to run; the "
+                              "pass used an all-zero input, so a branch taken only for other inputs is not in this "
+                              "report")
             if not outputs or (spec is not None and spec.constant):
                 return result
             spec = spec or get_op("unknown")
@@ -322,14 +341,17 @@ def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
 
 def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
     """A one-line error naming the layer (or the operation) that was running and the shape it got."""
-    running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    operation = f"{recorder.current_op} in " if recorder.current_op and not recorder.opaque_depth else ""
+    if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
+        scope = recorder.stack[-1].name if recorder.stack else "the model's forward"
+        args, kwargs = recorder.current_call
+        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors_in(list(args)) + tensors_in(kwargs))
+        return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
+    running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
     if running is None:
-        prefix = f"{recorder.current_op}: " if recorder.current_op else ""
-        return ForwardError(f"forward pass failed before any layer ran: {prefix}{reason}")
+        return ForwardError(f"forward pass failed before any layer ran: {reason}")
     shape = running.input_shapes[0] if running.input_shapes else ()
-    where = f"{operation}{running.name} ({type(running.module).__name__})"
+    where = f"{running.name} ({type(running.module).__name__})"
     if shape:
         where += f" with input {'x'.join(map(str, shape))}"
     geometry = running.geometry

@@ -25,6 +25,7 @@ class ModelSpec:
     stages: tuple[int, ...]  # residual blocks per stage
     default_input_size: int  # side of the square input the model was designed for (224, or 32 for CIFAR)
     default_num_classes: int
+    params: int = 0  # parameters at 3 input channels and the default classes, counted from the configuration
 
 
 @dataclass(frozen=True)

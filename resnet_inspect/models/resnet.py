@@ -217,8 +217,42 @@ def build_resnet(config: ResNetConfig, in_channels: int = 3, num_classes: int | 
     )
 
 
+def parameter_count(config: ResNetConfig, in_channels: int = 3, num_classes: int | None = None) -> int:
+    """The parameters ``build_resnet(config, ...)`` creates, counted from the configuration without building it.
+
+    Mirrors the builder layer by layer (the tests check it against the built model for every registered name):
+    convolutions carry no bias (a BatchNorm with a weight and a bias follows each), projection shortcuts are a
+    1x1 conv and a BatchNorm, zero-pad shortcuts have none, and the head is a Linear with a bias.
+    """
+    classes = config.stem.default_num_classes if num_classes is None else num_classes
+    first = config.widths[0]
+    stem_kernel = 7 if config.stem is Stem.IMAGENET else 3
+    total = in_channels * first * stem_kernel**2 + 2 * first
+    expansion = config.block.block_class.expansion
+    channels = first
+    for index, (width, depth) in enumerate(zip(config.widths, config.depths, strict=True)):
+        expanded = width * expansion
+        for position in range(depth):
+            strided = index > 0 and position == 0
+            if config.block is BlockType.BASIC:
+                total += 9 * channels * width + 2 * width + 9 * width * width + 2 * width
+            else:
+                inner = int(width * config.width_per_group / 64) * config.groups
+                total += channels * inner + 2 * inner  # 1x1
+                total += 9 * inner * (inner // config.groups) + 2 * inner  # grouped 3x3
+                total += inner * expanded + 2 * expanded  # 1x1 expansion
+            if (channels != expanded or strided) and config.shortcut is ShortcutType.PROJECTION:
+                total += channels * expanded + 2 * expanded
+            channels = expanded
+    return total + channels * classes + classes
+
+
+CONFIGS: dict[str, ResNetConfig] = {}  # every registered name's configuration
+
+
 def _register(name: str, family: str, config: ResNetConfig) -> None:
     """Register ``name`` as a factory that builds ``config``."""
+    CONFIGS[name] = config
     spec = ModelSpec(
         name=name,
         family=family,
@@ -226,6 +260,7 @@ def _register(name: str, family: str, config: ResNetConfig) -> None:
         stages=config.depths,
         default_input_size=config.stem.default_input_size,
         default_num_classes=config.stem.default_num_classes,
+        params=parameter_count(config),
     )
 
     @register_model(spec)

@@ -631,6 +631,72 @@ def shape_max_pool(call: Call) -> Any:
     return meta_empty((*x.shape[:2], *output), x)
 
 
+def shape_same(call: Call) -> Any:
+    """Normalisation and softmax keep the input's shape (and dtype)."""
+    import torch
+
+    x = call.args[0]
+    extra = [a for a in call.args[1:] if isinstance(a, torch.Tensor)] + [
+        v for v in call.kwargs.values() if isinstance(v, torch.Tensor)]
+    if any(t.dtype != x.dtype for t in extra) or call.kwargs.get("dtype") is not None:
+        return NotImplemented
+    return meta_empty(x.shape, x)
+
+
+def shape_layer_norm(call: Call) -> Any:
+    x, normalized = call.args[0], call.arg(1, "normalized_shape", ())
+    normalized = (normalized,) if isinstance(normalized, int) else tuple(normalized)
+    weight = call.arg(2, "weight")
+    if tuple(x.shape[x.dim() - len(normalized):]) != normalized or (
+            weight is not None and tuple(weight.shape) != normalized):
+        return NotImplemented
+    return shape_same(call)
+
+
+def shape_group_norm(call: Call) -> Any:
+    x, groups = call.args[0], call.arg(1, "num_groups")
+    if x.dim() < 2 or not isinstance(groups, int) or groups < 1 or x.shape[1] % groups:
+        return NotImplemented
+    return shape_same(call)
+
+
+def shape_matmul(call: Call) -> Any:
+    """Batched matrix product with broadcast batch dimensions (1-D operands left to torch)."""
+    first, second = call.args[0], call.args[1] if len(call.args) > 1 else call.kwargs.get("other")
+    if first.dim() < 2 or second.dim() < 2 or first.shape[-1] != second.shape[-2] or first.dtype != second.dtype:
+        return NotImplemented
+    if call.name.strip("_") == "bmm" and (first.dim() != 3 or second.dim() != 3 or first.shape[0] != second.shape[0]):
+        return NotImplemented
+    batch = broadcast_shapes(tuple(first.shape[:-2]), tuple(second.shape[:-2]))
+    return meta_empty((*batch, first.shape[-2], second.shape[-1]), first)
+
+
+def shape_sdpa(call: Call) -> Any:
+    query, key, value = call.args[0], call.arg(1, "key"), call.arg(2, "value")
+    if query.dim() < 2 or key.shape[-1] != query.shape[-1] or key.shape[-2] != value.shape[-2] or len(
+            {query.dtype, key.dtype, value.dtype}) != 1 or call.arg(3, "attn_mask") is not None:
+        return NotImplemented
+    batch = broadcast_shapes(tuple(query.shape[:-2]), tuple(key.shape[:-2]))
+    return meta_empty((*batch, query.shape[-2], value.shape[-1]), query)
+
+
+def shape_mha_forward(call: Call) -> Any:
+    """F.multi_head_attention_forward, sequence first: (L, N, E) out, and the weights (N, L, S) averaged over the
+    heads, (N, heads, L, S) otherwise, or None."""
+    query, key = call.args[0], call.arg(1, "key")
+    heads = call.arg(4, "num_heads")
+    if query.dim() not in (2, 3) or key.dim() != query.dim() or not isinstance(heads, int) or any(
+            call.arg(position, name) is not None for position, name in ((7, "bias_k"), (16, "attn_mask"))):
+        return NotImplemented
+    output = meta_empty(query.shape, query)
+    if not call.arg(15, "need_weights", True):
+        return output, None
+    target, source = query.shape[0], key.shape[0]
+    batch = (query.shape[1],) if query.dim() == 3 else ()
+    head = () if call.arg(23, "average_attn_weights", True) else (heads,)
+    return output, meta_empty((*batch, *head, target, source), query)
+
+
 # -------------------------------------------------------------------------------------------- field rules
 
 
@@ -726,13 +792,14 @@ def builtin_ops() -> list[OpSpec]:
                describe=describe_linear, shape=shape_linear, macs=linear_macs, replay=rules.replay_as_analysed,
                doc="linear layer on the last dimension"),
         OpSpec("multihead_attention", OpKind.ATTENTION, rules.attention, modules=(nn.MultiheadAttention,),
-               describe=describe_mha, macs=mha_macs, replay=rules.replay_as_analysed,
+               functions=("multi_head_attention_forward",), shape=shape_mha_forward, describe=describe_mha,
+               macs=mha_macs, replay=rules.replay_as_analysed,
                doc="nn.MultiheadAttention: projections and attention over the sequence"),
         OpSpec("attention", OpKind.ATTENTION, rules.attention, functions=("scaled_dot_product_attention",),
-               describe=describe_sdpa, macs=sdpa_macs, replay=rules.replay_as_analysed,
+               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=rules.replay_as_analysed,
                doc="scaled dot-product attention over dimension -2"),
         OpSpec("matmul", OpKind.MATMUL, rules.einsum_like, functions=("matmul", "mm", "bmm"),
-               describe=describe_matmul, macs=einsum_macs, replay=rules.replay_as_analysed,
+               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=rules.replay_as_analysed,
                doc="matrix product: mixes positions it contracts or pairs"),
         OpSpec("addmm", OpKind.MATMUL, rules.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
                describe=describe_addmm, macs=einsum_macs, replay=rules.replay_as_analysed,
@@ -748,19 +815,19 @@ def builtin_ops() -> list[OpSpec]:
                describe=_describe_function_norm("batch_norm"), shape=shape_batch_norm,
                replay=rules.replay_identity, doc="batch norm: position-wise with running statistics"),
         OpSpec("layer_norm", OpKind.NORM, rules.normalised, functions=("layer_norm", "rms_norm"),
-               describe=_describe_function_norm("layer_norm"), replay=rules.replay_identity,
+               describe=_describe_function_norm("layer_norm"), shape=shape_layer_norm, replay=rules.replay_identity,
                doc="layer norm over the trailing dimensions"),
         OpSpec("group_norm", OpKind.NORM, rules.normalised, functions=("group_norm",),
-               describe=_describe_function_norm("group_norm"), replay=rules.replay_identity,
+               describe=_describe_function_norm("group_norm"), shape=shape_group_norm, replay=rules.replay_identity,
                doc="group norm: statistics over channels and positions"),
         OpSpec("instance_norm", OpKind.NORM, rules.normalised, functions=("instance_norm",),
                describe=_describe_function_norm("instance_norm"), replay=rules.replay_identity,
                doc="instance norm: statistics over positions"),
         OpSpec("softmax", OpKind.NORM, rules.normalised, functions=("softmax", "log_softmax", "softmin"),
-               describe=_describe_function_norm("softmax"), replay=rules.replay_identity,
+               describe=_describe_function_norm("softmax"), shape=shape_same, replay=rules.replay_identity,
                doc="softmax over one dimension"),
         OpSpec("normalize", OpKind.NORM, rules.normalised, functions=("normalize",),
-               describe=_describe_function_norm("normalize"), replay=rules.replay_identity,
+               describe=_describe_function_norm("normalize"), shape=shape_same, replay=rules.replay_identity,
                doc="F.normalize over one dimension"),
         OpSpec("upsample", OpKind.UPSAMPLE, rules.upsampled, modules=(nn.Upsample,),
                functions=("interpolate", "upsample", "upsample_nearest"), describe=describe_interpolate,

@@ -71,6 +71,7 @@ class RfReport:
             "output": self.result.to_json(),
             "aligned": self.result.aligned,
             "union": self.result.union,
+            "remarks": list(self.result.remarks),
             "reasons": list(self.result.reasons),
             "empirical": self._empirical_dict(),
             "erf": {**self.erf.to_dict(), "png": self.png} if self.erf else None,
