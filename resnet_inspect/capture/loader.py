@@ -2,8 +2,9 @@
 `package.module:factory`.
 
 A spec other than a registry name imports and runs code, exactly as `python path/to/file.py` would: it must
-never come from untrusted input. The factory is called once, with no arguments beyond the `--in-channels` and
-`--num-classes` the user gave; the attribute may also be a module instance, which is used as it is.
+never come from untrusted input. The factory is called once, with no arguments beyond the `--in-channels` (where
+it takes that parameter) and `--num-classes` the user gave; the attribute may also be a module instance, which
+is used as it is.
 """
 
 from __future__ import annotations
@@ -111,22 +112,27 @@ def _parameters(factory: Callable[..., Any]) -> dict[str, pyinspect.Parameter] |
         return None
 
 
-def _check_call(spec: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
-    """A factory gets exactly the options the user gave: each must be a parameter, and nothing else required."""
+def _call_options(spec: str, factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options the factory is called with; refuses a factory that needs other arguments.
+
+    ``num_classes`` must be a parameter (or ``**kwargs``): --num-classes would otherwise be ignored without a
+    word. ``in_channels`` is given only where accepted: --in-channels also sets the input's channels.
+    """
     parameters = _parameters(factory)
     if parameters is None:
-        return
+        return options
     takes_any = any(p.kind is pyinspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    for key in options:
-        if not takes_any and key not in parameters:
-            raise FactoryError(f"{spec} has no parameter '{key}', so --{key.replace('_', '-')} cannot be applied; "
-                               "leave the option out or add the parameter to the factory")
+    if "num_classes" in options and not takes_any and "num_classes" not in parameters:
+        raise FactoryError(f"{spec} has no parameter 'num_classes', so --num-classes cannot be applied; "
+                           "leave the option out or add the parameter to the factory")
+    accepted = {key: value for key, value in options.items() if takes_any or key in parameters}
     required = [name for name, p in parameters.items()
-                if p.default is pyinspect.Parameter.empty and name not in options
+                if p.default is pyinspect.Parameter.empty and name not in accepted
                 and p.kind not in (pyinspect.Parameter.VAR_POSITIONAL, pyinspect.Parameter.VAR_KEYWORD)]
     if required:
         raise FactoryError(f"{spec} needs arguments {', '.join(required)}: give them defaults, or point MODEL at a "
                            "factory that takes none")
+    return accepted
 
 
 def default_input_size(spec: str) -> int:
@@ -160,10 +166,10 @@ def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
         close = difflib.get_close_matches(name, names, n=_CLOSE_MATCHES, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; `{package}` lists {len(names)} models"
         raise ModelNotFoundError(f"unknown {package} model '{name}'{hint}")
-    if package == "torchvision" and "in_channels" in options:
-        raise FactoryError(f"{spec} takes no in_channels: torchvision's classification models read 3 channels")
-    if package == "timm" and "in_channels" in options:
-        options["in_chans"] = options.pop("in_channels")
+    if "in_channels" in options:  # timm builds for any channel count; torchvision's models read 3
+        channels = options.pop("in_channels")
+        if package == "timm":
+            options["in_chans"] = channels
     try:
         with _user_code(spec):
             return build()
@@ -220,14 +226,13 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
             return _check_usable(spec, _ecosystem_model(spec, options)), spec
     factory = resolve_factory(spec)
     if isinstance(factory, torch.nn.Module):  # a module instance: used as it is, never called
-        if options:
-            raise FactoryError(f"{spec} is a module instance, not a factory: --in-channels and --num-classes "
-                               "cannot be applied to it")
+        if "num_classes" in options:
+            raise FactoryError(f"{spec} is a module instance, not a factory: --num-classes cannot be applied to it")
         return _check_usable(spec, factory), spec
-    _check_call(spec, factory, options)
+    accepted = _call_options(spec, factory, options)
     try:
         with real_device, _user_code(spec):
-            model = factory(**options)
+            model = factory(**accepted)
     except FactoryError:
         raise
     except Exception as exc:

@@ -40,6 +40,16 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
+class SummaryFormat(StrEnum):
+    """`summary` also writes a self-contained HTML page."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    html = "html"
+
+
 def one_line(message: str) -> str:
     """The first line of ``message`` with its runs of white space collapsed."""
     return " ".join(message.strip().split("\n")[0].split())
@@ -289,12 +299,39 @@ def _report_console(stream: Any) -> Any:
     return console
 
 
-def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> None:
+def check_distinct_outputs(report: Path | None, **pictures: Path | None) -> None:
+    """A picture (``--png``, ``--plot``) needs a file of its own: not standard output, not the report's, not
+    another picture's. Keyword names are the options' names without the dashes."""
+    from resnet_inspect.render.files import is_stdout, same_file
+
+    named = {"-o": report, **{f"--{option}": path for option, path in pictures.items()}}
+    for option, path in pictures.items():
+        if path is not None and is_stdout(path):
+            raise BadInputError(f"--{option} needs a file name: the picture cannot go to standard output")
+    options = [option for option, path in named.items() if path is not None]
+    for position, first in enumerate(options):
+        for second in options[position + 1:]:
+            if same_file(named[first], named[second]):
+                raise BadInputError(f"{first} and {second} both name {named[second]}: one would overwrite the other")
+
+
+def check_plot_path(plot: Path | None) -> None:
+    """Fail before any work when --plot has an unknown ending, matplotlib is missing, or the file can't be written."""
+    if plot is None:
+        return
+    from resnet_inspect.render.plot import plot_format, require_matplotlib
+
+    plot_format(plot)
+    require_matplotlib()
+    check_output_path(plot)
+
+
+def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | None = None) -> None:
     """Render ``report`` in ``fmt``; print it (``-o -`` too), or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables
     from resnet_inspect.render.files import is_stdout, write_output
 
-    fmt_name = fmt.value if isinstance(fmt, OutputFormat) else fmt
+    fmt_name = fmt.value if isinstance(fmt, StrEnum) else fmt
     if output is not None and not is_stdout(output):
         write_output(output, render(report, fmt_name))
         return

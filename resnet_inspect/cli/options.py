@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli.common import OutputFormat
+from resnet_inspect.cli.common import OutputFormat, SummaryFormat
 
 MODEL_HELP = ("A registry name (see `resnet-inspect list`), torchvision:NAME, timm:NAME, path/to/file.py:factory or "
               "package.module:factory. A spec imports and runs that code, like `python file.py`: never take one "
@@ -19,6 +19,8 @@ ChannelsOption = typer.Option(None, "--in-channels", help="Input channels (defau
 ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (given to the factory).",
                              show_default=False)
 FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
+SummaryFormatOption = typer.Option(SummaryFormat.table, "--format", "-f", help="Output format (html: one "
+                                   "self-contained page with the layer tree, totals and pictures; use -o FILE).")
 OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing; - is "
                             "stdout).",
                             show_default=False)
