@@ -220,7 +220,15 @@ def test_png_and_output_on_the_same_file_are_refused_before_any_work(tmp_path):
     target = tmp_path / "out"
     result = runner.invoke(app, ["rf", "resnet20", "--png", str(target), "-o", str(target)])
     assert result.exit_code == 2
-    assert result.stderr == f"error: --png and -o both name {target}: one would overwrite the other\n"
+    assert result.stderr == f"error: -o and --png both name {target}: one would overwrite the other\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plot_and_a_picture_on_the_same_file_are_refused(tmp_path):
+    target = tmp_path / "out.png"
+    result = runner.invoke(app, ["rf", "resnet20", "--png", str(target), "--plot", str(tmp_path / "." / "out.png")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --png and --plot both name ")
     assert list(tmp_path.iterdir()) == []
 
 
