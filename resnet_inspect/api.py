@@ -262,10 +262,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     if png is not None and report.erf is not None:
         from dataclasses import replace
 
-        from resnet_inspect.render.files import write_file
+        from resnet_inspect.render.files import write_output
         from resnet_inspect.render.heatmap import png_bytes
 
-        write_file(Path(png), png_bytes(report.erf.mass))
+        write_output(Path(png), png_bytes(report.erf.mass))
         report = replace(report, png=str(png))
     return report
 
