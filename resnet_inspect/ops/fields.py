@@ -99,10 +99,6 @@ class NodeField:
         }
 
 
-def input_field(rank: int) -> NodeField:
-    return NodeField(size=(1,) * rank, stride=(1,) * rank, padding=(0,) * rank)
-
-
 def window(field: NodeField, kernel: Sequence[Number], stride: Sequence[Number], padding: Sequence[Number],
            padding_mode: str = "zeros") -> NodeField:
     """Distill 2019's recurrence for one layer: r' = r + (k' - 1) S, S' = S s, P' = P + p S.
@@ -299,7 +295,6 @@ __all__ = [
     "Layout",
     "NodeField",
     "Undefined",
-    "input_field",
     "json_number",
     "merge_fields",
     "number",
