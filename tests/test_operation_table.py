@@ -368,7 +368,7 @@ def test_upsampling_has_a_rational_stride_and_says_the_field_varies_per_pixel():
     interpolate = next(node for node in captured.nodes if node.type == "interpolate")
     field = result.fields[interpolate.id]
     # down: r = 5, S = 2, P = 2. Output u reads unit floor(u / 2): the interval holding every pixel's field
-    # widens by (f - 1) / f x S = 1 on the left: r = 6, S = 1, P = 3 (exact on even pixels, one wider on odd).
+    # widens by (f - 1) / f x S = 1: r = 6, S = 1, P = 3, one wider than each pixel's own 5.
     assert (field.size, field.stride, field.padding, field.exact) == ((6, 6), (1, 1), (3, 3), False)
     assert "varies from pixel to pixel" in result.stages[-1].reason
     check = support_check(captured, result)

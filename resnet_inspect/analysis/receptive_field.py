@@ -303,7 +303,7 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     reason = undefined.get(node)
     if field is not None and not field.exact:
         reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
-                  "stride) give an interval that holds every pixel's field, exact on the coarser grid")
+                  "stride) give an interval that holds every pixel's field, up to about one input stride wider")
     return StageField(name, modules, node, output_size, field, covers, reason)
 
 

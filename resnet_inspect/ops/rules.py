@@ -417,7 +417,7 @@ def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     Output unit u reads input units around a source coordinate (nearest: floor(u i / o); linear modes: the two
     neighbours (cubic: four) of (u + 1/2) / f - 1/2, or of u (i - 1) / (o - 1) with ``align_corners``). The floor
     moves by less than one input unit from pixel to pixel, so the field given is the interval that holds every
-    pixel's: exact at the pixels on the coarser grid, at most one input stride wider elsewhere.
+    pixel's, at most about one input stride wider than any single pixel's.
     """
     state = merged(node, inputs)
     rank = state.layout.rank
