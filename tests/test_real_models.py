@@ -2,9 +2,9 @@
 
 The zoo (`tests/fixtures/real_models.py`) re-creates SE, ECA and CBAM gates, ConvNeXt and Swin-style NHWC
 blocks, ShuffleNetV2's channel shuffle, a ViT with three forms of attention, a ResNet-D shortcut, blur pooling,
-an FPN and a U-Net, timm's Conv2dSame, and Conv1d / Conv3d nets. The oracles use torch alone
-(`tests/oracle_torch.py`): forward hooks on a real pass for shapes, `FlopCounterMode` for MACs, and the
-input-gradient support of a positive-weight float64 copy for receptive fields.
+an FPN, a U-Net, an ESPCN and three single upsamplers, timm's Conv2dSame, Conv1d / Conv3d nets and a VGG head.
+The oracles use torch alone (`tests/oracle_torch.py`): forward hooks on a real pass for shapes, `FlopCounterMode`
+for MACs, and the input-gradient support of a positive-weight float64 copy for receptive fields.
 
 A field reported as (size, stride, padding) puts unit ``u`` of its map on input rows
 ``[-padding + u * stride, -padding + u * stride + size - 1]``; each test picks the centre unit and an input large
@@ -42,7 +42,7 @@ class Case:
     in_channels: int = 3
     spatial_axes: tuple[int, ...] = (2, 3)  # of forward_features' output: NCHW (2, 3), NHWC (1, 2), tokens (1,)
     gate: str | None = None  # the first gate module: every layer after it has global_context
-    field: str = "local"  # "local": a finite field; "global": the whole input; "upsampled": per pixel or a reason
+    field: str = "local"  # "local": one finite field; "global": the whole input; "upsampled": varies per pixel
 
     @property
     def cli_size(self) -> str:
