@@ -25,8 +25,7 @@ EXAMPLES = [
     ("transposed, full padding", conv_transpose_output(i=7, k=3, p=2)),
     ("transposed, stride 2", conv_transpose_output(i=2, k=3, s=2)),
     ("transposed, stride 2, padding", conv_transpose_output(i=3, k=3, s=2, p=1)),
-    # Dumoulin & Visin's relation 14 (the a = (i + 2p - k) mod s extra rows) is PyTorch's output_padding;
-    # the tool reports it under relation 13 with the term filled in.
+    # Dumoulin & Visin's relation 14 (the a = (i + 2p - k) mod s extra rows) is PyTorch's output_padding.
     ("transposed, output_padding 1", conv_transpose_output(i=3, k=3, s=2, p=1, output_padding=1)),
     ("dilated (d = 2)", conv_output(i=7, k=3, d=2)),
 ]

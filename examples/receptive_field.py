@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check, erf_heatmap
+from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check
 from resnet_inspect.analysis.receptive_field import analyze_receptive_field
 from resnet_inspect.capture.trace import capture
+from resnet_inspect.render.heatmap import erf_heatmap
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -16,8 +16,12 @@ _EXPORTS = {
     "get_model": "resnet_inspect.models",
     "model_spec": "resnet_inspect.models",
     "load_torchvision_weights": "resnet_inspect.models",
-    "inspect": "resnet_inspect.report.build",
-    "verify": "resnet_inspect.report.build",
+    "summary": "resnet_inspect.api",
+    "inspect": "resnet_inspect.api",
+    "verify": "resnet_inspect.api",
+    "receptive_field": "resnet_inspect.api",
+    "compare": "resnet_inspect.api",
+    "time_model": "resnet_inspect.api",
     "load_model": "resnet_inspect.capture.loader",
 }
 

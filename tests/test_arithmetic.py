@@ -69,7 +69,7 @@ def examples(count: int) -> settings:
         (conv_transpose_output(5, 3, p=1), 10, "o = i = 5"),
         (conv_transpose_output(7, 3, p=2), 11, "o = 7 - (3 - 1) = 5"),
         (conv_transpose_output(2, 3, s=2), 12, "o = 2*(2 - 1) + 3 = 5"),
-        (conv_transpose_output(3, 3, s=2, p=1, output_padding=1), 13, "o = 2*(3 - 1) + 1 + 3 - 2*1 = 6"),
+        (conv_transpose_output(3, 3, s=2, p=1, output_padding=1), 14, "o = 2*(3 - 1) + 1 + 3 - 2*1 = 6"),
     ],
 )
 def test_each_relation_is_numbered_and_filled_in_as_in_the_paper(arithmetic, relation, formula):
@@ -122,7 +122,7 @@ def test_dilated_transposed_convolution_keeps_its_relation_number_with_the_effec
 
 def test_a_decoder_upsampling_layer_doubles_28_to_56_with_output_padding():
     arithmetic = conv_transpose_output(28, 3, s=2, p=1, output_padding=1)
-    assert (arithmetic.output, arithmetic.relation) == (56, 13)
+    assert (arithmetic.output, arithmetic.relation) == (56, 14)
     assert arithmetic.formula == "o = 2*(28 - 1) + 1 + 3 - 2*1 = 56"
 
 

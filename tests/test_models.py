@@ -117,6 +117,7 @@ def test_model_spec_describes_an_imagenet_variant() -> None:
         stages=(3, 4, 6, 3),
         default_input_size=224,
         default_num_classes=1000,
+        params=25_028_904,
     )
 
 
@@ -128,6 +129,7 @@ def test_model_spec_describes_a_cifar_variant() -> None:
         stages=(9, 9, 9),
         default_input_size=32,
         default_num_classes=10,
+        params=853_018,
     )
 
 

@@ -113,15 +113,24 @@ def test_register_op_refuses_a_duplicate_unless_asked_to_replace():
     assert get_op("my_roll").name == "unknown"
 
 
-def test_the_worked_register_op_example_in_the_docs_runs_and_prints_what_it_shows(capsys):
-    text = (ROOT / "docs" / "operations.md").read_text()
-    namespace: dict[str, object] = {"__name__": "docs_operations"}
+def _run_and_compare(text: str, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run the python blocks of ``text`` in one namespace; what they print must be its text blocks."""
+    namespace: dict[str, object] = {"__name__": "docs"}
     for block in re.findall(r"```python\n(.*?)```", text, re.S):
-        exec(compile(block, "docs/operations.md", "exec"), namespace)
+        exec(compile(block, where, "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     shown = [line for block in re.findall(r"```text\n(.*?)```", text, re.S) for line in block.splitlines()]
     assert printed == shown
+
+
+def test_the_worked_register_op_example_in_the_docs_runs_and_prints_what_it_shows(capsys):
+    _run_and_compare((ROOT / "docs" / "operations.md").read_text(), "docs/operations.md", capsys)
     assert get_op("space_to_depth").name == "unknown"  # the example cleans up after itself
+
+
+def test_the_gates_attention_and_unions_example_prints_what_the_docs_show(capsys):
+    text = (ROOT / "docs" / "receptive-fields.md").read_text()
+    _run_and_compare(text[text.index("## Gates, attention and unions"):], "docs/receptive-fields.md", capsys)
 
 
 # ------------------------------------------------------------------------------- shape rules against torch

@@ -16,18 +16,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from resnet_inspect.analysis.empirical import (
-    effective_receptive_field,
-    empirical_check,
-    erf_heatmap,
-    png_bytes,
-    support_check,
-)
+from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check, support_check
 from resnet_inspect.analysis.receptive_field import NodeField, analyze_receptive_field, layer_fields
 from resnet_inspect.capture.loader import load_model
 from resnet_inspect.capture.trace import capture
 from resnet_inspect.errors import InputTooSmallError
 from resnet_inspect.models import list_models, model_spec
+from resnet_inspect.render.heatmap import erf_heatmap, png_bytes
 
 TORCHVISION_LAYOUT = str(Path(__file__).parent / "fixtures" / "tv_resnet.py")  # factories resnet18..101
 

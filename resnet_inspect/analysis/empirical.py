@@ -14,15 +14,12 @@ output's centre unit with respect to the input, averaged over random inputs.
 from __future__ import annotations
 
 import math
-import os
-import struct
-import tempfile
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.receptive_field import (
+    NodeField,
     ReceptiveFieldResult,
     StageField,
     analyze_receptive_field,
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
 
 CHECK_ATTEMPTS = 4
 ERF_LEVELS = (0.5, 0.9, 0.99)
-SHADES = " ░▒▓█"
 
 
 # ------------------------------------------------------------------------------------------ support check
@@ -176,13 +172,29 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
     return image, values, failures
 
 
+def centre_unit(field: NodeField | None, output_size: Sequence[int], input_size: Sequence[int]) -> tuple[int, ...]:
+    """The unit backpropagated from: the centre of the map; on an even axis, of the two central units the one
+    whose field lies inside the input, if one does."""
+    unit = []
+    for axis, size in enumerate(output_size):
+        choices = dict.fromkeys(((size - 1) // 2, size // 2))
+        fits = [u for u in choices if field is not None and _axis_inside(field, axis, u, input_size[axis])]
+        unit.append(fits[0] if fits else (size - 1) // 2)
+    return tuple(unit)
+
+
+def _axis_inside(field: NodeField, axis: int, unit: int, side: int) -> bool:
+    first = -field.padding[axis] + (0 if field.position_independent else unit * field.stride[axis])
+    return first >= 0 and first + field.size[axis] - 1 <= side - 1
+
+
 def _stage_check(stage: StageField, value: Any, image: Any, failure: str | None,
                  input_size: tuple[int, ...]) -> StageCheck:
     import torch
 
     rank = len(input_size)
-    unit = tuple((size - 1) // 2 for size in stage.output_size)
     field = stage.field
+    unit = centre_unit(field, stage.output_size, input_size)
     analytic = interval = None
     inside = False
     if field is not None:
@@ -241,12 +253,13 @@ def check_input_size(result: ReceptiveFieldResult) -> tuple[int, ...]:
     return tuple(sides)
 
 
-def _spilled(check: StageCheck) -> bool:
-    return check.measured is not None and not check.inside
+def _spilled(check: StageCheck, field: NodeField | None) -> bool:
+    """A field clipped by the input, which a larger input would hold (a position-independent one grows with it)."""
+    return check.measured is not None and not check.inside and field is not None and not field.position_independent
 
 
 def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldResult,
-                    in_channels: int = 3) -> SupportCheck:
+                    in_channels: int | None = None) -> SupportCheck:
     """The support check at the nominal input size; stages whose field spills over it are checked again at a
     larger input (grown while a field still spills), and say so. A support clipped at every size tried is
     reported as clipped, never as a measured size."""
@@ -255,7 +268,8 @@ def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldRe
     checked = support_check(capture, result)
     stages = {check.name: check for check in checked.stages}
     largest = checked.input_size
-    pending = [check.name for check in checked.stages if _spilled(check)]
+    fields = {stage.name: stage.field for stage in result.stages}
+    pending = [check.name for check in checked.stages if _spilled(check, fields[check.name])]
     size = check_input_size(result)
     for _attempt in range(CHECK_ATTEMPTS):
         if not pending or size == result.input_size:
@@ -266,7 +280,7 @@ def empirical_check(model: nn.Module, capture: Capture, result: ReceptiveFieldRe
         for check in rechecked.stages:
             if check.name in pending:
                 stages[check.name] = check
-        pending = [name for name in pending if _spilled(stages[name])]
+        pending = [name for name in pending if _spilled(stages[name], fields[name])]
         growth = max((tuple(math.ceil(s) for s in stage.field.stride) for stage in result.stages
                       if stage.field and not stage.field.position_independent), default=(1,) * len(size))
         size = tuple(side + 2 * step for side, step in zip(size, growth, strict=True))
@@ -400,60 +414,6 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
     )
 
 
-def erf_heatmap(mass: tuple[tuple[float, ...], ...], columns: int = 32) -> list[str]:
-    """The mass map as text: block sums over a grid ~``columns`` wide (rows halved for tall characters).
-
-    Shade = sqrt(block / max block) on the scale " ░▒▓█", so the faint tails stay visible.
-    """
-    height, width = len(mass), len(mass[0]) if mass else 0
-    if not height or not width:
-        return []
-    columns = max(1, min(columns, width))
-    rows = max(1, min(height, round(columns * height / width / 2)))
-    row_edges = [round(i * height / rows) for i in range(rows + 1)]
-    column_edges = [round(j * width / columns) for j in range(columns + 1)]
-    blocks = [
-        [sum(sum(mass[y][column_edges[j]:column_edges[j + 1]]) for y in range(row_edges[i], row_edges[i + 1]))
-         for j in range(columns)]
-        for i in range(rows)
-    ]
-    peak = max(max(row) for row in blocks) or 1.0
-    top = len(SHADES) - 1
-    return ["".join(SHADES[min(top, round(math.sqrt(value / peak) * top))] for value in row) for row in blocks]
-
-
-def png_bytes(mass: tuple[tuple[float, ...], ...]) -> bytes:
-    """An 8-bit grayscale PNG of the mass map (sqrt scale, white = most mass), written with zlib and struct only."""
-    height, width = len(mass), len(mass[0])
-    peak = max(max(row) for row in mass) or 1.0
-    raw = b"".join(
-        b"\x00" + bytes(min(255, round(255 * math.sqrt(value / peak))) for value in row) for row in mass
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def write_png(path: Path, mass: tuple[tuple[float, ...], ...]) -> None:
-    """Write the picture whole or not at all (a temporary file beside it, renamed into place)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    data = png_bytes(mass)
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
 __all__ = [
     "ErfResult",
     "StageCheck",
@@ -461,9 +421,6 @@ __all__ = [
     "check_input_size",
     "effective_receptive_field",
     "empirical_check",
-    "erf_heatmap",
-    "png_bytes",
     "replay_one_channel",
     "support_check",
-    "write_png",
 ]

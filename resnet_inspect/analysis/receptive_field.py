@@ -302,8 +302,8 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     covers = field.covers_input(input_size, output_size) if field else None
     reason = undefined.get(node)
     if field is not None and not field.exact:
-        reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding are the "
-                  "rational-stride values, exact on the coarser grid")
+        reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
+                  "stride) give an interval that holds every pixel's field, exact on the coarser grid")
     return StageField(name, modules, node, output_size, field, covers, reason)
 
 

@@ -223,6 +223,8 @@ def _function_mode(recorder: _Recorder) -> Any:
             if not outputs and name not in _VALUE_READS:
                 return result
             tensors = tensors_in(list(args)) + tensors_in(kwargs)
+            if spec is not None and name in spec.shape_donors:
+                tensors = tensors[:1]  # the others lend only their shape or dtype
             tracked = [t for t in tensors if id(t) in recorder.producers]
             if not tracked:
                 return result
@@ -485,14 +487,25 @@ def spatial_rank(model: nn.Module, default: int = 2) -> int:
     return default
 
 
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """The channels the model's first convolution takes (``default`` when it has none)."""
+    for module in model.modules():
+        spec = op_for_module(module)
+        channels = getattr(module, "in_channels", None)
+        if spec is not None and spec.checked and isinstance(channels, int):
+            return channels
+    return default
+
+
 def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
-                    in_channels: int = 3) -> Shape:
-    """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model)."""
+                    in_channels: int | None = None) -> Shape:
+    """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model); three
+    channels unless given."""
     if isinstance(input_size, int):
         spatial = (input_size,) * spatial_rank(model)
     else:
         spatial = tuple(int(size) for size in input_size)
-    return (batch_size, in_channels, *spatial)
+    return (batch_size, in_channels or 3, *spatial)
 
 
 def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",
@@ -509,14 +522,14 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",
 
 
 def capture(model: nn.Module, input_size: int | Sequence[int] = (224, 224), batch_size: int = 1,
-            in_channels: int = 3, model_name: str = "", exact_checked_shapes: bool = False) -> Capture:
+            in_channels: int | None = None, model_name: str = "", exact_checked_shapes: bool = False) -> Capture:
     """Capture ``model`` on an all-zero input of ``input_size`` (meta device first, real CPU tensors if needed)."""
     shape = input_shape_for(model, input_size, batch_size, in_channels)
     inputs = zeros_inputs([shape], model_dtype(model))
     return capture_inputs(model, inputs, model_name, exact_checked_shapes)
 
 
-def smallest_input_size(model: nn.Module, in_channels: int = 3, limit: int = 4096) -> int | None:
+def smallest_input_size(model: nn.Module, in_channels: int | None = None, limit: int = 4096) -> int | None:
     """The smallest input size (every spatial axis) for which ``model``'s forward pass runs (None if none up to
     ``limit``)."""
 

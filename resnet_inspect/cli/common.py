@@ -35,6 +35,16 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
+class SummaryFormat(StrEnum):
+    """`summary` also writes a self-contained HTML page."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    html = "html"
+
+
 def one_line(message: str) -> str:
     """The first line of ``message`` with its runs of white space collapsed."""
     return " ".join(message.strip().split("\n")[0].split())
@@ -170,8 +180,8 @@ def check_timing_options(warmup: int, repeat: int) -> None:
     parse_positive(str(repeat), "--repeat")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed into place."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write the whole file or nothing: a temporary file beside it, renamed into place (text as UTF-8)."""
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise BadInputError(f"cannot write {path}: directory {directory} does not exist")
@@ -180,8 +190,8 @@ def write_atomically(path: Path, text: str) -> None:
     except OSError as exc:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(temporary, path)
     except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
@@ -212,11 +222,22 @@ def check_output_path(output: Path | None) -> None:
     os.unlink(probe)
 
 
-def emit(report: Any, fmt: OutputFormat | str, output: Path | None = None) -> None:
+def check_plot_path(plot: Path | None) -> None:
+    """Fail before any work when --plot has an unknown ending, matplotlib is missing, or the file can't be written."""
+    if plot is None:
+        return
+    from resnet_inspect.render.plot import plot_format, require_matplotlib
+
+    plot_format(plot)
+    require_matplotlib()
+    check_output_path(plot)
+
+
+def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | None = None) -> None:
     """Render ``report`` in ``fmt``; print it, or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables
 
-    fmt_name = fmt.value if isinstance(fmt, OutputFormat) else fmt
+    fmt_name = fmt.value if isinstance(fmt, StrEnum) else fmt
     if output is not None:
         write_atomically(output, render(report, fmt_name))
         return

@@ -10,12 +10,14 @@ import typer
 from resnet_inspect.cli.common import (
     OutputFormat,
     check_output_path,
+    check_plot_path,
     check_timing_options,
     emit,
     parse_batch_size,
     parse_input_sizes,
     progress_bar,
     user_errors,
+    write_atomically,
 )
 from resnet_inspect.cli.options import MODEL_HELP, BatchOption, FormatOption, OutputOption
 from resnet_inspect.errors import BadInputError
@@ -39,6 +41,10 @@ TimeOption = typer.Option(False, "--time", help="Also measure latency and images
 DeviceOption = typer.Option("cpu", "--device", help="Device for --time: cpu, cuda, cuda:N or mps.")
 WarmupOption = typer.Option(3, "--warmup", help="Untimed forward passes before each measurement (--time).")
 RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes to time per row (--time).")
+PlotOption = typer.Option(None, "--plot", help="Draw parameters, MACs, activation memory and receptive field against "
+                          "depth, one panel each (against input size when a model is given several -i sizes); "
+                          ".png, .svg or .pdf. Needs matplotlib: pip install 'resnet-inspect[plot]'.",
+                          show_default=False)
 
 
 def parse_family(text: str) -> Family:
@@ -62,6 +68,7 @@ def compare_command(
     device: str = DeviceOption,
     warmup: int = WarmupOption,
     repeat: int = RepeatOption,
+    plot: Path | None = PlotOption,
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -69,6 +76,7 @@ def compare_command(
     (and latency with --time). Ratios are against the first model; the best value of each column is highlighted."""
     with user_errors():
         check_output_path(output)
+        check_plot_path(plot)
         sizes = parse_input_sizes(input_size) if input_size is not None else None
         batch = parse_batch_size(batch_size)
         check_timing_options(warmup, repeat)
@@ -101,4 +109,8 @@ def compare_command(
             finally:
                 progress.stop()
         report = CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
+        if plot is not None:
+            from resnet_inspect.render.plot import compare_picture, plot_format
+
+            write_atomically(plot, compare_picture(report, plot_format(plot)))
         emit(report, fmt, output)

@@ -10,6 +10,7 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     MAX_INPUT_SIZE,
     OutputFormat,
+    SummaryFormat,
     check_model_options,
     check_output_path,
     emit,
@@ -25,6 +26,7 @@ from resnet_inspect.cli.options import (
     InputSizeOption,
     ModelArgument,
     OutputOption,
+    SummaryFormatOption,
 )
 from resnet_inspect.errors import BadInputError
 
@@ -41,7 +43,9 @@ def summary_command(
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
     fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
                                 help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
-    fmt: OutputFormat = FormatOption,
+    torchinfo: bool = typer.Option(False, "--torchinfo/--no-torchinfo",
+                                   help="Add torchinfo's parameters and Mult-Adds beside ours, differences explained."),
+    fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
     """Every layer: input and output shape checked against convolution arithmetic, parameters, MACs, receptive
@@ -61,7 +65,7 @@ def summary_command(
         from resnet_inspect.report.build import capture_model, summary_from_capture
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        capture = capture_model(network, size, batch, in_channels or 3, name)
+        capture = capture_model(network, size, batch, in_channels, name)
         layer_times_ms = None
         if time:
             from resnet_inspect.analysis.timing import time_layers
@@ -71,6 +75,12 @@ def summary_command(
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms)
+        if torchinfo:
+            from dataclasses import replace
+
+            from resnet_inspect.analysis.torchinfo_count import torchinfo_count
+
+            report = replace(report, torchinfo=torchinfo_count(network, capture, report.counts))
         emit(report, fmt, output)
 
 
@@ -94,7 +104,7 @@ def verify_command(
         from resnet_inspect.report.build import verify
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        report = verify(network, size, batch, in_channels or 3, model_name=name)
+        report = verify(network, size, batch, in_channels, model_name=name)
         emit(report, fmt, output)
     if report.failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -108,7 +118,7 @@ def arith_command(
     dilation: int = typer.Option(1, "--dilation", "-d", help="Dilation d."),
     pool: bool = typer.Option(False, "--pool", help="A pooling layer (relation 7)."),
     ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling with ceil_mode=True."),
-    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-13)."),
+    transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-14)."),
     output_padding: int = typer.Option(0, "--output-padding", help="Transposed convolution's output_padding."),
     solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s)."),
     fmt: OutputFormat = FormatOption,

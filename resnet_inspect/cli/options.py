@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli.common import OutputFormat
+from resnet_inspect.cli.common import OutputFormat, SummaryFormat
 
 MODEL_HELP = "A registry name (see `resnet-inspect list`), path/to/file.py:factory or package.module:factory."
 INPUT_HELP = ("Input size: 224 (every spatial axis), 224x320 (height x width), 16x112x112 for 3-D nets "
@@ -17,5 +17,7 @@ ChannelsOption = typer.Option(None, "--in-channels", help="Input channels (defau
 ClassesOption = typer.Option(None, "--num-classes", help="Classes of the final layer (registry models).",
                              show_default=False)
 FormatOption = typer.Option(OutputFormat.table, "--format", "-f", help="Output format.")
+SummaryFormatOption = typer.Option(SummaryFormat.table, "--format", "-f", help="Output format (html: one "
+                                   "self-contained page with the layer tree, totals and pictures; use -o FILE).")
 OutputOption = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout (all or nothing).",
                             show_default=False)

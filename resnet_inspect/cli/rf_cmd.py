@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -12,10 +13,12 @@ from resnet_inspect.cli.common import (
     OutputFormat,
     check_model_options,
     check_output_path,
+    check_plot_path,
     emit,
     parse_positive,
     resolve_size,
     user_errors,
+    write_atomically,
 )
 from resnet_inspect.cli.options import (
     ChannelsOption,
@@ -36,6 +39,9 @@ SamplesOption = typer.Option(8, "--erf-samples", help="Random inputs averaged fo
 WeightsOption = typer.Option(None, "--weights", help="A state_dict file for the ERF (torchvision layout accepted); "
                              "implies --erf.", show_default=False)
 PngOption = typer.Option(None, "--png", help="Save the ERF as a grayscale PNG; implies --erf.", show_default=False)
+PlotOption = typer.Option(None, "--plot", help="Draw the input to scale with each stage's field as nested boxes "
+                          "(.png, .svg or .pdf; with --erf a second panel shows the ERF). Needs matplotlib: "
+                          "pip install 'resnet-inspect[plot]'.", show_default=False)
 
 
 def rf_command(
@@ -48,6 +54,7 @@ def rf_command(
     erf_samples: int = SamplesOption,
     weights: Path | None = WeightsOption,
     png: Path | None = PngOption,
+    plot: Path | None = PlotOption,
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -55,6 +62,7 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_output_path(png)
+        check_plot_path(plot)
         check_model_options(in_channels, num_classes)
         parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_COUNT)
         if weights is not None and not weights.is_file():
@@ -63,9 +71,19 @@ def rf_command(
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
-        channels = in_channels or 3
+        channels = in_channels
         network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
-        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, png)
+        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights)
+        if png is not None and report.erf is not None:
+            from resnet_inspect.render.heatmap import png_bytes
+
+            write_atomically(png, png_bytes(report.erf.mass))
+            report = replace(report, png=str(png))
+        if plot is not None:
+            from resnet_inspect.render.plot import plot_format, rf_picture
+
+            write_atomically(plot, rf_picture(report, plot_format(plot)))
+            report = replace(report, plot=str(plot))
         emit(report, fmt, output)
     if report.empirical is not None and report.empirical.agrees is False:
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -126,7 +126,7 @@ def pool_output(
 def conv_transpose_output(
     i: int, k: int, s: int = 1, p: int = 0, d: int = 1, output_padding: int = 0
 ) -> AxisArithmetic:
-    """Output size of a transposed convolution: relations 8-13, PyTorch's ``(i - 1)s - 2p + d(k - 1) + a + 1``."""
+    """Output size of a transposed convolution: relations 8-14, PyTorch's ``(i - 1)s - 2p + d(k - 1) + a + 1``."""
     _validate(i=i, k=k, s=s, p=p, d=d, output_padding=output_padding)
     effective = _effective_kernel(k, d)
     output = (i - 1) * s - 2 * p + effective + output_padding
@@ -334,7 +334,9 @@ def _transposed_relation(effective: int, s: int, p: int, output_padding: int) ->
         if p == effective - 1:
             return 11
         return 9
-    return 12 if p == 0 and output_padding == 0 else 13
+    if output_padding:
+        return 14  # D&V's a = (i + 2p - k) mod s extra rows: PyTorch's output_padding
+    return 12 if p == 0 else 13
 
 
 def _windows_without_input(i: int, k: int, s: int, p: int, d: int, output: int) -> int:

@@ -47,7 +47,7 @@ class NodeField:
     field, each unit depends on the whole input through a spatially reduced branch (a squeeze-and-excitation
     gate, normalisation statistics). ``union``: paths with the same stride but different centres were merged; the
     field is the hull of their intervals. ``exact``: False after upsampling, where the field varies from pixel to
-    pixel and these are the rational-stride values. ``padding_mode``: the first non-zero padding met
+    pixel and these bound every pixel's field with a rational stride. ``padding_mode``: the first non-zero padding met
     (reflect, replicate, circular): at the border the interval formula does not say which pixels are seen.
     """
 

@@ -412,11 +412,12 @@ def attention(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
 
 
 def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
-    """interpolate / Upsample / pixel_shuffle by a factor f per axis: a rational stride S / f.
+    """interpolate / Upsample / pixel_shuffle by a factor f = o / i per axis: a rational stride S / f.
 
-    Nearest reads input unit floor(u / f): r stays, P stays (exact at every f-th unit). Linear modes read two
-    neighbours (cubic four) around the source coordinate (u + 0.5) / f - 0.5, or u (i - 1) / (o - 1) with
-    ``align_corners``: r grows by one (three) input strides.
+    Output unit u reads input units around a source coordinate (nearest: floor(u i / o); linear modes: the two
+    neighbours (cubic: four) of (u + 1/2) / f - 1/2, or of u (i - 1) / (o - 1) with ``align_corners``). The floor
+    moves by less than one input unit from pixel to pixel, so the field given is the interval that holds every
+    pixel's: exact at the pixels on the coarser grid, at most one input stride wider elsewhere.
     """
     state = merged(node, inputs)
     rank = state.layout.rank
@@ -425,34 +426,48 @@ def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     after = tuple(node.output_shape[len(node.output_shape) - rank:])
     mode = node.attrs.get("mode", "nearest")
     align = bool(node.attrs.get("align_corners"))
-    reach = {"nearest": 0, "nearest-exact": 0, "linear": 1, "bilinear": 1, "trilinear": 1, "bicubic": 3,
-             "area": None}.get(mode)
+    reach = {"nearest": 0, "nearest-exact": 0, "linear": 1, "bilinear": 1, "trilinear": 1, "bicubic": 3}.get(mode)
     if reach is None:
         raise Undefined(f"not covered: {describe_op(node)} interpolates with mode {mode!r}")
     field = state.field
     layout = state.layout.with_grid(after)
-    factors = [Fraction(o, i) for i, o in zip(before, after, strict=True)]
+    steps = [_source_step(i, o, align and reach > 0) for i, o in zip(before, after, strict=True)]
     if field.position_independent:
-        steps = [Fraction(S) / f for S, f in zip(field.stride, factors, strict=True)]
-        return FieldState(layout, replace(field, stride=tuple(number(v) for v in steps)))
+        return FieldState(layout, replace(field, stride=tuple(number(S * step) for S, step in
+                                                               zip(field.stride, steps, strict=True))))
     size, stride, padding = [], [], []
     for axis in range(rank):
-        S, P, r, f = Fraction(field.stride[axis]), Fraction(field.padding[axis]), field.size[axis], factors[axis]
-        i, o = before[axis], after[axis]
-        if reach == 0:
-            step, first = S / f, Fraction(0)
-        elif align:
-            step = S * (Fraction(i - 1, o - 1) if o > 1 else 0)
-            first = Fraction(-(reach // 2))
-        else:
-            step = S / f
-            first = Fraction(1, 2) / f - Fraction(1, 2) - reach // 2
-        size.append(number(r + reach * S))
-        stride.append(number(step))
-        padding.append(number(P - first * S))
-    exact = field.exact and all(f == 1 for f in factors) and reach == 0
+        S, P, r = Fraction(field.stride[axis]), Fraction(field.padding[axis]), field.size[axis]
+        low, high = _source_span(before[axis], after[axis], mode, reach, align)
+        size.append(number(r + (high - low) * S))
+        stride.append(number(steps[axis] * S))
+        padding.append(number(P - low * S))
+    exact = field.exact and all(o == i for i, o in zip(before, after, strict=True)) and reach == 0
     return FieldState(layout, replace(field, size=tuple(size), stride=tuple(stride), padding=tuple(padding),
                                       exact=exact))
+
+
+def _source_step(before: int, after: int, align: bool) -> Fraction:
+    """How far the source coordinate moves per output unit, in input units."""
+    if align:
+        return Fraction(before - 1, after - 1) if after > 1 else Fraction(0)
+    return Fraction(before, after)
+
+
+def _source_span(before: int, after: int, mode: str, reach: int, align: bool) -> tuple[Fraction, Fraction]:
+    """(low, high): for output unit u, the input units read lie in [u step + low, u step + high].
+
+    The source coordinate x = u step + offset is a multiple of 1 / grain, so floor(x) >= x - (grain - 1) / grain.
+    """
+    step = _source_step(before, after, align and reach > 0)
+    if reach == 0:
+        offset = Fraction(1, 2) * step if mode == "nearest-exact" else Fraction(0)
+        grain = (2 * step.denominator) if mode == "nearest-exact" else step.denominator
+        return offset - Fraction(grain - 1, grain), offset
+    offset = Fraction(0) if align else Fraction(1, 2) * step - Fraction(1, 2)
+    grain = step.denominator if align else 2 * step.denominator
+    extra = reach // 2  # bicubic reads one more unit on each side
+    return offset - Fraction(grain - 1, grain) - extra, offset + 1 + extra
 
 
 def unshuffled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:

@@ -79,6 +79,8 @@ class OpSpec:
     - ``field``: the receptive-field rule; raises ``Undefined`` with a reason when there is none.
     - ``replay``: the operation on a one-channel float64 map, for the input-gradient check.
     - ``constant``: the output does not depend on the input's values (``zeros_like``): not tracked.
+    - ``shape_donors``: those of ``functions`` whose tensor arguments after the first lend only their shape or
+      dtype (``x.expand_as(y)``): the output depends on the first alone.
     """
 
     name: str
@@ -91,6 +93,7 @@ class OpSpec:
     macs: MacsRule | None = None
     replay: ReplayRule | None = None
     constant: bool = False
+    shape_donors: tuple[str, ...] = ()
     doc: str = ""
 
     @property

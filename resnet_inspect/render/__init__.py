@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from resnet_inspect.render.document import Document, cell_style, cell_text
+from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
 
-FORMATS = ("table", "json", "csv", "markdown")
+PASS_MARK, FAIL_MARK = "✓", "✗"  # the check marks of the tables
+
+FORMATS = ("table", "json", "csv", "markdown", "html")
 
 
 class Report(Protocol):
@@ -23,8 +26,24 @@ def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n"
 
 
+_GROUPED_NUMBER = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+_RATIO_SUFFIX = re.compile(r"\s+x[\d,.]+$")  # "12.30  x1.05": the ratio to the first row, shown in tables only
+_CHECK_WORDS = {PASS_MARK: "ok", FAIL_MARK: "failed"}
+
+
+def csv_value(cell: Cell | str) -> Any:
+    """A cell as CSV holds it: numbers without thousands separators, check marks as ok / failed."""
+    if isinstance(cell, Cell) and cell.data is not None:
+        return cell.data
+    text = _RATIO_SUFFIX.sub("", cell_text(cell))
+    if text[:1] in _CHECK_WORDS:
+        return _CHECK_WORDS[text[0]]
+    return text.replace(",", "") if _GROUPED_NUMBER.fullmatch(text) else text
+
+
 def render_csv(report: Report) -> str:
-    """Each table as CSV; several tables are separated by a blank line and a `# title` line."""
+    """Each table as CSV, numbers and plain words only; several tables are separated by a blank line and a
+    `# title` line."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     tables = report.document().tables
@@ -33,9 +52,10 @@ def render_csv(report: Report) -> str:
             if position:
                 buffer.write("\n")
             buffer.write(f"# {table.title}\n")
-        writer.writerow([column.header for column in table.columns])
+        writer.writerow([f"{column.header} ({column.unit})" if column.unit else column.header
+                         for column in table.columns])
         for row in table.rows:
-            writer.writerow([cell_text(cell) for cell in row])
+            writer.writerow([csv_value(cell) for cell in row])
     return buffer.getvalue()
 
 
@@ -69,7 +89,9 @@ def rich_renderables(report: Report) -> list[Any]:
     document = report.document()
     renderables: list[Any] = []
     for table in document.tables:
-        rich_table = RichTable(title=table.title, title_justify="left", header_style="bold", show_lines=False)
+        # a title longer than its table runs past it rather than wrapping in the middle of a word
+        title = Text(table.title, style="table.title", no_wrap=True, overflow="ignore")
+        rich_table = RichTable(title=title, title_justify="left", header_style="bold", show_lines=False)
         for column in table.columns:
             rich_table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
         for row in table.rows:
@@ -84,10 +106,21 @@ def render_table(report: Report, width: int = 200) -> str:
     """The rich table as plain text (for files and tests)."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    # force_jupyter=False: in a notebook rich would otherwise send the output to the page, not to the string
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, force_jupyter=False)
     for renderable in rich_renderables(report):
         console.print(renderable)
     return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def render_html(report: Report) -> str:
+    """A self-contained HTML page, for the reports that have one (``to_html()``: the summary)."""
+    to_html = getattr(report, "to_html", None)
+    if to_html is None:
+        from resnet_inspect.errors import BadInputError
+
+        raise BadInputError(f"--format html is not available for {type(report).__name__}")
+    return to_html()
 
 
 RENDERERS: dict[str, Callable[[Report], str]] = {
@@ -95,6 +128,7 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
     "json": render_json,
     "csv": render_csv,
     "markdown": render_markdown,
+    "html": render_html,
 }
 
 

@@ -14,12 +14,14 @@ class Cell:
 
     text: str
     style: str | None = None
+    data: int | float | str | None = None  # the exact value behind ``text``, for CSV ("25.56 M" -> 25557032)
 
 
 @dataclass(frozen=True)
 class Column:
     header: str
     justify: Justify = "left"
+    unit: str | None = None  # of the cells' ``data`` when the text shows another ("bytes" behind "143.3 MiB")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from resnet_inspect.ops.arithmetic import (
     solve_padding,
 )
 from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 
-@dataclass(frozen=True)
-class ArithReport:
+@dataclass(frozen=True, repr=False)
+class ArithReport(ReportView):
     """One axis: the layer's numbers, its output size, relation and formula (and paddings that keep the size)."""
 
     layer: str
@@ -28,6 +30,7 @@ class ArithReport:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "output": self.result.output, "relation": self.result.relation, "formula": self.result.formula,
             "dropped": self.result.dropped, "layer": self.layer, "flags": list(self.result.flags),
         }

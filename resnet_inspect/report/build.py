@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import BadInputError, InputTooSmallError
+from resnet_inspect.errors import BadInputError, ForwardError, InputTooSmallError
 from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nodes
 
 if TYPE_CHECKING:
@@ -27,8 +27,9 @@ def _size(input_size: InputSize) -> int | tuple[int, ...]:
     return input_size if isinstance(input_size, int) else sizes
 
 
-def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3,
-                 *, input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> ModelInputs:
+def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+                 in_channels: int | None = None, *, input_shapes: Sequence[Sequence[int]] | None = None,
+                 input_data: Any = None) -> ModelInputs:
     """What the forward pass is called with: ``input_data`` as given (a tensor, a tuple/list of tensors passed by
     position, or a dict passed by keyword), else one all-zero tensor per full shape in ``input_shapes``, else
     ``(batch_size, in_channels, *input_size)``."""
@@ -52,28 +53,37 @@ def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_siz
         return zeros_inputs(shapes, model_dtype(model))
     if batch_size <= 0:
         raise BadInputError(f"batch size must be positive, got {batch_size}")
-    if in_channels <= 0:
+    if in_channels is not None and in_channels <= 0:
         raise BadInputError(f"input channels must be positive, got {in_channels}")
     shape = input_shape_for(model, _size(input_size), batch_size, in_channels)
     return zeros_inputs([shape], model_dtype(model))
 
 
-def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3,
-                  model_name: str = "", *, input_shapes: Sequence[Sequence[int]] | None = None,
-                  input_data: Any = None, exact_checked_shapes: bool = False) -> Capture:
+def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+                  in_channels: int | None = None, model_name: str = "", *,
+                  input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None,
+                  exact_checked_shapes: bool = False) -> Capture:
     """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs)."""
-    from resnet_inspect.capture.trace import capture_inputs, smallest_input_size
+    from resnet_inspect.capture.trace import capture_inputs, input_channels, smallest_input_size
 
     inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
                           input_data=input_data)
+    given = input_shapes is not None or input_data is not None
     try:
         return capture_inputs(model, inputs, model_name, exact_checked_shapes)
     except InputTooSmallError as error:
-        if input_shapes is not None or input_data is not None:
+        if given:
             raise
         smallest = smallest_input_size(model, in_channels)
         hint = f"; the smallest input that works is {smallest} on every spatial axis" if smallest else ""
         raise InputTooSmallError(f"{error}{hint}") from error
+    except ForwardError:
+        # Three channels did not fit: a model that takes another number says so in its first convolution.
+        channels = input_channels(model)
+        if in_channels is not None or given or channels == 3:
+            raise
+        return capture_model(model, input_size, batch_size, channels, model_name,
+                             exact_checked_shapes=exact_checked_shapes)
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,
@@ -98,9 +108,9 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     )
 
 
-def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3, *,
-            model_name: str = "", fvcore: bool = False, input_shapes: Sequence[Sequence[int]] | None = None,
-            input_data: Any = None) -> SummaryReport:
+def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+            in_channels: int | None = None, *, model_name: str = "", fvcore: bool = False,
+            input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> SummaryReport:
     """Inspect any CNN: shapes, arithmetic checks, parameters, MACs, receptive fields (and fvcore's count).
 
     ``input_size`` is an int (every spatial axis; how many axes the model's first convolution says) or one size
@@ -112,7 +122,8 @@ def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: in
     return summary_from_capture(capture, model=model, fvcore=fvcore)
 
 
-def verify(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1, in_channels: int = 3, *,
+def verify(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+           in_channels: int | None = None, *,
            model_name: str = "", input_shapes: Sequence[Sequence[int]] | None = None,
            input_data: Any = None) -> VerifyReport:
     """Check every convolution and pooling layer's output size, as torch's own kernels compute it, against the

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.records import Capture, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -220,8 +222,8 @@ def _best_cells(texts: list[str], values: list[float | None], lowest: bool, rati
     return cells
 
 
-@dataclass(frozen=True)
-class CompareReport:
+@dataclass(frozen=True, repr=False)
+class CompareReport(ReportView):
     """`compare`: one row per model and input size; ratios are against the first row."""
 
     rows: tuple[ModelRow, ...]
@@ -241,6 +243,7 @@ class CompareReport:
         for row in self.rows:
             latency = row.latency
             entries.append({
+                "schema_version": SCHEMA_VERSION,
                 "model": row.model,
                 "input_shape": list(row.input_shape),
                 "depth": row.depth,
@@ -291,7 +294,8 @@ class CompareReport:
         texts = [_scaled(value, unit, digits) for value in values]
         first = values[0] if values else 0
         ratio_texts = ["", *(_ratio(value, first) for value in values[1:])] if ratios and len(values) > 1 else None
-        return _best_cells(texts, list(values), lowest, ratio_texts)
+        cells = _best_cells(texts, list(values), lowest, ratio_texts)
+        return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]  # exact, for CSV
 
     def _main_table(self) -> Table:
         rows = self.rows
@@ -304,7 +308,7 @@ class CompareReport:
                              False, None)
         columns = [
             Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
-            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right"),
+            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right", unit="bytes"),
             Column("RF", "right"), Column("stride", "right"), Column("RF/input", "right"), Column("output", "right"),
         ]
         table_rows: list[list[Cell | str]] = [

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -17,13 +19,14 @@ class RegistryEntry:
     params: int
 
 
-@dataclass(frozen=True)
-class RegistryReport:
+@dataclass(frozen=True, repr=False)
+class RegistryReport(ReportView):
     entries: tuple[RegistryEntry, ...]
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [
-            {"name": e.name, "family": e.family, "block": e.block, "stages": list(e.stages), "params": e.params}
+            {"schema_version": SCHEMA_VERSION, "name": e.name, "family": e.family, "block": e.block,
+             "stages": list(e.stages), "params": e.params}
             for e in self.entries
         ]
 

@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.empirical import ErfResult, SupportCheck, erf_heatmap
+from resnet_inspect.analysis.empirical import ErfResult, SupportCheck
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import pair_text, yes_no
+from resnet_inspect.render.heatmap import erf_heatmap
+from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,8 +26,8 @@ def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
     return list(values) if values is not None else None
 
 
-@dataclass(frozen=True)
-class RfReport:
+@dataclass(frozen=True, repr=False)
+class RfReport(ReportView):
     """Receptive fields of one model at one input size, per stage; the check and the ERF when asked for."""
 
     model: str
@@ -32,7 +35,8 @@ class RfReport:
     result: ReceptiveFieldResult
     empirical: SupportCheck | None = None
     erf: ErfResult | None = None
-    png: str | None = None
+    png: str | None = None  # where the ERF's grayscale PNG was written
+    plot: str | None = None  # where the receptive-field picture was written
 
     @property
     def stages(self) -> tuple[StageField, ...]:
@@ -64,6 +68,7 @@ class RfReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "stages": [self._stage_dict(stage) for stage in self.stages],
@@ -86,7 +91,7 @@ class RfReport:
         for stage in self.stages:
             row: list[Cell | str] = [
                 stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
-                f"{stage.output_size[0]}x{stage.output_size[1]}", yes_no(stage.covers_input),
+                shape_text(stage.output_size), yes_no(stage.covers_input),
             ]
             if self.empirical:
                 check = checks.get(stage.name)
@@ -134,10 +139,18 @@ class RfReport:
                          "each field is the hull (union) of their intervals")
         elif not self.result.aligned:
             notes.append("the network is not aligned: its receptive field depends on the position")
-        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context]
+        whole = [stage.name for stage in self.stages if stage.field is not None and stage.field.whole]
+        context = [stage.name for stage in self.stages if stage.field is not None and stage.field.global_context
+                   and not stage.field.whole]
+        if whole:
+            notes.append(f"from {whole[0]} on, every unit sees the same region, the whole input: attention (or "
+                         "another token mixer) mixes every position with every other")
         if context:
             notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
-                         "the whole input through a pooled branch (a gate, attention or normalisation statistics)")
+                         "the whole input through a pooled branch (a gate or normalisation statistics)")
+        inexact = [stage for stage in self.stages if stage.field is not None and not stage.field.exact]
+        if inexact:
+            notes.append(f"from {inexact[0].name} on: {inexact[0].reason}")
         if self.empirical:
             compared = sum(check.agrees is not None for check in self.empirical.stages)
             total = len(self.empirical.stages)
@@ -151,6 +164,8 @@ class RfReport:
                       if check.reason and check.field is not None]
         if self.png:
             notes.append(f"ERF picture written to {self.png}")
+        if self.plot:
+            notes.append(f"receptive-field picture written to {self.plot}")
         return tuple(notes)
 
     def document(self) -> Document:
@@ -204,11 +219,14 @@ def load_weights(model: nn.Module, path: Path) -> str:
     return str(path)
 
 
-def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int = 3, check: bool = False,
-              erf: bool = False, erf_samples: int = 8, weights_path: Path | None = None,
-              png_path: Path | None = None) -> RfReport:
-    """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF."""
-    from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check, write_png
+def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int | None = None,
+              check: bool = False, erf: bool = False, erf_samples: int = 8,
+              weights_path: Path | None = None) -> RfReport:
+    """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF.
+
+    Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
+    """
+    from resnet_inspect.analysis.empirical import effective_receptive_field, empirical_check
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
     from resnet_inspect.report.build import capture_model
 
@@ -216,12 +234,10 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     result = analyze_receptive_field(captured)
     empirical = empirical_check(model, captured, result, in_channels) if check else None
     erf_result = None
-    if erf or weights_path is not None or png_path is not None:
+    if erf or weights_path is not None:
         weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
-        if png_path is not None:
-            write_png(png_path, erf_result.mass)
-    return RfReport(name, captured.input_shape, result, empirical, erf_result, str(png_path) if png_path else None)
+    return RfReport(name, captured.input_shape, result, empirical, erf_result)
 
 
 __all__ = ["RfReport", "load_rf_model", "load_weights", "rf_report"]

@@ -10,11 +10,14 @@ from resnet_inspect.ops.arithmetic import LayerArithmetic, check_layer
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import bytes_text, pair_text, shape_text
+from resnet_inspect.report.view import ReportView, SummaryView
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
+    from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
 
 PASS, FAIL = "✓", "✗"
 
@@ -78,8 +81,8 @@ def check_nodes(capture: Capture) -> tuple[LayerCheck, ...]:
     return tuple(checks)
 
 
-@dataclass(frozen=True)
-class VerifyReport:
+@dataclass(frozen=True, repr=False)
+class VerifyReport(ReportView):
     """`verify`: one row per convolution or pooling layer; failed > 0 means exit code 1."""
 
     model: str
@@ -98,6 +101,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "checked": len(self.checks),
@@ -132,8 +136,8 @@ class VerifyReport:
         return Document((Table(title, columns, tuple(rows), footer),), notes=self.warnings)
 
 
-@dataclass(frozen=True)
-class SummaryReport:
+@dataclass(frozen=True, repr=False)
+class SummaryReport(SummaryView):
     """`summary`: the layer tree with shapes, arithmetic, parameters, MACs, receptive field (and time)."""
 
     model: str
@@ -146,6 +150,7 @@ class SummaryReport:
     layer_times_ms: dict[str, float] | None = None
     max_depth: int | None = None
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
+    torchinfo: TorchinfoCounts | None = None
 
     @cached_property
     def checks_by_node(self) -> dict[int, LayerArithmetic]:
@@ -179,11 +184,14 @@ class SummaryReport:
                 "receptive_field": self.layer_fields.get(layer.index),
                 "activation_bytes": counts.layer_activation_bytes.get(layer.index, 0),
                 "fvcore_flops": self._fvcore_layer(layer),
+                "torchinfo_mult_adds": None if self.torchinfo is None else self.torchinfo.by_module.get(layer.name),
+                "torchinfo_params": None if self.torchinfo is None else self.torchinfo.params_by_module.get(layer.name),
             }
             if self.layer_times_ms is not None:
                 entry["time_ms"] = self.layer_times_ms.get(layer.name)
             layers.append(entry)
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "input_shape": list(capture.input_shape),
             "output_shape": list(capture.output_shape),
@@ -201,6 +209,8 @@ class SummaryReport:
                 "param_bytes_by_dtype": dict(counts.param_bytes_by_dtype),
                 "params_by_stage": dict(counts.stage_params),
                 "uncounted_ops": dict(counts.uncounted_ops),
+                "torchinfo_mult_adds": None if self.torchinfo is None else self.torchinfo.mult_adds,
+                "torchinfo_params": None if self.torchinfo is None else self.torchinfo.params,
             },
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,
@@ -218,6 +228,8 @@ class SummaryReport:
         ]
         if show_fvcore:
             columns.append(Column("fvcore", "right"))
+        if self.torchinfo is not None:
+            columns += [Column("torchinfo params", "right"), Column("torchinfo Mult-Adds", "right")]
         if show_time:
             columns.append(Column("ms", "right"))
         rows = []
@@ -228,7 +240,7 @@ class SummaryReport:
             rf_text = "" if not field_json else pair_text(field_json["size"])
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
-                "  " * (layer.depth - 1) + self._relative_name(layer), layer.type,
+                Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
                 shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
                 check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
                 f"{macs:,}" if macs else "",
@@ -236,6 +248,10 @@ class SummaryReport:
             if show_fvcore:
                 value = self._fvcore_layer(layer)
                 row.append(f"{value:,}" if value else "")
+            if self.torchinfo is not None:
+                params, mult_adds = (self.torchinfo.params_by_module.get(layer.name),
+                                     self.torchinfo.by_module.get(layer.name))
+                row += [f"{params:,}" if params else "", f"{mult_adds:,}" if mult_adds else ""]
             if show_time:
                 time_ms = (self.layer_times_ms or {}).get(layer.name)
                 row.append("" if time_ms is None else f"{time_ms:.3f}")
@@ -245,6 +261,17 @@ class SummaryReport:
                    self._footer()),),
             notes=self._notes(),
         )
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: the layer tree (every layer, expanded down to ``max_depth``), the totals,
+        the receptive-field picture and MACs and parameters per stage."""
+        from dataclasses import replace
+
+        from resnet_inspect.render.html import summary_html
+        from resnet_inspect.report.rf import RfReport
+
+        rf = RfReport(self.model, self.capture.input_shape, self.fields).to_dict() if self.fields else None
+        return summary_html(self.to_dict(), replace(self, max_depth=None).document(), rf, self.max_depth)
 
     def _relative_name(self, layer: LayerRecord) -> str:
         """The name below the enclosing call's: `layers.0` under `encoder` (ModuleLists make no call of their own)."""
@@ -263,6 +290,10 @@ class SummaryReport:
         ]
         if self.fvcore is not None:
             lines.append(f"fvcore flops (one fused multiply-add = one flop): {self.fvcore.total_flops:,}")
+        if self.torchinfo is not None:
+            lines.append(f"torchinfo: {self.torchinfo.params:,} parameters, {self.torchinfo.mult_adds:,} Mult-Adds "
+                         f"= our MACs {counts.macs:,}")
+            lines += self.torchinfo.explanation(counts.macs)
         lines.append(f"activation memory: {bytes_text(counts.activation_bytes)}   "
                      f"estimated peak inference memory: {bytes_text(counts.peak_memory_bytes)}")
         if self.fields is not None and self.fields.output is not None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
 from resnet_inspect.render.document import Column, Document, Table
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from torch import nn
 
 TOP_LAYERS = 15  # rows of the slowest-layers table (JSON lists every layer)
 
 
-@dataclass(frozen=True)
-class TimingReport:
+@dataclass(frozen=True, repr=False)
+class TimingReport(ReportView):
     model: str
     device: str
     dtype: str
@@ -37,6 +43,7 @@ class TimingReport:
     def to_dict(self) -> dict[str, Any]:
         profile = self.profile
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
@@ -120,11 +127,11 @@ def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[
     return advance, finish
 
 
-def timing_report(spec: str, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
+def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
                   dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> TimingReport:
-    """Build MODEL with random weights on ``device`` and time it at each batch size.
+                  progress: Callable[[int], None] | None = None, model_name: str | None = None) -> TimingReport:
+    """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
 
     ``progress`` is advanced by forward passes; the total is ``phase_runs(...)``.
     """
@@ -139,7 +146,11 @@ def timing_report(spec: str, batch_sizes: list[int], input_size: int | tuple[int
 
     device = resolve_device(device)
     check_dtype(device, dtype)
-    model, name = load_model(spec, in_channels=in_channels, device=device)
+    if isinstance(spec, str):
+        model, name = load_model(spec, in_channels=in_channels, device=device)
+    else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
+        model, name = copy.deepcopy(spec), type(spec).__name__
+    name = model_name or name
     channels = in_channels or 3
     input_size = input_shape_for(model, input_size, 1, channels)[2:]  # an int: every spatial axis of the model
     results = []

@@ -1,0 +1,339 @@
+"""The Python API for notebooks and scripts, in the manner of ``torchinfo.summary``.
+
+Every function takes an ``nn.Module`` or a model name (a registry name, ``path/to/file.py:factory`` or
+``package.module:factory``) and returns a report: ``print(report)`` shows the table, a notebook shows it as
+HTML, and ``report.to_dict()`` is the JSON of the matching command. Bad arguments raise ``ValueError`` saying
+what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from resnet_inspect.records import Pair, Shape
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from resnet_inspect.report.compare import CompareReport
+    from resnet_inspect.report.rf import RfReport
+    from resnet_inspect.report.summary import SummaryReport, VerifyReport
+    from resnet_inspect.report.timing import TimingReport
+
+DEFAULT_DEPTH = 4  # the table's depth in the API: a ResNet's blocks (the JSON and the queries keep every layer)
+SIZE_EXPECTED = ("input_size must be a spatial size (224 or (224, 320)), a full shape such as (1, 3, 224, 224), "
+                 "or a list of full shapes for a model with several inputs")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What to feed the model: a spatial size (with batch and channels), full shapes, or the caller's tensors."""
+
+    size: int | Pair | None = None  # an int: every spatial axis the model has
+    shapes: tuple[Shape, ...] | None = None
+    data: Any = None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_shape(values: Sequence[Any], what: str) -> tuple[int, ...]:
+    if not values or not all(_is_int(value) and value > 0 for value in values):
+        raise ValueError(f"{SIZE_EXPECTED}; {what} {tuple(values)!r} has a size that is not a positive int")
+    return tuple(values)
+
+
+def parse_input(input_size: Any = None, input_data: Any = None) -> InputSpec:
+    """Sort ``input_size`` / ``input_data`` into one ``InputSpec``; ``ValueError`` says what was expected."""
+    if input_size is not None and input_data is not None:
+        raise ValueError("give input_size or input_data, not both")
+    if input_data is not None:
+        return InputSpec(data=_check_input_data(input_data))
+    if input_size is None:
+        return InputSpec()
+    if _is_int(input_size):
+        return InputSpec(size=_positive_shape((input_size,), "size")[0])
+    if isinstance(input_size, list) and input_size and all(isinstance(item, (tuple, list)) for item in input_size):
+        shapes = tuple(_positive_shape(tuple(shape), "shape") for shape in input_size)
+        if any(len(shape) < 3 for shape in shapes):
+            raise ValueError(f"{SIZE_EXPECTED}; each shape of a list needs batch, channels and spatial sizes, "
+                             f"got {input_size!r}")
+        return InputSpec(shapes=shapes)
+    if isinstance(input_size, (tuple, list)) and all(_is_int(value) for value in input_size):
+        if len(input_size) == 2:
+            return InputSpec(size=_positive_shape(input_size, "size"))  # type: ignore[arg-type]
+        if len(input_size) >= 3:
+            return InputSpec(shapes=(_positive_shape(input_size, "shape"),))
+    raise ValueError(f"{SIZE_EXPECTED}; got {input_size!r}")
+
+
+def _check_input_data(input_data: Any) -> Any:
+    import torch
+
+    tensors = (input_data.values() if isinstance(input_data, Mapping)
+               else input_data if isinstance(input_data, (tuple, list)) else (input_data,))
+    if not tensors or not all(isinstance(tensor, torch.Tensor) for tensor in tensors):
+        raise ValueError("input_data must be a tensor, a tuple or list of tensors (positional arguments of forward) "
+                         f"or a dict of tensors (keyword arguments), got {type(input_data).__name__}")
+    return tuple(input_data) if isinstance(input_data, list) else input_data
+
+
+def _dtype(dtype: Any) -> torch.dtype | None:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    candidate = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(candidate, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype or its name (float32, float16, bfloat16), got {dtype!r}")
+    return candidate
+
+
+def _positive(value: Any, what: str) -> int:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | None,
+           model_name: str | None, device: str | None = "meta") -> tuple[nn.Module, str]:
+    """An ``nn.Module`` as given (labelled by its class), or the model a name stands for."""
+    from torch import nn
+
+    if isinstance(model, str):
+        from resnet_inspect.capture.loader import load_model
+
+        built, name = load_model(model, in_channels=in_channels, num_classes=num_classes, device=device)
+        return built, model_name or name
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
+    if num_classes is not None:
+        raise ValueError("num_classes applies to models given by name; this one is already built")
+    return model, model_name or type(model).__name__
+
+
+def _default_size(model: nn.Module | str) -> int:
+    """The model's own input side on every spatial axis: 32 for the CIFAR ResNets, else 224."""
+    from resnet_inspect.capture.loader import default_input_size
+
+    return default_input_size(model) if isinstance(model, str) else 224
+
+
+def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
+             name: str, exact_checked_shapes: bool = False) -> Any:
+    """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
+
+    ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
+    from resnet_inspect.report.build import capture_model
+
+    if spec.data is not None:
+        return capture_model(network, model_name=name, input_data=spec.data,
+                             exact_checked_shapes=exact_checked_shapes)
+    if spec.shapes is not None:
+        return capture_model(network, model_name=name, input_shapes=spec.shapes,
+                             exact_checked_shapes=exact_checked_shapes)
+    return capture_model(network, spec.size or default, batch_size, in_channels, name,
+                         exact_checked_shapes=exact_checked_shapes)
+
+
+def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """The model as it would be in ``dtype``: a meta copy converted (nothing allocated, the model untouched)."""
+    if dtype is None:
+        return network
+    from resnet_inspect.capture.trace import structural_copy
+
+    return structural_copy(network, "meta").to(dtype)
+
+
+def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
+            depth: int | None = None, dtype: Any = None, in_channels: int | None = None,
+            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            torchinfo: bool = False) -> SummaryReport:
+    """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
+
+    ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
+    shape ``(1, 3, 224, 224)``, or a list of full shapes for a model with several inputs; ``input_data`` is a
+    tensor, a tuple of them (positional arguments of ``forward``) or a dict (keyword arguments). Without either,
+    the model's own size (224, or 32 for the CIFAR ResNets). ``depth`` limits the table (default 4); the JSON
+    and the queries keep every layer. There is no ``device``: the analysis runs on a meta-device copy of the
+    model (real CPU tensors only when its forward needs data), so the model is not changed and no weights are
+    allocated. ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
+    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
+    """
+    from resnet_inspect.report.build import summary_from_capture
+
+    spec = parse_input(input_size, input_data)
+    _positive(batch_size, "batch_size")
+    if depth is not None:
+        _positive(depth, "depth")
+    if in_channels is not None:
+        _positive(in_channels, "in_channels")
+    dtype = _dtype(dtype)
+    network, name = _model(model, in_channels, num_classes, model_name)
+    network = _in_dtype(network, dtype)
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name)
+    report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
+    if torchinfo:
+        from dataclasses import replace
+
+        from resnet_inspect.analysis.torchinfo_count import torchinfo_count
+
+        report = replace(report, torchinfo=torchinfo_count(network, captured, report.counts, spec.data))
+    return report
+
+
+def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
+            depth: int | None = None, dtype: Any = None, in_channels: int | None = None,
+            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            torchinfo: bool = False) -> SummaryReport:
+    """The earlier name of ``summary``, kept as an alias."""
+    return summary(model, input_size, input_data=input_data, batch_size=batch_size, depth=depth, dtype=dtype,
+                   in_channels=in_channels, num_classes=num_classes, model_name=model_name, fvcore=fvcore,
+                   torchinfo=torchinfo)
+
+
+def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
+           in_channels: int | None = None, num_classes: int | None = None,
+           model_name: str | None = None) -> VerifyReport:
+    """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
+    from resnet_inspect.report.summary import VerifyReport, check_nodes
+
+    spec = parse_input(input_size, input_data)
+    _positive(batch_size, "batch_size")
+    network, name = _model(model, in_channels, num_classes, model_name)
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, exact_checked_shapes=True)
+    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
+
+
+def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
+    """A spatial size only (``receptive_field``, ``time_model``): 224, (224, 320), or one full shape's."""
+    if input_size is None:
+        return _default_size(model)
+    spec = parse_input(input_size)
+    if spec.size is not None:
+        return spec.size
+    assert spec.shapes is not None
+    if len(spec.shapes) == 1:
+        return spec.shapes[0][2:]
+    raise ValueError(f"input_size must be a spatial size (224 or (224, 320)) or one full shape here, "
+                     f"got {input_size!r}")
+
+
+def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channels: int | None = None,
+                    check: bool = False, erf: bool = False, erf_samples: int = 8, weights: str | None = None,
+                    png: str | None = None, model_name: str | None = None) -> RfReport:
+    """Receptive field, effective stride and padding per stage; ``check`` confirms it with gradients, ``erf``
+    measures the effective field (a module given as such is measured with its own weights)."""
+    from pathlib import Path
+
+    from resnet_inspect.report.rf import load_rf_model, rf_report
+
+    size = _spatial(input_size, model)
+    channels = in_channels
+    _positive(erf_samples, "erf_samples")
+    wants_erf = erf or weights is not None or png is not None
+    if isinstance(model, str):
+        network, name = load_rf_model(model, channels, None, real=wants_erf)
+        name = model_name or name
+    else:
+        network, name = _model(model, in_channels, None, model_name)
+        if weights is not None:  # loading them must not overwrite the caller's own
+            import copy
+
+            network = copy.deepcopy(network)
+    report = rf_report(network, name, size, channels, check, wants_erf, erf_samples,
+                       Path(weights) if weights is not None else None)
+    if png is not None and report.erf is not None:
+        from dataclasses import replace
+
+        from resnet_inspect.render.files import write_file
+        from resnet_inspect.render.heatmap import png_bytes
+
+        write_file(Path(png), png_bytes(report.erf.mass))
+        report = replace(report, png=str(png))
+    return report
+
+
+def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
+            batch_size: int = 1, stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
+            repeat: int = 10) -> CompareReport:
+    """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
+
+    ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
+    ``input_sizes`` is one size or a list of sizes (224 or (224, 320)); every model is compared at each.
+    """
+    from resnet_inspect.report.compare import Candidate, CompareReport, compare_rows, load_candidates, time_rows
+
+    items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
+    if not items:
+        raise ValueError("models must name at least one model (an nn.Module or a model name)")
+    _positive(batch_size, "batch_size")
+    sizes = _sizes(input_sizes)
+    candidates: list[Candidate] = []
+    labels: set[str] = set()
+    for label, item in items:
+        if isinstance(item, str):
+            candidate = load_candidates([item], sizes)[0]
+            candidate = Candidate(candidate.spec, label or candidate.name, candidate.model, candidate.sizes)
+        else:
+            network, name = _model(item, None, None, label)
+            candidate = Candidate(name, name, network, tuple(sizes) if sizes else (_default_size(network),))
+        if candidate.name in labels:  # two modules of one class: number them
+            candidate = Candidate(candidate.spec, f"{candidate.name} #{len(candidates) + 1}", candidate.model,
+                                  candidate.sizes)
+        labels.add(candidate.name)
+        candidates.append(candidate)
+    rows = compare_rows(candidates, batch_size)
+    resolved = None
+    if time:
+        from resnet_inspect.analysis.timing import resolve_device
+
+        resolved = resolve_device(device)
+        rows = time_rows(candidates, rows, resolved, warmup, repeat)
+    return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
+
+
+def _sizes(input_sizes: Any) -> list[int | Pair] | None:
+    if input_sizes is None:
+        return None
+    if _is_int(input_sizes) or (isinstance(input_sizes, tuple) and len(input_sizes) == 2
+                                and all(_is_int(value) for value in input_sizes)):
+        input_sizes = [input_sizes]
+    if not isinstance(input_sizes, (list, tuple)) or not input_sizes:
+        raise ValueError(f"input_sizes must be a size (224 or (224, 320)) or a list of them, got {input_sizes!r}")
+    sizes = []
+    for size in input_sizes:
+        spec = parse_input(size)
+        if spec.size is None:
+            raise ValueError(f"input_sizes must be spatial sizes (224 or (224, 320)), got {size!r}")
+        sizes.append(spec.size)
+    return sizes
+
+
+def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
+               device: str = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
+               threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
+               in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
+    """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
+    its own (it is copied to ``device`` and ``dtype`` when it is not there already)."""
+    from resnet_inspect.report.timing import timing_report
+
+    batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
+    for batch in batches:
+        _positive(batch, "each batch size")
+    if not batches:
+        raise ValueError("batch_sizes must hold at least one batch size")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    size = _spatial(input_size, model)
+    if not isinstance(model, str):
+        model, _ = _model(model, in_channels, None, model_name)
+    return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,
+                         in_channels, model_name=model_name)
+
+
+__all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]

@@ -1,0 +1,185 @@
+"""How a report shows itself in Python: the table as its repr, rich and Jupyter forms, JSON, data frames.
+
+``ReportView`` is a mixin for every report class (they keep ``to_dict()`` and ``document()``); it adds nothing
+to what the report holds, only ways to read it. ``SummaryView`` adds the queries of the summary report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
+
+# Rich style words -> CSS, for the cells the tables colour (check marks, best values).
+_CSS = {"green": "color: green", "red": "color: #c00", "yellow": "color: #a60", "bold": "font-weight: bold"}
+
+
+def _css(style: str | None) -> str:
+    if not style:
+        return ""
+    return "; ".join(_CSS[word] for word in style.split() if word in _CSS)
+
+
+def _html_cell(tag: str, cell: Cell | str, justify: str) -> str:
+    css = "; ".join(part for part in (f"text-align: {justify}", "white-space: pre", _css(cell_style(cell))) if part)
+    return f'<{tag} style="{css}">{html.escape(cell_text(cell))}</{tag}>'
+
+
+def document_html(document: Document) -> str:
+    """Each table of ``document`` as an HTML ``<table>``: title as caption, footer and notes in ``<tfoot>``."""
+    parts = []
+    for position, table in enumerate(document.tables):
+        span = len(table.columns)
+        lines = [*table.footer, *(document.notes if position == len(document.tables) - 1 else ())]
+        header = "".join(_html_cell("th", column.header, column.justify) for column in table.columns)
+        body = "".join(
+            "<tr>" + "".join(_html_cell("td", cell, column.justify) for cell, column in zip(row, table.columns,
+                                                                                               strict=True)) + "</tr>"
+            for row in table.rows
+        )
+        foot = "".join(f'<tr><td colspan="{span}" style="text-align: left">{html.escape(line)}</td></tr>'
+                       for line in lines)
+        parts.append(
+            f'<table class="resnet-inspect"><caption style="text-align: left">{html.escape(table.title)}</caption>'
+            f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody>"
+            + (f"<tfoot>{foot}</tfoot>" if foot else "") + "</table>"
+        )
+    return "\n".join(parts)
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write the whole file or nothing: a temporary file beside it, renamed into place."""
+    import tempfile
+
+    target = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class ReportView:
+    """The table as ``repr()`` and ``str()``, ``rich.print`` and Jupyter forms, JSON and a data frame.
+
+    A report class using it defines ``to_dict()`` and ``document()``, and is a dataclass with ``repr=False``
+    (a dataclass otherwise writes its own ``__repr__`` over this one).
+    """
+
+    TEXT_WIDTH = 240  # wide tables stay on one line per row; rich does not pad narrower ones
+
+    def to_dict(self) -> Any:
+        raise NotImplementedError
+
+    def document(self) -> Document:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        from resnet_inspect.render import render_table
+
+        return "\n".join(line.rstrip() for line in render_table(self, width=self.TEXT_WIDTH).splitlines())
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        from resnet_inspect.render import rich_renderables
+
+        return Group(*rich_renderables(self))
+
+    def _repr_html_(self) -> str:
+        return document_html(self.document())
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The JSON of ``--format json``; also written to ``path`` (whole or not at all) when one is given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            write_text_atomically(path, text)
+        return text
+
+    def records(self) -> list[dict[str, Any]]:
+        """The report's rows as JSON objects: its layers, stages or results, or the whole report as one row."""
+        data = self.to_dict()
+        if isinstance(data, list):
+            return data
+        for key in ("layers", "stages", "results"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        return [data]
+
+    def to_dataframe(self) -> Any:
+        """``records()`` as a pandas DataFrame, nested objects flattened (``arithmetic.relation``); needs pandas."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("to_dataframe() needs pandas, which resnet-inspect does not install: "
+                              "pip install pandas") from None
+        return pandas.json_normalize(self.records())
+
+
+class SummaryView(ReportView):
+    """Queries of the summary report: totals, one layer, modules at a depth, stages, receptive field."""
+
+    def total(self, key: str) -> Any:
+        """One total of the report, by its JSON name: ``total("macs")``, ``total("params")``, ..."""
+        totals = self.to_dict()["totals"]
+        if key not in totals:
+            raise KeyError(f"no total named {key!r}; the totals are {', '.join(totals)}")
+        return totals[key]
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """One layer's record (its first call), as in the JSON ``layers`` list: ``layer("encoder.layers.0")``."""
+        layers = self.to_dict()["layers"]
+        for entry in layers:
+            if entry["name"] == name:
+                return entry
+        import difflib
+
+        close = difflib.get_close_matches(name, [entry["name"] for entry in layers], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"no layer named {name!r}{hint}")
+
+    def by_module(self, depth: int = 1) -> dict[str, dict[str, Any]]:
+        """Modules down to ``depth``: name -> type, depth, params, MACs, FLOPs, activation bytes.
+
+        MACs include the module's children; a module called several times adds up its calls.
+        """
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        modules: dict[str, dict[str, Any]] = {}
+        for entry in self.to_dict()["layers"]:
+            if entry["depth"] > depth:
+                continue
+            row = modules.get(entry["name"])
+            if row is None:
+                modules[entry["name"]] = {key: entry[key] for key in
+                                          ("type", "depth", "params", "macs", "flops", "activation_bytes")}
+                continue
+            for key in ("macs", "flops", "activation_bytes"):  # parameters are shared between the calls
+                row[key] += entry[key]
+        return modules
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """The stem, each stage and the head: residual blocks, output shape, receptive field, MACs and share."""
+        from resnet_inspect.report.compare import row_from_capture
+
+        row = row_from_capture(self.capture)  # type: ignore[attr-defined]
+        return [stage.to_dict(row.macs) for stage in row.stage_rows]
+
+    @property
+    def receptive_field(self) -> dict[str, Any] | None:
+        """The receptive field at the encoder output (size, stride, padding), None when undefined."""
+        return self.to_dict()["receptive_field"]
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.to_dict()["layers"]
