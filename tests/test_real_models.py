@@ -107,11 +107,8 @@ def example(name: str) -> torch.Tensor:
 
 @cache
 def summary(name: str) -> dict:
-    """The `summary --format json` document, through the Python API."""
-    case = CASES[name]
-    size = case.input_size if len(case.input_size) != 1 else case.input_size[0]
-    report = resnet_inspect.inspect(build(name), input_size=size, in_channels=case.in_channels,
-                                    model_name=f"{ZOO_FILE}:{name}")
+    """The `summary --format json` document, through the Python API (given the full input shape)."""
+    report = resnet_inspect.inspect(build(name), input_size=CASES[name].input_shape, model_name=f"{ZOO_FILE}:{name}")
     return report.to_dict()
 
 
@@ -440,6 +437,15 @@ def test_spatial_axes_come_from_the_first_convolution() -> None:
     assert cli_json("summary", f"{ZOO_FILE}:audio_net", "-i", "256", "--in-channels", "1")["input_shape"] == [
         1, 1, 256]
     assert cli_json("summary", f"{ZOO_FILE}:video_net", "-i", "32")["input_shape"] == [1, 3, 32, 32, 32]
+
+
+@pytest.mark.parametrize(("name", "input_size"), [("audio_net", 256), ("video_net", 32), ("video_net", (16, 32, 32))])
+def test_python_api_takes_an_int_or_one_size_per_spatial_axis(name: str, input_size: int | tuple[int, ...]) -> None:
+    """As `-i`: an int for every spatial axis, or a tuple with one size per spatial axis (three for a Conv3d net,
+    whose first convolution says how many axes and channels the input has)."""
+    report = resnet_inspect.inspect(build(name), input_size=input_size).to_dict()
+    sizes = [input_size] * len(CASES[name].input_size) if isinstance(input_size, int) else list(input_size)
+    assert report["input_shape"] == [1, CASES[name].in_channels, *sizes]
 
 
 def test_one_size_per_axis_for_a_video_input() -> None:
