@@ -47,8 +47,12 @@ def _positive_shape(values: Sequence[Any], what: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def parse_input(input_size: Any = None, input_data: Any = None) -> InputSpec:
-    """Sort ``input_size`` / ``input_data`` into one ``InputSpec``; ``ValueError`` says what was expected."""
+def parse_input(input_size: Any = None, input_data: Any = None, rank: int = 2) -> InputSpec:
+    """Sort ``input_size`` / ``input_data`` into one ``InputSpec``; ``ValueError`` says what was expected.
+
+    ``rank`` is the model's number of spatial axes: a sequence of that many ints is a spatial size (``(224, 320)``
+    for a 2-D network, ``(16, 112, 112)`` for a 3-D one); a longer one is a full shape.
+    """
     if input_size is not None and input_data is not None:
         raise ValueError("give input_size or input_data, not both")
     if input_data is not None:
@@ -64,9 +68,9 @@ def parse_input(input_size: Any = None, input_data: Any = None) -> InputSpec:
                              f"got {input_size!r}")
         return InputSpec(shapes=shapes)
     if isinstance(input_size, (tuple, list)) and all(_is_int(value) for value in input_size):
-        if len(input_size) == 2:
+        if len(input_size) == rank:
             return InputSpec(size=_positive_shape(input_size, "size"))  # type: ignore[arg-type]
-        if len(input_size) >= 3:
+        if len(input_size) > rank:
             return InputSpec(shapes=(_positive_shape(input_size, "shape"),))
     raise ValueError(f"{SIZE_EXPECTED}; got {input_size!r}")
 
@@ -166,7 +170,6 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     """
     from resnet_inspect.report.build import summary_from_capture
 
-    spec = parse_input(input_size, input_data)
     _positive(batch_size, "batch_size")
     if depth is not None:
         _positive(depth, "depth")
@@ -174,6 +177,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
         _positive(in_channels, "in_channels")
     dtype = _dtype(dtype)
     network, name = _model(model, in_channels, num_classes, model_name)
+    spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name)
     report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
@@ -202,18 +206,26 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
     from resnet_inspect.report.summary import VerifyReport, check_nodes
 
-    spec = parse_input(input_size, input_data)
     _positive(batch_size, "batch_size")
     network, name = _model(model, in_channels, num_classes, model_name)
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, exact_checked_shapes=True)
+    spec = parse_input(input_size, input_data, _rank(network))
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
+                        exact_checked_shapes=True)
     return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
+
+
+def _rank(model: nn.Module | str) -> int:
+    """The model's number of spatial axes (2 for a name, which is not built here)."""
+    from resnet_inspect.capture.trace import spatial_rank
+
+    return 2 if isinstance(model, str) else spatial_rank(model)
 
 
 def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
     """A spatial size only (``receptive_field``, ``time_model``): 224, (224, 320), or one full shape's."""
     if input_size is None:
         return _default_size(model)
-    spec = parse_input(input_size)
+    spec = parse_input(input_size, rank=_rank(model))
     if spec.size is not None:
         return spec.size
     assert spec.shapes is not None
@@ -250,10 +262,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     if png is not None and report.erf is not None:
         from dataclasses import replace
 
-        from resnet_inspect.render.files import write_file
+        from resnet_inspect.render.files import write_output
         from resnet_inspect.render.heatmap import png_bytes
 
-        write_file(Path(png), png_bytes(report.erf.mass))
+        write_output(Path(png), png_bytes(report.erf.mass))
         report = replace(report, png=str(png))
     return report
 

@@ -367,7 +367,9 @@ def test_upsampling_has_a_rational_stride_and_says_the_field_varies_per_pixel():
     captured, result = analysed(UNet(), 16)
     interpolate = next(node for node in captured.nodes if node.type == "interpolate")
     field = result.fields[interpolate.id]
-    assert (field.size, field.stride, field.padding, field.exact) == ((5, 5), (1, 1), (2, 2), False)
+    # down: r = 5, S = 2, P = 2. Output u reads unit floor(u / 2): the interval holding every pixel's field
+    # widens by (f - 1) / f x S = 1 on the left: r = 6, S = 1, P = 3 (exact on even pixels, one wider on odd).
+    assert (field.size, field.stride, field.padding, field.exact) == ((6, 6), (1, 1), (3, 3), False)
     assert "varies from pixel to pixel" in result.stages[-1].reason
     check = support_check(captured, result)
     assert check.stages[-1].agrees is None  # compared nowhere rather than wrongly
@@ -392,3 +394,23 @@ def test_one_and_three_dimensional_networks_get_every_axis(model, size, expected
 def test_the_number_of_spatial_axes_comes_from_the_first_convolution():
     assert capture_model(nn.Sequential(nn.Conv1d(3, 4, 3)), 50).input_shape == (1, 3, 50)
     assert capture_model(nn.Sequential(nn.Conv3d(3, 4, 3)), 9).input_shape == (1, 3, 9, 9, 9)
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(st.integers(1, 12), st.integers(0, 30), st.sampled_from(["nearest", "nearest-exact", "linear", "cubic"]),
+       st.booleans())
+def test_an_upsampled_interval_holds_every_input_unit_the_output_reads(before, extra, mode, align):
+    """Against F.interpolate itself: one-hot inputs show which input units each output unit reads."""
+    from resnet_inspect.ops.rules import _source_span, _source_step
+
+    after, reach = before + extra, {"nearest": 0, "nearest-exact": 0, "linear": 1, "cubic": 3}[mode]
+    align = align and reach > 0
+    options = {} if reach == 0 else {"align_corners": align}
+    one_hot = torch.eye(before, dtype=torch.float64).reshape(before, 1, 1, before)
+    torch_mode = {"linear": "bilinear", "cubic": "bicubic"}.get(mode, mode)
+    output = F.interpolate(one_hot, size=(1, after), mode=torch_mode, **options)[:, 0, 0, :]
+    low, high = _source_span(before, after, mode if mode != "cubic" else "bicubic", reach, align)
+    step = _source_step(before, after, align)
+    for unit in range(after):
+        read = [source for source in range(before) if output[source, unit] != 0]
+        assert all(unit * step + low <= source <= unit * step + high for source in read), (unit, read)

@@ -85,12 +85,18 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
                  counts: Counts | None = None) -> tuple[FvcoreCounts | None, str | None]:
     """fvcore's FlopCountAnalysis of ``model`` on the capture's input; (counts, None) or (None, why skipped).
 
+    A run that needs more memory than the budget is skipped; one that needs more than the machine has
+    raises MemoryGuardError.
+
     fvcore's log warnings are silenced; the operators it could not count are returned in
     ``unsupported_ops`` so the report can list them.
     """
     import torch
 
+    from resnet_inspect.analysis.memory import ensure_fits
+
     needed_bytes = batch1_memory_bytes(capture, counts)
+    ensure_fits(needed_bytes, "--fvcore (a real batch-1 forward pass)", "lower --input-size, or leave out --fvcore")
     if needed_bytes > memory_budget_bytes:
         return None, (f"fvcore skipped: a real batch-1 forward needs about {needed_bytes / 1024**3:.1f} GiB, "
                       f"over the {memory_budget_bytes / 1024**3:.1f} GiB budget")

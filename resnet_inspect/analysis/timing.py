@@ -8,6 +8,7 @@ as the hook overhead.
 
 from __future__ import annotations
 
+import copy
 import re
 import statistics
 import time
@@ -123,16 +124,65 @@ def synchronizer(device: str) -> Callable[[], None]:
 def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channels_last: bool = False) -> nn.Module:
     """The model with real weights on ``device`` in ``dtype`` and eval mode (a meta model is materialized).
 
-    A model already on ``device`` is converted in place, as ``nn.Module.to`` does; any other is copied.
+    A model already on ``device`` in ``dtype`` (and, for ``channels_last``, in that memory format) is returned
+    itself, switched to eval mode; any other is copied, so the caller's weights keep their dtype and format.
     """
     import torch
 
     from resnet_inspect.analysis.fvcore_count import materialize
 
-    prepared = materialize(model, device).to(dtype=getattr(torch, dtype)).eval()
+    torch_dtype = getattr(torch, dtype)
+    prepared = materialize(model, device)
+    if prepared is model and _needs_conversion(model, torch_dtype, channels_last):
+        prepared = copy.deepcopy(model)
+    prepared = prepared.to(dtype=torch_dtype).eval()
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     return prepared
+
+
+def _needs_conversion(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> bool:
+    """Whether ``.to(dtype)`` or ``.to(channels_last)`` would change one of ``model``'s tensors in place."""
+    import torch
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            return True
+        if channels_last and tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
+            return True
+    return False
+
+
+@contextmanager
+def _timed_model(model: nn.Module, input_shape: Shape, device: str, dtype: str,
+                 channels_last: bool) -> Iterator[nn.Module]:
+    """The prepared model for a measurement, after the memory guard; the caller's train/eval modes come back."""
+    ensure_timing_fits(model, input_shape, device, dtype)
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield prepare_model(model, device, dtype, channels_last)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32") -> None:
+    """Refuse (MemoryGuardError) a measurement whose estimated peak does not fit; a too-small input names its layer.
+
+    The estimate comes from a batch-1 capture (on the meta device, or on real tensors at batch 1 for
+    data-dependent code, as the capture decides); a forward pass that fails raises ForwardError naming the layer.
+    """
+    from resnet_inspect.analysis.counting import element_bytes
+    from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
+    from resnet_inspect.capture.trace import capture
+
+    if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
+        return
+    captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1])
+    batch_size = input_shape[0]
+    needed = inference_bytes(captured, batch_size, element_bytes(dtype))
+    ensure_fits(needed, f"timing at batch size {batch_size} and input {'x'.join(map(str, input_shape[1:]))}",
+                "lower --batch-size or --input-size", device)
 
 
 def make_input(input_shape: Shape, device: str, dtype: str = "float32", channels_last: bool = False) -> torch.Tensor:
@@ -207,9 +257,9 @@ def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype:
                repeat: int = 50, threads: int | None = None, channels_last: bool = False,
                progress: Progress | None = None) -> LatencyResult:
     """Whole-model latency of ``model`` on a random input of ``input_shape`` (batch first)."""
-    prepared = prepare_model(model, device, dtype, channels_last)
-    x = make_input(input_shape, device, dtype, channels_last)
-    return measure(prepared, x, device, warmup, repeat, threads, progress)
+    with _timed_model(model, input_shape, device, dtype, channels_last) as prepared:
+        x = make_input(input_shape, device, dtype, channels_last)
+        return measure(prepared, x, device, warmup, repeat, threads, progress)
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -272,38 +322,38 @@ def profile_layers(model: nn.Module, input_shape: Shape, device: str = "cpu", dt
     """Per-layer medians over ``repeat`` hooked forward passes (after ``warmup`` untimed ones)."""
     import torch
 
-    prepared = prepare_model(model, device, dtype, channels_last)
-    x = make_input(input_shape, device, dtype, channels_last)
-    leaves = leaf_modules(prepared)
-    types = {name: type(module).__name__ for name, module in leaves}
-    clock = _LayerClock(device)
-    handles = []
-    samples: dict[str, list[float]] = {name: [] for name, _ in leaves}
-    calls: dict[str, int] = {}
-    hooked_ms: list[float] = []
-    try:
-        for name, module in leaves:
-            before, after = clock.hooks(name)
-            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-        on_device = torch.cuda.device(device) if device.startswith("cuda") else nullcontext()
-        with on_device, thread_count(threads), torch.inference_mode():  # CUDA events use the current device
-            for step in range(max(warmup, 0) + max(repeat, 1)):
-                clock.synchronize()
-                start = time.perf_counter()
-                prepared(x)
-                clock.synchronize()
-                elapsed_ms = (time.perf_counter() - start) * 1e3
-                layer_ms = clock.collect()
-                if step >= warmup:
-                    hooked_ms.append(elapsed_ms)
-                    for name, (total_ms, count) in layer_ms.items():
-                        samples[name].append(total_ms)
-                        calls[name] = count
-                if progress is not None:
-                    progress(1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _timed_model(model, input_shape, device, dtype, channels_last) as prepared:
+        x = make_input(input_shape, device, dtype, channels_last)
+        leaves = leaf_modules(prepared)
+        types = {name: type(module).__name__ for name, module in leaves}
+        clock = _LayerClock(device)
+        handles = []
+        samples: dict[str, list[float]] = {name: [] for name, _ in leaves}
+        calls: dict[str, int] = {}
+        hooked_ms: list[float] = []
+        try:
+            for name, module in leaves:
+                before, after = clock.hooks(name)
+                handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+            on_device = torch.cuda.device(device) if device.startswith("cuda") else nullcontext()
+            with on_device, thread_count(threads), torch.inference_mode():  # CUDA events use the current device
+                for step in range(max(warmup, 0) + max(repeat, 1)):
+                    clock.synchronize()
+                    start = time.perf_counter()
+                    prepared(x)
+                    clock.synchronize()
+                    elapsed_ms = (time.perf_counter() - start) * 1e3
+                    layer_ms = clock.collect()
+                    if step >= warmup:
+                        hooked_ms.append(elapsed_ms)
+                        for name, (total_ms, count) in layer_ms.items():
+                            samples[name].append(total_ms)
+                            calls[name] = count
+                    if progress is not None:
+                        progress(1)
+        finally:
+            for handle in handles:
+                handle.remove()
     medians = {name: statistics.median(values) for name, values in samples.items() if values}
     total_ms = sum(medians.values()) or 1.0
     layers = sorted(
@@ -322,6 +372,6 @@ def time_layers(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype
 
 
 __all__ = [
-    "DTYPES", "LatencyResult", "LayerProfile", "LayerTime", "available_devices", "check_dtype", "profile_layers",
-    "resolve_device", "time_layers", "time_model",
+    "DTYPES", "LatencyResult", "LayerProfile", "LayerTime", "available_devices", "check_dtype", "ensure_timing_fits",
+    "prepare_model", "profile_layers", "resolve_device", "time_layers", "time_model",
 ]

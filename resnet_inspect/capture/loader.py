@@ -1,49 +1,95 @@
-"""Resolve a MODEL argument: a registry name, `path/to/file.py:factory` or `package.module:factory`."""
+"""Resolve a MODEL argument: a registry name, `torchvision:NAME`, `timm:NAME`, `path/to/file.py:factory` or
+`package.module:factory`.
+
+A spec other than a registry name imports and runs code, exactly as `python path/to/file.py` would: it must
+never come from untrusted input. The factory is called once, with no arguments beyond the `--in-channels` (where
+it takes that parameter) and `--num-classes` the user gave; the attribute may also be a module instance, which
+is used as it is.
+"""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect as pyinspect
+import os
 import sys
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import FactoryError
+from resnet_inspect.errors import FactoryError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from torch import nn
 
+ECOSYSTEM_PREFIXES = ("torchvision", "timm")
+EXTRA_HINT = "install it with: pip install 'resnet-inspect[{package}]'"
+_CLOSE_MATCHES = 5
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _exit_reason(exc: SystemExit) -> str:
+    return f"called sys.exit({exc.code!r})"
+
+
+@contextmanager
+def _user_code(what: str) -> Iterator[None]:
+    """Run user code: an exit (``sys.exit``, ``SystemExit``) becomes a FactoryError instead of ending the tool."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise FactoryError(f"{what} {_exit_reason(exc)}: the model's code must not exit the process") from exc
+
 
 def _import_file(path_text: str) -> Any:
+    """Import ``path_text`` as `python path_text` would: its directory comes first on sys.path."""
     path = Path(path_text)
     if not path.is_file():
         raise FactoryError(f"factory file not found: {path_text}")
-    module_name = f"_resnet_inspect_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    resolved = path.resolve()
+    module_name = f"_resnet_inspect_user_{abs(hash(str(resolved)))}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
     if spec is None or spec.loader is None:
         raise FactoryError(f"cannot import {path_text}: not a Python file")
+    directory = str(resolved.parent)
+    if not sys.path or sys.path[0] != directory:
+        sys.path.insert(0, directory)  # neighbours of the file import as they do under `python file.py`
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with _user_code(f"importing {path_text}"):
+            spec.loader.exec_module(module)
+    except FactoryError:
+        sys.modules.pop(module_name, None)
+        raise
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise FactoryError(f"cannot import {path_text}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise FactoryError(_first_line(f"cannot import {path_text}: {type(exc).__name__}: {exc}")) from exc
     return module
 
 
 def _import_module(module_text: str) -> Any:
+    """Import ``module_text`` with the working directory on sys.path, as `python -m` has it."""
+    working_directory = os.getcwd()
+    if not any(entry in ("", working_directory) for entry in sys.path):
+        sys.path.insert(0, working_directory)
     try:
-        return importlib.import_module(module_text)
+        with _user_code(f"importing {module_text}"):
+            return importlib.import_module(module_text)
+    except FactoryError:
+        raise
     except Exception as exc:
-        raise FactoryError(f"cannot import module {module_text}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise FactoryError(_first_line(f"cannot import module {module_text}: {type(exc).__name__}: {exc}")) from exc
 
 
-def resolve_factory(spec: str) -> Callable[..., Any]:
-    """The callable named by `file.py:factory` or `package.module:factory`."""
+def resolve_factory(spec: str) -> Any:
+    """The object named by `file.py:factory` or `package.module:factory`: a callable or a module instance."""
     location, _, attribute = spec.rpartition(":")
     if not location or not attribute:
         raise FactoryError(f"'{spec}' is not a factory spec: use path/to/file.py:factory or package.module:factory")
@@ -59,15 +105,34 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def _accepted(factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The options the factory's signature accepts (all of them if it takes **kwargs)."""
+def _parameters(factory: Callable[..., Any]) -> dict[str, pyinspect.Parameter] | None:
     try:
-        parameters = pyinspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is pyinspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(pyinspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # builtins and some C extensions have no signature
+        return None
+
+
+def _call_options(spec: str, factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options the factory is called with; refuses a factory that needs other arguments.
+
+    ``num_classes`` must be a parameter (or ``**kwargs``): --num-classes would otherwise be ignored without a
+    word. ``in_channels`` is given only where accepted: --in-channels also sets the input's channels.
+    """
+    parameters = _parameters(factory)
+    if parameters is None:
         return options
-    return {key: value for key, value in options.items() if key in parameters}
+    takes_any = any(p.kind is pyinspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "num_classes" in options and not takes_any and "num_classes" not in parameters:
+        raise FactoryError(f"{spec} has no parameter 'num_classes', so --num-classes cannot be applied; "
+                           "leave the option out or add the parameter to the factory")
+    accepted = {key: value for key, value in options.items() if takes_any or key in parameters}
+    required = [name for name, p in parameters.items()
+                if p.default is pyinspect.Parameter.empty and name not in accepted
+                and p.kind not in (pyinspect.Parameter.VAR_POSITIONAL, pyinspect.Parameter.VAR_KEYWORD)]
+    if required:
+        raise FactoryError(f"{spec} needs arguments {', '.join(required)}: give them defaults, or point MODEL at a "
+                           "factory that takes none")
+    return accepted
 
 
 def default_input_size(spec: str) -> int:
@@ -77,15 +142,72 @@ def default_input_size(spec: str) -> int:
 
     if spec in list_models():
         return model_spec(spec).default_input_size
-    return 224  # factories, and unknown names (loading the model reports those)
+    return 224  # factories, ecosystem names, and unknown names (loading the model reports those)
+
+
+def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
+    """`torchvision:NAME` or `timm:NAME`, built with the package's own factory and no pretrained weights."""
+    package, _, name = spec.partition(":")
+    try:
+        if package == "torchvision":
+            import torchvision.models as hub
+
+            names, build = hub.list_models(), lambda: hub.get_model(name, weights=None, **options)
+        else:
+            import timm as hub
+
+            names, build = hub.list_models(), lambda: hub.create_model(name, pretrained=False, **options)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or package
+        hint = EXTRA_HINT.format(package=package)
+        raise FactoryError(f"{spec} needs the package {package}, which cannot be imported ({missing}): {hint}") \
+            from exc
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=_CLOSE_MATCHES, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; `{package}` lists {len(names)} models"
+        raise ModelNotFoundError(f"unknown {package} model '{name}'{hint}")
+    if "in_channels" in options:  # timm builds for any channel count; torchvision's models read 3
+        channels = options.pop("in_channels")
+        if package == "timm":
+            options["in_chans"] = channels
+    try:
+        with _user_code(spec):
+            return build()
+    except FactoryError:
+        raise
+    except Exception as exc:
+        raise FactoryError(_first_line(f"{spec} raised {type(exc).__name__}: {exc}")) from exc
+
+
+def _check_usable(spec: str, model: Any) -> nn.Module:
+    """The model as the tool can inspect it, or a FactoryError saying why not."""
+    import torch
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if not isinstance(model, torch.nn.Module):
+        raise FactoryError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise FactoryError(f"{spec} is a TorchScript module (torch.jit.trace or torch.jit.script), which has no "
+                           "Python layers to inspect: return the nn.Module before tracing or scripting it")
+    compiled = getattr(model, "_orig_mod", None)  # torch.compile's wrapper: inspect the module it compiled
+    if isinstance(compiled, torch.nn.Module):
+        model = compiled
+    for name, module in model.named_modules():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise FactoryError(
+                f"{spec}: {name or 'the model'} ({type(module).__name__}) is a lazy module whose parameters are not "
+                "initialised yet: run one forward pass in the factory before returning the model")
+    return model
 
 
 def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | None = None,
                device: str | None = "meta") -> tuple[nn.Module, str]:
     """Build the model a MODEL argument names; returns (model, display name).
 
-    With ``device="meta"`` registry models are built without allocating weights. User factories are tried on
-    the meta device first and built normally if that fails (a factory may load weights or need real data).
+    Registry models are built on ``device`` (the meta device by default: no weights are allocated). Any other
+    spec runs the user's or the package's code once, as written: on ``device`` when that is a real device,
+    else on the CPU (the meta device would break factories that read a tensor's value, and a second call
+    to try again could repeat its side effects).
     """
     import torch
 
@@ -93,26 +215,29 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
 
     options = {key: value for key, value in (("in_channels", in_channels), ("num_classes", num_classes))
                if value is not None}
-    device_context = torch.device(device) if device else nullcontext()
     if ":" not in spec and not spec.endswith(".py"):
-        with device_context:
+        with torch.device(device) if device else nullcontext():
             return get_model(spec, **options), spec  # an unknown name raises ModelNotFoundError
     if ":" not in spec:
         raise FactoryError(f"'{spec}' names a file but no factory: use {spec}:factory_name")
+    real_device = torch.device(device) if device and device != "meta" else nullcontext()
+    if spec.partition(":")[0] in ECOSYSTEM_PREFIXES:
+        with real_device:
+            return _check_usable(spec, _ecosystem_model(spec, options)), spec
     factory = resolve_factory(spec)
-    accepted = _accepted(factory, options)
-    model: Any = None
-    if device:
-        try:
-            with device_context:
-                model = factory(**accepted)
-        except Exception:
-            model = None
-    if model is None:
-        try:
+    if isinstance(factory, torch.nn.Module):  # a module instance: used as it is, never called
+        if "num_classes" in options:
+            raise FactoryError(f"{spec} is a module instance, not a factory: --num-classes cannot be applied to it")
+        return _check_usable(spec, factory), spec
+    accepted = _call_options(spec, factory, options)
+    try:
+        with real_device, _user_code(spec):
             model = factory(**accepted)
-        except Exception as exc:
-            raise FactoryError(f"{spec} raised {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    if not isinstance(model, torch.nn.Module):
-        raise FactoryError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model, spec
+    except FactoryError:
+        raise
+    except Exception as exc:
+        raise FactoryError(_first_line(f"{spec} raised {type(exc).__name__}: {exc}")) from exc
+    return _check_usable(spec, model), spec
+
+
+__all__ = ["ECOSYSTEM_PREFIXES", "default_input_size", "load_model", "resolve_factory"]

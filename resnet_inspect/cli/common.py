@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout, suppress
+from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,9 +22,14 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import UsageError
 
 DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
+DEBUG_VALUES = ("1", "true", "yes", "on")
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a process killed by SIGPIPE reports: `set -o pipefail; ... | head` expects it
 MAX_INPUT_SIZE = 65536
 MAX_COUNT = 1 << 20  # the largest batch size, channel count or class count accepted
+MAX_WARMUP = 10_000  # untimed passes
+MAX_REPEAT = 100_000  # timed passes
+MAX_ERF_SAMPLES = 1_000  # each is a forward and a backward pass
 PIPE_WIDTH = 240
 
 
@@ -50,6 +55,11 @@ def one_line(message: str) -> str:
     return " ".join(message.strip().split("\n")[0].split())
 
 
+def debug_enabled() -> bool:
+    """RESNET_INSPECT_DEBUG=1 (or true, yes, on) shows tracebacks; 0, false or an empty value do not."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() in DEBUG_VALUES
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line on stderr and exit."""
     import typer
@@ -58,23 +68,70 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Where the report goes while a command runs: standard output as it was when the command started. In the
+# meantime sys.stdout is standard error, so whatever the model's code prints cannot corrupt the report.
+_NOT_RUNNING = object()
+_report_stream: ContextVar[Any] = ContextVar("report_stream", default=_NOT_RUNNING)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn any error into one line on stderr and exit code 2; set RESNET_INSPECT_DEBUG=1 for the traceback."""
+    """Run a command: any error becomes one line on stderr and an exit code; user code prints to stderr.
+
+    Bad input exits 2, also when RESNET_INSPECT_DEBUG is set (which adds the traceback above the line). An
+    exit from the model's own code (``sys.exit``) is a failure, never a success. A reader that closed the
+    pipe early ends the command quietly with the code a SIGPIPE gives (141).
+    """
     import typer
 
+    token = _report_stream.set(sys.stdout)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except SystemExit as exc:
+        _show_traceback()
+        fail(f"the model's code called sys.exit({exc.code!r}); the command did not finish")
     except Exception as exc:
-        if os.environ.get(DEBUG_VARIABLE):
-            raise
+        _show_traceback()
         if isinstance(exc, InspectError):
             fail(str(exc), exc.exit_code)
         if isinstance(exc, MemoryError) or _is_allocation_failure(exc):
             fail(f"out of memory{_requested_bytes(exc)}: try a smaller input size or batch size")
-        fail(f"{type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for the traceback)")
+        hint = "" if debug_enabled() else f" (set {DEBUG_VARIABLE}=1 for the traceback)"
+        fail(f"{type(exc).__name__}: {exc}{hint}")
+    finally:
+        _report_stream.reset(token)
+
+
+def report_stream() -> Any:
+    """The stream the report goes to: standard output as the running command found it (None when closed)."""
+    stream = _report_stream.get()
+    return sys.stdout if stream is _NOT_RUNNING else stream
+
+
+def _show_traceback() -> None:
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point standard output at /dev/null so the interpreter's last flush stays quiet."""
+    with suppress(OSError):
+        sys.stdout.flush()
+    stream = report_stream() or sys.__stdout__
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):  # no file descriptor (a test's in-memory stream)
+        pass
 
 
 # What PyTorch's allocators say when a tensor does not fit (CPU, CUDA, MPS); a RuntimeError, not a MemoryError.
@@ -174,52 +231,88 @@ def check_model_options(in_channels: int | None, num_classes: int | None) -> Non
 
 
 def check_timing_options(warmup: int, repeat: int) -> None:
-    """--warmup must be 0 or more and --repeat positive."""
+    """--warmup must be 0 to MAX_WARMUP and --repeat 1 to MAX_REPEAT (a huge count would never finish)."""
     if warmup < 0:
         raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
-    parse_positive(str(repeat), "--repeat")
-
-
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed into place (text as UTF-8)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise BadInputError(f"cannot write {path}: directory {directory} does not exist")
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if warmup > MAX_WARMUP:
+        raise BadInputError(f"--warmup {warmup} is larger than the maximum {MAX_WARMUP}")
+    parse_positive(str(repeat), "--repeat", maximum=MAX_REPEAT)
 
 
 def check_output_path(output: Path | None) -> None:
-    """Fail before any work when --output cannot be written.
+    """Fail before any work when --output (or --png) cannot be written; see ``render.files.check_writable``."""
+    from resnet_inspect.render.files import check_writable
 
-    The directory is probed by creating (and removing) a temporary file in it, the way ``write_atomically``
-    will: permission bits do not stop root, and places such as /proc refuse new files whatever they say.
-    """
-    if output is None:
-        return
-    directory = output.parent if str(output.parent) else Path(".")
-    if output.is_dir():
-        raise BadInputError(f"cannot write {output}: it is a directory")
-    if not directory.is_dir():
-        raise BadInputError(f"cannot write {output}: directory {directory} does not exist")
-    if output.exists() and not os.access(output, os.W_OK):
-        raise BadInputError(f"cannot write {output}: permission denied")
+    check_writable(output)
+
+
+# Marks the reports use, and what a terminal that cannot show them gets instead.
+ASCII_MARKS = str.maketrans({"░": ".", "▒": ":", "▓": "#", "█": "@", "✓": "ok", "✗": "FAIL", "—": "-", "–": "-",
+                             "…": "...", "×": "x", "≈": "~", "→": "->", "·": "."})
+
+
+class AsciiMarks:
+    """A text stream that cannot encode the report's marks (PYTHONIOENCODING=ascii, cp1252, the C locale)
+    gets ASCII in their place, and '?' for anything else it cannot show, instead of a UnicodeEncodeError."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.encoding = "ascii"
+
+    def write(self, text: str) -> int:
+        plain = text.translate(ASCII_MARKS)
+        encoding = getattr(self.stream, "encoding", None) or "ascii"
+        self.stream.write(plain.encode(encoding, errors="replace").decode(encoding))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def _can_show(stream: Any, sample: str = "░✓—─") -> bool:
     try:
-        descriptor, probe = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BadInputError(f"cannot write {output}: {directory} does not accept new files "
-                            f"({exc.strerror or exc})") from exc
-    os.close(descriptor)
-    os.unlink(probe)
+        sample.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _report_console(stream: Any) -> Any:
+    """A rich console on ``stream`` whose broken pipe reaches ``user_errors`` (rich's own handler would exit 1
+    and point the wrong descriptor, sys.stdout's, at /dev/null)."""
+    from rich.console import Console
+
+    class ReportConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = ReportConsole(file=stream)
+    if not console.is_terminal:
+        console = ReportConsole(file=stream, width=PIPE_WIDTH)  # piped: don't squeeze wide tables into 80 columns
+    return console
+
+
+def check_distinct_outputs(report: Path | None, **pictures: Path | None) -> None:
+    """A picture (``--png``, ``--plot``) needs a file of its own: not standard output, not the report's, not
+    another picture's. Keyword names are the options' names without the dashes."""
+    from resnet_inspect.render.files import is_stdout, same_file
+
+    named = {"-o": report, **{f"--{option}": path for option, path in pictures.items()}}
+    for option, path in pictures.items():
+        if path is not None and is_stdout(path):
+            raise BadInputError(f"--{option} needs a file name: the picture cannot go to standard output")
+    options = [option for option, path in named.items() if path is not None]
+    for position, first in enumerate(options):
+        for second in options[position + 1:]:
+            if same_file(named[first], named[second]):
+                raise BadInputError(f"{first} and {second} both name {named[second]}: one would overwrite the other")
 
 
 def check_plot_path(plot: Path | None) -> None:
@@ -234,24 +327,31 @@ def check_plot_path(plot: Path | None) -> None:
 
 
 def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | None = None) -> None:
-    """Render ``report`` in ``fmt``; print it, or write it to ``output`` in one piece."""
+    """Render ``report`` in ``fmt``; print it (``-o -`` too), or write it to ``output`` in one piece."""
     from resnet_inspect.render import render, rich_renderables
+    from resnet_inspect.render.files import is_stdout, write_output
 
     fmt_name = fmt.value if isinstance(fmt, StrEnum) else fmt
-    if output is not None:
-        write_atomically(output, render(report, fmt_name))
+    if output is not None and not is_stdout(output):
+        write_output(output, render(report, fmt_name))
         return
-    if fmt_name == "table":
-        from rich.console import Console
-
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=PIPE_WIDTH)  # piped or redirected: don't squeeze wide tables into 80 columns
-        for renderable in rich_renderables(report):
-            console.print(renderable)
-        return
-    sys.stdout.write(render(report, fmt_name))
-    sys.stdout.flush()
+    stream = report_stream()
+    if stream is None:  # started with standard output closed (`>&-`): the report would be lost
+        raise BadInputError("cannot write the report: standard output is closed (use -o FILE)")
+    if not _can_show(stream):
+        stream = AsciiMarks(stream)
+    try:
+        if fmt_name == "table":
+            console = _report_console(stream)
+            for renderable in rich_renderables(report):
+                console.print(renderable)
+        else:
+            stream.write(render(report, fmt_name))
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # EBADF, EIO, ENOSPC: the report did not arrive, which is an error
+        raise BadInputError(f"cannot write the report to standard output: {exc.strerror or exc}") from exc
 
 
 def progress_bar(description: str, total: int) -> Any:
@@ -261,7 +361,8 @@ def progress_bar(description: str, total: int) -> Any:
 
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False),  # a model name such as a[/x]b.py prints as it is
+        BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,  # else it leaves a blank line on stderr
     )
     progress.start()

@@ -9,6 +9,7 @@ import typer
 
 from resnet_inspect.cli.common import (
     OutputFormat,
+    check_distinct_outputs,
     check_output_path,
     check_plot_path,
     check_timing_options,
@@ -17,10 +18,10 @@ from resnet_inspect.cli.common import (
     parse_input_sizes,
     progress_bar,
     user_errors,
-    write_atomically,
 )
 from resnet_inspect.cli.options import MODEL_HELP, BatchOption, FormatOption, OutputOption
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.render.files import write_output
 
 if TYPE_CHECKING:
     from resnet_inspect.report.compare import Family
@@ -29,7 +30,7 @@ ModelsArgument = typer.Argument(None, help=f"Models to compare. {MODEL_HELP}", s
 FamilyOption = typer.Option(
     None, "--family", metavar="imagenet|cifar|all", show_default=False,
     help="Add a group of registered models: imagenet (resnet18, 34, 50, 101, 152), cifar (resnet20, 32, 44, 56, "
-    "110) or all (every registered name).",
+    "110) or all (every registered name). Repeat it to add several groups.",
 )
 InputSizesOption = typer.Option(
     None, "--input-size", "-i", help="Input sizes, e.g. 224 or 128,224,320 or 224x320; every model is compared at "
@@ -47,6 +48,16 @@ PlotOption = typer.Option(None, "--plot", help="Draw parameters, MACs, activatio
                           show_default=False)
 
 
+def parse_families(texts: list[str]) -> list[str]:
+    """Every registered name the --family options add, in order, each once (--family cifar --family imagenet)."""
+    from resnet_inspect.report.compare import family_models
+
+    names: list[str] = []
+    for text in texts:
+        names += [name for name in family_models(parse_family(text)) if name not in names]
+    return names
+
+
 def parse_family(text: str) -> Family:
     """A --family value, or one line naming the choices."""
     from resnet_inspect.report.compare import Family
@@ -60,7 +71,7 @@ def parse_family(text: str) -> Family:
 
 def compare_command(
     models: list[str] | None = ModelsArgument,
-    family: str | None = FamilyOption,
+    family: list[str] | None = FamilyOption,
     input_size: str | None = InputSizesOption,
     batch_size: str = BatchOption,
     stages: bool = StagesOption,
@@ -76,6 +87,7 @@ def compare_command(
     (and latency with --time). Ratios are against the first model; the best value of each column is highlighted."""
     with user_errors():
         check_output_path(output)
+        check_distinct_outputs(output, plot=plot)
         check_plot_path(plot)
         sizes = parse_input_sizes(input_size) if input_size is not None else None
         batch = parse_batch_size(batch_size)
@@ -83,13 +95,12 @@ def compare_command(
         from resnet_inspect.report.compare import (
             CompareReport,
             compare_rows,
-            family_models,
             load_candidates,
             time_rows,
             total_rows,
         )
 
-        specs = [*(models or []), *(family_models(parse_family(family)) if family is not None else [])]
+        specs = [*(models or []), *parse_families(family or [])]
         if not specs:
             raise BadInputError("nothing to compare: name at least one MODEL or use --family")
         resolved = None
@@ -112,5 +123,5 @@ def compare_command(
         if plot is not None:
             from resnet_inspect.render.plot import compare_picture, plot_format
 
-            write_atomically(plot, compare_picture(report, plot_format(plot)))
+            write_output(plot, compare_picture(report, plot_format(plot)))
         emit(report, fmt, output)

@@ -9,8 +9,9 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
-    MAX_COUNT,
+    MAX_ERF_SAMPLES,
     OutputFormat,
+    check_distinct_outputs,
     check_model_options,
     check_output_path,
     check_plot_path,
@@ -18,7 +19,6 @@ from resnet_inspect.cli.common import (
     parse_positive,
     resolve_size,
     user_errors,
-    write_atomically,
 )
 from resnet_inspect.cli.options import (
     ChannelsOption,
@@ -29,6 +29,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.render.files import write_output
 
 CheckOption = typer.Option(
     False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
@@ -61,10 +62,11 @@ def rf_command(
     """Receptive field size, effective stride and padding at every stage (stem, each layer, encoder output)."""
     with user_errors():
         check_output_path(output)
+        check_distinct_outputs(output, png=png, plot=plot)
         check_output_path(png)
         check_plot_path(plot)
         check_model_options(in_channels, num_classes)
-        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_COUNT)
+        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
         from resnet_inspect.report.rf import load_rf_model, rf_report
@@ -77,12 +79,12 @@ def rf_command(
         if png is not None and report.erf is not None:
             from resnet_inspect.render.heatmap import png_bytes
 
-            write_atomically(png, png_bytes(report.erf.mass))
+            write_output(png, png_bytes(report.erf.mass))
             report = replace(report, png=str(png))
         if plot is not None:
             from resnet_inspect.render.plot import plot_format, rf_picture
 
-            write_atomically(plot, rf_picture(report, plot_format(plot)))
+            write_output(plot, rf_picture(report, plot_format(plot)))
             report = replace(report, plot=str(plot))
         emit(report, fmt, output)
     if report.empirical is not None and report.empirical.agrees is False:

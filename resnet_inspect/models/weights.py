@@ -13,8 +13,6 @@ from torch import Tensor, nn
 
 from resnet_inspect.models.resnet import ResNet
 
-_SHOWN_PER_PROBLEM = 10
-
 
 def torchvision_key_map(model: ResNet) -> dict[str, str]:
     """Each key of ``model.state_dict()`` -> the key of the same tensor in torchvision's ResNet."""
@@ -28,7 +26,7 @@ def torchvision_key_map(model: ResNet) -> dict[str, str]:
         else:
             unmapped.append(key)
     if unmapped:
-        raise ValueError(f"torchvision's ResNet layout has no place for {_shorten(unmapped)}")
+        raise ValueError(f"torchvision's ResNet layout has no place for {_key_list(unmapped)}")
     return key_map
 
 
@@ -55,7 +53,7 @@ def load_torchvision_weights(model: ResNet, state_dict: Mapping[str, Tensor]) ->
         if theirs in state_dict and state_dict[theirs].shape != own_state[ours].shape
     ]
     found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
-    problems = [f"{title} ({len(keys)}): {_shorten(keys)}" for title, keys in found.items() if keys]
+    problems = [f"{title} ({len(keys)}): {_key_list(keys)}" for title, keys in found.items() if keys]
     if problems:
         raise ValueError("state_dict does not fit this model in torchvision's layout; " + "; ".join(problems))
 
@@ -84,7 +82,6 @@ def _is_conv_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and [name for name, _ in module.named_children()] == ["conv", "bn"]
 
 
-def _shorten(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_PER_PROBLEM])
-    hidden = len(keys) - _SHOWN_PER_PROBLEM
-    return f"{shown}, ... and {hidden} more" if hidden > 0 else shown
+def _key_list(keys: list[str]) -> str:
+    """Every key, in full: a user fixing a checkpoint needs the whole list, not the first few."""
+    return ", ".join(keys)

@@ -89,11 +89,15 @@ def rich_renderables(report: Report) -> list[Any]:
     document = report.document()
     renderables: list[Any] = []
     for table in document.tables:
-        # a title longer than its table runs past it rather than wrapping in the middle of a word
-        title = Text(table.title, style="table.title", no_wrap=True, overflow="ignore")
-        rich_table = RichTable(title=title, title_justify="left", header_style="bold", show_lines=False)
+        # The title is a line of its own above the table: it wraps at the terminal's width, not the table's, so
+        # a long title neither wraps mid-word in a narrow table nor gets cut in a narrow terminal. Text, not str:
+        # a title holds model names and paths, and rich would read `[/x]` or `:rocket:` in a str as markup.
+        # Columns fold instead of cutting a cell with an ellipsis, so a narrow terminal never shows a shortened
+        # number.
+        renderables.append(Text(table.title, style="table.title", overflow="fold"))
+        rich_table = RichTable(header_style="bold", show_lines=False)
         for column in table.columns:
-            rich_table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
+            rich_table.add_column(Text(column.header), justify=column.justify, overflow="fold")
         for row in table.rows:
             rich_table.add_row(*(Text(cell_text(cell), style=cell_style(cell) or "") for cell in row))
         renderables.append(rich_table)

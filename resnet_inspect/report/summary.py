@@ -129,7 +129,9 @@ class VerifyReport(ReportView):
                 Cell(PASS if check.ok else FAIL, "green" if check.ok else "bold red"),
                 "" if not any(check.dropped) else shape_text(check.dropped),
             ))
-        verdict = "all layers agree" if not self.failed else f"{self.failed} layer(s) disagree with their geometry"
+        verdict = ("nothing to check: the model has no convolution or pooling layer" if not self.checks
+                   else "all layers agree" if not self.failed
+                   else f"{self.failed} layer(s) disagree with their geometry")
         footer = (f"{self.model} at {shape_text(self.input_shape)}: {len(self.checks)} checked, "
                   f"{self.failed} failed — {verdict}",)
         title = f"Convolution arithmetic of {self.model} (Dumoulin & Visin relations)"
