@@ -2,9 +2,9 @@
 
 The zoo (`tests/fixtures/real_models.py`) re-creates SE, ECA and CBAM gates, ConvNeXt and Swin-style NHWC
 blocks, ShuffleNetV2's channel shuffle, a ViT with three forms of attention, a ResNet-D shortcut, blur pooling,
-an FPN and a U-Net, timm's Conv2dSame, and Conv1d / Conv3d nets. The oracles use torch alone
-(`tests/oracle_torch.py`): forward hooks on a real pass for shapes, `FlopCounterMode` for MACs, and the
-input-gradient support of a positive-weight float64 copy for receptive fields.
+an FPN, a U-Net, an ESPCN and three single upsamplers, timm's Conv2dSame, Conv1d / Conv3d nets and a VGG head.
+The oracles use torch alone (`tests/oracle_torch.py`): forward hooks on a real pass for shapes, `FlopCounterMode`
+for MACs, and the input-gradient support of a positive-weight float64 copy for receptive fields.
 
 A field reported as (size, stride, padding) puts unit ``u`` of its map on input rows
 ``[-padding + u * stride, -padding + u * stride + size - 1]``; each test picks the centre unit and an input large
@@ -42,7 +42,7 @@ class Case:
     in_channels: int = 3
     spatial_axes: tuple[int, ...] = (2, 3)  # of forward_features' output: NCHW (2, 3), NHWC (1, 2), tokens (1,)
     gate: str | None = None  # the first gate module: every layer after it has global_context
-    field: str = "local"  # "local": a finite field; "global": the whole input; "upsampled": per pixel or a reason
+    field: str = "local"  # "local": one finite field; "global": the whole input; "upsampled": varies per pixel
 
     @property
     def cli_size(self) -> str:
@@ -107,11 +107,8 @@ def example(name: str) -> torch.Tensor:
 
 @cache
 def summary(name: str) -> dict:
-    """The `summary --format json` document, through the Python API."""
-    case = CASES[name]
-    size = case.input_size if len(case.input_size) != 1 else case.input_size[0]
-    report = resnet_inspect.inspect(build(name), input_size=size, in_channels=case.in_channels,
-                                    model_name=f"{ZOO_FILE}:{name}")
+    """The `summary --format json` document, through the Python API (given the full input shape)."""
+    report = resnet_inspect.inspect(build(name), input_size=CASES[name].input_shape, model_name=f"{ZOO_FILE}:{name}")
     return report.to_dict()
 
 
@@ -440,6 +437,15 @@ def test_spatial_axes_come_from_the_first_convolution() -> None:
     assert cli_json("summary", f"{ZOO_FILE}:audio_net", "-i", "256", "--in-channels", "1")["input_shape"] == [
         1, 1, 256]
     assert cli_json("summary", f"{ZOO_FILE}:video_net", "-i", "32")["input_shape"] == [1, 3, 32, 32, 32]
+
+
+@pytest.mark.parametrize(("name", "input_size"), [("audio_net", 256), ("video_net", 32), ("video_net", (16, 32, 32))])
+def test_python_api_takes_an_int_or_one_size_per_spatial_axis(name: str, input_size: int | tuple[int, ...]) -> None:
+    """As `-i`: an int for every spatial axis, or a tuple with one size per spatial axis (three for a Conv3d net,
+    whose first convolution says how many axes and channels the input has)."""
+    report = resnet_inspect.inspect(build(name), input_size=input_size).to_dict()
+    sizes = [input_size] * len(CASES[name].input_size) if isinstance(input_size, int) else list(input_size)
+    assert report["input_shape"] == [1, CASES[name].in_channels, *sizes]
 
 
 def test_one_size_per_axis_for_a_video_input() -> None:
