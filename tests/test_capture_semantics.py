@@ -145,3 +145,16 @@ def test_the_cli_reads_sizes_for_every_spatial_axis(tmp_path: Path):
     assert data["input_shape"] == [1, 3, 8, 16, 16] and data["output_shape"] == [1, 4, 4, 8, 8]
     cube = json.loads(runner.invoke(app, ["verify", f"{factory}:video", "-i", "8", "-f", "json"]).stdout)
     assert cube["input_shape"] == [1, 3, 8, 8, 8] and cube["failed"] == 0
+
+
+def test_the_fallback_to_real_tensors_is_refused_when_it_cannot_fit():
+    """Branchy reads a value, so the meta pass cannot finish: at 60000x60000 the real pass would need well over
+    100 GB (its first convolution alone gives 57.6 GB), and the capture says so before allocating anything."""
+    from resnet_inspect.analysis.memory import MemoryGuardError
+
+    try:
+        capture_model(Branchy(), 60000)
+    except MemoryGuardError as error:
+        message = str(error)
+    assert message.startswith("the forward pass on real tensors")
+    assert "lower --input-size or --batch-size" in message

@@ -10,7 +10,8 @@ meta device, on a structural copy of the model: no weights are copied and no act
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -440,11 +441,16 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
                          exact_checked_shapes=exact_checked_shapes)
     placed = inputs.on(device)
+    first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
+    element_size = first.element_size() if first is not None else 4
     try:
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(*placed.args, **placed.kwargs)
     except Exception as exc:  # the model's own code may raise anything
-        raise _failure(recorder, exc) from exc
+        error = _failure(recorder, exc)
+        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
+                                   for shape in node.output_shapes)
+        raise error from exc
     outputs = named_tensors(output)
     output_nodes = tuple(recorder.producers.get(id(tensor)) for _, tensor in outputs)
     output_node = next((node for node in output_nodes if node is not None), 0)
@@ -508,9 +514,13 @@ def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_siz
     return (batch_size, in_channels or 3, *spatial)
 
 
-def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",
-                   exact_checked_shapes: bool = False) -> Capture:
-    """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values."""
+def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", exact_checked_shapes: bool = False,
+                   before_real_pass: Callable[[int], None] | None = None) -> Capture:
+    """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values.
+
+    ``before_real_pass`` is told, before that fallback allocates anything, about how many bytes it will take:
+    the weights, the inputs and twice what the meta pass had produced when it stopped (a lower bound).
+    """
     try:
         return run_capture(model, inputs, model_name, device="meta", exact_checked_shapes=exact_checked_shapes)
     except InputTooSmallError:
@@ -518,6 +528,10 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "",
     except ForwardError as error:
         if not any(marker in str(error) for marker in _META_LIMITATIONS):
             raise
+        if before_real_pass is not None:
+            weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+            given = sum(t.numel() * t.element_size() for t in tensors_in(list(inputs.args)) + tensors_in(inputs.kwargs))
+            before_real_pass(weights + given + 2 * getattr(error, "recorded_bytes", 0))
         return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes)
 
 

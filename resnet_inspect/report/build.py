@@ -70,7 +70,7 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                           input_data=input_data)
     given = input_shapes is not None or input_data is not None
     try:
-        return capture_inputs(model, inputs, model_name, exact_checked_shapes)
+        return capture_inputs(model, inputs, model_name, exact_checked_shapes, _guard_real_pass)
     except InputTooSmallError as error:
         if given:
             raise
@@ -84,6 +84,14 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
             raise
         return capture_model(model, input_size, batch_size, channels, model_name,
                              exact_checked_shapes=exact_checked_shapes)
+
+
+def _guard_real_pass(needed_bytes: int) -> None:
+    """The capture's fallback to real tensors allocates: refuse before it when the memory is not there."""
+    from resnet_inspect.analysis.memory import ensure_fits
+
+    ensure_fits(needed_bytes, "the forward pass on real tensors (the model reads tensor values, so the meta "
+                "device cannot stand in for them)", "lower --input-size or --batch-size")
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,
