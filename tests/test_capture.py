@@ -307,7 +307,7 @@ def test_a_data_dependent_forward_of_a_meta_built_model_falls_back_to_real_tenso
             return DataDependent()
         """
     ))
-    model, _ = load_model(f"{factory}:model")  # built on the meta device
+    model, _ = load_model(f"{factory}:model")  # a factory: built once, for real
     result = capture(model, 16)
     assert result.output_shape == (1, 4, 16, 16)
 
