@@ -128,7 +128,7 @@ def _default_size(model: nn.Module | str) -> int:
 
 
 def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
-             name: str, exact_checked_shapes: bool = False) -> Any:
+             name: str, exact_checked_shapes: bool = False, device: str = "meta") -> Any:
     """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
 
     ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
@@ -136,12 +136,12 @@ def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int,
 
     if spec.data is not None:
         return capture_model(network, model_name=name, input_data=spec.data,
-                             exact_checked_shapes=exact_checked_shapes)
+                             exact_checked_shapes=exact_checked_shapes, device=device)
     if spec.shapes is not None:
         return capture_model(network, model_name=name, input_shapes=spec.shapes,
-                             exact_checked_shapes=exact_checked_shapes)
+                             exact_checked_shapes=exact_checked_shapes, device=device)
     return capture_model(network, spec.size or default, batch_size, in_channels, name,
-                         exact_checked_shapes=exact_checked_shapes)
+                         exact_checked_shapes=exact_checked_shapes, device=device)
 
 
 def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
@@ -154,7 +154,7 @@ def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, dtype: Any = None, in_channels: int | None = None,
+            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
             num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
@@ -163,9 +163,10 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     shape ``(1, 3, 224, 224)``, or a list of full shapes for a model with several inputs; ``input_data`` is a
     tensor, a tuple of them (positional arguments of ``forward``) or a dict (keyword arguments). Without either,
     the model's own size (224, or 32 for the CIFAR ResNets). ``depth`` limits the table (default 4); the JSON
-    and the queries keep every layer. There is no ``device``: the analysis runs on a meta-device copy of the
-    model (real CPU tensors only when its forward needs data), so the model is not changed and no weights are
-    allocated. ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
+    and the queries keep every layer. ``device="meta"`` (the default) traces a meta-device copy of the model
+    (real CPU tensors only when its forward needs data): the model is not changed and no weights are allocated;
+    ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
+    ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
     """
     from resnet_inspect.report.build import summary_from_capture
@@ -179,7 +180,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name)
+    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
     report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
     if torchinfo:
         from dataclasses import replace
@@ -191,13 +192,13 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, dtype: Any = None, in_channels: int | None = None,
+            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
             num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """The earlier name of ``summary``, kept as an alias."""
-    return summary(model, input_size, input_data=input_data, batch_size=batch_size, depth=depth, dtype=dtype,
-                   in_channels=in_channels, num_classes=num_classes, model_name=model_name, fvcore=fvcore,
-                   torchinfo=torchinfo)
+    return summary(model, input_size, input_data=input_data, batch_size=batch_size, depth=depth, device=device,
+                   dtype=dtype, in_channels=in_channels, num_classes=num_classes, model_name=model_name,
+                   fvcore=fvcore, torchinfo=torchinfo)
 
 
 def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,

@@ -377,3 +377,13 @@ def test_summary_torchinfo_in_the_cli_adds_columns_and_the_json_total():
     assert "torchinfo Mult-Adds" in result.stdout
     assert "torchinfo: 25,557,032 parameters, 4,089,238,376 Mult-Adds = our MACs 4,089,184,256" in result.stdout
     assert cli_json("summary", "resnet50", "--torchinfo")["totals"]["torchinfo_mult_adds"] == 4_089_238_376
+
+
+def test_summary_on_cpu_runs_the_pass_for_real_and_agrees_with_the_meta_trace():
+    model = resnet_inspect.get_model("resnet18")
+    traced = resnet_inspect.summary(model, 64).to_dict()
+    real = resnet_inspect.summary(model, 64, device="cpu").to_dict()
+    assert real["totals"] == traced["totals"]
+    assert [layer["output_shape"] for layer in real["layers"]] == [layer["output_shape"] for layer in traced["layers"]]
+    with pytest.raises(ValueError, match="unknown device"):
+        resnet_inspect.summary(model, 64, device="no-such-device")

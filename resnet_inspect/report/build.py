@@ -62,9 +62,27 @@ def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_siz
 def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
                   in_channels: int | None = None, model_name: str = "", *,
                   input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None,
-                  exact_checked_shapes: bool = False) -> Capture:
-    """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs)."""
-    from resnet_inspect.capture.trace import capture_inputs, input_channels, smallest_input_size
+                  exact_checked_shapes: bool = False, device: str = "meta") -> Capture:
+    """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs).
+
+    On ``device="meta"`` (the default) nothing is allocated. Another device runs the pass for real on a copy of
+    the model there, once the meta pass has shown that its peak memory fits.
+    """
+    from resnet_inspect.capture.trace import capture_inputs, input_channels, run_capture, smallest_input_size
+
+    if device != "meta":
+        from resnet_inspect.analysis.counting import count
+        from resnet_inspect.analysis.memory import ensure_fits
+        from resnet_inspect.analysis.timing import resolve_device
+
+        device = resolve_device(device)
+        planned = capture_model(model, input_size, batch_size, in_channels, model_name, input_shapes=input_shapes,
+                                input_data=input_data, exact_checked_shapes=exact_checked_shapes)
+        ensure_fits(count(planned).peak_memory_bytes, f"the forward pass on {device}",
+                    "lower the input size or the batch size", device)
+        inputs = model_inputs(model, planned.input_shape[2:], planned.input_shape[0], planned.input_shape[1],
+                              input_shapes=input_shapes, input_data=input_data)
+        return run_capture(model, inputs, model_name, device=device, exact_checked_shapes=exact_checked_shapes)
 
     inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
                           input_data=input_data)
