@@ -33,7 +33,7 @@ _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride"
                        "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
                        "__format__", "__repr__", "storage_offset"})
 # Calls that read a tensor's values back into Python: control flow may depend on them.
-_VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero", "len"})
+_VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero"})
 INPUT_OP = "input"
 
 
