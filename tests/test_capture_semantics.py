@@ -158,3 +158,13 @@ def test_the_fallback_to_real_tensors_is_refused_when_it_cannot_fit():
         message = str(error)
     assert message.startswith("the forward pass on real tensors")
     assert "lower --input-size or --batch-size" in message
+
+
+def test_a_model_built_on_meta_is_traced_as_it_is_and_keeps_its_modes_and_no_hooks():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5)).train()
+    model[1].eval()
+    captured = capture_model(model, 16)
+    assert captured.output_shape == (1, 4, 14, 14)
+    assert [module.training for module in model.modules()] == [True, True, False, True]
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

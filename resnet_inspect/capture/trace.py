@@ -436,7 +436,11 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     """
     import torch
 
-    working = structural_copy(model, device)
+    # A model that is all on meta already (as the CLI builds them) holds nothing to protect: it runs as it is,
+    # and only its modes are put back. Any other is copied, so its weights and state are never touched.
+    on_meta = device == "meta" and all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    working = model if on_meta else structural_copy(model, device)
+    modes = {module: module.training for module in working.modules()}
     working.eval()
     recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
                          exact_checked_shapes=exact_checked_shapes)
@@ -451,6 +455,9 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
         error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
                                    for shape in node.output_shapes)
         raise error from exc
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
     outputs = named_tensors(output)
     output_nodes = tuple(recorder.producers.get(id(tensor)) for _, tensor in outputs)
     output_node = next((node for node in output_nodes if node is not None), 0)
