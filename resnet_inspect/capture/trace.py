@@ -486,26 +486,31 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     )
 
 
-def spatial_rank(model: nn.Module, default: int = 2) -> int:
-    """How many spatial axes the model's input has: that of its first convolution or pooling module (Conv1d: 1,
-    Conv3d: 3), else ``default``."""
+def _windowed_modules(model: nn.Module) -> Iterator[tuple[Any, OpSpec]]:
+    """The model's convolution and pooling modules, in definition order, with their table entries."""
     for module in model.modules():
         spec = op_for_module(module)
         if spec is not None and spec.checked:
-            try:
-                geometry, _ = spec.geometry(Call(module, (), {}))
-            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
-                continue
-            return geometry.rank
+            yield module, spec
+
+
+def spatial_rank(model: nn.Module, default: int = 2) -> int:
+    """How many spatial axes the model's input has: that of its first convolution or pooling module (Conv1d: 1,
+    Conv3d: 3), else ``default``."""
+    for module, spec in _windowed_modules(model):
+        try:
+            geometry, _ = spec.geometry(Call(module, (), {}))
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+            continue
+        return geometry.rank
     return default
 
 
 def input_channels(model: nn.Module, default: int = 3) -> int:
     """The channels the model's first convolution takes (``default`` when it has none)."""
-    for module in model.modules():
-        spec = op_for_module(module)
+    for module, _ in _windowed_modules(model):
         channels = getattr(module, "in_channels", None)
-        if spec is not None and spec.checked and isinstance(channels, int):
+        if isinstance(channels, int):
             return channels
     return default
 
@@ -542,11 +547,16 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", 
         return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes)
 
 
+def size_inputs(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
+                in_channels: int | None = None) -> ModelInputs:
+    """One all-zero input of ``(batch_size, channels, *input_size)`` in the model's dtype (see ``input_shape_for``)."""
+    return zeros_inputs([input_shape_for(model, input_size, batch_size, in_channels)], model_dtype(model))
+
+
 def capture(model: nn.Module, input_size: int | Sequence[int] = (224, 224), batch_size: int = 1,
             in_channels: int | None = None, model_name: str = "", exact_checked_shapes: bool = False) -> Capture:
     """Capture ``model`` on an all-zero input of ``input_size`` (meta device first, real CPU tensors if needed)."""
-    shape = input_shape_for(model, input_size, batch_size, in_channels)
-    inputs = zeros_inputs([shape], model_dtype(model))
+    inputs = size_inputs(model, input_size, batch_size, in_channels)
     return capture_inputs(model, inputs, model_name, exact_checked_shapes)
 
 
@@ -583,6 +593,7 @@ __all__ = [
     "meta_result",
     "named_tensors",
     "run_capture",
+    "size_inputs",
     "smallest_input_size",
     "spatial_rank",
     "structural_copy",

@@ -35,7 +35,7 @@ def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_siz
     ``(batch_size, in_channels, *input_size)``."""
     import torch
 
-    from resnet_inspect.capture.trace import ModelInputs, input_shape_for, model_dtype, zeros_inputs
+    from resnet_inspect.capture.trace import ModelInputs, model_dtype, size_inputs, zeros_inputs
 
     if input_data is not None:
         if isinstance(input_data, torch.Tensor):
@@ -55,8 +55,7 @@ def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_siz
         raise BadInputError(f"batch size must be positive, got {batch_size}")
     if in_channels is not None and in_channels <= 0:
         raise BadInputError(f"input channels must be positive, got {in_channels}")
-    shape = input_shape_for(model, _size(input_size), batch_size, in_channels)
-    return zeros_inputs([shape], model_dtype(model))
+    return size_inputs(model, _size(input_size), batch_size, in_channels)
 
 
 def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
