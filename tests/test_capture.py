@@ -8,14 +8,11 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from resnet_inspect import get_model
 from resnet_inspect.capture.loader import load_model
-from resnet_inspect.capture.trace import capture, meta_result
+from resnet_inspect.capture.trace import capture
 from resnet_inspect.errors import FactoryError, ForwardError, InputTooSmallError, ModelNotFoundError
 from resnet_inspect.records import OpKind
 
@@ -226,66 +223,6 @@ def test_nor_does_a_pass_over_layer_norm_gates_and_attention():
     )
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
-
-
-conv_configs = st.fixed_dictionaries({
-    "size": st.tuples(st.integers(1, 40), st.integers(1, 40)),
-    "kernel": st.tuples(st.integers(1, 7), st.integers(1, 7)),
-    "stride": st.tuples(st.integers(1, 4), st.integers(1, 4)),
-    "padding": st.tuples(st.integers(0, 4), st.integers(0, 4)),
-    "dilation": st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    "groups": st.sampled_from([1, 2]),
-    "ceil_mode": st.booleans(),
-})
-
-
-def _outcome(call):
-    try:
-        return tuple(call().shape)
-    except RuntimeError:
-        return "rejected"
-
-
-@settings(max_examples=300, deadline=None, database=None)
-@given(conv_configs)
-def test_meta_shape_rules_for_convolution_match_torch(config):
-    channels = 2 * config["groups"]
-    weight = torch.zeros(4, channels // config["groups"], *config["kernel"])
-    arguments = (config["stride"], config["padding"], config["dilation"], config["groups"])
-
-    def real():
-        return F.conv2d(torch.zeros(1, channels, *config["size"]), weight, None, *arguments)
-
-    def by_rule():
-        result = meta_result(F.conv2d, (torch.empty(1, channels, *config["size"], device="meta"),
-                                        weight.to("meta"), None, *arguments), {})
-        if result is NotImplemented:
-            raise RuntimeError("the rule steps aside: the real kernel decides")
-        return result
-
-    assert _outcome(by_rule) in (_outcome(real), "rejected")
-    if _outcome(real) != "rejected":
-        assert _outcome(by_rule) == _outcome(real)
-
-
-@settings(max_examples=300, deadline=None, database=None)
-@given(conv_configs)
-def test_meta_shape_rules_for_max_pooling_match_torch(config):
-    arguments = (config["kernel"], config["stride"], config["padding"], config["dilation"], config["ceil_mode"])
-
-    def real():
-        return F.max_pool2d(torch.zeros(1, 2, *config["size"]), *arguments)
-
-    def by_rule():
-        result = meta_result(F.max_pool2d, (torch.empty(1, 2, *config["size"], device="meta"), *arguments), {})
-        if result is NotImplemented:
-            raise RuntimeError("the rule steps aside: the real kernel decides")
-        return result
-
-    if _outcome(real) == "rejected":
-        assert _outcome(by_rule) == "rejected"
-    else:
-        assert _outcome(by_rule) == _outcome(real)
 
 
 def test_a_data_dependent_forward_of_a_meta_built_model_falls_back_to_real_tensors(tmp_path):

@@ -154,6 +154,59 @@ def _by_rule(function, *args, **kwargs):
     return run
 
 
+conv_configs = st.fixed_dictionaries({
+    "size": st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    "kernel": st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    "stride": st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    "padding": st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    "dilation": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "groups": st.sampled_from([1, 2]),
+    "ceil_mode": st.booleans(),
+})
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(conv_configs)
+def test_meta_shape_rules_for_convolution_match_torch(config):
+    channels = 2 * config["groups"]
+    weight = torch.zeros(4, channels // config["groups"], *config["kernel"])
+    arguments = (config["stride"], config["padding"], config["dilation"], config["groups"])
+
+    def real():
+        return F.conv2d(torch.zeros(1, channels, *config["size"]), weight, None, *arguments)
+
+    def by_rule():
+        result = meta_result(F.conv2d, (torch.empty(1, channels, *config["size"], device="meta"),
+                                        weight.to("meta"), None, *arguments), {})
+        if result is NotImplemented:
+            raise RuntimeError("the rule steps aside: the real kernel decides")
+        return result
+
+    assert _outcome(by_rule) in (_outcome(real), "rejected")
+    if _outcome(real) != "rejected":
+        assert _outcome(by_rule) == _outcome(real)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(conv_configs)
+def test_meta_shape_rules_for_max_pooling_match_torch(config):
+    arguments = (config["kernel"], config["stride"], config["padding"], config["dilation"], config["ceil_mode"])
+
+    def real():
+        return F.max_pool2d(torch.zeros(1, 2, *config["size"]), *arguments)
+
+    def by_rule():
+        result = meta_result(F.max_pool2d, (torch.empty(1, 2, *config["size"], device="meta"), *arguments), {})
+        if result is NotImplemented:
+            raise RuntimeError("the rule steps aside: the real kernel decides")
+        return result
+
+    if _outcome(real) == "rejected":
+        assert _outcome(by_rule) == "rejected"
+    else:
+        assert _outcome(by_rule) == _outcome(real)
+
+
 @settings(max_examples=150, deadline=None, database=None)
 @given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 4), st.integers(1, 3), st.integers(0, 3),
        st.integers(1, 2))

@@ -199,19 +199,6 @@ def gated():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), SqueezeExcite(8)))
 
 
-class Shifted(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x) + F.pad(x, (1, 0, 1, 0))[:, :, :-1, :-1]
-
-
-def shifted():
-    return Shifted()
-
-
 def conv1d():
     return nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=2), nn.Conv1d(4, 4, 3, stride=2, padding=1))
 
@@ -245,7 +232,7 @@ def test_a_gated_network_draws_its_global_context_fields_hatched(zoo, tmp_path):
 
 
 def test_shifted_paths_draw_their_union_dotted(zoo):
-    rf = rf_json(f"{zoo}:shifted", "-i", "16")
+    rf = rf_json("tests/fixtures/cnn_zoo.py:shifted", "-i", "16")
     assert rf["union"] is True
     assert [box.union for box in stage_boxes(rf)][-1] is True
     assert re.search(r'<g class="field union" data-stage="[^"]*output">.*?stroke-dasharray="1.5 3"', fields_svg(rf),

@@ -126,29 +126,8 @@ def test_torchvision_layout_weights_give_the_same_erf_as_our_layout(tmp_path):
     assert [erf_ours[key] for key in ("r50", "r90", "r99")] == [erf_theirs[key] for key in ("r50", "r90", "r99")]
 
 
-SHIFTED_RESIDUAL = """
-import torch.nn.functional as F
-from torch import nn
-
-
-class Shifted(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x) + F.pad(x, (1, 0, 1, 0))[:, :, :-1, :-1]
-
-
-def shifted():
-    return Shifted()
-"""
-
-
-def test_a_network_with_shifted_paths_reports_the_union_and_says_it_is_not_aligned(tmp_path):
-    factory = tmp_path / "shifted.py"
-    factory.write_text(SHIFTED_RESIDUAL)
-    report = invoke_json(f"{factory}:shifted", "-i", "16", "--check")
+def test_a_network_with_shifted_paths_reports_the_union_and_says_it_is_not_aligned():
+    report = invoke_json("tests/fixtures/cnn_zoo.py:shifted", "-i", "16", "--check")
     assert report["aligned"] is False and report["union"] is True
     assert report["output"] == {"size": [3, 3], "stride": [1, 1], "padding": [1, 1], "global_context": False}
     assert report["reasons"] == []
