@@ -3,8 +3,8 @@
 One multiply-accumulate (MAC) is one multiplication plus one addition; FLOPs = 2 x MACs. Like torchvision's
 `_ops` and He et al.'s "multiply-adds", the products that carry weights or mix positions are counted:
 convolutions (transposed too), linear layers, matrix products, einsum and attention; each entry of the
-operation table says how. BatchNorm, activations, pooling and additions count 0 MACs. Pure Python: no torch
-here (the attention formula borrows torch.utils.flop_counter's).
+operation table says how (the table's entries import torch when it loads; the attention formula is
+torch.utils.flop_counter's). BatchNorm, activations, pooling and additions count 0 MACs.
 """
 
 from __future__ import annotations
