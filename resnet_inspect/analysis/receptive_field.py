@@ -12,7 +12,9 @@ keeps the main path's field and marks ``global_context``; token mixing (attentio
 input. Operations without a rule leave the field undefined, with a reason. Pure Python.
 
 The stages: those the model declares (timm's ``feature_info``), else the trunk's children from the first
-residual block on, grouped by resolution, after a stem of the leading children.
+residual block on, after a stem of the leading children: each stage container (a child that holds residual
+blocks) is one stage whatever its resolution; single blocks are grouped by resolution. This is the one stage
+model: compare, rf, the summary's ``params_by_stage`` and the HTML chart all read it.
 """
 
 from __future__ import annotations
@@ -219,6 +221,7 @@ class _Child:
     merges: int  # residual merges that ran inside it
     weighted: bool  # it runs a convolution or linear layer
     grid: Sizes | None
+    holds_blocks: bool = False  # a stage container: its residual merges ran inside its own children (blocks)
 
 
 def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output: int,
@@ -233,8 +236,9 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
         inside = [node for node in capture.nodes if start < node.id <= end]  # nodes run in call order
         state = states.get(end)
         grid = state.layout.grid if state is not None else tuple(capture.nodes[end].output_shape[2:])
-        result.append(_Child(child, sum(is_residual_merge(node) for node in inside),
-                             any(node.geometry.kind.is_weighted for node in inside), grid))
+        merges = [node for node in inside if is_residual_merge(node)]
+        result.append(_Child(child, len(merges), any(node.geometry.kind.is_weighted for node in inside), grid,
+                             any(node.scope.startswith(f"{child.name}.") for node in merges)))
         start = max(start, end)
     return result
 
@@ -242,8 +246,9 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
 def _groups(children: list[_Child], prefix: str) -> tuple[list[tuple[str, list[LayerRecord]]], bool]:
     """Rows, and whether the stages are made of residual blocks.
 
-    The leading children without a residual merge form the stem; the later children are grouped by resolution
-    (a ResNet's stages are one container each; a MobileNet's blocks at one resolution make one stage). A network
+    The leading children without a residual merge form the stem. A stage container (a child whose residual merges
+    ran inside its own children: a ResNet's ``layer3``) is one stage whatever its resolution, so a dilated ResNet
+    keeps its four stages; single blocks at one resolution make one stage (a MobileNet's). A network
     without merges gets a stem of its leading leaves and one row per container, or one row per resolution.
     When the children are single blocks, some without a residual merge (a strided MobileNet block), the stages
     are not "made of residual blocks" and blocks per stage mean nothing.
@@ -260,8 +265,10 @@ def _groups(children: list[_Child], prefix: str) -> tuple[list[tuple[str, list[L
         groups.append(("stem", children[:boundary]))
     rest = [child for child in children[boundary:] if child.merges or not child.layer.is_leaf]
     runs: list[list[_Child]] = []
-    for child in rest:  # residual blocks at one resolution make one stage; plain containers are one each
-        if with_merges and runs and runs[-1][-1].grid == child.grid:
+    for child in rest:  # single residual blocks at one resolution make one stage; containers are one each
+        previous = runs[-1][-1] if runs else None
+        if (with_merges and previous is not None and previous.grid == child.grid
+                and not previous.holds_blocks and not child.holds_blocks):
             runs[-1].append(child)
         else:
             runs.append([child])

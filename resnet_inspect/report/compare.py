@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.analysis.stages import HEAD, STEM, StageRow, stage_rows
 from resnet_inspect.records import Capture, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
@@ -23,14 +24,12 @@ from resnet_inspect.schemas import SCHEMA_VERSION
 if TYPE_CHECKING:
     from torch import nn
 
-    from resnet_inspect.analysis.counting import Counts
-    from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult
+    from resnet_inspect.analysis.receptive_field import NodeField
     from resnet_inspect.analysis.timing import LatencyResult
 
 InputSize = int | tuple[int, ...]  # every spatial axis, or one size per axis
 
 BEST = "bold green"  # style of the best value in a column
-STEM, HEAD = "stem", "head"
 
 # Column units: the largest value in a column picks one unit for the whole column, so rows line up.
 COUNT_UNITS = ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""))
@@ -58,27 +57,6 @@ def family_models(family: Family | str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- rows
-
-
-@dataclass(frozen=True)
-class StageRow:
-    """One stage of one model at one size: the stem, a residual stage, or the head after the encoder."""
-
-    name: str
-    blocks: int  # residual merges (x + shortcut) inside the stage
-    output_shape: Shape
-    field: NodeField | None  # receptive field at the stage output; None for the head or when undefined
-    covers_input: bool | None
-    macs: int
-    output_size: tuple[int, ...] = ()  # the spatial size on the stage's own axes (NHWC maps too)
-
-    def to_dict(self, total_macs: int) -> dict[str, Any]:
-        return {
-            "name": self.name, "blocks": self.blocks, "output_shape": list(self.output_shape),
-            "output_size": list(self.output_size),
-            "receptive_field": self.field.to_json() if self.field else None, "covers_input": self.covers_input,
-            "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -119,47 +97,6 @@ class ModelRow:
         return tuple(float(size) / side for size, side in zip(self.field.size, self.input_size, strict=True))
 
 
-def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) -> dict[int, int]:
-    """Record index -> position of the stage whose module call encloses it (records outside every stage omitted)."""
-    owner: dict[int, int] = {}
-    for layer in capture.layers:
-        parent = capture.layers[layer.parent] if layer.parent is not None else None
-        if parent is not None and parent.index in owner:
-            owner[layer.index] = owner[parent.index]
-            continue
-        for position, modules in enumerate(stage_modules):
-            if layer.name in modules:
-                owner[layer.index] = position
-    return owner
-
-
-def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
-    """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
-    from resnet_inspect.analysis.counting import enclosing_records
-    from resnet_inspect.analysis.receptive_field import is_residual_merge
-
-    stages = [stage for stage in fields.stages if stage.name != "output"]
-    owner = _stage_of_records(capture, [stage.modules for stage in stages])
-    blocks = [0] * len(stages)
-    enclosing = enclosing_records(capture)
-    for node in capture.nodes:
-        record = enclosing[node.id]
-        if is_residual_merge(node) and record in owner:
-            blocks[owner[record]] += 1  # a residual merge: x + shortcut
-    stage_macs = [0] * len(stages)
-    for layer in capture.layers:
-        position = owner.get(layer.index)
-        if position is not None and layer.name in stages[position].modules:  # the stage's own call: inclusive MACs
-            stage_macs[position] += counts.layer_macs.get(layer.index, 0)
-    rows = [
-        StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position], stage.output_size)
-        for position, stage in enumerate(stages)
-    ]
-    rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs)))
-    return tuple(rows)
-
-
 def row_from_capture(capture: Capture) -> ModelRow:
     """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage."""
     from resnet_inspect.analysis.counting import count
@@ -168,18 +105,18 @@ def row_from_capture(capture: Capture) -> ModelRow:
 
     counts = count(capture)
     fields = analyze_receptive_field(capture)
-    stage_rows = _stage_rows(capture, fields, counts)
+    rows = stage_rows(capture, fields, counts)
     output_node = fields.output_node
     output_stage = next((stage for stage in fields.stages if stage.name == "output"), None)
     reason = fields.undefined.get(output_node) if output_node is not None else "no spatial feature map"
     return ModelRow(
         model=capture.model_name, input_shape=capture.input_shape, depth=network_depth(capture),
-        stages=tuple(row.blocks for row in stage_rows if row.name not in (STEM, HEAD)),
+        stages=tuple(row.blocks for row in rows if row.name not in (STEM, HEAD)),
         params=counts.params, macs=counts.macs, activation_bytes=counts.activation_bytes,
         peak_memory_bytes=counts.peak_memory_bytes, field=fields.output, field_reason=reason,
         covers_input=output_stage.covers_input if output_stage else None,
         output_shape=capture.nodes[output_node].output_shape if output_node is not None else None,
-        model_output_shape=capture.output_shape, stage_rows=stage_rows, residual_stages=fields.residual_stages,
+        model_output_shape=capture.output_shape, stage_rows=rows, residual_stages=fields.residual_stages,
     )
 
 
@@ -480,5 +417,5 @@ def total_rows(candidates: Sequence[Candidate]) -> int:
 
 __all__ = [
     "Candidate", "CompareReport", "Family", "ModelRow", "StageRow", "compare", "compare_rows", "family_models",
-    "load_candidates", "row_from_capture", "time_rows", "total_rows",
+    "load_candidates", "row_from_capture", "stage_rows", "time_rows", "total_rows",
 ]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
+    from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
 
 PASS, FAIL = "✓", "✗"
@@ -155,6 +156,22 @@ class SummaryReport(SummaryView):
     torchinfo: TorchinfoCounts | None = None
 
     @cached_property
+    def stage_rows(self) -> tuple[StageRow, ...]:
+        """The stem, each stage and the head (the one stage model, as in compare and rf); () without fields."""
+        from resnet_inspect.analysis.stages import stage_rows
+
+        return stage_rows(self.capture, self.fields, self.counts) if self.fields is not None else ()
+
+    def _by_stage(self, key: str) -> dict[str, int]:
+        """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
+        result: dict[str, int] = {}
+        if len(self.stage_rows) < 2:  # no stage, the head alone: nothing per stage to say
+            return result
+        for row in self.stage_rows:
+            result[row.name] = result.get(row.name, 0) + getattr(row, key)
+        return result
+
+    @cached_property
     def checks_by_node(self) -> dict[int, LayerArithmetic]:
         return {item.node.id: item.check for item in self.checks}
 
@@ -209,7 +226,8 @@ class SummaryReport(SummaryView):
                 "peak_memory_bytes": counts.peak_memory_bytes,
                 "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
                 "param_bytes_by_dtype": dict(counts.param_bytes_by_dtype),
-                "params_by_stage": dict(counts.stage_params),
+                "params_by_stage": self._by_stage("params"),
+                "macs_by_stage": self._by_stage("macs"),
                 "uncounted_ops": dict(counts.uncounted_ops),
                 "torchinfo_mult_adds": None if self.torchinfo is None else self.torchinfo.mult_adds,
                 "torchinfo_params": None if self.torchinfo is None else self.torchinfo.params,

@@ -1,0 +1,169 @@
+"""No wrong figure given silently: stages, transposed convolutions, padding a module runs, ERF labels, charts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from resnet_inspect.cli.app import app
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TORCHVISION_LAYOUT = str(FIXTURES / "tv_resnet.py")
+
+runner = CliRunner()
+
+
+def run_json(*args: str) -> object:
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def chart_bars(html: str) -> list[tuple[str, int, int]]:
+    """(stage, MACs, parameters) of each bar of the HTML page's stage chart."""
+    bars = re.findall(r'<g class="stage-bar" data-stage="([^"]+)" data-macs="(\d+)" data-params="(\d+)"', html)
+    return [(name, int(macs), int(params)) for name, macs, params in bars]
+
+
+# ------------------------------------------------------------------------------ 1. one stage model, all outputs
+
+
+def test_a_dilated_resnet_keeps_one_stage_per_stage_container(tmp_path: Path):
+    """DeepLab's backbone: layer3 and layer4 dilate instead of striding, so layer2..layer4 share one resolution.
+    Each stage container is still one stage, in compare, rf, the summary's stage queries and the HTML chart."""
+    spec = f"{TORCHVISION_LAYOUT}:dilated_resnet18"
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    [row] = run_json("compare", spec, "-i", "64")
+    assert row["stages"] == [2, 2, 2, 2]
+    assert [stage["name"] for stage in row["stage_details"]] == ["stem", *stages, "head"]
+    rf = run_json("rf", spec, "-i", "64")
+    assert [stage["name"] for stage in rf["stages"]] == ["stem", *stages, "output"]
+    assert [stage["output_size"] for stage in rf["stages"]] == [[16, 16], [16, 16], [8, 8], [8, 8], [8, 8], [8, 8]]
+    # at stride 8 a 3x3 conv adds 16 per dilation step: layer3 = 99 + 2*16 (its first block keeps the previous
+    # dilation, as torchvision's) + 2*32, layer4 = 195 + 2*32 + 2*64
+    assert [stage["size"][0] for stage in rf["stages"]] == [11, 43, 99, 195, 387, 387]
+
+    summary = run_json("summary", spec, "-i", "64")
+    assert list(summary["totals"]["params_by_stage"]) == ["stem", *stages, "head"]
+    page = tmp_path / "dilated.html"
+    assert runner.invoke(app, ["summary", spec, "-i", "64", "-f", "html", "-o", str(page)]).exit_code == 0
+    assert [name for name, _, _ in chart_bars(page.read_text())] == ["stem", *stages, "head"]
+
+
+def test_compare_at_a_tiny_input_keeps_the_published_blocks_per_stage():
+    """At 16 pixels layer3 and layer4 of a ResNet both end at 1x1; they are still two stages."""
+    rows = run_json("compare", "resnet18", "resnet50", "-i", "16")
+    assert [row["stages"] for row in rows] == [[2, 2, 2, 2], [3, 4, 6, 3]]
+
+
+def test_every_output_agrees_on_the_stages_of_a_dilated_resnet50(tmp_path: Path):
+    from resnet_inspect import inspect
+    from resnet_inspect.capture.loader import load_model
+
+    network, _ = load_model(f"{TORCHVISION_LAYOUT}:dilated_resnet50")
+    report = inspect(network, 32)
+    names = [stage["name"] for stage in report.stages]
+    assert names == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [stage["blocks"] for stage in report.stages] == [0, 3, 4, 6, 3, 0]
+    totals = report.to_dict()["totals"]
+    assert list(totals["params_by_stage"]) == names
+    assert sum(totals["params_by_stage"].values()) == totals["params"]
+    bars = chart_bars(report.to_html())
+    assert [name for name, _, _ in bars] == names
+    assert sum(params for _, _, params in bars) == totals["params"]
+    assert sum(macs for _, macs, _ in bars) == totals["macs"]
+
+
+def detectron_layout_factory(tmp_path: Path) -> str:
+    """A ResNet-18 laid out as Detectron2 names it (``stem``, ``res2``..``res5``): stage containers that are named
+    like no other library's."""
+    source = f'''
+import sys
+from torch import nn
+sys.path.insert(0, {str(FIXTURES)!r})
+from tv_resnet import resnet18
+
+
+class DetectronLayout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        tv = resnet18()
+        self.stem = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)
+        self.res2, self.res3, self.res4, self.res5 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), tv.fc)
+
+    def forward(self, x):
+        return self.head(self.res5(self.res4(self.res3(self.res2(self.stem(x))))))
+
+
+def detectron_resnet18():
+    return DetectronLayout()
+'''
+    path = tmp_path / "detectron_layout.py"
+    path.write_text(source)
+    return f"{path}:detectron_resnet18"
+
+
+def test_stages_named_like_no_library_are_the_same_stages_in_every_output(tmp_path: Path):
+    spec = detectron_layout_factory(tmp_path)
+    stages = ["res2", "res3", "res4", "res5"]
+    [row] = run_json("compare", spec, "-i", "64")
+    assert row["stages"] == [2, 2, 2, 2]
+    assert [stage["name"] for stage in run_json("rf", spec, "-i", "64")["stages"]] == ["stem", *stages, "output"]
+    summary = run_json("summary", spec, "-i", "64")
+    by_stage = summary["totals"]["params_by_stage"]
+    assert list(by_stage) == ["stem", *stages, "head"]
+    assert by_stage["stem"] == 64 * 3 * 7 * 7 + 2 * 64 and by_stage["head"] == 512 * 1000 + 1000
+    page = tmp_path / "detectron.html"
+    assert runner.invoke(app, ["summary", spec, "-i", "64", "-f", "html", "-o", str(page)]).exit_code == 0
+    bars = chart_bars(page.read_text())
+    assert [name for name, _, _ in bars] == ["stem", *stages, "head"]
+    assert [params for _, _, params in bars] == list(by_stage.values())
+    assert [macs for _, macs, _ in bars] == [stage["macs"] for stage in row["stage_details"]]
+
+
+# ------------------------------------------------------------------ 6. the chart counts each parameter once
+
+
+class SharedBlock(nn.Module):
+    """A stem (3 -> 4 channels, 112 parameters) and one 296-parameter block run three times: 408 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for _ in range(3):
+            x = self.block(x)
+        return x.mean((2, 3))
+
+
+class SharedResidual(SharedBlock):
+    """The same, the block used as a residual branch (so the stage model finds stages)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for _ in range(3):
+            x = x + self.block(x)
+        return x.mean((2, 3))
+
+
+@pytest.mark.parametrize("model", [SharedBlock, SharedResidual])
+def test_the_stage_chart_counts_a_module_called_three_times_once(model: type[nn.Module]):
+    from resnet_inspect import inspect
+
+    report = inspect(model(), 8)
+    totals = report.to_dict()["totals"]
+    assert totals["params"] == sum(p.numel() for p in model().parameters()) == 408
+    bars = chart_bars(report.to_html())
+    assert sum(params for _, _, params in bars) == 408
+    assert sum(macs for _, macs, _ in bars) == totals["macs"] == 3 * 2 * (8 * 8 * 4 * 4 * 9) + 8 * 8 * 4 * 3 * 9
+    assert sum(totals["params_by_stage"].values()) in (0, 408)
