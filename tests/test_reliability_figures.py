@@ -167,3 +167,41 @@ def test_the_stage_chart_counts_a_module_called_three_times_once(model: type[nn.
     assert sum(params for _, _, params in bars) == 408
     assert sum(macs for _, macs, _ in bars) == totals["macs"] == 3 * 2 * (8 * 8 * 4 * 4 * 9) + 8 * 8 * 4 * 3 * 9
     assert sum(totals["params_by_stage"].values()) in (0, 408)
+
+
+# ------------------------------------------------ 2. a transposed convolution called with output_size
+
+
+class UNetDecoder(nn.Module):
+    """The usual U-Net up step: the transposed convolution is told the skip connection's size (28 from 14, where
+    the geometry alone gives 27), so output_size picks output padding 1 (torch's _output_padding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x), output_size=x.shape[-2:]) + x.mean(1, keepdim=True)
+
+
+def test_verify_uses_the_output_padding_that_output_size_picks():
+    from resnet_inspect import verify
+
+    assert UNetDecoder()(torch.zeros(1, 3, 28, 28)).shape[-2:] == (28, 28)  # torch's own kernels
+    report = verify(UNetDecoder(), 28)
+    assert report.failed == 0
+    up = next(item for item in report.checks if item.node.name == "up")
+    assert up.check.expected == up.check.observed == (28, 28)
+    assert up.node.geometry.output_padding == (1, 1)
+    assert up.check.formulas[0] == "o = 2*(14 - 1) + 1 + 3 - 2*1 = 28"
+
+
+def test_the_verify_command_passes_a_unet_decoder(tmp_path: Path):
+    factory = tmp_path / "decoder.py"
+    factory.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                       "from test_reliability_figures import UNetDecoder\n\ndef decoder():\n    return UNetDecoder()\n")
+    result = runner.invoke(app, ["verify", f"{factory}:decoder", "-i", "28", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    [up] = [layer for layer in json.loads(result.stdout)["layers"] if layer["name"] == "up"]
+    assert up["expected"] == up["observed"] == [28, 28] and up["ok"]
