@@ -205,3 +205,39 @@ def test_the_verify_command_passes_a_unet_decoder(tmp_path: Path):
     assert result.exit_code == 0, result.output
     [up] = [layer for layer in json.loads(result.stdout)["layers"] if layer["name"] == "up"]
     assert up["expected"] == up["observed"] == [28, 28] and up["ok"]
+
+
+# ------------------------------------------------------------ 3. --solve with --transposed
+
+
+def test_arith_solves_the_transposed_relation():
+    """56 -> 112 with k=3, s=2: padding 1 with output padding 1 (the usual 2x up-convolution)."""
+    data = run_json("arith", "-i", "56", "-k", "3", "-s", "2", "--transposed", "--solve")
+    assert data["solve"] == {"target": 112, "paddings": [1], "output_paddings": [1]}
+    table = runner.invoke(app, ["arith", "-i", "56", "-k", "3", "-s", "2", "--transposed", "--solve"]).stdout
+    assert "paddings giving o = 112" in table and "1 (output padding 1)" in table
+
+
+@pytest.mark.parametrize(("i", "k", "s", "d"), [(56, 3, 2, 1), (7, 4, 2, 1), (10, 5, 3, 1), (9, 3, 1, 2),
+                                                (5, 2, 4, 1), (6, 3, 2, 3), (11, 1, 1, 1), (8, 2, 1, 1)])
+def test_every_transposed_solution_gives_the_target_in_the_relation_and_in_torch(i: int, k: int, s: int, d: int):
+    from resnet_inspect.ops.arithmetic import conv_transpose_output, solve_transposed_padding
+
+    solutions = solve_transposed_padding(i, k, s, d)
+    for padding, output_padding in solutions:
+        assert conv_transpose_output(i, k, s, padding, d, output_padding).output == s * i
+        layer = nn.ConvTranspose1d(1, 1, k, s, padding, output_padding, dilation=d)
+        assert layer(torch.zeros(1, 1, i)).shape[-1] == s * i
+    # and nothing is missed: every setting torch accepts that gives s*i with every output reached is listed
+    found = set()
+    for output_padding in range(max(s, d)):
+        for padding in range(d * (k - 1) + 1):
+            try:
+                layer = nn.ConvTranspose1d(1, 1, k, s, padding, output_padding, dilation=d, bias=False)
+                nn.init.ones_(layer.weight)
+                out = layer(torch.ones(1, 1, i))
+            except RuntimeError:
+                continue
+            if out.shape[-1] == s * i and bool((out > 0).all()):
+                found.add((padding, output_padding))
+    assert set(solutions) == found

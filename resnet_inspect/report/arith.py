@@ -12,6 +12,7 @@ from resnet_inspect.ops.arithmetic import (
     conv_transpose_output,
     pool_output,
     solve_padding,
+    solve_transposed_padding,
 )
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
@@ -27,6 +28,7 @@ class ArithReport(ReportView):
     result: AxisArithmetic
     solutions: tuple[int, ...] | None = None
     solve_target: int | None = None
+    solution_output_paddings: tuple[int, ...] | None = None  # transposed: the output padding of each solution
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -36,6 +38,8 @@ class ArithReport(ReportView):
         }
         if self.solutions is not None:
             data["solve"] = {"target": self.solve_target, "paddings": list(self.solutions)}
+            if self.solution_output_paddings is not None:
+                data["solve"]["output_paddings"] = list(self.solution_output_paddings)
         return data
 
     def document(self) -> Document:
@@ -48,6 +52,9 @@ class ArithReport(ReportView):
         )
         if self.solutions is not None:
             found = ", ".join(map(str, self.solutions)) if self.solutions else "none"
+            if self.solution_output_paddings is not None and self.solutions:
+                found = ", ".join(f"{p} (output padding {a})"
+                                  for p, a in zip(self.solutions, self.solution_output_paddings, strict=True))
             rows += ((f"paddings giving o = {self.solve_target}", found),)
         tables = [Table(f"{self.layer}: {settings}", (Column("quantity"), Column("value")), rows)]
         flags = tuple(f"flag: {flag}" for flag in self.result.flags)
@@ -84,6 +91,9 @@ def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bo
         inputs["ceil_mode"] = ceil_mode
     if transposed:
         inputs["output_padding"] = output_padding
+    if solve and transposed:  # the transposed relation's inverse: o = s*i, with the output padding that gives it
+        pairs = solve_transposed_padding(i, k, s, d)
+        return ArithReport(layer, inputs, result, tuple(p for p, _ in pairs), s * i, tuple(a for _, a in pairs))
     solutions = tuple(solve_padding(i, k, s, d)) if solve else None
     target = (i if s == 1 else -(-i // s)) if solve else None
     return ArithReport(layer, inputs, result, solutions, target)
