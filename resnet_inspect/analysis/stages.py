@@ -1,20 +1,26 @@
-"""The one stage model: the stem, each stage of the receptive-field analysis, and the head, with their costs.
+"""A network's stages read from one capture: the stem, each stage of the receptive-field analysis and the head,
+with their residual blocks, output shape, receptive field, MACs and parameters.
 
-The stages are those of ``analysis.receptive_field`` (declared by the model, or found from its stage
-containers and residual blocks). compare's stage table, the summary's ``params_by_stage`` and
-``macs_by_stage`` and the HTML chart all read these rows, so they agree. The head has what the other rows
-leave, so the rows add up to the model's MACs and parameters; a module that runs several times is counted
-once for its parameters (in the first stage that runs it) and at every call for its MACs.
+This is the one stage model: compare's stage table, the summary's ``params_by_stage`` and ``macs_by_stage`` and
+the HTML chart all read these rows, so they agree. The head has what the other rows leave, so the rows add up to
+the model's MACs and parameters; a module that runs several times has its parameters counted once (in the first
+stage that runs it) and its MACs at every call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.counting import Counts, enclosing_records
-from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult, is_residual_merge
+from resnet_inspect.analysis.counting import enclosing_records
+from resnet_inspect.analysis.receptive_field import is_residual_merge
 from resnet_inspect.records import Capture, Shape
+
+if TYPE_CHECKING:
+    from resnet_inspect.analysis.counting import Counts
+    from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
+    from resnet_inspect.ops.fields import NodeField
+
 
 STEM, HEAD = "stem", "head"
 
@@ -58,7 +64,7 @@ def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) ->
 def _stage_params(capture: Capture, stage_modules: list[tuple[str, ...]]) -> list[int]:
     """Parameters of each stage's modules, each module (so each of its tensors) counted once: a module that runs
     again, in the same stage or a later one, adds nothing."""
-    params_of = {}
+    params_of: dict[str, int] = {}
     for layer in capture.layers:
         params_of.setdefault(layer.name, layer.params)
     seen: set[str] = set()
@@ -71,11 +77,7 @@ def _stage_params(capture: Capture, stage_modules: list[tuple[str, ...]]) -> lis
 
 
 def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
-    """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them).
-
-    This is the one stage model: compare's stage table, the summary's ``params_by_stage`` and ``macs_by_stage``
-    and the HTML chart all read it. The head has the MACs and parameters the other rows leave, so the rows add up
-    to the model's totals."""
+    """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
     stages = [stage for stage in fields.stages if stage.name != "output"]
     owner = _stage_of_records(capture, [stage.modules for stage in stages])
     blocks = [0] * len(stages)
@@ -98,6 +100,3 @@ def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -
     rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs),
                          params=max(0, counts.params - sum(params))))
     return tuple(rows)
-
-
-__all__ = ["HEAD", "STEM", "StageRow", "stage_rows"]

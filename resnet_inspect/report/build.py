@@ -117,6 +117,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     """Run the analyses over one capture; fvcore (real tensors, batch 1) only when asked and a model is given."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
+    from resnet_inspect.analysis.stages import stage_rows
 
     fields = analyze_receptive_field(capture)
     counts = count(capture)
@@ -130,6 +131,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
         max_depth=max_depth, layer_fields=layer_fields(capture, fields),
+        stage_rows=stage_rows(capture, fields, counts),
     )
 
 

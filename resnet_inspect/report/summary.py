@@ -154,13 +154,7 @@ class SummaryReport(SummaryView):
     max_depth: int | None = None
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
     torchinfo: TorchinfoCounts | None = None
-
-    @cached_property
-    def stage_rows(self) -> tuple[StageRow, ...]:
-        """The stem, each stage and the head (the one stage model, as in compare and rf); () without fields."""
-        from resnet_inspect.analysis.stages import stage_rows
-
-        return stage_rows(self.capture, self.fields, self.counts) if self.fields is not None else ()
+    stage_rows: tuple[StageRow, ...] = ()  # the stem, each stage and the head (``stages``)
 
     def _by_stage(self, key: str) -> dict[str, int]:
         """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
