@@ -241,3 +241,61 @@ def test_every_transposed_solution_gives_the_target_in_the_relation_and_in_torch
             if out.shape[-1] == s * i and bool((out > 0).all()):
                 found.add((padding, output_padding))
     assert set(solutions) == found
+
+
+# ------------------------------------------------------------- 4. what the ERF's weights are, and when it is undefined
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_a_module_given_to_the_api_is_labelled_with_its_own_weights():
+    from resnet_inspect import receptive_field
+
+    torch.manual_seed(123)
+    report = receptive_field(small_cnn(), 16, erf=True)
+    assert "random" not in report.erf.weights and "seed" not in report.erf.weights
+    assert report.erf.weights == "own (the module as given)"
+
+
+def test_a_factory_that_loads_a_checkpoint_is_not_labelled_random(tmp_path: Path):
+    torch.manual_seed(7)
+    checkpoint = tmp_path / "trained.pt"
+    torch.save(small_cnn().state_dict(), checkpoint)
+    factory = tmp_path / "trained.py"
+    factory.write_text(f"import sys\nimport torch\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                       "from test_reliability_figures import small_cnn\n\n"
+                       "def trained():\n    model = small_cnn()\n"
+                       f"    model.load_state_dict(torch.load({str(checkpoint)!r}))\n    return model\n\n"
+                       "def fresh():\n    return small_cnn()\n")
+    loaded = run_json("rf", f"{factory}:trained", "-i", "16", "--erf")["erf"]["weights"]
+    assert "random" not in loaded and "seed" not in loaded
+    assert run_json("rf", f"{factory}:fresh", "-i", "16", "--erf")["erf"]["weights"] == "random (seed 0)"
+    assert run_json("rf", "resnet20", "--erf", "--erf-samples", "1")["erf"]["weights"] == "random (seed 0)"
+
+
+def test_a_model_whose_input_gradient_is_zero_has_no_erf_radii():
+    from resnet_inspect import receptive_field
+
+    model = small_cnn()
+    nn.init.zeros_(model[2].weight)  # the centre unit no longer depends on the input
+    image = torch.randn(1, 3, 16, 16, requires_grad=True)
+    model[:4](image)[0, :, 8, 8].sum().backward()
+    assert not image.grad.any()  # the oracle: torch's own input gradient is zero everywhere
+    erf = receptive_field(model, 16, erf=True).erf
+    assert (erf.r50, erf.r90, erf.r99, erf.ratio) == (None, None, None, None)
+    data = receptive_field(model, 16, erf=True).to_dict()["erf"]
+    assert (data["r50"], data["r90"], data["r99"]) == (None, None, None)
+    text = str(receptive_field(model, 16, erf=True))
+    assert re.search(r"r50\s+│\s+undefined", text) and "0 px" not in text
+
+
+def test_the_rf_picture_of_a_zero_gradient_model_is_drawn_without_radii(tmp_path: Path):
+    from resnet_inspect import receptive_field
+    from resnet_inspect.render.plot import rf_picture
+
+    model = small_cnn()
+    nn.init.zeros_(model[2].weight)
+    assert rf_picture(receptive_field(model, 16, erf=True), "png").startswith(b"\x89PNG")

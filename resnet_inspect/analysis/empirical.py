@@ -305,9 +305,9 @@ class ErfResult:
     weights: str
     unit: Pair
     centre: tuple[float, float]
-    r50: float
-    r90: float
-    r99: float
+    r50: float | None  # None when the input gradient is zero everywhere: no mass, so no radius holds any share
+    r90: float | None
+    r99: float | None
     field_size: Pair | None
     ratio: float | None
     mass: tuple[tuple[float, ...], ...]  # per input pixel, summed over channels, normalised to a total of 1
@@ -403,13 +403,14 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
         centre = (field.centre[0] + unit[0] * steps[0], field.centre[1] + unit[1] * steps[1])
     else:
         centre = ((shape[2] - 1) / 2, (shape[3] - 1) / 2)
-    mass = total / total.sum() if float(total.sum()) > 0 else total
-    r50, r90, r99 = (_radius(mass, centre, level) for level in ERF_LEVELS)
+    has_mass = float(total.sum()) > 0
+    mass = total / total.sum() if has_mass else total
+    r50, r90, r99 = (_radius(mass, centre, level) if has_mass else None for level in ERF_LEVELS)
     half_width = (float(max(field.size)) - 1) / 2 if field is not None else 0
     return ErfResult(
         input_size=(shape[2], shape[3]), samples=samples, weights=weights, unit=unit, centre=centre,
         r50=r50, r90=r90, r99=r99, field_size=field.size if field else None,
-        ratio=round(r99 / half_width, 4) if half_width > 0 else None,
+        ratio=round(r99 / half_width, 4) if half_width > 0 and r99 is not None else None,
         mass=tuple(tuple(row) for row in mass.tolist()),
     )
 

@@ -69,13 +69,14 @@ def rf_command(
         parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
-        from resnet_inspect.report.rf import load_rf_model, rf_report
+        from resnet_inspect.report.rf import load_rf_model, rf_report, weights_label
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
         channels = in_channels
         network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
-        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights)
+        label = weights_label(model, channels, num_classes, network) if wants_erf and weights is None else ""
+        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, label)
         if png is not None and report.erf is not None:
             from resnet_inspect.render.heatmap import png_bytes
 

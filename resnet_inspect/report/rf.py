@@ -113,7 +113,8 @@ class RfReport(ReportView):
             return ()
         erf = self.erf
         rows = (
-            ("r50", f"{erf.r50:g} px"), ("r90", f"{erf.r90:g} px"), ("r99", f"{erf.r99:g} px"),
+            *((name, "undefined" if radius is None else f"{radius:g} px")
+              for name, radius in (("r50", erf.r50), ("r90", erf.r90), ("r99", erf.r99))),
             ("ratio r99 / field half-width", "-" if erf.ratio is None else f"{erf.ratio:.3f}"),
             ("theoretical field", pair_text(erf.field_size)),
             ("centre (row, column)", f"({erf.centre[0]:g}, {erf.centre[1]:g})"),
@@ -124,7 +125,8 @@ class RfReport(ReportView):
             "(Luo et al. 2016)",
             (Column("quantity"), Column("value", "right")), rows,
             ("rq: half-width (px) of the smallest square around the centre holding q of the gradient mass",
-             "ratio: r99 / ((size - 1) / 2), the theoretical field's half-width (larger axis)"),
+             "ratio: r99 / ((size - 1) / 2), the theoretical field's half-width (larger axis)",
+             *(("undefined: the input gradient of the centre unit is zero everywhere",) if erf.r50 is None else ())),
         )
         heatmap = Table(
             "Gradient mass over the input (shade = sqrt of mass)", (Column("heatmap"),),
@@ -188,6 +190,36 @@ def load_rf_model(spec: str, in_channels: int | None, num_classes: int | None, r
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return load_model(spec, in_channels=in_channels, num_classes=num_classes, device=None)
+
+
+OWN_WEIGHTS = "own (the module as given)"
+
+
+def weights_label(spec: str, in_channels: int | None, num_classes: int | None, model: nn.Module,
+                  seed: int = ERF_SEED) -> str:
+    """What the weights of ``model``, built from ``spec`` by ``load_rf_model(..., seed=seed)``, are.
+
+    The tool seeds the random generator, but a factory may set its weights itself (load a checkpoint). A second
+    build with another seed tells them apart: a parameter that changes with the seed is the seeded random
+    initialisation; one that stays and is not a constant (ones, zeros) was set by the model's own code.
+    """
+    import torch
+
+    other, _ = load_rf_model(spec, in_channels, num_classes, real=True, seed=seed + 1)
+    reseeded = dict(other.named_parameters())
+    seeded = own = 0
+    for name, tensor in model.named_parameters():
+        again = reseeded.get(name)
+        if again is None or again.shape != tensor.shape or not torch.equal(again, tensor):
+            seeded += 1
+        elif tensor.numel() > 1 and not bool((tensor == tensor.flatten()[0]).all()):
+            own += 1
+    if seeded and not own:
+        return f"random (seed {seed})"
+    if not seeded:
+        return "own (set by the model's code, not by this tool)"
+    return (f"random (seed {seed}) for {seeded} of {seeded + own} parameter tensors; the others set by the "
+            "model's code")
 
 
 def _looks_torchvision(keys: list[str]) -> bool:
@@ -282,8 +314,11 @@ def _size_text(sizes: tuple[int, ...]) -> str:
 
 def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int | None = None,
               check: bool = False, erf: bool = False, erf_samples: int = 8,
-              weights_path: Path | None = None) -> RfReport:
+              weights_path: Path | None = None, weights: str = OWN_WEIGHTS) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF.
+
+    ``weights`` says what the model's weights are for the ERF's label (``weights_label`` for a model this tool
+    built); a ``weights_path`` loaded into it names itself instead.
 
     Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
     Before the check or the ERF allocates anything, the memory guard compares its estimated peak with the
@@ -307,9 +342,13 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     empirical = empirical_check(model, captured, result, in_channels) if check else None
     erf_result = None
     if wants_erf:
-        weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
+        if weights_path is not None:
+            weights = load_weights(model, weights_path)
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
     return RfReport(name, captured.input_shape, result, empirical, erf_result)
 
 
-__all__ = ["RfReport", "load_rf_model", "load_weights", "read_checkpoint", "rf_report", "state_dict_problems"]
+__all__ = [
+    "OWN_WEIGHTS", "RfReport", "load_rf_model", "load_weights", "read_checkpoint", "rf_report", "state_dict_problems",
+    "weights_label",
+]
