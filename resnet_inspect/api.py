@@ -205,14 +205,14 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
            in_channels: int | None = None, num_classes: int | None = None,
            model_name: str | None = None) -> VerifyReport:
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
-    from resnet_inspect.report.summary import VerifyReport, check_nodes
+    from resnet_inspect.report.build import verify_from_capture
 
     _positive(batch_size, "batch_size")
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
                         exact_checked_shapes=True)
-    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
+    return verify_from_capture(captured)
 
 
 def _rank(model: nn.Module | str) -> int:

@@ -103,6 +103,7 @@ class LayerRecord:
     node: int | None = None  # this call's node in the dataflow graph (modules recorded as one operation)
     input_nodes: tuple[int, ...] = ()  # nodes that produced this call's input tensors
     output_node: int | None = None  # node that produced this call's (first) output tensor
+    declared: Geometry | None = None  # a windowed module the capture looked inside: the geometry it declares
 
     @property
     def input_shape(self) -> Shape:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
@@ -299,3 +300,53 @@ def test_the_rf_picture_of_a_zero_gradient_model_is_drawn_without_radii(tmp_path
     model = small_cnn()
     nn.init.zeros_(model[2].weight)
     assert rf_picture(receptive_field(model, 16, erf=True), "png").startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------- 5. padding a module runs beyond what it declares
+
+
+class PadsTwice(nn.Conv2d):
+    """Declares padding 1, and pads one more on every side in its forward: 20 -> 22 with a 3x3 kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+def pads_twice_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), PadsTwice(4, 4, 3, padding=1), nn.ReLU())
+
+
+def test_verify_says_when_a_module_runs_more_padding_than_it_declares():
+    from resnet_inspect import verify
+
+    assert pads_twice_net()(torch.zeros(1, 3, 20, 20)).shape[-2:] == (22, 22)  # torch's own kernels
+    report = verify(pads_twice_net(), 20)
+    assert report.failed == 0  # what it runs is checked, and agrees
+    message = "1 (PadsTwice): declares padding 1, runs 2"
+    assert [warning for warning in report.to_dict()["warnings"] if warning.startswith("1 ")] == [message]
+    [row] = [line for line in str(report).splitlines() if line.startswith("│ 1.conv2d")]
+    assert "declares p1, runs p2" in row
+    assert not any(warning.startswith("0 ") for warning in report.warnings)  # a stock Conv2d runs what it says
+
+
+def test_the_summary_row_of_the_module_says_so_too():
+    from resnet_inspect import inspect
+
+    report = inspect(pads_twice_net(), 20)
+    assert "1 (PadsTwice): declares padding 1, runs 2" in report.to_dict()["warnings"]
+    [row] = [line for line in str(report).splitlines() if line.startswith("│ 1 ")]
+    assert "declares p1, runs p2" in row
+
+
+@pytest.mark.parametrize(("size", "sides"), [(64, "0 before and 1 after"), (65, "1 before and 1 after")])
+def test_conv2d_same_passes_and_is_said_to_pad_same_from_the_input_size(size: int, sides: str):
+    """timm's Conv2dSame (the zoo's re-creation): TF 'same' padding, computed from the input in forward; its 3x3/2
+    conv pads (32 - 1)*2 + 3 - 64 = 1 at 64 (all after) and 2 at 65 (one each side)."""
+    result = runner.invoke(app, ["verify", f"{FIXTURES / 'real_models.py'}:conv2d_same_net", "-i", str(size),
+                                 "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["failed"] == 0
+    [first] = [warning for warning in data["warnings"] if warning.startswith("features.0 ")]
+    assert first == (f"features.0 (Conv2dSame): declares padding 0, pads 'same' in its forward, from the input "
+                     f"size: at {size}x{size}, {sides} on each axis")

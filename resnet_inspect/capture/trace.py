@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.builtin import meta_empty
-from resnet_inspect.ops.table import Call, OpSpec, function_name, get_op, op_for_function, op_for_module
+from resnet_inspect.ops.table import (
+    Call,
+    OpSpec,
+    declared_op,
+    function_name,
+    get_op,
+    op_for_function,
+    op_for_module,
+)
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
 if TYPE_CHECKING:
@@ -107,6 +115,7 @@ class _Call:
     geometry: Geometry | None
     attrs: dict[str, Any]
     input_shapes: tuple[Shape, ...]
+    declared: Geometry | None = None  # looked inside, though its class declares a window (a Conv2d subclass)
     output_shapes: tuple[Shape, ...] = ()
     node: int | None = None
     input_nodes: tuple[int, ...] = ()
@@ -252,6 +261,19 @@ def _function_mode(recorder: _Recorder) -> Any:
     return DataflowMode()
 
 
+def _declared_geometry(module: Any, args: Any, kwargs: Any, inputs: list[Any]) -> Geometry | None:
+    """What a module the capture looks inside declares, when its class is a windowed one (a ``Conv2d`` subclass
+    with its own forward): the padding it says, to set beside the padding it runs."""
+    spec = declared_op(module)
+    if spec is None or not spec.checked:
+        return None
+    try:
+        geometry, _ = spec.geometry(Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs)))
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return None
+    return geometry if geometry.kind.has_window else None
+
+
 def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
     """Pre/post hook factories in torchinfo's manner: small closures over one shared recorder."""
 
@@ -263,7 +285,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                     recorder.add_node(INPUT_OP, INPUT_OP, Geometry(OpKind.ELEMENTWISE), [], [tensor], op=INPUT_OP)
             return
         spec = op_for_module(module) if not recorder.opaque_depth else None
-        geometry, attrs = None, {}
+        geometry, attrs, declared = None, {}, None
         if spec is not None:
             call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
                         tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))
@@ -271,12 +293,14 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                 geometry, attrs = spec.geometry(call)
             except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
                 spec = None
+        elif not recorder.opaque_depth:
+            declared = _declared_geometry(module, args, kwargs, inputs)
         parent = recorder.stack[-1] if recorder.stack else None
         call_record = _Call(
             index=len(recorder.calls), module=module, name=recorder.names.get(id(module), type(module).__name__),
             depth=(parent.depth + 1) if parent else 1, parent=parent.index if parent else None,
             is_leaf=spec is not None or not any(True for _ in module.children()), spec=spec,
-            geometry=geometry, attrs=attrs, input_shapes=tuple(shape_of(t) for t in inputs),
+            geometry=geometry, attrs=attrs, input_shapes=tuple(shape_of(t) for t in inputs), declared=declared,
         )
         call_record.inputs = inputs
         call_record.input_nodes = recorder.input_nodes(inputs)
@@ -320,7 +344,7 @@ def _freeze(call: _Call) -> LayerRecord:
         in_features=in_features if isinstance(in_features, int) else None,
         out_features=out_features if isinstance(out_features, int) else None,
         has_bias=getattr(module, "bias", None) is not None and call.spec is not None, node=call.node,
-        input_nodes=call.input_nodes, output_node=call.output_node,
+        input_nodes=call.input_nodes, output_node=call.output_node, declared=call.declared,
     )
 
 

@@ -215,6 +215,13 @@ def op_for_module(module: Any) -> OpSpec | None:
     return None
 
 
+def declared_op(module: Any) -> OpSpec | None:
+    """The entry of the class ``module`` derives from, whether or not it runs that class's forward: what it
+    declares (a ``Conv2d`` subclass that pads in its own forward still declares a convolution's geometry)."""
+    _load_builtins()
+    return next((spec for spec in _TABLE.module_entries if isinstance(module, spec.modules)), None)
+
+
 def function_name(func: Any) -> str:
     """Normalised operation name: `Tensor.__iadd__` -> "add", `relu_` -> "relu", `Tensor.__matmul__` -> "matmul"."""
     name = getattr(func, "__name__", None) or str(func)
@@ -234,6 +241,7 @@ __all__ = [
     "FieldState",
     "OpSpec",
     "ReplayCall",
+    "declared_op",
     "function_name",
     "get_op",
     "op_for_function",

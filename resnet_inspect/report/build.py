@@ -116,6 +116,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
                          layer_times_ms: dict[str, float] | None = None) -> SummaryReport:
     """Run the analyses over one capture; fvcore (real tensors, batch 1) only when asked and a model is given."""
     from resnet_inspect.analysis.counting import count
+    from resnet_inspect.analysis.padding import padding_runs
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
     from resnet_inspect.analysis.stages import stage_rows
 
@@ -131,7 +132,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
         max_depth=max_depth, layer_fields=layer_fields(capture, fields),
-        stage_rows=stage_rows(capture, fields, counts),
+        stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
     )
 
 
@@ -157,4 +158,13 @@ def verify(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int
     arithmetic of its geometry."""
     capture = capture_model(model, input_size, batch_size, in_channels, model_name, input_shapes=input_shapes,
                             input_data=input_data, exact_checked_shapes=True)
-    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings)
+    return verify_from_capture(capture)
+
+
+def verify_from_capture(capture: Capture) -> VerifyReport:
+    """Every convolution and pooling layer of one capture checked against the arithmetic of its geometry, and the
+    modules whose forward pads other than they declare."""
+    from resnet_inspect.analysis.padding import padding_runs
+
+    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings,
+                        padding_runs(capture))

@@ -16,6 +16,7 @@ from resnet_inspect.schemas import SCHEMA_VERSION
 if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
+    from resnet_inspect.analysis.padding import PaddingRun
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
     from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
@@ -90,6 +91,7 @@ class VerifyReport(ReportView):
     input_shape: tuple[int, ...]
     checks: tuple[LayerCheck, ...]
     capture_warnings: tuple[str, ...] = ()  # what the forward pass could not see (data-dependent branches)
+    padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
 
     @property
     def failed(self) -> int:
@@ -98,7 +100,7 @@ class VerifyReport(ReportView):
     @property
     def warnings(self) -> tuple[str, ...]:
         arithmetic = tuple(f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings)
-        return arithmetic + self.capture_warnings
+        return arithmetic + tuple(run.message for run in self.padding_runs) + self.capture_warnings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,12 +121,15 @@ class VerifyReport(ReportView):
             Column("expected", "right"), Column("observed", "right"), Column("check", "center"),
             Column("dropped", "right"),
         )
+        runs = {run.node: run for run in self.padding_runs}
         rows = []
         for item in self.checks:
             check = item.check
             formula = check.formulas[0] if len(set(check.formulas)) == 1 else " ; ".join(check.formulas)
+            run = runs.get(item.node.id)
             rows.append((
-                item.node.name, item.node.type, geometry_text(item.node.geometry),
+                item.node.name, item.node.type,
+                geometry_text(item.node.geometry) + (f" ({run.cell})" if run is not None else ""),
                 "adaptive" if check.relation is None else str(check.relation), formula,
                 shape_text(check.expected), shape_text(check.observed),
                 Cell(PASS if check.ok else FAIL, "green" if check.ok else "bold red"),
@@ -155,6 +160,7 @@ class SummaryReport(SummaryView):
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
     torchinfo: TorchinfoCounts | None = None
     stage_rows: tuple[StageRow, ...] = ()  # the stem, each stage and the head (``stages``)
+    padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
 
     def _by_stage(self, key: str) -> dict[str, int]:
         """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
@@ -246,16 +252,19 @@ class SummaryReport(SummaryView):
             columns += [Column("torchinfo params", "right"), Column("torchinfo Mult-Adds", "right")]
         if show_time:
             columns.append(Column("ms", "right"))
+        runs = {run.record: run for run in self.padding_runs}
         rows = []
         for layer in capture.layers:
             if self.max_depth is not None and layer.depth > self.max_depth:
                 continue
+            run = runs.get(layer.index)
+            geometry = geometry_text(layer.geometry) if run is None else run.cell
             field_json = self.layer_fields.get(layer.index)
             rf_text = "" if not field_json else pair_text(field_json["size"])
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
                 Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
-                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
+                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry,
                 check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
                 f"{macs:,}" if macs else "",
             ]
@@ -324,8 +333,9 @@ class SummaryReport(SummaryView):
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the forward pass could not see: data-dependent branches, values read back."""
-        return self.capture.warnings
+        """What the forward pass could not see (data-dependent branches, values read back), and the modules whose
+        forward pads other than they declare."""
+        return tuple(run.message for run in self.padding_runs) + self.capture.warnings
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings
