@@ -243,8 +243,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     measures the effective field (a module given as such is measured with its own weights)."""
     from pathlib import Path
 
+    from resnet_inspect.render.files import check_png_name
     from resnet_inspect.report.rf import OWN_WEIGHTS, load_rf_model, rf_report, weights_label
 
+    check_png_name(png, "png=")
     size = _spatial(input_size, model)
     channels = in_channels
     _positive(erf_samples, "erf_samples")

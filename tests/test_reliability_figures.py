@@ -350,3 +350,72 @@ def test_conv2d_same_passes_and_is_said_to_pad_same_from_the_input_size(size: in
     [first] = [warning for warning in data["warnings"] if warning.startswith("features.0 ")]
     assert first == (f"features.0 (Conv2dSame): declares padding 0, pads 'same' in its forward, from the input "
                      f"size: at {size}x{size}, {sides} on each axis")
+
+
+# ------------------------------------------------------------------------------- 10. file names
+
+
+@pytest.mark.parametrize("length", [236, 241, 242, 250, 255])
+def test_every_legal_file_name_length_is_accepted(tmp_path: Path, length: int):
+    from resnet_inspect.render.files import check_writable, write_output
+
+    target = tmp_path / ("r" * (length - len(".json")) + ".json")
+    check_writable(target)
+    write_output(target, "{}\n")
+    assert target.read_text() == "{}\n" and [path.name for path in tmp_path.iterdir()] == [target.name]
+    result = runner.invoke(app, ["list", "-f", "json", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == runner.invoke(app, ["list", "-f", "json"]).stdout
+
+
+def test_a_name_of_255_bytes_in_multibyte_characters_is_accepted(tmp_path: Path):
+    from resnet_inspect.render.files import write_output
+
+    target = tmp_path / ("é" * 125 + ".png")  # 250 + 4 = 254 bytes, 129 characters
+    assert len(target.name.encode()) == 254
+    write_output(target, b"data")
+    assert target.read_bytes() == b"data" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_hard_links_to_one_file_are_the_same_output(tmp_path: Path):
+    report = tmp_path / "report.svg"
+    report.write_text("old")
+    picture = tmp_path / "picture.svg"
+    picture.hardlink_to(report)
+    result = runner.invoke(app, ["rf", "resnet20", "--plot", str(picture), "-o", str(report)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: -o and --plot both name")
+    assert report.read_text() == "old"
+    result = runner.invoke(app, ["rf", "resnet20", "--png", str(tmp_path / "erf.png"), "-o", str(report),
+                                 "--plot", str(tmp_path / "erf.png")])
+    assert result.exit_code == 2  # a second, new name given twice: paths still count
+
+
+def test_hard_linked_png_and_report_are_refused(tmp_path: Path):
+    report = tmp_path / "report.png"
+    report.write_bytes(b"old")
+    (tmp_path / "erf.png").hardlink_to(report)
+    result = runner.invoke(app, ["rf", "resnet20", "--png", str(tmp_path / "erf.png"), "-o", str(report)])
+    assert result.exit_code == 2 and "both name" in result.output
+    assert report.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("name", ["erf.jpg", "erf.txt", "erf", "erf.png.bak"])
+def test_png_refuses_a_name_that_does_not_end_in_png(tmp_path: Path, name: str):
+    from resnet_inspect import receptive_field
+    from resnet_inspect.errors import BadInputError
+
+    target = tmp_path / name
+    result = runner.invoke(app, ["rf", "resnet20", "--png", str(target)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --png writes a PNG image: {target} must end in .png"
+    with pytest.raises(BadInputError, match=r"must end in \.png"):
+        receptive_field("resnet20", png=str(target))
+    assert not target.exists()
+
+
+def test_png_accepts_an_upper_case_suffix(tmp_path: Path):
+    target = tmp_path / "ERF.PNG"
+    result = runner.invoke(app, ["rf", "resnet20", "--png", str(target), "--erf-samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes().startswith(b"\x89PNG")

@@ -29,7 +29,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.render.files import write_output
+from resnet_inspect.render.files import check_png_name, write_output
 
 CheckOption = typer.Option(
     False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
@@ -63,6 +63,7 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_distinct_outputs(output, png=png, plot=plot)
+        check_png_name(png)
         check_output_path(png)
         check_plot_path(plot)
         check_model_options(in_channels, num_classes)
