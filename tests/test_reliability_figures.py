@@ -227,16 +227,16 @@ def test_every_transposed_solution_gives_the_target_in_the_relation_and_in_torch
     solutions = solve_transposed_padding(i, k, s, d)
     for padding, output_padding in solutions:
         assert conv_transpose_output(i, k, s, padding, d, output_padding).output == s * i
-        layer = nn.ConvTranspose1d(1, 1, k, s, padding, output_padding, dilation=d)
-        assert layer(torch.zeros(1, 1, i)).shape[-1] == s * i
+        layer = nn.ConvTranspose2d(1, 1, k, s, padding, output_padding, dilation=d)
+        assert layer(torch.zeros(1, 1, i, i)).shape[-2:] == (s * i, s * i)
     # and nothing is missed: every setting torch accepts that gives s*i with every output reached is listed
     found = set()
     for output_padding in range(max(s, d)):
         for padding in range(d * (k - 1) + 1):
             try:
-                layer = nn.ConvTranspose1d(1, 1, k, s, padding, output_padding, dilation=d, bias=False)
+                layer = nn.ConvTranspose2d(1, 1, k, s, padding, output_padding, dilation=d, bias=False)
                 nn.init.ones_(layer.weight)
-                out = layer(torch.ones(1, 1, i))
+                out = layer(torch.ones(1, 1, i, i))
             except RuntimeError:
                 continue
             if out.shape[-1] == s * i and bool((out > 0).all()):

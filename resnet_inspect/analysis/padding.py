@@ -86,6 +86,8 @@ def _inside(capture: Capture, layer: LayerRecord, enclosing: dict[int, int | Non
 def padding_runs(capture: Capture) -> tuple[PaddingRun, ...]:
     """Every module that declares a window (``declared``) and runs one operation of that kind with other padding:
     the operation's own plus the explicit pads before it inside the module."""
+    if not any(layer.declared is not None for layer in capture.layers):
+        return ()
     enclosing = enclosing_records(capture)
     runs = []
     for layer in capture.layers:
