@@ -419,3 +419,14 @@ def test_png_accepts_an_upper_case_suffix(tmp_path: Path):
     result = runner.invoke(app, ["rf", "resnet20", "--png", str(target), "--erf-samples", "1"])
     assert result.exit_code == 0, result.output
     assert target.read_bytes().startswith(b"\x89PNG")
+
+
+def test_png_judges_the_file_a_link_leads_to(tmp_path: Path):
+    from resnet_inspect.errors import BadInputError
+    from resnet_inspect.render.files import check_png_name
+
+    (tmp_path / "picture").symlink_to(tmp_path / "erf.png")
+    check_png_name(tmp_path / "picture")  # the file written is erf.png
+    (tmp_path / "erf-link.png").symlink_to(tmp_path / "erf.txt")
+    with pytest.raises(BadInputError, match=r"must end in \.png"):
+        check_png_name(tmp_path / "erf-link.png")

@@ -128,8 +128,9 @@ def same_file(first: Path | None, second: Path | None) -> bool:
 
 
 def check_png_name(path: Path | str | None, option: str = "--png") -> None:
-    """Refuse to write PNG bytes under a name that does not say PNG (``erf.jpg``, ``erf.txt``)."""
-    if path is not None and not is_stdout(path) and Path(path).suffix.lower() != ".png":
+    """Refuse to write PNG bytes to a file whose name does not say PNG (``erf.jpg``, ``erf.txt``): the file
+    written, a symbolic link's final target, must end in ``.png``."""
+    if path is not None and not is_stdout(path) and Path(os.path.realpath(path)).suffix.lower() != ".png":
         raise BadInputError(f"{option} writes a PNG image: {path} must end in .png")
 
 
