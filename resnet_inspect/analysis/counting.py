@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from resnet_inspect.ops.table import get_op
+from resnet_inspect.ops.registry import get_op
 from resnet_inspect.records import Capture, OpNode
 
 ELEMENT_BYTES = {
