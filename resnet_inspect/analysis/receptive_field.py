@@ -17,9 +17,11 @@ residual block on, grouped by resolution, after a stem of the leading children.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
+from resnet_inspect.capture.trace import INPUT_OP
+from resnet_inspect.ops.spans import fit
 from resnet_inspect.ops.table import FieldState, get_op
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
 
@@ -111,13 +113,25 @@ def _reported(node: OpNode, state: FieldState) -> tuple[NodeField | None, str | 
     return state.field, None
 
 
+def _without(node: OpNode, constants: set[int]) -> OpNode:
+    """``node`` without its inputs computed from constants alone: they add values, never a field."""
+    kept = [(i, shape) for i, shape in zip(node.inputs, node.input_shapes, strict=False) if i not in constants]
+    return replace(node, inputs=tuple(i for i, _ in kept), input_shapes=tuple(shape for _, shape in kept))
+
+
 def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str], list[str], bool, bool]:
     """Each node's state, the reason for every undefined one, the distinct root causes, alignment and union."""
     states: dict[int, FieldState] = {}
     undefined: dict[int, str] = {}
     causes: list[str] = []
     aligned, union = True, False
+    constants: set[int] = set()
     for node in capture.nodes:
+        if node.op != INPUT_OP and all(i in constants for i in node.inputs):
+            constants.add(node.id)  # computed from constants alone (a positional encoding): no field to give
+            continue
+        if any(i in constants for i in node.inputs):
+            node = _without(node, constants)
         if not node.inputs:
             state = _input_state(node)
             if state is None:
@@ -148,6 +162,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
             continue
         if state.field.union and not any(states[i].field.union for i in node.inputs):
             aligned, union = False, True
+        if state.field.spans is not None and not state.field.position_independent:
+            state = FieldState(state.layout, replace(state.field, spans=fit(state.field.spans, state.layout.grid)))
         states[node.id] = state
     return states, undefined, list(dict.fromkeys(causes)), aligned, union
 

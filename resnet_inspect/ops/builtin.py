@@ -11,7 +11,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_inspect.ops import rules
+from resnet_inspect.ops import rules, windows
 from resnet_inspect.ops.fields import Undefined
 from resnet_inspect.ops.table import Call, FieldState, OpSpec
 from resnet_inspect.records import Geometry, OpKind, OpNode
@@ -791,21 +791,21 @@ def builtin_ops() -> list[OpSpec]:
         OpSpec("linear", OpKind.LINEAR, rules.linear, modules=(nn.Linear,), functions=("linear",),
                describe=describe_linear, shape=shape_linear, macs=linear_macs, replay=rules.replay_as_analysed,
                doc="linear layer on the last dimension"),
-        OpSpec("multihead_attention", OpKind.ATTENTION, rules.attention, modules=(nn.MultiheadAttention,),
+        OpSpec("multihead_attention", OpKind.ATTENTION, windows.attention, modules=(nn.MultiheadAttention,),
                functions=("multi_head_attention_forward",), shape=shape_mha_forward, describe=describe_mha,
-               macs=mha_macs, replay=rules.replay_as_analysed,
+               macs=mha_macs, replay=windows.replay_mixing,
                doc="nn.MultiheadAttention: projections and attention over the sequence"),
-        OpSpec("attention", OpKind.ATTENTION, rules.attention, functions=("scaled_dot_product_attention",),
-               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=rules.replay_as_analysed,
+        OpSpec("attention", OpKind.ATTENTION, windows.attention, functions=("scaled_dot_product_attention",),
+               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=windows.replay_mixing,
                doc="scaled dot-product attention over dimension -2"),
-        OpSpec("matmul", OpKind.MATMUL, rules.einsum_like, functions=("matmul", "mm", "bmm"),
-               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=rules.replay_as_analysed,
+        OpSpec("matmul", OpKind.MATMUL, windows.einsum_like, functions=("matmul", "mm", "bmm"),
+               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=windows.replay_mixing,
                doc="matrix product: mixes positions it contracts or pairs"),
-        OpSpec("addmm", OpKind.MATMUL, rules.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
-               describe=describe_addmm, macs=einsum_macs, replay=rules.replay_as_analysed,
+        OpSpec("addmm", OpKind.MATMUL, windows.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
+               describe=describe_addmm, macs=einsum_macs, replay=windows.replay_mixing,
                doc="matrix product plus a tensor"),
-        OpSpec("einsum", OpKind.MATMUL, rules.einsum_like, functions=("einsum",), describe=describe_einsum,
-               macs=einsum_macs, replay=rules.replay_as_analysed, doc="einsum: mixes positions it contracts or pairs"),
+        OpSpec("einsum", OpKind.MATMUL, windows.einsum_like, functions=("einsum",), describe=describe_einsum,
+               macs=einsum_macs, replay=windows.replay_mixing, doc="einsum: mixes positions it contracts or pairs"),
         OpSpec("norm", OpKind.NORM, rules.normalised,
                modules=(batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, instancenorm._InstanceNorm,
                         *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()), nn.Softmax, nn.LogSoftmax, nn.Softmin),
@@ -856,10 +856,10 @@ def builtin_ops() -> list[OpSpec]:
                           "nanmean", "nansum"),
                describe=describe_reduce, shape=lambda call: shape_mean(call) if call.name == "mean" else NotImplemented,
                replay=rules.replay_as_analysed, doc="reductions: over every spatial axis a global pooling"),
-        OpSpec("reshape", OpKind.RESHAPE, rules.reshaped, modules=(nn.Flatten, nn.Unflatten),
+        OpSpec("reshape", OpKind.RESHAPE, windows.reshaped, modules=(nn.Flatten, nn.Unflatten),
                functions=("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
                           "reshape_as", "ravel"), shape_donors=("view_as", "reshape_as"),
-               replay=rules.replay_identity, doc="view, reshape, flatten: the axes follow their dimensions"),
+               replay=windows.replay_reshaped, doc="view, reshape, flatten: the axes follow their dimensions"),
         OpSpec("permute", OpKind.RESHAPE, rules.permuted, functions=("permute",), describe=describe_permute,
                replay=rules.replay_identity, doc="permute: the axes move with their dimensions"),
         OpSpec("transpose", OpKind.RESHAPE, rules.permuted, functions=("transpose", "swapaxes", "swapdims", "t"),
@@ -888,6 +888,7 @@ def builtin_ops() -> list[OpSpec]:
                replay=rules.replay_subsample, doc="indexing: strided slices subsample a spatial axis"),
         OpSpec("constant", OpKind.ELEMENTWISE, rules.position_wise, functions=CONSTANT_FUNCTIONS, constant=True,
                doc="zeros_like and friends: values that do not depend on the input"),
+        *windows.window_ops(),
     ]
 
 
