@@ -170,8 +170,7 @@ def _absorbed(layout: Layout, field: NodeField | None = None) -> tuple[Layout, N
             offsets = [offset + piece.coeff * index for offset in offsets for index in range(piece.count)]
         kernel.append(max(offsets) + 1)
         stride.append(kept[axis].coeff)
-    lead = tuple((FEATURES,) if any(entry != FEATURES for entry in entries) or FEATURES in entries else ()
-                 for entries in dims[:len(dims) - rank])
+    lead = ((),) * (len(dims) - rank)  # channels only: the absorbed pieces are channels now
     result = Layout(lead + tuple((axis,) for axis in range(rank)), tuple(piece.count for piece in kept),
                     layout.scrambled)
     if field is not None:
