@@ -213,6 +213,11 @@ def field_spans(field: NodeField, grid: Sequence[int]) -> Spans:
 def with_spans(field: NodeField, unit_spans: Spans, stride: Sequence[Number]) -> NodeField:
     """``field`` with every unit's span given: back to (size, stride, padding) when they step by one stride; else
     size and padding are those of the centre unit."""
+    if all(len(set(axis_spans)) == 1 for axis_spans in unit_spans):  # every unit sees the same region
+        firsts = tuple(axis_spans[0][0] for axis_spans in unit_spans)
+        size = tuple(axis_spans[0][1] - axis_spans[0][0] + 1 for axis_spans in unit_spans)
+        return replace(field, size=size, stride=tuple(stride), padding=tuple(-first for first in firsts), spans=None,
+                       whole=True, union=False)
     size, padding = spans.summary(unit_spans, stride)
     affine = spans.affine(size, stride, padding, [len(axis_spans) for axis_spans in unit_spans])
     if affine == tuple(tuple(axis_spans) for axis_spans in unit_spans):

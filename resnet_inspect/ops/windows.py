@@ -64,6 +64,11 @@ def _digits(layout: Layout, shape: Sequence[int]) -> list[list[_Digit]]:
             if product != size:
                 raise Undefined("holds spatial axes whose sizes do not match the tensor")
             result.append([_Digit(piece.count, piece) for piece in spatial if piece.count != 1])
+        elif any(isinstance(entry, Piece) for entry in entries) and entries.count(FEATURES) == 1 and not size % product:
+            # written by this module: the features sit where the marker is
+            result.append([_Digit(size // product) if entry == FEATURES else _Digit(_piece(entry, layout).count,
+                                                                                      _piece(entry, layout))
+                           for entry in entries])
         else:
             result.append([_Digit(size, opaque=tuple(entries))])
     return result
@@ -82,14 +87,15 @@ def _entries(digits: Sequence[_Digit], layout: Layout) -> tuple[Any, ...]:
         else:
             merged.append(digit)
     entries: list[Any] = []
-    features = False
     for digit in merged:
         if digit.opaque is not None:
             entries += [entry for entry in digit.opaque if entry not in entries]
         elif digit.piece is None:
-            features = features or digit.size != 1
-            if features and FEATURES not in entries:
-                entries.append(FEATURES)
+            if digit.size == 1 or (entries and entries[-1] == FEATURES):
+                continue
+            if FEATURES in entries:
+                raise Undefined("puts features between the pieces of a spatial axis")
+            entries.append(FEATURES)
         else:
             piece = digit.piece
             whole = piece.coeff == 1 and piece.count == layout.grid[piece.axis]
