@@ -317,6 +317,9 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     field = fields.get(node)
     covers = field.covers_input(input_size, output_size) if field else None
     reason = undefined.get(node)
+    if field is not None and field.spans is not None:
+        reason = ("after windowed attention or a roll the field changes from unit to unit: size and padding are those "
+                  "of the centre unit; the JSON's spans give every unit's first and last input position")
     if field is not None and not field.exact:
         reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
                   "stride) give an interval that holds every pixel's field, up to about one input stride wider")

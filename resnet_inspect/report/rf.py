@@ -149,6 +149,9 @@ class RfReport(ReportView):
         if context:
             notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
                          "the whole input through a pooled branch (a gate or normalisation statistics)")
+        windowed = [stage for stage in self.stages if stage.field is not None and stage.field.spans is not None]
+        if windowed:
+            notes.append(f"from {windowed[0].name} on: {windowed[0].reason}")
         inexact = [stage for stage in self.stages if stage.field is not None and not stage.field.exact]
         if inexact:
             notes.append(f"from {inexact[0].name} on: {inexact[0].reason}")
