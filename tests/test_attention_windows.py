@@ -247,3 +247,27 @@ def test_compare_runs_on_every_model(size: int) -> None:
     rows = cli_json("compare", *(f"{MODELS_FILE}:{name}" for name in names), "-i", str(size))
     assert [row["model"].split(":")[-1] for row in rows] == names
     assert all(row["receptive_field"] is not None for row in rows)
+
+
+# The capture's fast shape rules for the operations these models add --------------------------------------------------
+
+SHAPE_CALLS = {
+    "roll": (torch.roll, lambda x: (x, (-2, -2), (1, 2)), {}),
+    "cat along the last dimension": (torch.cat, lambda x: ([x, x[..., :3]],), {"dim": -1}),
+    "cat along the first": (torch.cat, lambda x: ((x, x),), {}),
+    "strided slices": (torch.Tensor.__getitem__, lambda x: (x, (slice(None), slice(1, None, 2), slice(0, None, 2))), {}),
+    "ellipsis, None and an int": (torch.Tensor.__getitem__, lambda x: (x, (Ellipsis, None, 1)), {}),
+    "a table indexed by a tensor": (torch.Tensor.__getitem__,
+                                    lambda x: (x[0, 0], torch.tensor([[0, 3], [5, 7]], device=x.device)), {}),
+}
+
+
+@pytest.mark.parametrize("label", list(SHAPE_CALLS))
+def test_fast_shape_rules_give_torchs_shapes(label: str) -> None:
+    from resnet_inspect.capture.trace import meta_result
+
+    function, arguments, keywords = SHAPE_CALLS[label]
+    real = function(*arguments(torch.zeros(1, 8, 8, 16)), **keywords)
+    fast = meta_result(function, arguments(torch.zeros(1, 8, 8, 16, device="meta")), keywords)
+    assert fast is not NotImplemented
+    assert fast.shape == real.shape and fast.dtype == real.dtype

@@ -181,7 +181,8 @@ def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = F
     if spec is None or spec.shape is None or (exact_checked_shapes and spec.checked):
         return NotImplemented
     args = call.args
-    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+    first = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] else (args[0] if args else None)
+    if not isinstance(first, torch.Tensor) or not first.is_meta:  # a tensor, or a list of them (cat)
         return NotImplemented
     if any(isinstance(a, torch.Tensor) and not a.is_meta for a in args):
         return NotImplemented

@@ -641,13 +641,89 @@ def replay_mixing(call: ReplayCall) -> Any:
     return _replay_groups(call, present)  # type: ignore[arg-type]
 
 
+# ------------------------------------------------------------------------------------------------ shapes
+# Meta kernels of roll, cat and indexing with a tensor import sympy (over a second of start-up): these rules
+# give the same shapes (tests check them against torch's kernels) and step aside for anything else.
+
+
+def shape_roll(call: Call) -> Any:
+    from resnet_inspect.ops.builtin import meta_empty
+
+    x = call.args[0]
+    return meta_empty(x.shape, x)
+
+
+def shape_cat(call: Call) -> Any:
+    """Tensors of one dtype and rank, equal but along ``dim``."""
+    from resnet_inspect.ops.builtin import meta_empty
+
+    tensors, dim = call.arg(0, "tensors"), call.arg(1, "dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int) or set(call.kwargs) - {
+            "dim", "tensors"}:
+        return NotImplemented
+    first = tensors[0]
+    ndim = first.dim()
+    if ndim == 0 or not -ndim <= dim < ndim:
+        return NotImplemented
+    dim %= ndim
+    if any(t.dim() != ndim or t.dtype != first.dtype or any(t.shape[d] != first.shape[d] for d in range(ndim)
+                                                             if d != dim) for t in tensors):
+        return NotImplemented
+    shape = list(first.shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    return meta_empty(shape, first)
+
+
+def shape_getitem(call: Call) -> Any:
+    """``x[...]`` with ints, slices, None and Ellipsis, or ``table[index]`` with one integer index tensor."""
+    import torch
+
+    from resnet_inspect.ops.builtin import meta_empty
+
+    x, index = call.args[0], call.arg(1, "index")
+    if x.dim() == 0:
+        return NotImplemented
+    if isinstance(index, torch.Tensor):
+        if index.dtype not in (torch.int64, torch.int32):
+            return NotImplemented
+        return meta_empty((*index.shape, *x.shape[1:]), x)
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(not (item is None or item is Ellipsis or isinstance(item, slice) or type(item) is int) for item in items):
+        return NotImplemented
+    if any(isinstance(item, slice) and not all(v is None or type(v) is int for v in (item.start, item.stop, item.step))
+           for item in items) or items.count(Ellipsis) > 1:
+        return NotImplemented
+    consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
+    if consumed > x.dim():
+        return NotImplemented
+    if Ellipsis in items:
+        position = items.index(Ellipsis)
+        items[position:position + 1] = [slice(None)] * (x.dim() - consumed)
+    items += [slice(None)] * (x.dim() - sum(1 for item in items if item is not None))
+    shape, dim = [], 0
+    for item in items:
+        if item is None:
+            shape.append(1)
+            continue
+        size = x.shape[dim]
+        dim += 1
+        if isinstance(item, slice):
+            if item.step is not None and item.step <= 0:
+                return NotImplemented
+            shape.append(len(range(*item.indices(size))))
+        elif not -size <= item < size:
+            return NotImplemented
+    return meta_empty(shape, x)
+
+
 # ------------------------------------------------------------------------------------------------ entries
 
 
 def window_ops() -> list[OpSpec]:
     """The table entries for roll, unfold and fold (view, permute and attention keep their entries)."""
     return [
-        OpSpec("roll", OpKind.RESHAPE, rolled, functions=("roll",), describe=describe_roll, replay=replay_rolled,
+        OpSpec("roll", OpKind.RESHAPE, rolled, functions=("roll",), describe=describe_roll, shape=shape_roll,
+               replay=replay_rolled,
                doc="roll: units move around the map (shifted windows)"),
         OpSpec("unfold", OpKind.RESHAPE, unfolded, functions=("unfold",), describe=describe_unfold,
                replay=rules.replay_identity,
