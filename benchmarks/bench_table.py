@@ -24,7 +24,6 @@ import sys
 from _child import load_average, resnet_inspect_command, run_child
 
 
-
 def build_command(path: str, factory: str) -> str:
     """Import torch and the file, build the model: what a user does before any tool runs."""
     return (f"import importlib.util, torch; spec = importlib.util.spec_from_file_location('models', '{path}'); "

@@ -255,7 +255,8 @@ SHAPE_CALLS = {
     "roll": (torch.roll, lambda x: (x, (-2, -2), (1, 2)), {}),
     "cat along the last dimension": (torch.cat, lambda x: ([x, x[..., :3]],), {"dim": -1}),
     "cat along the first": (torch.cat, lambda x: ((x, x),), {}),
-    "strided slices": (torch.Tensor.__getitem__, lambda x: (x, (slice(None), slice(1, None, 2), slice(0, None, 2))), {}),
+    "strided slices": (torch.Tensor.__getitem__,
+                       lambda x: (x, (slice(None), slice(1, None, 2), slice(0, None, 2))), {}),
     "ellipsis, None and an int": (torch.Tensor.__getitem__, lambda x: (x, (Ellipsis, None, 1)), {}),
     "a table indexed by a tensor": (torch.Tensor.__getitem__,
                                     lambda x: (x[0, 0], torch.tensor([[0, 3], [5, 7]], device=x.device)), {}),
@@ -271,3 +272,15 @@ def test_fast_shape_rules_give_torchs_shapes(label: str) -> None:
     fast = meta_result(function, arguments(torch.zeros(1, 8, 8, 16, device="meta")), keywords)
     assert fast is not NotImplemented
     assert fast.shape == real.shape and fast.dtype == real.dtype
+
+
+@pytest.mark.parametrize("command", ["rf", "summary"])
+def test_json_with_spans_validates_against_the_published_schema(command: str) -> None:
+    from jsonschema import Draft202012Validator
+
+    from resnet_inspect.schemas import load_schema
+
+    document = rf("swin_one_stage") if command == "rf" else cli_json("summary", *model_args("swin_one_stage"))
+    field = document["output"] if command == "rf" else document["receptive_field"]
+    assert len(field["spans"]) == 2 and len(field["spans"][0]) == 16
+    Draft202012Validator(load_schema(command)).validate(document)

@@ -96,8 +96,8 @@ class NodeField:
         if self.position_independent and self.global_context:
             return True
         if self.spans is not None and not self.position_independent:
-            return all(first <= 0 and last >= extent - 1 for axis_spans, extent in zip(self.spans, input_size, strict=True)
-                       for first, last in axis_spans)
+            return all(first <= 0 and last >= extent - 1
+                       for axis_spans, extent in zip(self.spans, input_size, strict=True) for first, last in axis_spans)
         first = self.interval([0] * self.rank)
         last = self.interval([max(size - 1, 0) for size in output_size])
         return all(first[axis][1] >= input_size[axis] - 1 and last[axis][0] <= 0 for axis in range(self.rank))
@@ -256,8 +256,9 @@ class Layout:
     ``dims[d]`` lists the spatial axes (numbered as in the model input) that dimension ``d`` holds: one for an
     ordinary map dimension, several when axes were flattened together (row-major, the first outermost), and
     ``FEATURES`` when features were flattened with them. An axis split into blocks and positions within them
-    (``view`` to windows, ``unfold``) is held as :class:`Piece` entries, in the dimensions each digit went to. ``scrambled``: positions along a spatial dimension were
-    shifted (a class token concatenated in front): the per-unit intervals no longer hold.
+    (``view`` to windows, ``unfold``) is held as :class:`Piece` entries, in the dimensions each digit went to.
+    ``scrambled``: positions along a spatial dimension were shifted (a class token concatenated in front): the
+    per-unit intervals no longer hold.
     """
 
     dims: tuple[tuple[int, ...], ...]

@@ -9,7 +9,7 @@ the product of one window per axis). A union of intervals is given as their hull
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
 Span = tuple[int, int]  # first and last input position
@@ -97,9 +97,4 @@ def fit(spans: Spans, grid: Sequence[int]) -> Spans:
     return tuple(result)
 
 
-def gather(spans: Sequence[Span], groups: Callable[[int], Iterable[int]], count: int) -> tuple[Span, ...]:
-    """Output unit ``u`` reads the units ``groups(u)``: the hull of their spans."""
-    return tuple(hull(spans[v] for v in groups(u)) for u in range(count))
-
-
-__all__ = ["Span", "Spans", "affine", "fit", "gather", "hull", "merge", "summary", "window"]
+__all__ = ["Span", "Spans", "affine", "fit", "hull", "merge", "summary", "window"]

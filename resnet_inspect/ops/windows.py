@@ -28,8 +28,6 @@ from resnet_inspect.ops.fields import (
     Undefined,
     field_spans,
     number,
-    reshape_layout,
-    whole_map,
     window,
     with_spans,
 )
