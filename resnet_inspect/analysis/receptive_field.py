@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 
 from resnet_inspect.capture.trace import INPUT_OP
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
+from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.spans import fit
-from resnet_inspect.ops.table import FieldState, get_op
+from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
 
 

@@ -645,7 +645,7 @@ def replay_mixing(call: ReplayCall) -> Any:
 
 
 def shape_roll(call: Call) -> Any:
-    from resnet_inspect.ops.builtin import meta_empty
+    from resnet_inspect.ops.common import meta_empty
 
     x = call.args[0]
     return meta_empty(x.shape, x)
@@ -653,7 +653,7 @@ def shape_roll(call: Call) -> Any:
 
 def shape_cat(call: Call) -> Any:
     """Tensors of one dtype and rank, equal but along ``dim``."""
-    from resnet_inspect.ops.builtin import meta_empty
+    from resnet_inspect.ops.common import meta_empty
 
     tensors, dim = call.arg(0, "tensors"), call.arg(1, "dim", 0)
     if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int) or set(call.kwargs) - {
@@ -676,7 +676,7 @@ def shape_getitem(call: Call) -> Any:
     """``x[...]`` with ints, slices, None and Ellipsis, or ``table[index]`` with one integer index tensor."""
     import torch
 
-    from resnet_inspect.ops.builtin import meta_empty
+    from resnet_inspect.ops.common import meta_empty
 
     x, index = call.args[0], call.arg(1, "index")
     if x.dim() == 0:
