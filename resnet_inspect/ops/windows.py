@@ -5,8 +5,7 @@ A ``view`` that cuts an axis of ``n`` units into ``n / w`` blocks of ``w`` keeps
 entries of the layout (``unit = w * block + offset``); ``permute`` moves them, and a later ``view`` merges them
 back. ``unfold`` (``Tensor.unfold`` and ``F.unfold``) makes overlapping pieces (``unit = step * block + offset``),
 ``fold`` sums them back onto the map. A contraction or attention then mixes only the units that share the digits
-it does not contract: a window, a window plus its halo, or every unit (global attention). Every unit of the
-output sees the hull of the fields of the units it mixed, so the field becomes one span per unit
+it does not contract (:mod:`resnet_inspect.ops.window_mixing`), and the field becomes one span per unit
 (:mod:`resnet_inspect.ops.spans`). Pieces that end up among the channels while the rest of the axis forms the map
 (TResNet's space-to-depth, ``view`` + ``permute`` + ``view``) make a window ``k = s = block``.
 """
@@ -46,7 +45,7 @@ class _Digit:
     opaque: tuple[Any, ...] | None = None  # the entries of a dimension that mixes features and axes in unknown order
 
 
-def _piece(entry: Any, layout: Layout) -> Piece:
+def piece_of(entry: Any, layout: Layout) -> Piece:
     return entry if isinstance(entry, Piece) else Piece(entry, 1, layout.grid[entry])
 
 
@@ -54,7 +53,7 @@ def _digits(layout: Layout, shape: Sequence[int]) -> list[list[_Digit]]:
     """Each dimension as its row-major factors."""
     result = []
     for entries, size in zip(layout.dims, shape, strict=True):
-        spatial = [_piece(entry, layout) for entry in entries if entry != FEATURES]
+        spatial = [piece_of(entry, layout) for entry in entries if entry != FEATURES]
         product = math.prod(piece.count for piece in spatial)
         if not spatial:
             result.append([_Digit(size)] if size != 1 else [])
@@ -64,8 +63,8 @@ def _digits(layout: Layout, shape: Sequence[int]) -> list[list[_Digit]]:
             result.append([_Digit(piece.count, piece) for piece in spatial if piece.count != 1])
         elif any(isinstance(entry, Piece) for entry in entries) and entries.count(FEATURES) == 1 and not size % product:
             # written by this module: the features sit where the marker is
-            result.append([_Digit(size // product) if entry == FEATURES else _Digit(_piece(entry, layout).count,
-                                                                                      _piece(entry, layout))
+            result.append([_Digit(size // product) if entry == FEATURES else _Digit(piece_of(entry, layout).count,
+                                                                                      piece_of(entry, layout))
                            for entry in entries])
         else:
             result.append([_Digit(size, opaque=tuple(entries))])
@@ -137,11 +136,6 @@ def _regroup(layout: Layout, before: Sequence[int], after: Sequence[int]) -> tup
     return tuple(dims)
 
 
-def split_reshape(layout: Layout, before: Sequence[int], after: Sequence[int]) -> Layout:
-    """The layout after a reshape that may cut spatial axes into pieces (or put pieces back together)."""
-    return _absorbed(replace(layout, dims=_regroup(layout, before, after)))[0]
-
-
 def _absorbed(layout: Layout, field: NodeField | None = None) -> tuple[Layout, NodeField | None]:
     """Pieces among the channels while the rest of their axis forms the map (space-to-depth): the channels
     take them, and each unit of the new map gathers a window ``k = s = block``.
@@ -155,9 +149,9 @@ def _absorbed(layout: Layout, field: NodeField | None = None) -> tuple[Layout, N
     trailing = dims[len(dims) - rank:]
     kept: list[Piece] = []
     for axis, entries in enumerate(trailing):
-        if len(entries) != 1 or entries[0] == FEATURES or _piece(entries[0], layout).axis != axis:
+        if len(entries) != 1 or entries[0] == FEATURES or piece_of(entries[0], layout).axis != axis:
             return layout, field
-        kept.append(_piece(entries[0], layout))
+        kept.append(piece_of(entries[0], layout))
     absorbed: dict[int, list[Piece]] = {axis: [] for axis in range(rank)}
     for position, entries in enumerate(dims[:len(dims) - rank]):
         pieces = [entry for entry in entries if entry != FEATURES]
@@ -308,7 +302,7 @@ def unfolded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
             return FieldState(replace(state.layout, dims=(*state.layout.dims, ())), state.field)
         if len(entries) != 1:
             raise Undefined(f"not covered: {rules.describe_op(node)} unfolds a dimension holding several axes")
-        piece = _piece(entries[0], state.layout)
+        piece = piece_of(entries[0], state.layout)
         windows = (piece.count - attrs["size"]) // attrs["step"] + 1
         dims = list(state.layout.dims)
         dims[dim] = (Piece(piece.axis, piece.coeff * attrs["step"], windows),)
@@ -352,12 +346,12 @@ def _fold_sources(node: OpNode, state: FieldState) -> list[list[list[int]]]:
     for axis in range(2):
         homes = {lead + axis: "kernel", lead + 2 + axis: "block"}
         for position, entries in enumerate(dims):
-            if position not in homes and any(_piece(e, state.layout).axis == axis for e in entries if e != FEATURES):
+            if position not in homes and any(piece_of(e, state.layout).axis == axis for e in entries if e != FEATURES):
                 raise Undefined(f"not covered: {rules.describe_op(node)} folds a tensor whose positions are not in "
                                 "its kernel and block dimensions")
         values = {}
         for position, role in homes.items():
-            pieces = [_piece(e, state.layout) for e in dims[position] if e != FEATURES]
+            pieces = [piece_of(e, state.layout) for e in dims[position] if e != FEATURES]
             pieces = [p for p in pieces if p.axis == axis] if all(p.axis == axis for p in pieces) else None
             if pieces is None:
                 raise Undefined(f"not covered: {rules.describe_op(node)} folds a dimension holding several axes")
@@ -392,10 +386,10 @@ def folded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
 
 
 def replay_folded(call: ReplayCall) -> Any:
-    return _replay_groups(call, [_fold_sources(call.node, call.inputs[0])])
+    return replay_groups(call, [_fold_sources(call.node, call.inputs[0])])
 
 
-def _replay_groups(call: ReplayCall, groups: Sequence[Sequence[Sequence[Sequence[int]]]]) -> Any:
+def replay_groups(call: ReplayCall, groups: Sequence[Sequence[Sequence[Sequence[int]]]]) -> Any:
     """Each output unit sums the input units of its group (per axis; the groups of several operands add)."""
     import torch
 
@@ -412,231 +406,6 @@ def _replay_groups(call: ReplayCall, groups: Sequence[Sequence[Sequence[Sequence
             result = torch.movedim(torch.tensordot(result, matrix, dims=([2 + axis], [1])), -1, 2 + axis)
         total = result if total is None else total + result
     return total
-
-
-# ------------------------------------------------------------------------------------------------ mixing
-
-
-def _dim_digits(entries: Sequence[Any], layout: Layout, axis: int) -> list[Piece]:
-    return [piece for piece in (_piece(e, layout) for e in entries if e != FEATURES) if piece.axis == axis]
-
-
-Key = tuple[tuple[str, tuple[int, ...]], ...]  # (letter, digits of the axis in that letter's dimension)
-
-
-def _operand_groups(letters: str, layout: Layout, out_letters: str, out_dims: Sequence[Sequence[Any]],
-                    out_layout: Layout, axis: int) -> tuple[set[str], dict[Key, list[int]]] | None:
-    """The operand's units along ``axis``, grouped by the digits it shares with the output (the letters the output
-    keeps with this axis's pieces); the other digits are mixed. None: the operand does not hold the axis."""
-    dims = rules.broadcast_dims(layout.dims, len(letters))
-    constrained: list[tuple[str, list[Piece]]] = []
-    free: list[Piece] = []
-    for letter, entries in zip(letters, dims, strict=True):
-        pieces = _dim_digits(entries, layout, axis)
-        if not pieces:
-            continue
-        shared = _dim_digits(out_dims[out_letters.index(letter)], out_layout, axis) if letter in out_letters else []
-        if shared:
-            if [p.count for p in pieces] != [p.count for p in shared]:
-                raise Undefined("pairs up dimensions that split an axis differently")
-            constrained.append((letter, pieces))
-        else:
-            free += pieces
-    if not constrained and not free:
-        return None
-    groups: dict[Key, list[int]] = {}
-    n = layout.grid[axis]
-    keyed = [(letter, piece) for letter, pieces in constrained for piece in pieces]
-    for digits in itertools.product(*(range(piece.count) for _, piece in keyed)):
-        base = sum(piece.coeff * i for (_, piece), i in zip(keyed, digits, strict=True))
-        key = _key([letter for letter, _ in keyed], digits)
-        for rest in itertools.product(*(range(p.count) for p in free)):
-            unit = base + sum(p.coeff * i for p, i in zip(free, rest, strict=True))
-            if 0 <= unit < n:
-                groups.setdefault(key, []).append(unit)
-    return {letter for letter, _ in constrained}, groups
-
-
-def _key(letters: Sequence[str], digits: Sequence[int]) -> Key:
-    collected: dict[str, list[int]] = {}
-    for letter, digit in zip(letters, digits, strict=True):
-        collected.setdefault(letter, []).append(digit)
-    return tuple(sorted((letter, tuple(values)) for letter, values in collected.items()))
-
-
-def _output_units(out_letters: str, out_dims: Sequence[Sequence[Any]], layout: Layout, axis: int) -> list[Key]:
-    """The output's digits along ``axis`` for every unit, which must each appear exactly once."""
-    keyed = [(letter, piece) for letter, entries in zip(out_letters, out_dims, strict=True)
-             for piece in _dim_digits(entries, layout, axis)]
-    n = layout.grid[axis]
-    keys: list[Key | None] = [None] * n
-    for digits in itertools.product(*(range(piece.count) for _, piece in keyed)):
-        unit = sum(piece.coeff * i for (_, piece), i in zip(keyed, digits, strict=True))
-        if not 0 <= unit < n or keys[unit] is not None:
-            raise Undefined("gives a map whose units it does not hold exactly once")
-        keys[unit] = _key([letter for letter, _ in keyed], digits)
-    if any(key is None for key in keys):
-        raise Undefined("gives a map whose units it does not hold exactly once")
-    return keys  # type: ignore[return-value]
-
-
-def mixing_groups(letters_in: Sequence[str], out_letters: str, states: Sequence[FieldState | None],
-                  out_dims: Sequence[Sequence[Any]], out_layout: Layout) -> list[list[list[list[int]] | None]]:
-    """For each operand, per axis, per output unit: the operand's units that it mixes into that unit (None for an
-    operand that does not hold the axis)."""
-    result: list[list[list[list[int]] | None]] = []
-    keys = [_output_units(out_letters, out_dims, out_layout, axis) for axis in range(out_layout.rank)]
-    for letters, state in zip(letters_in, states, strict=True):
-        per_axis: list[list[list[int]] | None] = []
-        for axis in range(out_layout.rank):
-            found = None if state is None else _operand_groups(letters, state.layout, out_letters, out_dims,
-                                                               out_layout, axis)
-            if found is None:
-                per_axis.append(None)
-                continue
-            shared, groups = found
-            per_axis.append([groups.get(tuple(item for item in key if item[0] in shared), []) for key in keys[axis]])
-        result.append(per_axis)
-    return result
-
-
-def _split_mixing(node: OpNode, letters_in: Sequence[str], out_letters: str, states: Sequence[FieldState | None],
-                  out_dims: tuple[tuple[Any, ...], ...], query: FieldState) -> FieldState:
-    """A contraction or attention over a layout with pieces: every unit sees the hull of what it mixes."""
-    out_layout = Layout(out_dims, query.layout.grid, any(s.layout.scrambled for s in states if s is not None))
-    groups = mixing_groups(letters_in, out_letters, states, out_dims, out_layout)
-    result = []
-    context = any(s.field.global_context for s in states if s is not None)
-    for axis in range(out_layout.rank):
-        per_unit: list[list[spans.Span]] = [[] for _ in range(out_layout.grid[axis])]
-        for state, per_axis in zip(states, groups, strict=True):
-            if state is None:
-                continue
-            members = per_axis[axis]
-            if members is None:
-                if not state.field.position_independent:
-                    raise Undefined("mixes a tensor that has lost a spatial axis")
-                whole = (-state.field.padding[axis], -state.field.padding[axis] + state.field.size[axis] - 1)
-                for units in per_unit:
-                    units.append(whole)
-                continue
-            operand = field_spans(state.field, state.layout.grid)[axis]
-            for units, sources in zip(per_unit, members, strict=True):
-                units += [operand[v] for v in sources]
-        if any(not units for units in per_unit):
-            raise Undefined("gives units that depend on no input position")
-        result.append(tuple(spans.hull(units) for units in per_unit))
-    unit_spans = tuple(result)
-    base = replace(query.field, global_context=context, reduced=False, whole=False)
-    if all(len(set(axis_spans)) == 1 for axis_spans in unit_spans):  # every unit sees the same: global mixing
-        size = tuple(last - first + 1 for first, last in (axis_spans[0] for axis_spans in unit_spans))
-        padding = tuple(-first for first, _ in (axis_spans[0] for axis_spans in unit_spans))
-        return FieldState(out_layout, replace(base, size=size, padding=padding, whole=True, global_context=True,
-                                              spans=None))
-    return FieldState(out_layout, with_spans(base, unit_spans, query.field.stride))
-
-
-def _needs_split_rule(states: Sequence[FieldState | None]) -> bool:
-    """Pieces in some operand, or operands on different grids (spatial-reduction attention)."""
-    present = [state for state in states if state is not None and not state.field.reduced]
-    return any(state.layout.split or state.field.spans is not None for state in present) or len(
-        {state.field.stride for state in present}) > 1
-
-
-def _letters_of(node: OpNode, inputs: Sequence[FieldState]) -> tuple[list[str], str, list[FieldState | None]]:
-    letters_in, letters_out = node.attrs["equation"]
-    states = [rules.state_of(node, inputs, producer) for producer in node.attrs.get("operands", ())]
-    return list(letters_in), letters_out, states
-
-
-def _einsum_out_dims(letters_in: Sequence[str], letters_out: str, states: Sequence[FieldState | None]
-                     ) -> tuple[tuple[Any, ...], ...]:
-    """The output's dimensions: each letter takes the entries of the first operand holding positions there;
-    positions paired with the same digits of positions already placed (attention scores) are dropped."""
-    entries_of: dict[str, tuple[Any, ...]] = {}
-    for letters, state in zip(letters_in, states, strict=True):
-        if state is None:
-            continue
-        for letter, entries in zip(letters, rules.broadcast_dims(state.layout.dims, len(letters)), strict=True):
-            if any(e != FEATURES for e in entries) and letter not in entries_of:
-                entries_of[letter] = entries
-    out_dims: list[tuple[Any, ...]] = []
-    placed: set[tuple[int, int]] = set()
-    for letter in letters_out:
-        entries = entries_of.get(letter, ())
-        digits = {(e.axis, e.coeff) if isinstance(e, Piece) else (e, 1) for e in entries if e != FEATURES}
-        if digits & placed:
-            entries = ()
-        placed |= digits
-        out_dims.append(entries)
-    return tuple(out_dims)
-
-
-def einsum_like(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
-    """matmul, einsum: as :func:`rules.einsum_like`; over split axes, or operands on different grids, every output
-    unit sees the hull of the operand units it mixes."""
-    equation = node.attrs.get("equation")
-    if equation is None:
-        return rules.einsum_like(node, inputs)
-    letters_in, letters_out, states = _letters_of(node, inputs)
-    if len(states) != len(letters_in) or not _needs_split_rule(states):
-        return rules.einsum_like(node, inputs)
-    out_dims = _einsum_out_dims(letters_in, letters_out, states)
-    query = next(state for state in states if state is not None)
-    try:
-        return _split_mixing(node, letters_in, letters_out, states, out_dims, query)
-    except Undefined as exc:
-        raise Undefined(f"not covered: {rules.describe_op(node)} {exc}") from exc
-
-
-def _attention_letters(node: OpNode) -> tuple[list[str], str]:
-    """q, k, v and output letters of attention over ``sequence_dim``: shared batch letters, the query positions
-    x, the key positions z, features e (q, k) and f (v, output)."""
-    ndim = len(node.attrs["shapes"][0])
-    sequence = node.attrs.get("sequence_dim", -2) % ndim
-    batch = iter("ABCDGHIJ")
-    common = ["" if d in (sequence, ndim - 1) else next(batch) for d in range(ndim)]
-
-    def word(position: str, feature: str) -> str:
-        return "".join(position if d == sequence else feature if d == ndim - 1 else common[d] for d in range(ndim))
-
-    return [word("x", "e"), word("z", "e"), word("z", "f")], word("x", "f")
-
-
-def attention(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
-    """scaled_dot_product_attention, nn.MultiheadAttention: as :func:`rules.attention`; over windows (split axes)
-    or with keys on another grid (spatial-reduction attention), each query sees the hull of its own field and the
-    fields of the keys and values it attends to."""
-    states = [rules.state_of(node, inputs, producer) for producer in node.attrs.get("operands", ())]
-    if len(states) != 3 or not _needs_split_rule(states) or "shapes" not in node.attrs:
-        return rules.attention(node, inputs)
-    letters_in, letters_out = _attention_letters(node)
-    query = states[0] or next(state for state in states if state is not None)
-    out_dims = tuple(rules.broadcast_dims(query.layout.dims, len(letters_out)))
-    try:
-        return _split_mixing(node, letters_in, letters_out, states, out_dims, query)
-    except Undefined as exc:
-        raise Undefined(f"not covered: {rules.describe_op(node)} {exc}") from exc
-
-
-def replay_mixing(call: ReplayCall) -> Any:
-    """Split-axis mixing on the one-channel map: each output unit sums the units of its groups; otherwise as
-    analysed (a sum where every position is mixed, the identity where none is)."""
-    node = call.node
-    states = [rules.state_of(node, call.inputs, producer) for producer in node.attrs.get("operands", ())]
-    if not _needs_split_rule(states) or call.output.field.position_independent:
-        return rules.replay_as_analysed(call)
-    if len({state.layout.grid for state in states if state is not None}) > 1:
-        raise Undefined(f"the check does not cover {rules.describe_op(node)}: its operands lie on different grids")
-    if node.op in ("attention", "multihead_attention"):
-        letters_in, letters_out = _attention_letters(node)
-    else:
-        letters_in, letters_out, _ = _letters_of(node, call.inputs)
-    groups = mixing_groups(letters_in, letters_out, states, call.output.layout.dims, call.output.layout)
-    present = [per_axis for per_axis, state in zip(groups, states, strict=True) if state is not None]
-    if any(members is None for per_axis in present for members in per_axis):
-        raise Undefined(f"the check does not cover {rules.describe_op(node)}: an operand has lost a spatial axis")
-    return _replay_groups(call, present)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -731,5 +500,5 @@ def window_ops() -> list[OpSpec]:
     ]
 
 
-__all__ = ["attention", "einsum_like", "folded", "replay_mixing", "reshaped", "rolled", "split_reshape", "unfolded",
-           "window_ops"]
+__all__ = ["folded", "piece_of", "replay_groups", "replay_reshaped", "reshaped", "rolled", "shape_cat", "shape_getitem",
+           "shape_roll", "unfolded", "window_ops"]
