@@ -226,8 +226,10 @@ def test_a_positional_encoding_from_constants_adds_no_field() -> None:
             grid = torch.stack(torch.meshgrid(rows, rows, indexing="ij")).unsqueeze(0)
             return self.conv(x + self.token_projection(grid))
 
-    field = resnet_inspect.receptive_field(PositionalEncoding(), 32).to_dict()["output"]
+    report = resnet_inspect.receptive_field(PositionalEncoding(), 32, check=True).to_dict()
+    field = report["output"]
     assert (field["size"], field["stride"], field["padding"]) == ([7, 7], [2, 2], [3, 3])
+    assert report["empirical"]["agrees"] is True, report["empirical"]
 
 
 # The CLI -------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from resnet_inspect.analysis.receptive_field import (
     analyze_receptive_field,
     ancestors,
 )
+from resnet_inspect.capture.trace import INPUT_OP
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.ops.fields import Undefined
 from resnet_inspect.ops.registry import get_op
@@ -131,13 +132,20 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
     values: dict[int, Any] = {}
     failures: dict[int, str] = {}
     image: Any = None
+    constants: set[int] = set()  # computed from constants alone: no field, and nothing to replay
     for node in capture.nodes:
         if node.id not in needed:
             continue
         state = result.states.get(node.id)
+        if state is None and node.id not in result.undefined and node.op != INPUT_OP:
+            constants.add(node.id)
+            continue
         if state is None:
             failures[node.id] = result.undefined.get(node.id, f"{node.name} has no field")
             continue
+        if any(i in constants for i in node.inputs):
+            kept = [(i, shape) for i, shape in zip(node.inputs, node.input_shapes, strict=False) if i not in constants]
+            node = replace(node, inputs=tuple(i for i, _ in kept), input_shapes=tuple(shape for _, shape in kept))
         if not node.inputs:
             if image is None or tuple(image.shape[2:]) != state.layout.grid:
                 tensor = torch.zeros((1, 1, *state.layout.grid), dtype=torch.float64, requires_grad=image is None)
