@@ -32,8 +32,10 @@ _META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "
 _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride", "element_size", "is_contiguous",
                        "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
                        "__format__", "__repr__", "storage_offset"})
-# Calls that read a tensor's values back into Python: control flow may depend on them.
-_VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero"})
+# Calls that read a tensor's values back into Python (by the function's own name): control flow may depend on
+# them. ``float(t)`` (``__float__``) reads a value; ``t.float()`` is a dtype cast and reads none.
+_VALUE_READS = frozenset({"item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__",
+                          "__complex__"})
 INPUT_OP = "input"
 
 
@@ -221,7 +223,8 @@ def _function_mode(recorder: _Recorder) -> Any:
             if recorder.opaque_depth:
                 return result
             outputs = tensors_in(result)
-            if not outputs and name not in _VALUE_READS:
+            reads_value = raw_name in _VALUE_READS
+            if not outputs and not reads_value:
                 return result
             tensors = tensors_in(list(args)) + tensors_in(kwargs)
             if spec is not None and name in spec.shape_donors:
@@ -229,7 +232,7 @@ def _function_mode(recorder: _Recorder) -> Any:
             tracked = [t for t in tensors if id(t) in recorder.producers]
             if not tracked:
                 return result
-            if name in _VALUE_READS:
+            if reads_value:
                 where = recorder.scope() or "the model's forward"
                 source = recorder.layer_behind(recorder.producers[id(tracked[0])])
                 recorder.warn(f"{where} reads the value of {source} ({raw_name or name}) to decide what to run; the "
