@@ -192,8 +192,10 @@ class ItemBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        if y.mean().item() > 0 or float(y.amax()) > 1:
+        if y.mean().item() > 0:
             y = y * 2
+        if float(y.amax()) > 1:
+            y = y * 3
         return y
 
 
