@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Capture, Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -160,14 +160,20 @@ def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) 
     return tuple(rows)
 
 
-def row_from_capture(capture: Capture) -> ModelRow:
-    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage."""
+def row_from_capture(capture: Capture, model: nn.Module | None = None) -> ModelRow:
+    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage.
+
+    Given the ``model``, an encoder output whose analytic field is undefined gets a measured one."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.depth import network_depth
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
 
     counts = count(capture)
     fields = analyze_receptive_field(capture)
+    if model is not None:
+        from resnet_inspect.analysis.measured import with_measured_fields
+
+        fields = with_measured_fields(model, capture, fields)
     stage_rows = _stage_rows(capture, fields, counts)
     output_node = fields.output_node
     output_stage = next((stage for stage in fields.stages if stage.name == "output"), None)
@@ -304,7 +310,7 @@ class CompareReport(ReportView):
         macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
         memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
         field_sizes = [math.prod(float(v) for v in row.field.size) if row.field else None for row in rows]
-        fields = _best_cells([pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
+        fields = _best_cells([field_size_text(row.field) for row in rows], field_sizes,
                              False, None)
         columns = [
             Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
@@ -361,7 +367,7 @@ class CompareReport(ReportView):
                 share = f"{100 * stage.macs / row.macs:.1f}%" if row.macs else "-"
                 table_rows.append((
                     row.model, pair_text(row.input_size), stage.name, str(stage.blocks) if stage.blocks else "",
-                    shape_text(stage.output_shape), pair_text(stage.field.size if stage.field else None),
+                    shape_text(stage.output_shape), field_size_text(stage.field),
                     pair_text(stage.field.stride if stage.field else None), yes_no(stage.covers_input), share,
                 ))
         footer = ("RF, stride: receptive field and effective stride at the stage output; head: everything after the "
@@ -369,8 +375,11 @@ class CompareReport(ReportView):
         return Table("Stages", columns, tuple(table_rows), footer)
 
     def _notes(self) -> tuple[str, ...]:
-        return tuple(f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
-                     if row.field is None and row.field_reason)
+        undefined = [f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
+                     if row.field is None and row.field_reason]
+        measured = [measured_note(row.field, f"{row.label}: RF") for row in self.rows
+                    if row.field is not None and row.field.method == "measured"]
+        return tuple(undefined + measured)
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -422,7 +431,8 @@ def compare_rows(candidates: Sequence[Candidate], batch_size: int = 1) -> list[M
 
     with paused_garbage_collection():
         return [
-            row_from_capture(capture_model(candidate.model, size, batch_size, model_name=candidate.name))
+            row_from_capture(capture_model(candidate.model, size, batch_size, model_name=candidate.name),
+                             candidate.model)
             for candidate in candidates for size in candidate.sizes
         ]
 

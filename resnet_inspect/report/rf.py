@@ -12,7 +12,7 @@ from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageF
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.heatmap import erf_heatmap
-from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -91,7 +91,7 @@ class RfReport(ReportView):
         rows = []
         for stage in self.stages:
             row: list[Cell | str] = [
-                stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
+                stage.name, field_size_text(stage.field), pair_text(stage.stride), pair_text(stage.padding),
                 shape_text(stage.output_size), yes_no(stage.covers_input),
             ]
             if self.empirical:
@@ -134,6 +134,10 @@ class RfReport(ReportView):
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"undefined: {reason}" for reason in self.result.reasons]
+        measured = [stage for stage in self.stages if stage.field is not None and stage.field.method == "measured"]
+        if measured:
+            names = ", ".join(stage.name for stage in measured)
+            notes.append(measured_note(measured[-1].field, f"{names} ({len(measured)} of {len(self.stages)} rows)"))
         notes += list(self.result.remarks)
         if self.result.union:
             notes.append("the network is not aligned: paths with the same stride but different centres merge, and "
@@ -287,9 +291,11 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
 
     Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
     Before the check or the ERF allocates anything, the memory guard compares its estimated peak with the
-    memory available (MemoryGuardError when it does not fit).
+    memory available (MemoryGuardError when it does not fit). A stage whose analytic field is undefined gets a
+    measured one (``analysis/measured.py``), guarded too: one that does not fit stays undefined.
     """
     from resnet_inspect.analysis.empirical import check_input_size, effective_receptive_field, empirical_check
+    from resnet_inspect.analysis.measured import with_measured_fields
     from resnet_inspect.analysis.memory import ensure_fits, gradient_bytes, replay_bytes
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
     from resnet_inspect.report.build import capture_model
@@ -309,6 +315,7 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     if wants_erf:
         weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
+    result = with_measured_fields(model, captured, result, stages=True)  # where the rules ran out
     return RfReport(name, captured.input_shape, result, empirical, erf_result)
 
 
