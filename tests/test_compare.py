@@ -142,7 +142,7 @@ def test_cifar_family_depths_and_fields():
     assert [row["depth"] for row in rows] == [20, 32, 44, 56, 110]
     assert [row["stages"] for row in rows] == [[3, 3, 3], [5, 5, 5], [7, 7, 7], [9, 9, 9], [18, 18, 18]]
     assert rows[0]["receptive_field"] == {"size": [81, 81], "stride": [4, 4], "padding": [40, 40],
-                                          "global_context": False}
+                                          "global_context": False, "method": "analytic"}
 
 
 def test_family_all_is_every_registered_name():

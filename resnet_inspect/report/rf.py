@@ -46,7 +46,7 @@ class RfReport(ReportView):
     def _stage_dict(self, stage: StageField) -> dict[str, Any]:
         field = stage.field
         values = field.to_json() if field else {"size": None, "stride": None, "padding": None,
-                                                 "global_context": None}
+                                                 "global_context": None, "method": None}
         return {
             "name": stage.name, **values, "output_size": list(stage.output_size),
             "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,

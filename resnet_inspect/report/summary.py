@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.ops.arithmetic import LayerArithmetic, check_layer
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import bytes_text, field_size_text, measured_note, pair_text, shape_text
+from resnet_inspect.render.text import (
+    MEASURED_MARK,
+    bytes_text,
+    field_size_text,
+    measured_note,
+    pair_text,
+    shape_text,
+)
 from resnet_inspect.report.view import ReportView, SummaryView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -240,7 +247,7 @@ class SummaryReport(SummaryView):
                 continue
             field_json = self.layer_fields.get(layer.index)
             rf_text = "" if not field_json else "constant" if field_json.get("constant") else pair_text(
-                field_json["size"])
+                field_json["size"]) + (MEASURED_MARK if field_json.get("method") == "measured" else "")
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
                 Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
