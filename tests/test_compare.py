@@ -123,7 +123,8 @@ def test_json_follows_the_contract(imagenet_rows):
                 "output_shape", "latency_ms"}
     for row in imagenet_rows:
         assert contract <= set(row)
-        assert set(row["receptive_field"]) == {"size", "stride", "padding", "global_context"}
+        assert set(row["receptive_field"]) == {"size", "stride", "padding", "global_context", "method"}
+        assert row["receptive_field"]["method"] == "analytic"
         assert row["input_shape"] == [1, 3, 224, 224]
         assert row["latency_ms"] is None
         assert all(isinstance(blocks, int) for blocks in row["stages"])
