@@ -128,12 +128,8 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("playwright is not installed (pip install playwright)")
+    from playwright.sync_api import sync_playwright  # in the [test] extra: never skipped
+
     executable = _chromium()
     if executable is None:
         if os.environ.get("CI"):

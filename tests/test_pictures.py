@@ -15,18 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image  # matplotlib's own dependency
 from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
 from resnet_inspect.render import render_table
 from resnet_inspect.render.fields import BOX_COLOURS, stage_boxes
 from resnet_inspect.render.heatmap import erf_heatmap
+from resnet_inspect.render.plot import compare_figure, rf_figure
 from resnet_inspect.render.svg import fields_svg
-
-matplotlib = pytest.importorskip("matplotlib")  # the [plot] extra; .ci/run installs it
-from PIL import Image  # noqa: E402  (matplotlib's own dependency)
-
-from resnet_inspect.render.plot import compare_figure, rf_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
