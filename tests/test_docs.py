@@ -174,12 +174,13 @@ def test_every_console_block_runs_and_prints_what_it_shows(block: Block, tmp_pat
     check_console_block(block, environment(tmp_path))
 
 
+WITH_PYTHON = [path for path in DOCUMENTS if any(block.language == "python" for block in blocks(path))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+@pytest.mark.parametrize("path", WITH_PYTHON, ids=lambda path: str(path.relative_to(ROOT)))
 def test_the_python_blocks_of_each_document_run_top_to_bottom(path: Path, tmp_path: Path):
     python = [block for block in blocks(path) if block.language == "python"]
-    if not python:
-        pytest.skip("no python block")
     script = "\n\n".join(f"# --- {block.where}\n{block.text}" for block in python)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
                             capture_output=True, text=True, timeout=TIMEOUT_S, check=False)

@@ -112,7 +112,7 @@ def test_a_three_dimensional_input_gets_a_line_instead_of_a_picture(pages):
 
 def test_api_to_html_is_the_cli_page(pages):
     from resnet_inspect.capture.loader import load_model
-    from resnet_inspect.report.build import capture_model, summary_from_capture
+    from resnet_inspect.pipeline.build import capture_model, summary_from_capture
 
     network, name = load_model("resnet18")
     report = summary_from_capture(capture_model(network, (224, 224), 1, 3, name), model=network)

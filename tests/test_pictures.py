@@ -291,7 +291,7 @@ def test_erf_panel_has_a_colour_bar_the_radii_and_the_theoretical_box(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert Image.open(picture).format == "PNG"
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     model, name = load_rf_model("resnet20", 3, None, real=True)
     rf = rf_report(model, name, (32, 32), erf=True, erf_samples=1)
@@ -383,7 +383,7 @@ def test_terminal_heatmap_uses_two_characters_per_square_cell():
 
 
 def test_heatmap_title_is_never_wrapped(three_layer):
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     model, name = load_rf_model("resnet20", 3, None, real=True)
     text = render_table(rf_report(model, name, (32, 32), erf=True, erf_samples=1), width=70)

@@ -32,7 +32,7 @@ from resnet_inspect.analysis.timing import time_model
 from resnet_inspect.cli.app import app
 from resnet_inspect.cli.common import MAX_ERF_SAMPLES, MAX_REPEAT, MAX_WARMUP
 from resnet_inspect.models import get_model
-from resnet_inspect.report.build import capture_model
+from resnet_inspect.pipeline.build import capture_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()

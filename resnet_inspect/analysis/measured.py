@@ -66,7 +66,7 @@ def linearised_copy(model: nn.Module, seed: int = MEASURE_SEED) -> nn.Module:
     import torch
     from torch.nn.modules import pooling
 
-    from resnet_inspect.capture.trace import structural_copy
+    from resnet_inspect.capture.tensors import structural_copy
 
     working = structural_copy(model, "cpu").double().eval()
     averages: dict[type, Any] = {
@@ -125,7 +125,7 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
     unit and of its neighbour on each axis (or why there are none)."""
     import torch
 
-    from resnet_inspect.capture.trace import tensors_in
+    from resnet_inspect.capture.tensors import tensors_in
 
     rank = len(input_size)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.ops.table import Call, OpSpec, function_name, op_for_function, op_for_module
+from resnet_inspect.capture.tensors import structural_copy, tensors_in
+from resnet_inspect.ops.registry import op_for_function, op_for_module
+from resnet_inspect.ops.table import Call, OpSpec, function_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,8 +71,6 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from resnet_inspect.capture.trace import tensors_in
-
     def fed(value: Any) -> bool:
         return any(id(tensor) in derived for tensor in tensors_in(value))
 
@@ -115,8 +115,6 @@ def input_entry(model: nn.Module, rank: int, channels: int = 3, size: int = 224,
     ``(1, channels, *(size,) * rank)`` input meets, on a meta-device copy of ``model``; None when the forward
     pass fails, or ends, before the input reaches one."""
     import torch
-
-    from resnet_inspect.capture.trace import structural_copy
 
     on_meta = all(t.is_meta for t in (*model.parameters(), *model.buffers()))
     working = model if on_meta else structural_copy(model, "meta")

@@ -9,21 +9,21 @@ meta device, on a structural copy of the model: no weights are copied and no act
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.tensors import named_tensors, shape_of, structural_copy, tensors_in
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.ops.arithmetic import check_layer
-from resnet_inspect.ops.builtin import meta_empty
-from resnet_inspect.ops.table import Call, OpSpec, function_name, get_op, op_for_function, op_for_module
+from resnet_inspect.ops.common import meta_empty
+from resnet_inspect.ops.registry import get_op, op_for_function, op_for_module
+from resnet_inspect.ops.table import Call, OpSpec, function_name
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 # Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
@@ -39,60 +39,8 @@ _VALUE_READS = frozenset({"item", "tolist", "numpy", "nonzero", "__bool__", "__i
 INPUT_OP = "input"
 
 
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) argument or output structure, in order."""
-    return [tensor for _, tensor in named_tensors(value)]
-
-
-def named_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
-    """Every tensor in a nested structure with where it sits: "" for a lone tensor, "0", "logits", "aux.1"."""
-    import torch
-
-    def join(key: object) -> str:
-        return f"{prefix}.{key}" if prefix else str(key)
-
-    if isinstance(value, torch.Tensor):
-        return [(prefix, value)]
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        pairs = zip(value._fields, value, strict=False)
-        return [pair for key, item in pairs for pair in named_tensors(item, join(key))]
-    if isinstance(value, (list, tuple)):
-        return [pair for index, item in enumerate(value) for pair in named_tensors(item, join(index))]
-    if isinstance(value, dict):
-        return [pair for key, item in value.items() for pair in named_tensors(item, join(key))]
-    return []
-
-
-def shape_of(tensor: torch.Tensor) -> Shape:
-    return tuple(tensor.shape)
-
-
 def _unique(tensors: list[Any]) -> list[Any]:
     return list({id(t): t for t in tensors}.values())
-
-
-def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers are empty tensors on ``device``.
-
-    On the meta device nothing is allocated; shared parameters stay shared. The original is not touched.
-    """
-    import torch
-
-    def copied(tensor: torch.Tensor) -> torch.Tensor:
-        if device == "meta":
-            return meta_empty(tensor.shape, tensor)
-        if tensor.is_meta:  # a model built on meta, run for real: zeros stand in for the weights it never had
-            return torch.zeros(tuple(tensor.shape), dtype=tensor.dtype, device=device)
-        return tensor.detach().clone()
-
-    memo: dict[int, Any] = {}
-    for parameter in model.parameters():
-        if id(parameter) not in memo:
-            memo[id(parameter)] = torch.nn.Parameter(copied(parameter), requires_grad=parameter.requires_grad)
-    for buffer in model.buffers():
-        if id(buffer) not in memo:
-            memo[id(buffer)] = copied(buffer)
-    return copy.deepcopy(model, memo).to(device)
 
 
 @dataclass
