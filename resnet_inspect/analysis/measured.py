@@ -100,6 +100,11 @@ def _undilated(dilation: int | tuple[int, ...]) -> bool:
 # ------------------------------------------------------------------------------------------- measuring
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class _Support:
     first: tuple[int, ...]
@@ -146,8 +151,7 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
             output = working(image)
     except Exception as exc:  # the model's own code may raise anything
         raise NotMeasured(f"the model's forward pass fails at {'x'.join(map(str, input_size))}: "
-                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                          ) from exc
+                          f"{_first_line(exc)}") from exc
     finally:
         for handle in handles:
             handle.remove()
@@ -168,7 +172,10 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
         supports = []
         for position in units:
             target = (value[(0, slice(None), *position)] * mix).sum()
-            (gradient,) = torch.autograd.grad(target, image, retain_graph=True, allow_unused=True)
+            try:
+                (gradient,) = torch.autograd.grad(target, image, retain_graph=True, allow_unused=True)
+            except RuntimeError as exc:  # an in-place write autograd needed, a custom Function without backward
+                raise NotMeasured(f"the backward pass fails: {_first_line(exc)}") from exc
             if gradient is None or not bool((gradient != 0).any()):
                 break
             if not bool(torch.isfinite(gradient).all()):
@@ -220,9 +227,11 @@ def measure_fields(model: nn.Module, capture: Capture, nodes: Sequence[int], rea
     per_input = gradient_bytes(capture, 1) * FLOAT64_BYTES / element_bytes(capture.dtype)  # batch 1, float64
     where = "x".join(map(str, nominal))
     try:
-        ensure_fits(int(per_input), f"measuring the receptive field at {where}",
-                    "lower --input-size")
-        working = linearised_copy(model, seed)
+        ensure_fits(int(per_input), f"measuring the receptive field at {where}", "lower --input-size")
+        try:
+            working = linearised_copy(model, seed)
+        except Exception as exc:  # deepcopy and .double() run the model's own code
+            raise NotMeasured(f"the model cannot be copied to float64: {_first_line(exc)}") from exc
         found = _supports(working, capture, nodes, nominal, seed)
     except (NotMeasured, MemoryGuardError) as exc:
         return dict.fromkeys(nodes, str(exc))
