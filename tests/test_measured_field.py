@@ -118,3 +118,23 @@ def test_the_measured_copy_leaves_the_model_alone():
     resnet_inspect.receptive_field(model, 64)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert next(model.parameters()).dtype == torch.float32
+
+
+class InPlaceAfterMerge(torch.nn.Module):
+    """The unaligned fusion, then a sigmoid overwritten in place: autograd refuses the backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fusion = family_models.UnalignedFusion()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(self.fusion(x))
+        y.mul_(2)
+        return y
+
+
+def test_a_backward_that_fails_leaves_the_field_undefined_and_says_why():
+    stage = resnet_inspect.receptive_field(InPlaceAfterMerge(), 32).to_dict()["stages"][-1]
+    assert stage["size"] is None and stage["method"] is None
+    assert "not measured either: the backward pass fails: RuntimeError: one of the variables needed for gradient " \
+           "computation has been modified by an inplace operation" in stage["reason"]
