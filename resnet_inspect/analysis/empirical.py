@@ -25,7 +25,6 @@ from resnet_inspect.analysis.receptive_field import (
     analyze_receptive_field,
     ancestors,
 )
-from resnet_inspect.capture.trace import INPUT_OP
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.ops.fields import Undefined
 from resnet_inspect.ops.registry import get_op
@@ -132,20 +131,13 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
     values: dict[int, Any] = {}
     failures: dict[int, str] = {}
     image: Any = None
-    constants: set[int] = set()  # computed from constants alone: no field, and nothing to replay
     for node in capture.nodes:
         if node.id not in needed:
             continue
         state = result.states.get(node.id)
-        if state is None and node.id not in result.undefined and node.op != INPUT_OP:
-            constants.add(node.id)
-            continue
         if state is None:
             failures[node.id] = result.undefined.get(node.id, f"{node.name} has no field")
             continue
-        if any(i in constants for i in node.inputs):
-            kept = [(i, shape) for i, shape in zip(node.inputs, node.input_shapes, strict=False) if i not in constants]
-            node = replace(node, inputs=tuple(i for i, _ in kept), input_shapes=tuple(shape for _, shape in kept))
         if not node.inputs:
             if image is None or tuple(image.shape[2:]) != state.layout.grid:
                 tensor = torch.zeros((1, 1, *state.layout.grid), dtype=torch.float64, requires_grad=image is None)
@@ -330,7 +322,7 @@ class ErfResult:
         }
 
 
-def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
+def module_returning(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
     """The outermost module call that returns ``node``'s tensor, and which call of that module it is.
 
     None when ``node`` is the model's own output.
@@ -339,7 +331,7 @@ def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | N
         return None, 0
     owners = [layer for layer in capture.layers if layer.output_node == node]
     if not owners:
-        raise InspectError(f"no module returns the encoder output ({capture.nodes[node].name}); cannot hook it")
+        raise InspectError(f"no module returns {capture.nodes[node].name}; cannot hook it")
     owner = min(owners, key=lambda layer: (layer.depth, layer.index))
     call = sum(1 for layer in capture.layers if layer.name == owner.name and layer.index < owner.index)
     return dict(model.named_modules())[owner.name], call
@@ -379,7 +371,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
                            "height and width axes")
     if any(parameter.is_meta for parameter in model.parameters()):
         raise InspectError("the effective receptive field needs a model with real weights, not one on 'meta'")
-    owner, call = _owner(model, capture, result.output_node)
+    owner, call = module_returning(model, capture, result.output_node)
     shape = capture.input_shape
     generator = torch.Generator().manual_seed(seed)
     training_flags = {module: module.training for module in model.modules()}
@@ -430,6 +422,7 @@ __all__ = [
     "check_input_size",
     "effective_receptive_field",
     "empirical_check",
+    "module_returning",
     "replay_one_channel",
     "support_check",
 ]

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from resnet_inspect.capture.trace import INPUT_OP
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
 from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.spans import fit
 from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
+
+# The field of a value that depends on no input (it runs on buffers, parameters or constants): not a stride-1
+# path, but no field at all; joined to a path, it leaves that path's field as it is.
+CONSTANT_FIELD_JSON: dict[str, object] = {"size": None, "stride": None, "padding": None, "global_context": False,
+                                          "constant": True}
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,15 @@ class ReceptiveFieldResult:
     output_node: int | None
     remarks: tuple[str, ...] = ()  # what holds the numbers: inexact fields after upsampling, padding modes
     residual_stages: bool = False  # every stage after the stem is made of residual blocks
+    constant: frozenset[int] = frozenset()  # nodes that depend on no model input (they have no field)
 
     def field(self, node: int | None) -> NodeField | None:
         return None if node is None else self.fields.get(node)
 
     def field_json(self, node: int | None) -> dict[str, object] | None:
+        """The node's field as JSON; a constant node's says ``constant: true`` with no size, stride or padding."""
+        if node is not None and node in self.constant:
+            return dict(CONSTANT_FIELD_JSON)
         field = self.field(node)
         return field.to_json() if field else None
 
@@ -114,25 +122,15 @@ def _reported(node: OpNode, state: FieldState) -> tuple[NodeField | None, str | 
     return state.field, None
 
 
-def _without(node: OpNode, constants: set[int]) -> OpNode:
-    """``node`` without its inputs computed from constants alone: they add values, never a field."""
-    kept = [(i, shape) for i, shape in zip(node.inputs, node.input_shapes, strict=False) if i not in constants]
-    return replace(node, inputs=tuple(i for i, _ in kept), input_shapes=tuple(shape for _, shape in kept))
-
-
 def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str], list[str], bool, bool]:
     """Each node's state, the reason for every undefined one, the distinct root causes, alignment and union."""
     states: dict[int, FieldState] = {}
     undefined: dict[int, str] = {}
     causes: list[str] = []
     aligned, union = True, False
-    constants: set[int] = set()
     for node in capture.nodes:
-        if node.op != INPUT_OP and all(i in constants for i in node.inputs):
-            constants.add(node.id)  # computed from constants alone (a positional encoding): no field to give
+        if node.constant:  # depends on no input: no field, and it joins none (its output is not tracked)
             continue
-        if any(i in constants for i in node.inputs):
-            node = _without(node, constants)
         if not node.inputs:
             state = _input_state(node)
             if state is None:
@@ -371,6 +369,7 @@ def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
         reasons=tuple(reasons), stages=tuple(stages),
         output=fields.get(encoder_output) if encoder_output is not None else None, output_node=encoder_output,
         remarks=_remarks(capture, fields), residual_stages=residual,
+        constant=frozenset(node.id for node in capture.nodes if node.constant),
     )
 
 
