@@ -151,6 +151,7 @@ def test_a_local_field_is_the_input_gradient_support(name: str) -> None:
     assert not support.touches_border, "test design: pick a larger input so the oracle is not clipped"
     field = rf(name)["output"]
     assert field is not None, rf(name)["reasons"]
+    assert field["method"] == "analytic", field
     assert interval(field, centre_unit(name)) == (support.first, support.last)
     assert field["global_context"] is False
 
@@ -171,6 +172,7 @@ def test_attention_that_reaches_everything_covers_the_input(name: str) -> None:
     assert support.first == (0, 0) and support.last == (side - 1, side - 1)
     report = rf(name)
     assert report["output"] is not None, report["reasons"]
+    assert report["output"]["method"] == "analytic", report["output"]
     assert report["stages"][-1]["covers_input"] is True
     assert summary(name)["receptive_field"] is not None
 
