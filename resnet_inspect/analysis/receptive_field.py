@@ -19,12 +19,18 @@ model: compare, rf, the summary's ``params_by_stage`` and the HTML chart all rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
 from resnet_inspect.ops.registry import get_op
+from resnet_inspect.ops.spans import fit
 from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
+
+# The field of a value that depends on no input (it runs on buffers, parameters or constants): not a stride-1
+# path, but no field at all; joined to a path, it leaves that path's field as it is.
+CONSTANT_FIELD_JSON: dict[str, object] = {"size": None, "stride": None, "padding": None, "global_context": False,
+                                          "constant": True}
 
 
 @dataclass(frozen=True)
@@ -68,11 +74,15 @@ class ReceptiveFieldResult:
     output_node: int | None
     remarks: tuple[str, ...] = ()  # what holds the numbers: inexact fields after upsampling, padding modes
     residual_stages: bool = False  # every stage after the stem is made of residual blocks
+    constant: frozenset[int] = frozenset()  # nodes that depend on no model input (they have no field)
 
     def field(self, node: int | None) -> NodeField | None:
         return None if node is None else self.fields.get(node)
 
     def field_json(self, node: int | None) -> dict[str, object] | None:
+        """The node's field as JSON; a constant node's says ``constant: true`` with no size, stride or padding."""
+        if node is not None and node in self.constant:
+            return dict(CONSTANT_FIELD_JSON)
         field = self.field(node)
         return field.to_json() if field else None
 
@@ -121,6 +131,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
     causes: list[str] = []
     aligned, union = True, False
     for node in capture.nodes:
+        if node.constant:  # depends on no input: no field, and it joins none (its output is not tracked)
+            continue
         if not node.inputs:
             state = _input_state(node)
             if state is None:
@@ -151,6 +163,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
             continue
         if state.field.union and not any(states[i].field.union for i in node.inputs):
             aligned, union = False, True
+        if state.field.spans is not None and not state.field.position_independent:
+            state = FieldState(state.layout, replace(state.field, spans=fit(state.field.spans, state.layout.grid)))
         states[node.id] = state
     return states, undefined, list(dict.fromkeys(causes)), aligned, union
 
@@ -309,6 +323,9 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     field = fields.get(node)
     covers = field.covers_input(input_size, output_size) if field else None
     reason = undefined.get(node)
+    if field is not None and field.spans is not None:
+        reason = ("after windowed attention or a roll the field changes from unit to unit: size and padding are those "
+                  "of the centre unit; the JSON's spans give every unit's first and last input position")
     if field is not None and not field.exact:
         reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
                   "stride) give an interval that holds every pixel's field, up to about one input stride wider")
@@ -359,6 +376,7 @@ def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
         reasons=tuple(reasons), stages=tuple(stages),
         output=fields.get(encoder_output) if encoder_output is not None else None, output_node=encoder_output,
         remarks=_remarks(capture, fields), residual_stages=residual,
+        constant=frozenset(node.id for node in capture.nodes if node.constant),
     )
 
 

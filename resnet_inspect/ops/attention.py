@@ -8,7 +8,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_inspect.ops import rules
+from resnet_inspect.ops import rules, window_mixing
 from resnet_inspect.ops.common import _ndim, broadcast_shapes, meta_empty
 from resnet_inspect.ops.table import Call, OpSpec
 from resnet_inspect.records import Geometry, OpKind, OpNode
@@ -268,21 +268,22 @@ def attention_ops() -> list[OpSpec]:
         OpSpec("linear", OpKind.LINEAR, rules.linear, modules=(nn.Linear,), functions=("linear",),
                describe=describe_linear, shape=shape_linear, macs=linear_macs, replay=rules.replay_as_analysed,
                doc="linear layer on the last dimension"),
-        OpSpec("multihead_attention", OpKind.ATTENTION, rules.attention, modules=(nn.MultiheadAttention,),
+        OpSpec("multihead_attention", OpKind.ATTENTION, window_mixing.attention, modules=(nn.MultiheadAttention,),
                functions=("multi_head_attention_forward",), shape=shape_mha_forward, describe=describe_mha,
-               macs=mha_macs, replay=rules.replay_as_analysed,
+               macs=mha_macs, replay=window_mixing.replay_mixing,
                doc="nn.MultiheadAttention: projections and attention over the sequence"),
-        OpSpec("attention", OpKind.ATTENTION, rules.attention, functions=("scaled_dot_product_attention",),
-               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=rules.replay_as_analysed,
+        OpSpec("attention", OpKind.ATTENTION, window_mixing.attention, functions=("scaled_dot_product_attention",),
+               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=window_mixing.replay_mixing,
                doc="scaled dot-product attention over dimension -2"),
-        OpSpec("matmul", OpKind.MATMUL, rules.einsum_like, functions=("matmul", "mm", "bmm"),
-               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=rules.replay_as_analysed,
+        OpSpec("matmul", OpKind.MATMUL, window_mixing.einsum_like, functions=("matmul", "mm", "bmm"),
+               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=window_mixing.replay_mixing,
                doc="matrix product: mixes positions it contracts or pairs"),
-        OpSpec("addmm", OpKind.MATMUL, rules.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
-               describe=describe_addmm, macs=einsum_macs, replay=rules.replay_as_analysed,
+        OpSpec("addmm", OpKind.MATMUL, window_mixing.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
+               describe=describe_addmm, macs=einsum_macs, replay=window_mixing.replay_mixing,
                doc="matrix product plus a tensor"),
-        OpSpec("einsum", OpKind.MATMUL, rules.einsum_like, functions=("einsum",), describe=describe_einsum,
-               macs=einsum_macs, replay=rules.replay_as_analysed, doc="einsum: mixes positions it contracts or pairs"),
+        OpSpec("einsum", OpKind.MATMUL, window_mixing.einsum_like, functions=("einsum",), describe=describe_einsum,
+               macs=einsum_macs, replay=window_mixing.replay_mixing,
+               doc="einsum: mixes positions it contracts or pairs"),
         OpSpec("norm", OpKind.NORM, rules.normalised,
                modules=(batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, instancenorm._InstanceNorm,
                         *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()), nn.Softmax, nn.LogSoftmax, nn.Softmin),
