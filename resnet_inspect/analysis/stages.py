@@ -37,6 +37,12 @@ class StageRow:
     macs: int
     output_size: tuple[int, ...] = ()  # the spatial size on the stage's own axes (NHWC maps too)
     params: int = 0  # each parameter tensor counted once, in the first stage that runs its module
+    module: str = ""  # the stage's module by its full name, when one module is the stage (not the stem or head)
+
+    @property
+    def key(self) -> str:
+        """The name ``params_by_stage`` and ``macs_by_stage`` use: the full module name where there is one."""
+        return self.module or self.name
 
     def to_dict(self, total_macs: int) -> dict[str, Any]:
         return {
@@ -94,7 +100,8 @@ def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -
     params = _stage_params(capture, [stage.modules for stage in stages])
     rows = [
         StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position], stage.output_size, params[position])
+                 stage.covers_input, stage_macs[position], stage.output_size, params[position],
+                 stage.modules[0] if len(stage.modules) == 1 and stage.name != STEM else "")
         for position, stage in enumerate(stages)
     ]
     rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs),

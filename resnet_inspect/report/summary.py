@@ -153,7 +153,7 @@ class SummaryReport(SummaryView):
         if len(self.stage_rows) < 2:  # no stage, the head alone: nothing per stage to say
             return result
         for row in self.stage_rows:
-            result[row.name] = result.get(row.name, 0) + getattr(row, key)
+            result[row.key] = result.get(row.key, 0) + getattr(row, key)
         return result
 
     @cached_property
