@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.limits import check_option, check_optional
 from resnet_inspect.records import Pair, Shape
 
 if TYPE_CHECKING:
@@ -42,8 +43,15 @@ def _is_int(value: Any) -> bool:
 
 
 def _positive_shape(values: Sequence[Any], what: str) -> tuple[int, ...]:
+    """Positive ints within the command line's limits: a spatial size, or a full shape (batch, channels, spatial)."""
     if not values or not all(_is_int(value) and value > 0 for value in values):
         raise ValueError(f"{SIZE_EXPECTED}; {what} {tuple(values)!r} has a size that is not a positive int")
+    spatial = values[2:] if what == "shape" else values
+    if what == "shape":
+        check_option("batch_size", values[0])
+        check_option("in_channels", values[1])
+    for size in spatial:
+        check_option("input_size", size)
     return tuple(values)
 
 
@@ -95,12 +103,6 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     if not isinstance(candidate, torch.dtype):
         raise ValueError(f"dtype must be a torch.dtype or its name (float32, float16, bfloat16), got {dtype!r}")
     return candidate
-
-
-def _positive(value: Any, what: str) -> int:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | None,
@@ -171,11 +173,10 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     """
     from resnet_inspect.report.build import summary_from_capture
 
-    _positive(batch_size, "batch_size")
-    if depth is not None:
-        _positive(depth, "depth")
-    if in_channels is not None:
-        _positive(in_channels, "in_channels")
+    check_option("batch_size", batch_size)
+    check_optional("depth", depth)
+    check_optional("in_channels", in_channels)
+    check_optional("num_classes", num_classes)
     dtype = _dtype(dtype)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
@@ -207,7 +208,9 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
     from resnet_inspect.report.summary import VerifyReport, check_nodes
 
-    _positive(batch_size, "batch_size")
+    check_option("batch_size", batch_size)
+    check_optional("in_channels", in_channels)
+    check_optional("num_classes", num_classes)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
@@ -247,7 +250,8 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
     size = _spatial(input_size, model)
     channels = in_channels
-    _positive(erf_samples, "erf_samples")
+    check_optional("in_channels", in_channels)
+    check_option("erf_samples", erf_samples)
     wants_erf = erf or weights is not None or png is not None
     if isinstance(model, str):
         network, name = load_rf_model(model, channels, None, real=wants_erf)
@@ -284,7 +288,10 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
     if not items:
         raise ValueError("models must name at least one model (an nn.Module or a model name)")
-    _positive(batch_size, "batch_size")
+    check_option("batch_size", batch_size)
+    if time:
+        check_option("warmup", warmup)
+        check_option("repeat", repeat)
     sizes = _sizes(input_sizes)
     candidates: list[Candidate] = []
     labels: set[str] = set()
@@ -336,10 +343,14 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     from resnet_inspect.report.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
-    for batch in batches:
-        _positive(batch, "each batch size")
     if not batches:
         raise ValueError("batch_sizes must hold at least one batch size")
+    for batch in batches:
+        check_option("batch_size", batch, "each batch size")
+    check_option("warmup", warmup)
+    check_option("repeat", repeat)
+    check_optional("threads", threads)
+    check_optional("in_channels", in_channels)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     size = _spatial(input_size, model)
