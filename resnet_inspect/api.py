@@ -107,7 +107,8 @@ def _dtype(dtype: Any) -> torch.dtype | None:
 
 def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | None,
            model_name: str | None, device: str | None = "meta") -> tuple[nn.Module, str]:
-    """An ``nn.Module`` as given (labelled by its class), or the model a name stands for."""
+    """An ``nn.Module`` as given (labelled by its class; a compiled one through the module it wraps), or the model
+    a name stands for."""
     from torch import nn
 
     if isinstance(model, str):
@@ -115,11 +116,24 @@ def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | N
 
         built, name = load_model(model, in_channels=in_channels, num_classes=num_classes, device=device)
         return built, model_name or name
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
-    if num_classes is not None:
+    from resnet_inspect.capture.loader import usable_module
+
+    if num_classes is not None and isinstance(model, nn.Module):
         raise ValueError("num_classes applies to models given by name; this one is already built")
-    return model, model_name or type(model).__name__
+    label = model_name or type(model).__name__
+    return usable_module(model, label), label
+
+
+def _device(device: Any) -> str:
+    """A device name from a name or a ``torch.device`` (``torch.device("cuda", 1)`` -> ``"cuda:1"``)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a device name (cpu, cuda, cuda:N, mps, meta) or a torch.device, "
+                         f"got {type(device).__name__}")
+    return device
 
 
 def _default_size(model: nn.Module | str) -> int:
@@ -156,8 +170,9 @@ def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
-            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
+            in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
+            fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
@@ -178,6 +193,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     check_optional("in_channels", in_channels)
     check_optional("num_classes", num_classes)
     dtype = _dtype(dtype)
+    device = _device(device)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
@@ -193,8 +209,9 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
-            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
+            in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
+            fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """The earlier name of ``summary``, kept as an alias."""
     return summary(model, input_size, input_data=input_data, batch_size=batch_size, depth=depth, device=device,
@@ -253,6 +270,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     check_optional("in_channels", in_channels)
     check_option("erf_samples", erf_samples)
     wants_erf = erf or weights is not None or png is not None
+    if png is not None:
+        from resnet_inspect.render.files import check_writable
+
+        check_writable(Path(png))
     if isinstance(model, str):
         network, name = load_rf_model(model, channels, None, real=wants_erf)
         name = model_name or name
@@ -276,8 +297,8 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
-            batch_size: int = 1, stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
-            repeat: int = 10) -> CompareReport:
+            batch_size: int = 1, stages: bool = False, time: bool = False, device: str | torch.device = "cpu",
+            warmup: int = 3, repeat: int = 10) -> CompareReport:
     """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
 
     ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
@@ -312,7 +333,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     if time:
         from resnet_inspect.analysis.timing import resolve_device
 
-        resolved = resolve_device(device)
+        resolved = resolve_device(_device(device))
         rows = time_rows(candidates, rows, resolved, warmup, repeat)
     return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
 
@@ -335,7 +356,7 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
 
 
 def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
-               device: str = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
+               device: str | torch.device = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
                threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
                in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
@@ -354,6 +375,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     size = _spatial(input_size, model)
+    device = _device(device)
     if not isinstance(model, str):
         model, _ = _model(model, in_channels, None, model_name)
     return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,

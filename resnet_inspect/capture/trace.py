@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.errors import ForwardError, InputTooSmallError
+from resnet_inspect.names import first_line
 from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.builtin import meta_empty
 from resnet_inspect.ops.table import Call, OpSpec, function_name, get_op, op_for_function, op_for_module
@@ -342,30 +343,69 @@ def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
         model.train(was_training)
 
 
-def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
-    """A one-line error naming the layer (or the operation) that was running and the shape it got."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _raising_call(recorder: _Recorder, exc: BaseException, root: Any) -> _Call | None:
+    """The module call whose code raised ``exc``: the innermost frame of its traceback that runs a method of one
+    of the model's modules (its forward, or torch's call machinery around it). None when that is the model itself
+    (its own forward raised) or no module's code is in the traceback."""
+    import traceback
+
+    running = {id(call.module): call for call in recorder.stack}
+    raising: _Call | None = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is root:
+            raising = None
+        elif id(owner) in running and running[id(owner)].module is owner:
+            raising = running[id(owner)]
+    return raising
+
+
+def _too_small(geometry: Geometry | None, shape: Shape) -> str | None:
+    """The output size ('0x0', '-2x-2') a windowed operation would give at input ``shape``, when it is below 1."""
+    if geometry is None or not geometry.kind.has_window or len(shape) < geometry.rank + 1:
+        return None
+    spatial = shape[len(shape) - geometry.rank:]
+    check = check_layer(geometry, spatial, spatial)
+    if check is not None and min(check.expected) < 1:
+        return "x".join(map(str, check.expected))
+    return None
+
+
+def _failure(recorder: _Recorder, exc: BaseException, root: Any, input_shapes: tuple[Shape, ...]) -> ForwardError:
+    """A one-line error naming the module (or the operation) whose code raised and the shape it got.
+
+    The module is found in the traceback, never guessed from the last layer that finished. An input too small is
+    told by the layer's own arithmetic (its output would have a size below 1), never by the words of a message.
+    """
+    reason = first_line(str(exc)) or type(exc).__name__
+    raising = _raising_call(recorder, exc, root)
+    scope = raising.name if raising is not None else "the model's forward"
     if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
-        scope = recorder.stack[-1].name if recorder.stack else "the model's forward"
         args, kwargs = recorder.current_call
-        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors_in(list(args)) + tensors_in(kwargs))
+        tensors = tensors_in(list(args)) + tensors_in(kwargs)
+        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors)
+        spec = op_for_function(recorder.current_op)
+        try:
+            geometry = spec.geometry(Call(None, tuple(args), kwargs))[0] if spec is not None else None
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+            geometry = None
+        size = _too_small(geometry, shape_of(tensors[0])) if tensors else None
+        if size is not None:
+            return InputTooSmallError(f"input too small: {recorder.current_op} in {scope} with input {shapes} would "
+                                      f"give an output of {size}")
         return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
-    running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
-    if running is None:
-        return ForwardError(f"forward pass failed before any layer ran: {reason}")
-    shape = running.input_shapes[0] if running.input_shapes else ()
-    where = f"{running.name} ({type(running.module).__name__})"
+    if raising is None:
+        where = f"the model's forward ({type(root).__name__})"
+        if input_shapes:
+            where += f" with input {'x'.join(map(str, input_shapes[0]))}"
+        return ForwardError(f"forward pass failed in {where}: {reason}")
+    shape = raising.input_shapes[0] if raising.input_shapes else ()
+    where = f"{raising.name} ({type(raising.module).__name__})"
     if shape:
         where += f" with input {'x'.join(map(str, shape))}"
-    geometry = running.geometry
-    if geometry is not None and geometry.kind.has_window and len(shape) >= geometry.rank + 1:
-        spatial = shape[len(shape) - geometry.rank:]
-        check = check_layer(geometry, spatial, spatial)
-        if check is not None and min(check.expected) < 1:
-            size = "x".join(map(str, check.expected))
-            return InputTooSmallError(f"input too small: {where} would give an output of {size}")
-    if "too small" in reason or "greater than" in reason:
-        return InputTooSmallError(f"input too small: {reason} at {where}")
+    size = _too_small(raising.geometry, shape)
+    if size is not None:
+        return InputTooSmallError(f"input too small: {where} would give an output of {size}")
     return ForwardError(f"forward pass failed in {where}: {reason}")
 
 
@@ -451,7 +491,7 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(*placed.args, **placed.kwargs)
     except Exception as exc:  # the model's own code may raise anything
-        error = _failure(recorder, exc)
+        error = _failure(recorder, exc, working, placed.shapes)
         error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
                                    for shape in node.output_shapes)
         raise error from exc

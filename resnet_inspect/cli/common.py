@@ -24,6 +24,7 @@ from resnet_inspect.limits import (  # noqa: F401  (MAX_COUNT and the others are
     check_option,
     check_optional,
 )
+from resnet_inspect.names import first_line, printable, strip_controls
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -55,8 +56,8 @@ class SummaryFormat(StrEnum):
 
 
 def one_line(message: str) -> str:
-    """The first line of ``message`` with its runs of white space collapsed."""
-    return " ".join(message.strip().split("\n")[0].split())
+    """The first line of ``message`` that says something, its runs of white space collapsed (see ``first_line``)."""
+    return first_line(message)
 
 
 def debug_enabled() -> bool:
@@ -68,7 +69,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line on stderr and exit."""
     import typer
 
-    typer.echo(f"error: {one_line(message)}", err=True)
+    typer.echo(f"error: {strip_controls(one_line(message))}", err=True)
     raise typer.Exit(code)
 
 
@@ -107,7 +108,7 @@ def user_errors() -> Iterator[None]:
         if isinstance(exc, MemoryError) or _is_allocation_failure(exc):
             fail(f"out of memory{_requested_bytes(exc)}: try a smaller input size or batch size")
         hint = "" if debug_enabled() else f" (set {DEBUG_VARIABLE}=1 for the traceback)"
-        fail(f"{type(exc).__name__}: {exc}{hint}")
+        fail(f"{type(exc).__name__}: {one_line(str(exc))}{hint}")
     finally:
         _report_stream.reset(token)
 
@@ -343,7 +344,7 @@ def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | No
             for renderable in rich_renderables(report):
                 console.print(renderable)
         else:
-            stream.write(render(report, fmt_name))
+            stream.write(printable(render(report, fmt_name)))
         stream.flush()
     except BrokenPipeError:
         raise
