@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import ForwardError, InputTooSmallError
+from resnet_inspect.errors import ForwardError, InputTooSmallError, InspectError
 from resnet_inspect.names import first_line
 from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.builtin import meta_empty
@@ -36,6 +36,7 @@ _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride"
 # Calls that read a tensor's values back into Python: control flow may depend on them.
 _VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero"})
 INPUT_OP = "input"
+MODEL_FORWARD = "the model's forward"  # where code runs outside any module call
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
@@ -131,6 +132,12 @@ class _Recorder:
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
     current_call: tuple[Any, Any] = ((), {})  # its arguments
+    # A pass on real tensors: ``guard(held_bytes, next_bytes, where)`` is asked before each operation runs, with
+    # the bytes of every storage made so far (none is ever subtracted: an upper bound of what is held) and those
+    # of the operation's result, worked out on the meta device; it raises when they would not fit.
+    guard: Callable[[int, int, str], None] | None = None
+    held_bytes: int = 0
+    held_storages: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -175,6 +182,40 @@ class _Recorder:
             self.warnings.append(message)
 
 
+def _on_meta(value: Any) -> Any:
+    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return meta_empty(value.shape, value)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_on_meta(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _on_meta(item) for key, item in value.items()}
+    return value
+
+
+def _result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
+    0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
+    if not (tensors_in(list(args)) or tensors_in(kwargs)):
+        return 0
+    try:
+        result = func(*_on_meta(list(args)), **_on_meta(kwargs))
+    except Exception:  # data-dependent (nonzero, item) or not implemented on meta
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
+
+
+def _hold(recorder: _Recorder, tensors: Sequence[Any]) -> None:
+    """Count the storages of ``tensors`` that are new (a view or an in-place result adds nothing)."""
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in recorder.held_storages:
+            recorder.held_storages.add(storage.data_ptr())
+            recorder.held_bytes += storage.nbytes()
+
+
 def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = False) -> Any:
     """The table's shape rule on meta tensors, or NotImplemented to run torch's own kernel."""
     import torch
@@ -217,7 +258,12 @@ def _function_mode(recorder: _Recorder) -> Any:
                 recorder.current_op, recorder.current_call = name, (args, kwargs)
             result = _fast_result(spec, call, recorder.exact_checked_shapes)
             if result is NotImplemented:
+                if recorder.guard is not None:
+                    where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
+                    recorder.guard(recorder.held_bytes, _result_bytes_on_meta(func, args, kwargs), where)
                 result = func(*args, **kwargs)
+                if recorder.guard is not None:
+                    _hold(recorder, tensors_in(result))
             recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
@@ -379,7 +425,7 @@ def _failure(recorder: _Recorder, exc: BaseException, root: Any, input_shapes: t
     """
     reason = first_line(str(exc)) or type(exc).__name__
     raising = _raising_call(recorder, exc, root)
-    scope = raising.name if raising is not None else "the model's forward"
+    scope = raising.name if raising is not None else MODEL_FORWARD
     if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
         args, kwargs = recorder.current_call
         tensors = tensors_in(list(args)) + tensors_in(kwargs)
@@ -395,7 +441,7 @@ def _failure(recorder: _Recorder, exc: BaseException, root: Any, input_shapes: t
                                       f"give an output of {size}")
         return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
     if raising is None:
-        where = f"the model's forward ({type(root).__name__})"
+        where = f"{MODEL_FORWARD} ({type(root).__name__})"
         if input_shapes:
             where += f" with input {'x'.join(map(str, input_shapes[0]))}"
         return ForwardError(f"forward pass failed in {where}: {reason}")
@@ -468,11 +514,12 @@ def _feature_modules(model: Any) -> tuple[str, ...]:
 
 
 def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", device: str = "meta",
-                exact_checked_shapes: bool = False) -> Capture:
+                exact_checked_shapes: bool = False, guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Run one instrumented forward pass of a structural copy of ``model`` on ``inputs``.
 
     ``exact_checked_shapes`` takes the output shape of every windowed operation from torch's own kernels (the
-    observed side of `verify`), not from the table's fast shape rules.
+    observed side of `verify`), not from the table's fast shape rules. ``guard`` (for a pass on real tensors) is
+    asked before each operation whether its result still fits (see ``_Recorder.guard``).
     """
     import torch
 
@@ -483,13 +530,18 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     modes = {module: module.training for module in working.modules()}
     working.eval()
     recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
-                         exact_checked_shapes=exact_checked_shapes)
+                         exact_checked_shapes=exact_checked_shapes, guard=guard)
     placed = inputs.on(device)
+    if guard is not None:
+        _hold(recorder, [*working.parameters(), *working.buffers(),
+                         *tensors_in(list(placed.args)), *tensors_in(placed.kwargs)])
     first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
     element_size = first.element_size() if first is not None else 4
     try:
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(*placed.args, **placed.kwargs)
+    except InspectError:  # the guard's refusal, not the model's failure
+        raise
     except Exception as exc:  # the model's own code may raise anything
         error = _failure(recorder, exc, working, placed.shapes)
         error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
@@ -567,11 +619,14 @@ def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_siz
 
 
 def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", exact_checked_shapes: bool = False,
-                   before_real_pass: Callable[[int], None] | None = None) -> Capture:
+                   real_pass_guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values.
 
-    ``before_real_pass`` is told, before that fallback allocates anything, about how many bytes it will take:
-    the weights, the inputs and twice what the meta pass had produced when it stopped (a lower bound).
+    ``real_pass_guard(held_bytes, next_bytes, where)`` is asked before that fallback allocates anything (with the
+    weights and the inputs held, what the meta pass had produced when it stopped to come, and ``where`` empty),
+    then before each
+    operation of the real pass (see ``_Recorder.guard``): what the pass holds is bounded from above at every step,
+    so a model that reads a value early cannot pass with the little the meta pass saw.
     """
     try:
         return run_capture(model, inputs, model_name, device="meta", exact_checked_shapes=exact_checked_shapes)
@@ -580,11 +635,12 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", 
     except ForwardError as error:
         if not any(marker in str(error) for marker in _META_LIMITATIONS):
             raise
-        if before_real_pass is not None:
+        if real_pass_guard is not None:
             weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
             given = sum(t.numel() * t.element_size() for t in tensors_in(list(inputs.args)) + tensors_in(inputs.kwargs))
-            before_real_pass(weights + given + 2 * getattr(error, "recorded_bytes", 0))
-        return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes)
+            real_pass_guard(weights + given, getattr(error, "recorded_bytes", 0), "")
+        return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes,
+                           guard=real_pass_guard)
 
 
 def size_inputs(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
