@@ -148,7 +148,7 @@ def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int,
     """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
 
     ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
-    from resnet_inspect.report.build import capture_model
+    from resnet_inspect.pipeline.build import capture_model
 
     if spec.data is not None:
         return capture_model(network, model_name=name, input_data=spec.data,
@@ -186,7 +186,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
     """
-    from resnet_inspect.report.build import summary_from_capture
+    from resnet_inspect.pipeline.build import summary_from_capture
 
     check_option("batch_size", batch_size)
     check_optional("depth", depth)
@@ -198,14 +198,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
-    report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
-    if torchinfo:
-        from dataclasses import replace
-
-        from resnet_inspect.analysis.torchinfo_count import torchinfo_count
-
-        report = replace(report, torchinfo=torchinfo_count(network, captured, report.counts, spec.data))
-    return report
+    return summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
+                                torchinfo=torchinfo, input_data=spec.data)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -223,7 +217,7 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
            in_channels: int | None = None, num_classes: int | None = None,
            model_name: str | None = None) -> VerifyReport:
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
-    from resnet_inspect.report.summary import VerifyReport, check_nodes
+    from resnet_inspect.pipeline.build import verify_from_capture
 
     check_option("batch_size", batch_size)
     check_optional("in_channels", in_channels)
@@ -232,7 +226,7 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     spec = parse_input(input_size, input_data, _rank(network))
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
                         exact_checked_shapes=True)
-    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
+    return verify_from_capture(captured)
 
 
 def _rank(model: nn.Module | str) -> int:
@@ -263,7 +257,7 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     measures the effective field (a module given as such is measured with its own weights)."""
     from pathlib import Path
 
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     size = _spatial(input_size, model)
     channels = in_channels
@@ -304,7 +298,8 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
     ``input_sizes`` is one size or a list of sizes (224 or (224, 320)); every model is compared at each.
     """
-    from resnet_inspect.report.compare import Candidate, CompareReport, compare_rows, load_candidates, time_rows
+    from resnet_inspect.pipeline.compare import Candidate, compare_rows, load_candidates, time_rows
+    from resnet_inspect.report.compare import CompareReport
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
     if not items:
@@ -361,7 +356,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
                in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
     its own (it is copied to ``device`` and ``dtype`` when it is not there already)."""
-    from resnet_inspect.report.timing import timing_report
+    from resnet_inspect.pipeline.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
     if not batches:

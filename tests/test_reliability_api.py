@@ -172,7 +172,7 @@ def test_the_writers_write_what_the_renderers_give(tmp_path):
 
 
 def test_an_erf_picture_to_a_directory_is_refused_before_any_work(tmp_path, monkeypatch):
-    from resnet_inspect.report import rf
+    from resnet_inspect.pipeline import rf
 
     monkeypatch.setattr(rf, "rf_report", lambda *args, **kwargs: pytest.fail("the ERF ran"))
     with pytest.raises(BadInputError, match=re.escape(f"cannot write {tmp_path}: it is a directory")):

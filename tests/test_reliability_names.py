@@ -105,7 +105,7 @@ def test_one_line_keeps_the_text_of_a_message_that_starts_with_a_newline():
 
 
 def test_an_unexpected_error_keeps_its_text_and_the_debug_hint(tmp_path, monkeypatch):
-    from resnet_inspect.report import build
+    from resnet_inspect.pipeline import build
 
     def broken(*args, **kwargs):
         raise ArithmeticError("\nthe analysis broke\nin two lines")

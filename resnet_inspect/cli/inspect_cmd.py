@@ -61,7 +61,7 @@ def summary_command(
 
             device = resolve_device(device)
         from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.report.build import capture_model, summary_from_capture
+        from resnet_inspect.pipeline.build import capture_model, summary_from_capture
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
         capture = capture_model(network, size, batch, in_channels, name)
@@ -73,13 +73,7 @@ def summary_command(
             timings = time_layers(network, capture.input_shape, device, warmup=3, repeat=10)
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
-                                      layer_times_ms=layer_times_ms)
-        if torchinfo:
-            from dataclasses import replace
-
-            from resnet_inspect.analysis.torchinfo_count import torchinfo_count
-
-            report = replace(report, torchinfo=torchinfo_count(network, capture, report.counts))
+                                      layer_times_ms=layer_times_ms, torchinfo=torchinfo)
         emit(report, fmt, output)
 
 
@@ -100,7 +94,7 @@ def verify_command(
         batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
         from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.report.build import verify
+        from resnet_inspect.pipeline.build import verify
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
         report = verify(network, size, batch, in_channels, model_name=name)
@@ -130,7 +124,7 @@ def arith_command(
                             (output_padding, "output padding")):
             if value > MAX_INPUT_SIZE:  # the same bound as --input-size; the lower bounds are the arithmetic's
                 raise BadInputError(f"{name} {value} is larger than the maximum {MAX_INPUT_SIZE}")
-        from resnet_inspect.report.arith import arith_report
+        from resnet_inspect.pipeline.arith import arith_report
 
         report = arith_report(input_size, kernel, stride, padding, dilation, pool=pool, ceil_mode=ceil_mode,
                               transposed=transposed, output_padding=output_padding, solve=solve)

@@ -68,7 +68,7 @@ def rf_command(
         check_option("erf_samples", erf_samples, "--erf-samples")
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
-        from resnet_inspect.report.rf import load_rf_model, rf_report
+        from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
