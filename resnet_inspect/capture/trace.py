@@ -133,12 +133,10 @@ class _Recorder:
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
     current_call: tuple[Any, Any] = ((), {})  # its arguments
-    # A pass on real tensors: ``guard(held_bytes, next_bytes, where)`` is asked before each operation runs, with
-    # the bytes of every storage made so far (none is ever subtracted: an upper bound of what is held) and those
-    # of the operation's result, worked out on the meta device; it raises when they would not fit.
+    # On real tensors, guard(held_bytes, next_bytes, where) is asked before each operation: every storage made so
+    # far (never subtracted) and the operation's result, worked out on meta. It raises when they would not fit.
     guard: Callable[[int, int, str], None] | None = None
     held_bytes: int = 0
-    held_storages: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -208,12 +206,16 @@ def _result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
 
 
-def _hold(recorder: _Recorder, tensors: Sequence[Any]) -> None:
-    """Count the storages of ``tensors`` that are new (a view or an in-place result adds nothing)."""
+def _hold(recorder: _Recorder, tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> None:
+    """Count the storages of ``tensors``, except those of ``inputs`` (a view or an in-place result adds nothing).
+
+    Nothing is subtracted and addresses are not remembered across calls (a freed address can be reused by a new
+    tensor), so the count never falls below what the pass holds."""
+    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
     for tensor in tensors:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in recorder.held_storages:
-            recorder.held_storages.add(storage.data_ptr())
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
             recorder.held_bytes += storage.nbytes()
 
 
@@ -264,7 +266,7 @@ def _function_mode(recorder: _Recorder) -> Any:
                     recorder.guard(recorder.held_bytes, _result_bytes_on_meta(func, args, kwargs), where)
                 result = func(*args, **kwargs)
                 if recorder.guard is not None:
-                    _hold(recorder, tensors_in(result))
+                    _hold(recorder, tensors_in(result), tensors_in(list(args)) + tensors_in(kwargs))
             recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
@@ -623,11 +625,10 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", 
                    real_pass_guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values.
 
-    ``real_pass_guard(held_bytes, next_bytes, where)`` is asked before that fallback allocates anything (with the
-    weights and the inputs held, what the meta pass had produced when it stopped to come, and ``where`` empty),
-    then before each
-    operation of the real pass (see ``_Recorder.guard``): what the pass holds is bounded from above at every step,
-    so a model that reads a value early cannot pass with the little the meta pass saw.
+    ``real_pass_guard(held_bytes, next_bytes, where)`` is asked before that fallback allocates anything (the
+    weights and inputs held, what the meta pass had produced to come, ``where`` empty), then before each operation
+    of the real pass (see ``_Recorder.guard``): what the pass holds is bounded from above at every step, so a
+    model that reads a value early cannot pass with the little the meta pass saw.
     """
     try:
         return run_capture(model, inputs, model_name, device="meta", exact_checked_shapes=exact_checked_shapes)
