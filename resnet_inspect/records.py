@@ -119,8 +119,11 @@ class OpNode:
 
     The model inputs are nodes without inputs. ``inputs`` are the nodes whose outputs this operation consumed,
     in argument order; tensors that no tracked operation produced (constants, fresh zeros) are left out, and
-    ``input_shapes`` are those of ``inputs``. ``op`` names the entry of the operation table that describes it,
-    and ``attrs`` holds the call's arguments that its rules need (dims of a permute, the scale of an upsample).
+    ``input_shapes`` are those of ``inputs``. A ``constant`` node does work on such tensors alone (Swin V2's
+    position-bias MLP on a coordinate table): it has no inputs, its ``input_shapes`` are those of its tensor
+    arguments, and its output is not tracked, so it joins no receptive field. ``op`` names the entry of the
+    operation table that describes it, and ``attrs`` holds the call's arguments that its rules need (dims of a
+    permute, the scale of an upsample).
     """
 
     id: int
@@ -136,6 +139,7 @@ class OpNode:
     op: str = "unknown"  # the operation-table entry
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
     output_shapes: tuple[Shape, ...] = ()  # every output tensor (chunk, split); output_shape is the first
+    constant: bool = False  # depends on no model input: it runs on buffers, parameters or constants
 
 
 @dataclass(frozen=True)

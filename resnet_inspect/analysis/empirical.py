@@ -322,7 +322,7 @@ class ErfResult:
         }
 
 
-def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
+def module_returning(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
     """The outermost module call that returns ``node``'s tensor, and which call of that module it is.
 
     None when ``node`` is the model's own output.
@@ -331,7 +331,7 @@ def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | N
         return None, 0
     owners = [layer for layer in capture.layers if layer.output_node == node]
     if not owners:
-        raise InspectError(f"no module returns the encoder output ({capture.nodes[node].name}); cannot hook it")
+        raise InspectError(f"no module returns {capture.nodes[node].name}; cannot hook it")
     owner = min(owners, key=lambda layer: (layer.depth, layer.index))
     call = sum(1 for layer in capture.layers if layer.name == owner.name and layer.index < owner.index)
     return dict(model.named_modules())[owner.name], call
@@ -371,7 +371,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
                            "height and width axes")
     if any(parameter.is_meta for parameter in model.parameters()):
         raise InspectError("the effective receptive field needs a model with real weights, not one on 'meta'")
-    owner, call = _owner(model, capture, result.output_node)
+    owner, call = module_returning(model, capture, result.output_node)
     shape = capture.input_shape
     generator = torch.Generator().manual_seed(seed)
     training_flags = {module: module.training for module in model.modules()}
@@ -422,6 +422,7 @@ __all__ = [
     "check_input_size",
     "effective_receptive_field",
     "empirical_check",
+    "module_returning",
     "replay_one_channel",
     "support_check",
 ]

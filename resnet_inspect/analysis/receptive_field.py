@@ -24,6 +24,11 @@ from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
 
+# The field of a value that depends on no input (it runs on buffers, parameters or constants): not a stride-1
+# path, but no field at all; joined to a path, it leaves that path's field as it is.
+CONSTANT_FIELD_JSON: dict[str, object] = {"size": None, "stride": None, "padding": None, "global_context": False,
+                                          "constant": True}
+
 
 @dataclass(frozen=True)
 class StageField:
@@ -66,11 +71,15 @@ class ReceptiveFieldResult:
     output_node: int | None
     remarks: tuple[str, ...] = ()  # what holds the numbers: inexact fields after upsampling, padding modes
     residual_stages: bool = False  # every stage after the stem is made of residual blocks
+    constant: frozenset[int] = frozenset()  # nodes that depend on no model input (they have no field)
 
     def field(self, node: int | None) -> NodeField | None:
         return None if node is None else self.fields.get(node)
 
     def field_json(self, node: int | None) -> dict[str, object] | None:
+        """The node's field as JSON; a constant node's says ``constant: true`` with no size, stride or padding."""
+        if node is not None and node in self.constant:
+            return dict(CONSTANT_FIELD_JSON)
         field = self.field(node)
         return field.to_json() if field else None
 
@@ -119,6 +128,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
     causes: list[str] = []
     aligned, union = True, False
     for node in capture.nodes:
+        if node.constant:  # depends on no input: no field, and it joins none (its output is not tracked)
+            continue
         if not node.inputs:
             state = _input_state(node)
             if state is None:
@@ -352,6 +363,7 @@ def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
         reasons=tuple(reasons), stages=tuple(stages),
         output=fields.get(encoder_output) if encoder_output is not None else None, output_node=encoder_output,
         remarks=_remarks(capture, fields), residual_stages=residual,
+        constant=frozenset(node.id for node in capture.nodes if node.constant),
     )
 
 

@@ -66,6 +66,11 @@ class NodeField:
         return len(self.size)
 
     @property
+    def method(self) -> str:
+        """How the field was found: "analytic" (the rules) here; a measured field says "measured"."""
+        return "analytic"
+
+    @property
     def position_independent(self) -> bool:
         """Every unit sees the same region (a reduced value or a token-mixed map)."""
         return self.reduced or self.whole
@@ -96,6 +101,7 @@ class NodeField:
         return {
             "size": [json_number(v) for v in self.size], "stride": [json_number(v) for v in self.stride],
             "padding": [json_number(v) for v in self.padding], "global_context": self.global_context,
+            "method": self.method,
         }
 
 

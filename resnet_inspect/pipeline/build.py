@@ -133,6 +133,10 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     from resnet_inspect.analysis.stages import stage_rows
 
     fields = analyze_receptive_field(capture)
+    if model is not None:  # where the rules run out, the encoder output's field is measured
+        from resnet_inspect.analysis.measured import with_measured_fields
+
+        fields = with_measured_fields(model, capture, fields)
     counts = count(capture)
     fvcore_counts, fvcore_note = None, None
     if fvcore and model is not None:

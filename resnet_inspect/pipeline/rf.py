@@ -130,9 +130,11 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
 
     Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
     Before the check or the ERF allocates anything, the memory guard compares its estimated peak with the
-    memory available (MemoryGuardError when it does not fit).
+    memory available (MemoryGuardError when it does not fit). A stage whose analytic field is undefined gets a
+    measured one (``analysis/measured.py``), guarded too: one that does not fit stays undefined.
     """
     from resnet_inspect.analysis.empirical import check_input_size, effective_receptive_field, empirical_check
+    from resnet_inspect.analysis.measured import with_measured_fields
     from resnet_inspect.analysis.memory import ensure_fits, gradient_bytes, replay_bytes
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
     from resnet_inspect.pipeline.build import capture_model
@@ -152,6 +154,7 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     if wants_erf:
         weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
+    result = with_measured_fields(model, captured, result, stages=True)  # where the rules ran out
     return RfReport(name, captured.input_shape, result, empirical, erf_result)
 
 

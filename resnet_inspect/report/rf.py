@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.heatmap import erf_heatmap
-from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -41,7 +41,7 @@ class RfReport(ReportView):
     def _stage_dict(self, stage: StageField) -> dict[str, Any]:
         field = stage.field
         values = field.to_json() if field else {"size": None, "stride": None, "padding": None,
-                                                 "global_context": None}
+                                                 "global_context": None, "method": None}
         return {
             "name": stage.name, **values, "output_size": list(stage.output_size),
             "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,
@@ -86,7 +86,7 @@ class RfReport(ReportView):
         rows = []
         for stage in self.stages:
             row: list[Cell | str] = [
-                stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
+                stage.name, field_size_text(stage.field), pair_text(stage.stride), pair_text(stage.padding),
                 shape_text(stage.output_size), yes_no(stage.covers_input),
             ]
             if self.empirical:
@@ -129,6 +129,10 @@ class RfReport(ReportView):
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"undefined: {reason}" for reason in self.result.reasons]
+        measured = [stage for stage in self.stages if stage.field is not None and stage.field.method == "measured"]
+        if measured:
+            names = ", ".join(stage.name for stage in measured)
+            notes.append(measured_note(measured[-1].field, f"{names} ({len(measured)} of {len(self.stages)} rows)"))
         notes += list(self.result.remarks)
         if self.result.union:
             notes.append("the network is not aligned: paths with the same stride but different centres merge, and "

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import bytes_text, pair_text, shape_text
+from resnet_inspect.render.text import (
+    MEASURED_MARK,
+    bytes_text,
+    field_size_text,
+    measured_note,
+    pair_text,
+    shape_text,
+)
 from resnet_inspect.report.view import ReportView, SummaryView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -221,7 +228,8 @@ class SummaryReport(SummaryView):
             if self.max_depth is not None and layer.depth > self.max_depth:
                 continue
             field_json = self.layer_fields.get(layer.index)
-            rf_text = "" if not field_json else pair_text(field_json["size"])
+            rf_text = "" if not field_json else "constant" if field_json.get("constant") else pair_text(
+                field_json["size"]) + (MEASURED_MARK if field_json.get("method") == "measured" else "")
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
                 Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
@@ -290,7 +298,7 @@ class SummaryReport(SummaryView):
                 (output.global_context and not output.whole, "; plus global context through a pooled branch"),
                 (output.union, "; the hull of unaligned paths"),
             ) if flag)
-            lines.append(f"receptive field at the encoder output: {pair_text(output.size)}, effective stride "
+            lines.append(f"receptive field at the encoder output: {field_size_text(output)}, effective stride "
                          f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}{extra}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
@@ -318,6 +326,8 @@ class SummaryReport(SummaryView):
             notes.append(f"fvcore did not count: {skipped}")
         if self.fields is not None:
             notes += [f"receptive field: {reason}" for reason in (*self.fields.reasons, *self.fields.remarks)]
+            if self.fields.output is not None and self.fields.output.method == "measured":
+                notes.append(measured_note(self.fields.output, "receptive field at the encoder output"))
         return tuple(notes)
 
 
