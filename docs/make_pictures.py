@@ -16,6 +16,7 @@ from resnet_inspect.capture.loader import load_model
 from resnet_inspect.pipeline.build import capture_model, summary_from_capture
 from resnet_inspect.pipeline.compare import compare, family_models
 from resnet_inspect.pipeline.rf import load_rf_model, rf_report
+from resnet_inspect.render.files import write_output
 from resnet_inspect.render.plot import compare_picture, rf_picture
 from resnet_inspect.render.svg import bar_chart_svg, fields_svg
 from resnet_inspect.report.rf import RfReport
@@ -53,10 +54,7 @@ def main(folder: Path) -> None:
 
     for file_name, content in pictures.items():
         path = folder / file_name
-        if isinstance(content, str):
-            path.write_text(content, encoding="utf-8")
-        else:
-            path.write_bytes(content)
+        write_output(path, content)  # as -o writes: whole or not at all, links and modes kept
         print(f"{path} ({path.stat().st_size:,} bytes)")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.limits import check_option, check_optional
 from resnet_inspect.records import Pair, Shape
 
 if TYPE_CHECKING:
@@ -42,8 +43,15 @@ def _is_int(value: Any) -> bool:
 
 
 def _positive_shape(values: Sequence[Any], what: str) -> tuple[int, ...]:
+    """Positive ints within the command line's limits: a spatial size, or a full shape (batch, channels, spatial)."""
     if not values or not all(_is_int(value) and value > 0 for value in values):
         raise ValueError(f"{SIZE_EXPECTED}; {what} {tuple(values)!r} has a size that is not a positive int")
+    spatial = values[2:] if what == "shape" else values
+    if what == "shape":
+        check_option("batch_size", values[0])
+        check_option("in_channels", values[1])
+    for size in spatial:
+        check_option("input_size", size)
     return tuple(values)
 
 
@@ -97,15 +105,10 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     return candidate
 
 
-def _positive(value: Any, what: str) -> int:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
-
-
 def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | None,
            model_name: str | None, device: str | None = "meta") -> tuple[nn.Module, str]:
-    """An ``nn.Module`` as given (labelled by its class), or the model a name stands for."""
+    """An ``nn.Module`` as given (labelled by its class; a compiled one through the module it wraps), or the model
+    a name stands for."""
     from torch import nn
 
     if isinstance(model, str):
@@ -113,11 +116,24 @@ def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | N
 
         built, name = load_model(model, in_channels=in_channels, num_classes=num_classes, device=device)
         return built, model_name or name
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
-    if num_classes is not None:
+    from resnet_inspect.capture.loader import usable_module
+
+    if num_classes is not None and isinstance(model, nn.Module):
         raise ValueError("num_classes applies to models given by name; this one is already built")
-    return model, model_name or type(model).__name__
+    label = model_name or type(model).__name__
+    return usable_module(model, label), label
+
+
+def _device(device: Any) -> str:
+    """A device name from a name or a ``torch.device`` (``torch.device("cuda", 1)`` -> ``"cuda:1"``)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a device name (cpu, cuda, cuda:N, mps, meta) or a torch.device, "
+                         f"got {type(device).__name__}")
+    return device
 
 
 def _default_size(model: nn.Module | str) -> int:
@@ -154,8 +170,9 @@ def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
-            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
+            in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
+            fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
@@ -171,12 +188,12 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     """
     from resnet_inspect.pipeline.build import summary_from_capture
 
-    _positive(batch_size, "batch_size")
-    if depth is not None:
-        _positive(depth, "depth")
-    if in_channels is not None:
-        _positive(in_channels, "in_channels")
+    check_option("batch_size", batch_size)
+    check_optional("depth", depth)
+    check_optional("in_channels", in_channels)
+    check_optional("num_classes", num_classes)
     dtype = _dtype(dtype)
+    device = _device(device)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
@@ -186,8 +203,9 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-            depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
-            num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
+            depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
+            in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
+            fvcore: bool = False,
             torchinfo: bool = False) -> SummaryReport:
     """The earlier name of ``summary``, kept as an alias."""
     return summary(model, input_size, input_data=input_data, batch_size=batch_size, depth=depth, device=device,
@@ -201,7 +219,9 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
     from resnet_inspect.pipeline.build import verify_from_capture
 
-    _positive(batch_size, "batch_size")
+    check_option("batch_size", batch_size)
+    check_optional("in_channels", in_channels)
+    check_optional("num_classes", num_classes)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
@@ -243,9 +263,14 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     check_png_name(png, "png=")
     size = _spatial(input_size, model)
     channels = in_channels
-    _positive(erf_samples, "erf_samples")
+    check_optional("in_channels", in_channels)
+    check_option("erf_samples", erf_samples)
     wants_erf = erf or weights is not None or png is not None
     label = OWN_WEIGHTS
+    if png is not None:
+        from resnet_inspect.render.files import check_writable
+
+        check_writable(Path(png))
     if isinstance(model, str):
         network, name = load_rf_model(model, channels, None, real=wants_erf)
         name = model_name or name
@@ -271,8 +296,8 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
-            batch_size: int = 1, stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
-            repeat: int = 10) -> CompareReport:
+            batch_size: int = 1, stages: bool = False, time: bool = False, device: str | torch.device = "cpu",
+            warmup: int = 3, repeat: int = 10) -> CompareReport:
     """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
 
     ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
@@ -284,7 +309,10 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
     if not items:
         raise ValueError("models must name at least one model (an nn.Module or a model name)")
-    _positive(batch_size, "batch_size")
+    check_option("batch_size", batch_size)
+    if time:
+        check_option("warmup", warmup)
+        check_option("repeat", repeat)
     sizes = _sizes(input_sizes)
     candidates: list[Candidate] = []
     labels: set[str] = set()
@@ -305,7 +333,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     if time:
         from resnet_inspect.analysis.timing import resolve_device
 
-        resolved = resolve_device(device)
+        resolved = resolve_device(_device(device))
         rows = time_rows(candidates, rows, resolved, warmup, repeat)
     return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
 
@@ -328,7 +356,7 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
 
 
 def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
-               device: str = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
+               device: str | torch.device = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
                threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
                in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
@@ -336,13 +364,18 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     from resnet_inspect.pipeline.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
-    for batch in batches:
-        _positive(batch, "each batch size")
     if not batches:
         raise ValueError("batch_sizes must hold at least one batch size")
+    for batch in batches:
+        check_option("batch_size", batch, "each batch size")
+    check_option("warmup", warmup)
+    check_option("repeat", repeat)
+    check_optional("threads", threads)
+    check_optional("in_channels", in_channels)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     size = _spatial(input_size, model)
+    device = _device(device)
     if not isinstance(model, str):
         model, _ = _model(model, in_channels, None, model_name)
     return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,

@@ -17,6 +17,10 @@ class FactoryError(InspectError):
     """A `file.py:factory` or `module:factory` spec that does not give an nn.Module."""
 
 
+class UnsupportedModelError(FactoryError, ValueError):
+    """A module the tool cannot inspect as it is (TorchScript, quantized, lazy and not initialised yet)."""
+
+
 class ForwardError(InspectError):
     """The model's forward pass raised; the message names the layer that was running."""
 

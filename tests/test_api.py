@@ -111,8 +111,8 @@ def test_inspect_stays_an_alias_of_summary():
         ({"input_size": [(1, 3, 32, 32), (32, 32)]}, "each shape of a list needs batch, channels"),
         ({"input_data": [1, 2]}, "input_data must be a tensor, a tuple or list of tensors"),
         ({"input_size": 32, "input_data": torch.zeros(1, 3, 32, 32)}, "give input_size or input_data, not both"),
-        ({"input_size": 32, "batch_size": 0}, "batch_size must be a positive int, got 0"),
-        ({"input_size": 32, "depth": 0}, "depth must be a positive int"),
+        ({"input_size": 32, "batch_size": 0}, "batch_size must be positive, got 0"),
+        ({"input_size": 32, "depth": 0}, "depth must be positive, got 0"),
         ({"input_size": 32, "dtype": "float33"}, "dtype must be a torch.dtype or its name"),
     ],
 )

@@ -114,9 +114,13 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
     return min(figures) if figures else None
 
 
-def ensure_fits(needed_bytes: int, what: str, lower_with: str, device: str = "cpu") -> None:
-    """Raise MemoryGuardError naming both figures and the option that lowers the need, when it does not fit."""
-    available = available_memory_bytes(device)
+def ensure_fits(needed_bytes: int, what: str, lower_with: str, device: str = "cpu",
+                available_bytes: int | None = None) -> None:
+    """Raise MemoryGuardError naming both figures and the option that lowers the need, when it does not fit.
+
+    ``available_bytes`` is a figure read earlier (a run that checks as it goes compares with what it started
+    with); by default the memory available now."""
+    available = available_bytes if available_bytes is not None else available_memory_bytes(device)
     if available is not None and needed_bytes > available:
         where = "" if device == "cpu" else f" on {device}"
         raise MemoryGuardError(f"{what} needs about {gib(needed_bytes)} but only {gib(available)} is available"

@@ -78,9 +78,10 @@ def available_devices() -> list[str]:
     return devices
 
 
-def resolve_device(text: str) -> str:
-    """A validated device string; a device that is unknown or not available raises BadInputError."""
-    device = text.strip().lower()
+def resolve_device(text: str | torch.device) -> str:
+    """A validated device string (from a name or a ``torch.device``); a device that is unknown or not available
+    raises BadInputError."""
+    device = str(text).strip().lower()
     available = available_devices()
     listing = ", ".join(available)
     if not _DEVICE_PATTERN.fullmatch(device):

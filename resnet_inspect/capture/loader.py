@@ -20,7 +20,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import FactoryError, ModelNotFoundError
+from resnet_inspect.errors import FactoryError, ModelNotFoundError, UnsupportedModelError
+from resnet_inspect.names import first_line, printable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
 ECOSYSTEM_PREFIXES = ("torchvision", "timm")
 EXTRA_HINT = "install it with: pip install 'resnet-inspect[{package}]'"
 _CLOSE_MATCHES = 5
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _exit_reason(exc: SystemExit) -> str:
@@ -70,7 +67,7 @@ def _import_file(path_text: str) -> Any:
         raise
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise FactoryError(_first_line(f"cannot import {path_text}: {type(exc).__name__}: {exc}")) from exc
+        raise FactoryError(f"cannot import {path_text}: {type(exc).__name__}: {first_line(str(exc))}") from exc
     return module
 
 
@@ -85,7 +82,7 @@ def _import_module(module_text: str) -> Any:
     except FactoryError:
         raise
     except Exception as exc:
-        raise FactoryError(_first_line(f"cannot import module {module_text}: {type(exc).__name__}: {exc}")) from exc
+        raise FactoryError(f"cannot import module {module_text}: {type(exc).__name__}: {first_line(str(exc))}") from exc
 
 
 def resolve_factory(spec: str) -> Any:
@@ -185,27 +182,53 @@ def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
     except FactoryError:
         raise
     except Exception as exc:
-        raise FactoryError(_first_line(f"{spec} raised {type(exc).__name__}: {exc}")) from exc
+        raise FactoryError(f"{spec} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
 
 
-def _check_usable(spec: str, model: Any) -> nn.Module:
-    """The model as the tool can inspect it, or a FactoryError saying why not."""
+# Where torch keeps its quantized module classes, whose weights are packed integers and whose forward needs
+# quantized kernels: the capture can neither count them nor run them on the meta device.
+_QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                       "torch.nn.intrinsic.quantized")
+
+
+def _is_quantized(module: Any) -> bool:
+    package = type(module).__module__
+    return any(package == prefix or package.startswith(f"{prefix}.") for prefix in _QUANTIZED_PACKAGES) \
+        and ".reference" not in package  # reference modules hold float weights
+
+
+def usable_module(model: Any, what: str, *, from_factory: bool = False) -> nn.Module:
+    """The module the tool inspects for ``model``, or an UnsupportedModelError (one line, naming ``what``).
+
+    A ``torch.compile`` wrapper gives the module it compiled. TorchScript, quantized modules and lazy modules whose
+    parameters do not exist yet are refused, with what to do instead; ``from_factory`` says it for a factory spec.
+    The command line's loader and the Python API both call this.
+    """
     import torch
     from torch.nn.modules.lazy import LazyModuleMixin
 
     if not isinstance(model, torch.nn.Module):
-        raise FactoryError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise UnsupportedModelError(f"{what} returned {type(model).__name__}, not a torch.nn.Module" if from_factory
+                                    else f"model must be an nn.Module or a model name, got {type(model).__name__}")
+    give = "return" if from_factory else "pass"
     if isinstance(model, torch.jit.ScriptModule):
-        raise FactoryError(f"{spec} is a TorchScript module (torch.jit.trace or torch.jit.script), which has no "
-                           "Python layers to inspect: return the nn.Module before tracing or scripting it")
+        raise UnsupportedModelError(f"{what} is a TorchScript module (torch.jit.trace or torch.jit.script), which has "
+                                    f"no Python layers to inspect: {give} the nn.Module before tracing or scripting it")
     compiled = getattr(model, "_orig_mod", None)  # torch.compile's wrapper: inspect the module it compiled
     if isinstance(compiled, torch.nn.Module):
         model = compiled
     for name, module in model.named_modules():
+        label = f"{name or 'the model'} ({type(module).__name__})"
+        if _is_quantized(module):
+            raise UnsupportedModelError(
+                f"{what}: {label} is a quantized module, whose packed integer weights cannot be analysed: {give} the "
+                "float model, before it is quantized")
         if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
-            raise FactoryError(
-                f"{spec}: {name or 'the model'} ({type(module).__name__}) is a lazy module whose parameters are not "
-                "initialised yet: run one forward pass in the factory before returning the model")
+            remedy = ("in the factory before returning the model" if from_factory
+                      else "on the model before passing it")
+            raise UnsupportedModelError(
+                f"{what}: {label} is a lazy module whose parameters are not initialised yet: run one forward pass "
+                f"{remedy}")
     return model
 
 
@@ -224,20 +247,21 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
 
     options = {key: value for key, value in (("in_channels", in_channels), ("num_classes", num_classes))
                if value is not None}
+    display = printable(spec)  # a path that is not UTF-8 shows its odd bytes as \xNN in every output
     if ":" not in spec and not spec.endswith(".py"):
         with torch.device(device) if device else nullcontext():
-            return get_model(spec, **options), spec  # an unknown name raises ModelNotFoundError
+            return get_model(spec, **options), display  # an unknown name raises ModelNotFoundError
     if ":" not in spec:
         raise FactoryError(f"'{spec}' names a file but no factory: use {spec}:factory_name")
     real_device = torch.device(device) if device and device != "meta" else nullcontext()
     if spec.partition(":")[0] in ECOSYSTEM_PREFIXES:
         with real_device:
-            return _check_usable(spec, _ecosystem_model(spec, options)), spec
+            return usable_module(_ecosystem_model(spec, options), spec, from_factory=True), display
     factory = resolve_factory(spec)
     if isinstance(factory, torch.nn.Module):  # a module instance: used as it is, never called
         if "num_classes" in options:
             raise FactoryError(f"{spec} is a module instance, not a factory: --num-classes cannot be applied to it")
-        return _check_usable(spec, factory), spec
+        return usable_module(factory, spec, from_factory=True), display
     accepted = _call_options(spec, factory, options)
     try:
         with real_device, _user_code(spec):
@@ -245,8 +269,8 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
     except FactoryError:
         raise
     except Exception as exc:
-        raise FactoryError(_first_line(f"{spec} raised {type(exc).__name__}: {exc}")) from exc
-    return _check_usable(spec, model), spec
+        raise FactoryError(f"{spec} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+    return usable_module(model, spec, from_factory=True), display
 
 
-__all__ = ["ECOSYSTEM_PREFIXES", "default_input_size", "load_model", "resolve_factory"]
+__all__ = ["ECOSYSTEM_PREFIXES", "default_input_size", "load_model", "resolve_factory", "usable_module"]

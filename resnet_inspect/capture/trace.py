@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.capture.tensors import named_tensors, shape_of, structural_copy, tensors_in
-from resnet_inspect.errors import ForwardError, InputTooSmallError
+from resnet_inspect.errors import ForwardError, InputTooSmallError, InspectError
+from resnet_inspect.names import first_line
 from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.common import meta_empty
 from resnet_inspect.ops.registry import declared_op, get_op, op_for_function, op_for_module
@@ -37,6 +38,7 @@ _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride"
 _VALUE_READS = frozenset({"item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__",
                           "__complex__"})
 INPUT_OP = "input"
+MODEL_FORWARD = "the model's forward"  # where code runs outside any module call
 
 
 def _unique(tensors: list[Any]) -> list[Any]:
@@ -82,6 +84,10 @@ class _Recorder:
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
     current_call: tuple[Any, Any] = ((), {})  # its arguments
+    # On real tensors, guard(held_bytes, next_bytes, where) is asked before each operation: every storage made so
+    # far (never subtracted) and the operation's result, worked out on meta. It raises when they would not fit.
+    guard: Callable[[int, int, str], None] | None = None
+    held_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -136,6 +142,44 @@ class _Recorder:
             self.warnings.append(message)
 
 
+def _on_meta(value: Any) -> Any:
+    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return meta_empty(value.shape, value)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_on_meta(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _on_meta(item) for key, item in value.items()}
+    return value
+
+
+def _result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
+    0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
+    if not (tensors_in(list(args)) or tensors_in(kwargs)):
+        return 0
+    try:
+        result = func(*_on_meta(list(args)), **_on_meta(kwargs))
+    except Exception:  # data-dependent (nonzero, item) or not implemented on meta
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
+
+
+def _hold(recorder: _Recorder, tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> None:
+    """Count the storages of ``tensors``, except those of ``inputs`` (a view or an in-place result adds nothing).
+
+    Nothing is subtracted and addresses are not remembered across calls (a freed address can be reused by a new
+    tensor), so the count never falls below what the pass holds."""
+    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            recorder.held_bytes += storage.nbytes()
+
+
 def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = False) -> Any:
     """The table's shape rule on meta tensors, or NotImplemented to run torch's own kernel."""
     import torch
@@ -179,7 +223,12 @@ def _function_mode(recorder: _Recorder) -> Any:
                 recorder.current_op, recorder.current_call = name, (args, kwargs)
             result = _fast_result(spec, call, recorder.exact_checked_shapes)
             if result is NotImplemented:
+                if recorder.guard is not None:
+                    where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
+                    recorder.guard(recorder.held_bytes, _result_bytes_on_meta(func, args, kwargs), where)
                 result = func(*args, **kwargs)
+                if recorder.guard is not None:
+                    _hold(recorder, tensors_in(result), tensors_in(list(args)) + tensors_in(kwargs))
             recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
@@ -337,30 +386,69 @@ def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
         model.train(was_training)
 
 
-def _failure(recorder: _Recorder, exc: BaseException) -> ForwardError:
-    """A one-line error naming the layer (or the operation) that was running and the shape it got."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _raising_call(recorder: _Recorder, exc: BaseException, root: Any) -> _Call | None:
+    """The module call whose code raised ``exc``: the innermost frame of its traceback that runs a method of one
+    of the model's modules (its forward, or torch's call machinery around it). None when that is the model itself
+    (its own forward raised) or no module's code is in the traceback."""
+    import traceback
+
+    running = {id(call.module): call for call in recorder.stack}
+    raising: _Call | None = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is root:
+            raising = None
+        elif id(owner) in running and running[id(owner)].module is owner:
+            raising = running[id(owner)]
+    return raising
+
+
+def _too_small(geometry: Geometry | None, shape: Shape) -> str | None:
+    """The output size ('0x0', '-2x-2') a windowed operation would give at input ``shape``, when it is below 1."""
+    if geometry is None or not geometry.kind.has_window or len(shape) < geometry.rank + 1:
+        return None
+    spatial = shape[len(shape) - geometry.rank:]
+    check = check_layer(geometry, spatial, spatial)
+    if check is not None and min(check.expected) < 1:
+        return "x".join(map(str, check.expected))
+    return None
+
+
+def _failure(recorder: _Recorder, exc: BaseException, root: Any, input_shapes: tuple[Shape, ...]) -> ForwardError:
+    """A one-line error naming the module (or the operation) whose code raised and the shape it got.
+
+    The module is found in the traceback, never guessed from the last layer that finished. An input too small is
+    told by the layer's own arithmetic (its output would have a size below 1), never by the words of a message.
+    """
+    reason = first_line(str(exc)) or type(exc).__name__
+    raising = _raising_call(recorder, exc, root)
+    scope = raising.name if raising is not None else MODEL_FORWARD
     if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
-        scope = recorder.stack[-1].name if recorder.stack else "the model's forward"
         args, kwargs = recorder.current_call
-        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors_in(list(args)) + tensors_in(kwargs))
+        tensors = tensors_in(list(args)) + tensors_in(kwargs)
+        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors)
+        spec = op_for_function(recorder.current_op)
+        try:
+            geometry = spec.geometry(Call(None, tuple(args), kwargs))[0] if spec is not None else None
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+            geometry = None
+        size = _too_small(geometry, shape_of(tensors[0])) if tensors else None
+        if size is not None:
+            return InputTooSmallError(f"input too small: {recorder.current_op} in {scope} with input {shapes} would "
+                                      f"give an output of {size}")
         return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
-    running = recorder.stack[-1] if recorder.stack else (recorder.calls[-1] if recorder.calls else None)
-    if running is None:
-        return ForwardError(f"forward pass failed before any layer ran: {reason}")
-    shape = running.input_shapes[0] if running.input_shapes else ()
-    where = f"{running.name} ({type(running.module).__name__})"
+    if raising is None:
+        where = f"{MODEL_FORWARD} ({type(root).__name__})"
+        if input_shapes:
+            where += f" with input {'x'.join(map(str, input_shapes[0]))}"
+        return ForwardError(f"forward pass failed in {where}: {reason}")
+    shape = raising.input_shapes[0] if raising.input_shapes else ()
+    where = f"{raising.name} ({type(raising.module).__name__})"
     if shape:
         where += f" with input {'x'.join(map(str, shape))}"
-    geometry = running.geometry
-    if geometry is not None and geometry.kind.has_window and len(shape) >= geometry.rank + 1:
-        spatial = shape[len(shape) - geometry.rank:]
-        check = check_layer(geometry, spatial, spatial)
-        if check is not None and min(check.expected) < 1:
-            size = "x".join(map(str, check.expected))
-            return InputTooSmallError(f"input too small: {where} would give an output of {size}")
-    if "too small" in reason or "greater than" in reason:
-        return InputTooSmallError(f"input too small: {reason} at {where}")
+    size = _too_small(raising.geometry, shape)
+    if size is not None:
+        return InputTooSmallError(f"input too small: {where} would give an output of {size}")
     return ForwardError(f"forward pass failed in {where}: {reason}")
 
 
@@ -423,11 +511,12 @@ def _feature_modules(model: Any) -> tuple[str, ...]:
 
 
 def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", device: str = "meta",
-                exact_checked_shapes: bool = False) -> Capture:
+                exact_checked_shapes: bool = False, guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Run one instrumented forward pass of a structural copy of ``model`` on ``inputs``.
 
     ``exact_checked_shapes`` takes the output shape of every windowed operation from torch's own kernels (the
-    observed side of `verify`), not from the table's fast shape rules.
+    observed side of `verify`), not from the table's fast shape rules. ``guard`` (for a pass on real tensors) is
+    asked before each operation whether its result still fits (see ``_Recorder.guard``).
     """
     import torch
 
@@ -438,15 +527,20 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     modes = {module: module.training for module in working.modules()}
     working.eval()
     recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
-                         exact_checked_shapes=exact_checked_shapes)
+                         exact_checked_shapes=exact_checked_shapes, guard=guard)
     placed = inputs.on(device)
+    if guard is not None:
+        _hold(recorder, [*working.parameters(), *working.buffers(),
+                         *tensors_in(list(placed.args)), *tensors_in(placed.kwargs)])
     first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
     element_size = first.element_size() if first is not None else 4
     try:
         with torch.no_grad(), _instrumented(working, recorder):
             output = working(*placed.args, **placed.kwargs)
+    except InspectError:  # the guard's refusal, not the model's failure
+        raise
     except Exception as exc:  # the model's own code may raise anything
-        error = _failure(recorder, exc)
+        error = _failure(recorder, exc, working, placed.shapes)
         error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
                                    for shape in node.output_shapes)
         raise error from exc
@@ -545,11 +639,13 @@ def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_siz
 
 
 def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", exact_checked_shapes: bool = False,
-                   before_real_pass: Callable[[int], None] | None = None) -> Capture:
+                   real_pass_guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Capture ``model`` on the meta device; fall back to real CPU tensors if its forward needs values.
 
-    ``before_real_pass`` is told, before that fallback allocates anything, about how many bytes it will take:
-    the weights, the inputs and twice what the meta pass had produced when it stopped (a lower bound).
+    ``real_pass_guard(held_bytes, next_bytes, where)`` is asked before that fallback allocates anything (the
+    weights and inputs held, what the meta pass had produced to come, ``where`` empty), then before each operation
+    of the real pass (see ``_Recorder.guard``): what the pass holds is bounded from above at every step, so a
+    model that reads a value early cannot pass with the little the meta pass saw.
     """
     try:
         return run_capture(model, inputs, model_name, device="meta", exact_checked_shapes=exact_checked_shapes)
@@ -558,11 +654,12 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", 
     except ForwardError as error:
         if not any(marker in str(error) for marker in _META_LIMITATIONS):
             raise
-        if before_real_pass is not None:
+        if real_pass_guard is not None:
             weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
             given = sum(t.numel() * t.element_size() for t in tensors_in(list(inputs.args)) + tensors_in(inputs.kwargs))
-            before_real_pass(weights + given + 2 * getattr(error, "recorded_bytes", 0))
-        return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes)
+            real_pass_guard(weights + given, getattr(error, "recorded_bytes", 0), "")
+        return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes,
+                           guard=real_pass_guard)
 
 
 def size_inputs(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,

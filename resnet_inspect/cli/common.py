@@ -15,6 +15,16 @@ from typing import Any, NoReturn
 from typer.core import TyperGroup
 
 from resnet_inspect.errors import BadInputError, InspectError
+from resnet_inspect.limits import (  # noqa: F401  (MAX_COUNT and the others are part of this module's interface)
+    MAX_COUNT,
+    MAX_ERF_SAMPLES,
+    MAX_INPUT_SIZE,
+    MAX_REPEAT,
+    MAX_WARMUP,
+    check_option,
+    check_optional,
+)
+from resnet_inspect.names import first_line, printable, strip_controls
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -25,11 +35,6 @@ DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
 DEBUG_VALUES = ("1", "true", "yes", "on")
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a process killed by SIGPIPE reports: `set -o pipefail; ... | head` expects it
-MAX_INPUT_SIZE = 65536
-MAX_COUNT = 1 << 20  # the largest batch size, channel count or class count accepted
-MAX_WARMUP = 10_000  # untimed passes
-MAX_REPEAT = 100_000  # timed passes
-MAX_ERF_SAMPLES = 1_000  # each is a forward and a backward pass
 PIPE_WIDTH = 240
 
 
@@ -51,8 +56,8 @@ class SummaryFormat(StrEnum):
 
 
 def one_line(message: str) -> str:
-    """The first line of ``message`` with its runs of white space collapsed."""
-    return " ".join(message.strip().split("\n")[0].split())
+    """The first line of ``message`` that says something, its runs of white space collapsed (see ``first_line``)."""
+    return first_line(message)
 
 
 def debug_enabled() -> bool:
@@ -64,7 +69,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line on stderr and exit."""
     import typer
 
-    typer.echo(f"error: {one_line(message)}", err=True)
+    typer.echo(f"error: {strip_controls(one_line(message))}", err=True)
     raise typer.Exit(code)
 
 
@@ -103,7 +108,7 @@ def user_errors() -> Iterator[None]:
         if isinstance(exc, MemoryError) or _is_allocation_failure(exc):
             fail(f"out of memory{_requested_bytes(exc)}: try a smaller input size or batch size")
         hint = "" if debug_enabled() else f" (set {DEBUG_VARIABLE}=1 for the traceback)"
-        fail(f"{type(exc).__name__}: {exc}{hint}")
+        fail(f"{type(exc).__name__}: {one_line(str(exc))}{hint}")
     finally:
         _report_stream.reset(token)
 
@@ -178,15 +183,11 @@ def _one_line_usage_errors() -> Iterator[None]:
         fail(f"{one_line(exc.format_message())}{help_hint}", exc.exit_code)
 
 
-def parse_positive(text: str, what: str, maximum: int = MAX_INPUT_SIZE) -> int:
+def parse_count(text: str, option: str, name: str) -> int:
+    """A count given as text (``-i``, ``-b``), checked against the limit of ``option`` (see ``limits``)."""
     if not re.fullmatch(r"\s*\d+\s*", text or ""):
-        raise BadInputError(f"{what} must be a positive integer, got '{text}'")
-    value = int(text)
-    if value <= 0:
-        raise BadInputError(f"{what} must be positive, got {value}")
-    if value > maximum:
-        raise BadInputError(f"{what} {value} is larger than the maximum {maximum}")
-    return value
+        raise BadInputError(f"{name} must be a positive integer, got '{text}'")
+    return check_option(option, int(text), name)
 
 
 def parse_input_size(text: str) -> int | tuple[int, ...]:
@@ -194,7 +195,7 @@ def parse_input_size(text: str) -> int | tuple[int, ...]:
     parts = text.strip().lower().split("x")
     if len(parts) not in (1, 2, 3) or not all(parts):
         raise BadInputError(f"input size must look like 224, 224x320 or 16x112x112, got '{text}'")
-    sizes = [parse_positive(part, "input size") for part in parts]
+    sizes = [parse_count(part, "input_size", "input size") for part in parts]
     return sizes[0] if len(sizes) == 1 else tuple(sizes)
 
 
@@ -213,7 +214,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 def parse_batch_size(text: str) -> int:
     """One --batch-size value."""
-    return parse_positive(text, "batch size", maximum=MAX_COUNT)
+    return parse_count(text, "batch_size", "batch size")
 
 
 def resolve_size(model: str, input_size: str | None) -> int | tuple[int, ...]:
@@ -225,18 +226,15 @@ def resolve_size(model: str, input_size: str | None) -> int | tuple[int, ...]:
 
 def check_model_options(in_channels: int | None, num_classes: int | None) -> None:
     """--in-channels and --num-classes, when given, must be positive (torch would say something obscure)."""
-    for value, option in ((in_channels, "--in-channels"), (num_classes, "--num-classes")):
-        if value is not None:
-            parse_positive(str(value), option, maximum=MAX_COUNT)
+    check_optional("in_channels", in_channels, "--in-channels")
+    check_optional("num_classes", num_classes, "--num-classes")
 
 
-def check_timing_options(warmup: int, repeat: int) -> None:
-    """--warmup must be 0 to MAX_WARMUP and --repeat 1 to MAX_REPEAT (a huge count would never finish)."""
-    if warmup < 0:
-        raise BadInputError(f"--warmup must be 0 or more, got {warmup}")
-    if warmup > MAX_WARMUP:
-        raise BadInputError(f"--warmup {warmup} is larger than the maximum {MAX_WARMUP}")
-    parse_positive(str(repeat), "--repeat", maximum=MAX_REPEAT)
+def check_timing_options(warmup: int, repeat: int, threads: int | None = None) -> None:
+    """--warmup, --repeat and --threads within their limits (a huge count would never finish)."""
+    check_option("warmup", warmup, "--warmup")
+    check_option("repeat", repeat, "--repeat")
+    check_optional("threads", threads, "--threads")
 
 
 def check_output_path(output: Path | None) -> None:
@@ -346,7 +344,7 @@ def emit(report: Any, fmt: OutputFormat | SummaryFormat | str, output: Path | No
             for renderable in rich_renderables(report):
                 console.print(renderable)
         else:
-            stream.write(render(report, fmt_name))
+            stream.write(printable(render(report, fmt_name)))
         stream.flush()
     except BrokenPipeError:
         raise

@@ -8,7 +8,6 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
-    MAX_INPUT_SIZE,
     OutputFormat,
     SummaryFormat,
     check_model_options,
@@ -29,6 +28,7 @@ from resnet_inspect.cli.options import (
     SummaryFormatOption,
 )
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.limits import MAX_INPUT_SIZE, check_optional
 
 
 def summary_command(
@@ -55,8 +55,7 @@ def summary_command(
         size = resolve_size(model, input_size)
         batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
-        if depth is not None and depth < 1:
-            raise BadInputError(f"--depth must be at least 1, got {depth}")
+        check_optional("depth", depth, "--depth")
         if time:  # an unavailable device fails before the capture, not after it
             from resnet_inspect.analysis.timing import resolve_device
 

@@ -9,14 +9,12 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
-    MAX_ERF_SAMPLES,
     OutputFormat,
     check_distinct_outputs,
     check_model_options,
     check_output_path,
     check_plot_path,
     emit,
-    parse_positive,
     resolve_size,
     user_errors,
 )
@@ -29,6 +27,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.limits import check_option
 from resnet_inspect.render.files import check_png_name, write_output
 
 CheckOption = typer.Option(
@@ -67,7 +66,7 @@ def rf_command(
         check_output_path(png)
         check_plot_path(plot)
         check_model_options(in_channels, num_classes)
-        parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
+        check_option("erf_samples", erf_samples, "--erf-samples")
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
         from resnet_inspect.pipeline.rf import load_rf_model, rf_report, weights_label

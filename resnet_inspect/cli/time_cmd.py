@@ -14,7 +14,6 @@ from resnet_inspect.cli.common import (
     check_timing_options,
     emit,
     parse_batch_sizes,
-    parse_positive,
     progress_bar,
     resolve_size,
     user_errors,
@@ -59,9 +58,7 @@ def time_command(
         check_output_path(output)
         batches = parse_batch_sizes(batch_sizes)
         size = resolve_size(model, input_size)
-        check_timing_options(warmup, repeat)
-        if threads is not None:
-            parse_positive(str(threads), "--threads", maximum=4096)
+        check_timing_options(warmup, repeat, threads)
         check_model_options(in_channels, None)
         from resnet_inspect.analysis.timing import check_dtype, resolve_device
         from resnet_inspect.pipeline.timing import phase_runs, timing_report

@@ -10,6 +10,7 @@ from typing import TypeVar
 from torch import nn
 
 from resnet_inspect.errors import ModelNotFoundError
+from resnet_inspect.limits import check_optional
 
 ModelFactory = Callable[..., nn.Module]
 FactoryT = TypeVar("FactoryT", bound=ModelFactory)
@@ -60,9 +61,13 @@ def list_models() -> list[str]:
 def get_model(name: str, **kwargs: object) -> nn.Module:
     """Build the model registered as ``name``; ``kwargs`` (``in_channels``, ``num_classes``) go to its factory.
 
-    An unknown name raises ``ModelNotFoundError`` (a ``ValueError``) that suggests the closest names.
+    An unknown name raises ``ModelNotFoundError`` (a ``ValueError``) that suggests the closest names; a channel or
+    class count out of range a ``BadInputError`` (a ``ValueError`` too), with the command line's message.
     """
-    return _entry(name).factory(**kwargs)
+    entry = _entry(name)
+    for option in ("in_channels", "num_classes"):
+        check_optional(option, kwargs.get(option))
+    return entry.factory(**kwargs)
 
 
 def model_spec(name: str) -> ModelSpec:

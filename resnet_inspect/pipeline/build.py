@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.checks import check_nodes
@@ -88,7 +88,7 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                           input_data=input_data)
     given = input_shapes is not None or input_data is not None
     try:
-        return capture_inputs(model, inputs, model_name, exact_checked_shapes, _guard_real_pass)
+        return capture_inputs(model, inputs, model_name, exact_checked_shapes, _real_pass_guard())
     except InputTooSmallError as error:
         if given:
             raise
@@ -104,12 +104,22 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                              exact_checked_shapes=exact_checked_shapes)
 
 
-def _guard_real_pass(needed_bytes: int) -> None:
-    """The capture's fallback to real tensors allocates: refuse before it when the memory is not there."""
-    from resnet_inspect.analysis.memory import ensure_fits
+def _real_pass_guard() -> Callable[[int, int, str], None]:
+    """The capture's fallback to real tensors allocates: it is refused, before each operation, when what it holds
+    and the operation's result (with the kernels' own copies) exceed the memory available when it started."""
+    from resnet_inspect.analysis.memory import KERNEL_OVERHEAD, available_memory_bytes, ensure_fits
 
-    ensure_fits(needed_bytes, "the forward pass on real tensors (the model reads tensor values, so the meta "
-                "device cannot stand in for them)", "lower --input-size or --batch-size")
+    available: list[int | None] = []  # read once, at the first question: the pass's own use must not count twice
+
+    def guard(held_bytes: int, next_bytes: int, where: str) -> None:
+        if not available:
+            available.append(available_memory_bytes())
+        ensure_fits(held_bytes + KERNEL_OVERHEAD * next_bytes,
+                    f"the forward pass on real tensors{f' up to {where}' if where else ''} (the model reads tensor "
+                    "values, so the meta device cannot stand in for them)", "lower --input-size or --batch-size",
+                    available_bytes=available[0])
+
+    return guard
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from resnet_inspect.names import printable, strip_controls
 from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
 
 PASS_MARK, FAIL_MARK = "✓", "✗"  # the check marks of the tables
@@ -29,16 +31,28 @@ def render_json(report: Report) -> str:
 _GROUPED_NUMBER = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 _RATIO_SUFFIX = re.compile(r"\s+x[\d,.]+$")  # "12.30  x1.05": the ratio to the first row, shown in tables only
 _CHECK_WORDS = {PASS_MARK: "ok", FAIL_MARK: "failed"}
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# What a spreadsheet runs as a formula when a text cell starts with it (OWASP's CSV injection rule).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading ``'``; numbers (-1)
+    stay numbers."""
+    if text.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(text):
+        return f"'{text}"
+    return text
 
 
 def csv_value(cell: Cell | str) -> Any:
-    """A cell as CSV holds it: numbers without thousands separators, check marks as ok / failed."""
+    """A cell as CSV holds it: numbers without thousands separators, check marks as ok / failed, text that a
+    spreadsheet would run as a formula neutralised."""
     if isinstance(cell, Cell) and cell.data is not None:
-        return cell.data
+        return csv_text(cell.data) if isinstance(cell.data, str) else cell.data
     text = _RATIO_SUFFIX.sub("", cell_text(cell))
     if text[:1] in _CHECK_WORDS:
         return _CHECK_WORDS[text[0]]
-    return text.replace(",", "") if _GROUPED_NUMBER.fullmatch(text) else text
+    return text.replace(",", "") if _GROUPED_NUMBER.fullmatch(text) else csv_text(text)
 
 
 def render_csv(report: Report) -> str:
@@ -52,7 +66,7 @@ def render_csv(report: Report) -> str:
             if position:
                 buffer.write("\n")
             buffer.write(f"# {table.title}\n")
-        writer.writerow([f"{column.header} ({column.unit})" if column.unit else column.header
+        writer.writerow([csv_text(f"{column.header} ({column.unit})" if column.unit else column.header)
                          for column in table.columns])
         for row in table.rows:
             writer.writerow([csv_value(cell) for cell in row])
@@ -60,31 +74,43 @@ def render_csv(report: Report) -> str:
 
 
 def _markdown_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text as Markdown shows it literally: raw HTML escaped, ``|`` (a new table cell) escaped, each line break
+    a ``<br>`` (a newline would end the table row)."""
+    escaped = html.escape(text, quote=False).replace("|", "\\|")
+    return "<br>".join(escaped.splitlines())
 
 
 def render_markdown(report: Report) -> str:
     document = report.document()
     lines: list[str] = []
     for table in document.tables:
-        lines += [f"### {table.title}", ""]
+        lines += [f"### {_markdown_escape(table.title)}", ""]
         lines.append("| " + " | ".join(_markdown_escape(c.header) for c in table.columns) + " |")
         align = {"left": ":---", "right": "---:", "center": ":---:"}
         lines.append("|" + "|".join(align[c.justify] for c in table.columns) + "|")
         for row in table.rows:
             lines.append("| " + " | ".join(_markdown_escape(cell_text(cell)) for cell in row) + " |")
         lines.append("")
-        lines += [f"- {line}" for line in table.footer]
+        lines += [f"- {_markdown_escape(line)}" for line in table.footer]
         if table.footer:
             lines.append("")
-    lines += [f"> {note}" for note in document.notes]
+    lines += [f"> {_markdown_escape(note)}" for note in document.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def terminal_text(text: str) -> str:
+    """Text a terminal shows as it is: no control sequences, valid UTF-8."""
+    return strip_controls(printable(text))
+
+
 def rich_renderables(report: Report) -> list[Any]:
-    """Rich objects for the terminal: one Table per document table, then totals and notes."""
+    """Rich objects for the terminal: one Table per document table, then totals and notes (names without control
+    sequences)."""
     from rich.table import Table as RichTable
     from rich.text import Text
+
+    def text(content: str, **style: Any) -> Text:
+        return Text(terminal_text(content), **style)
 
     document = report.document()
     renderables: list[Any] = []
@@ -94,15 +120,15 @@ def rich_renderables(report: Report) -> list[Any]:
         # a title holds model names and paths, and rich would read `[/x]` or `:rocket:` in a str as markup.
         # Columns fold instead of cutting a cell with an ellipsis, so a narrow terminal never shows a shortened
         # number.
-        renderables.append(Text(table.title, style="table.title", overflow="fold"))
+        renderables.append(text(table.title, style="table.title", overflow="fold"))
         rich_table = RichTable(header_style="bold", show_lines=False)
         for column in table.columns:
-            rich_table.add_column(Text(column.header), justify=column.justify, overflow="fold")
+            rich_table.add_column(text(column.header), justify=column.justify, overflow="fold")
         for row in table.rows:
-            rich_table.add_row(*(Text(cell_text(cell), style=cell_style(cell) or "") for cell in row))
+            rich_table.add_row(*(text(cell_text(cell), style=cell_style(cell) or "") for cell in row))
         renderables.append(rich_table)
-        renderables += [Text(line) for line in table.footer]
-    renderables += [Text(note, style="yellow") for note in document.notes]
+        renderables += [text(line) for line in table.footer]
+    renderables += [text(note, style="yellow") for note in document.notes]
     return renderables
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.names import printable
 
 STDOUT = "-"
 
@@ -135,8 +136,9 @@ def check_png_name(path: Path | str | None, option: str = "--png") -> None:
 
 
 def write_output(path: Path | str, data: str | bytes) -> None:
-    """Write ``data`` (text is UTF-8) to ``path`` as the module docstring says; BadInputError on failure."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    """Write ``data`` to ``path`` as the module docstring says; BadInputError on failure. Text is UTF-8, and the
+    bytes of a file name that were not UTF-8 are shown as ``\\xNN``."""
+    payload = printable(data).encode("utf-8") if isinstance(data, str) else data
     if is_stdout(path):
         _write_stdout(payload)
         return

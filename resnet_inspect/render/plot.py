@@ -6,8 +6,9 @@ no global state, no display needed). Every picture is returned as bytes for one 
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,20 @@ def plot_format(path: Path) -> str:
     if suffix not in PLOT_FORMATS:
         raise BadInputError(f"cannot draw {path}: the picture's name must end in .png, .svg or .pdf")
     return suffix
+
+
+def _plain_text(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build a figure whose every text is drawn as it is: a model name such as ``$\\alpha$`` or ``cost$\\frac{$``
+    reaches no math-text parser (matplotlib reads ``$...$`` as TeX when a text is made)."""
+
+    @functools.wraps(build)
+    def plain(*args: Any, **kwargs: Any) -> Figure:
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False}):
+            return build(*args, **kwargs)
+
+    return plain
 
 
 def figure_bytes(figure: Figure, fmt: str) -> bytes:
@@ -209,6 +224,7 @@ def _erf_panel(figure: Figure, axes: Axes, rf: Mapping[str, Any], mass: Sequence
                    f"weights {erf['weights']}", fontsize=9)
 
 
+@_plain_text
 def rf_figure(rf: Mapping[str, Any], mass: Sequence[Sequence[float]] | None = None) -> Figure:
     """The input to scale with each stage's centre-unit field as nested boxes; beside it the ERF when given.
 
@@ -258,6 +274,7 @@ def _panel_value(row: Mapping[str, Any], key: str, scale: float) -> float | None
     return None if value is None else value * scale
 
 
+@_plain_text
 def compare_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """Parameters, MACs, activation memory and receptive field, one panel each, against depth.
 

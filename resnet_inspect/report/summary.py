@@ -20,6 +20,8 @@ from resnet_inspect.report.view import ReportView, SummaryView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
+    import os
+
     from resnet_inspect.analysis.checks import LayerCheck
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
@@ -271,16 +273,19 @@ class SummaryReport(SummaryView):
             notes=self._notes(),
         )
 
-    def to_html(self) -> str:
+    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """One self-contained HTML page: the layer tree (every layer, expanded down to ``max_depth``), the totals,
-        the receptive-field picture and MACs and parameters per stage."""
+        the receptive-field picture and MACs and parameters per stage; also written to ``path`` as ``-o`` writes
+        it, when one is given."""
         from dataclasses import replace
 
         from resnet_inspect.render.html import summary_html
         from resnet_inspect.report.rf import RfReport
+        from resnet_inspect.report.view import written
 
         rf = RfReport(self.model, self.capture.input_shape, self.fields).to_dict() if self.fields else None
-        return summary_html(self.to_dict(), replace(self, max_depth=None).document(), rf, self.max_depth)
+        return written(summary_html(self.to_dict(), replace(self, max_depth=None).document(), rf, self.max_depth),
+                       path)
 
     def _relative_name(self, layer: LayerRecord) -> str:
         """The name below the enclosing call's: `layers.0` under `encoder` (ModuleLists make no call of their own)."""

@@ -7,7 +7,6 @@ to what the report holds, only ways to read it. ``SummaryView`` adds the queries
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -51,19 +50,14 @@ def document_html(document: Document) -> str:
     return "\n".join(parts)
 
 
-def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed into place."""
-    import tempfile
+def written(text: str, path: str | os.PathLike[str] | None) -> str:
+    """``text``, also written to ``path`` when one is given, exactly as the command line's ``-o`` writes it: whole
+    or not at all, through links, never replacing a device (see ``render.files.write_output``)."""
+    if path is not None:
+        from resnet_inspect.render.files import write_output
 
-    target = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        write_output(path if path == "-" else Path(path), text)  # "-" is standard output, as for -o
+    return text
 
 
 class ReportView:
@@ -100,11 +94,22 @@ class ReportView:
         return document_html(self.document())
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The JSON of ``--format json``; also written to ``path`` (whole or not at all) when one is given."""
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        if path is not None:
-            write_text_atomically(path, text)
-        return text
+        """The JSON of ``--format json``; also written to ``path`` as ``-o`` writes it, when one is given."""
+        from resnet_inspect.render import render_json
+
+        return written(render_json(self), path)
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The CSV of ``--format csv``; also written to ``path`` as ``-o`` writes it, when one is given."""
+        from resnet_inspect.render import render_csv
+
+        return written(render_csv(self), path)
+
+    def to_markdown(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The Markdown of ``--format markdown``; also written to ``path`` as ``-o`` writes it, when one is given."""
+        from resnet_inspect.render import render_markdown
+
+        return written(render_markdown(self), path)
 
     def records(self) -> list[dict[str, Any]]:
         """The report's rows as JSON objects: its layers, stages or results, or the whole report as one row."""
