@@ -281,6 +281,8 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
                    for number, size, phase, layer in tracker.events)
     state_bytes = sum(event.bytes for event in events if event.kind == STATE and event.bytes > 0)
     gradient_bytes = sum(event.bytes for event in events if event.kind == GRADIENT and event.bytes > 0)
+    if backward_error is not None:  # what the backward would have made: a gradient per trainable parameter
+        gradient_bytes = sum(p.numel() * p.element_size() for p in trainable)
     layer_saved: dict[int, int] = {}
     for _number, size, layer in kept.values():
         if layer is not None:
