@@ -181,8 +181,14 @@ def _autocast(amp: str | None, device: str) -> Any:
     return arguments
 
 
+# Functions of torch.nn.functional that call others of the module by their global names: a function mode cannot
+# see those calls, so while one runs, the names it calls are bound to the kernel hook (and put back after).
+_COMPOSITES = {"multi_head_attention_forward": ("scaled_dot_product_attention", "linear")}
+
+
 def _kernels(options: TrainOptions) -> Any:
-    """The capture's kernel hook: autocast's casts, then attention as the device would run it."""
+    """The capture's kernel hook: autocast's casts, then attention as the device would run it (inside
+    ``F.multi_head_attention_forward`` too)."""
     attention = _sdpa_kernel(options.device)
     autocast = _autocast(options.amp, options.device)
 
@@ -191,12 +197,35 @@ def _kernels(options: TrainOptions) -> Any:
             cast = autocast(name, args, kwargs)
             if cast is not None:
                 args, kwargs = cast
-                result = attention(name, func, args, kwargs)
-                return func(*args, **kwargs) if result is NotImplemented else result
-        return attention(name, func, args, kwargs)
+        result = attention(name, func, args, kwargs)
+        if result is not NotImplemented:
+            return result
+        if name in _COMPOSITES:
+            with _inner_calls(_COMPOSITES[name], kernel):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
     kernel.autocast = autocast  # type: ignore[attr-defined]
     return kernel
+
+
+@contextmanager
+def _inner_calls(names: tuple[str, ...], kernel: Any) -> Iterator[None]:
+    """Route torch.nn.functional's own calls of ``names`` through ``kernel`` for the duration."""
+    import torch.nn.functional as functional
+
+    originals = {name: getattr(functional, name) for name in names}
+
+    def routed(name: str, original: Any) -> Any:
+        return lambda *args, **kwargs: kernel(name, original, args, kwargs)
+
+    try:
+        for name, original in originals.items():
+            setattr(functional, name, routed(name, original))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(functional, name, original)
 
 
 def _sdpa_kernel(device: str) -> Any:
