@@ -64,7 +64,7 @@ def time_command(
             parse_positive(str(threads), "--threads", maximum=4096)
         check_model_options(in_channels, None)
         from resnet_inspect.analysis.timing import check_dtype, resolve_device
-        from resnet_inspect.report.timing import phase_runs, timing_report
+        from resnet_inspect.pipeline.timing import phase_runs, timing_report
 
         resolved = resolve_device(device)
         check_dtype(resolved, dtype.value)
