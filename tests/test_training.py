@@ -261,8 +261,8 @@ PEAK_CASES = [
     ("resnet18", (8, 3, 224, 224), "adamw"),
     ("resnet50", (8, 3, 224, 224), "momentum"),
     ("resnet50", (8, 3, 224, 224), "adamw"),
-    ("tests/fixtures/real_models.py:vit", (256, 3, 64, 64), "adamw"),
-    ("tests/fixtures/real_models.py:cbam_net", (64, 3, 64, 64), "adamw"),
+    ("tests/fixtures/real_models.py:vit", (512, 3, 64, 64), "adamw"),
+    ("tests/fixtures/real_models.py:cbam_net", (512, 3, 64, 64), "adamw"),
 ]
 
 
