@@ -95,8 +95,10 @@ def step_memory(training: TrainingCapture, shard: int = 1) -> StepMemory:
     for event in training.events:
         if event.kind == "state":  # resident from the start of a step once the optimizer has run once
             continue
-        live += event.bytes if event.kind != "gradient" else _ceil_div(abs(event.bytes), shard) * (
-            1 if event.bytes > 0 else -1)
+        size = event.bytes
+        if event.kind == "gradient":  # each device keeps its shard of every gradient
+            size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
+        live += size
         if live > highest:
             highest, phase, layer = live, event.phase, event.layer
     peak = None if training.backward_error else resident + highest + gathered

@@ -101,9 +101,12 @@ class _Tracker:
         self.live: dict[int, tuple[int, int]] = {}  # id(storage) -> (allocation number, bytes)
         self.events: list[tuple[int, int, str, str]] = []  # (allocation number, +/- bytes, phase, layer)
         self.phase, self.layer = FORWARD, ""
+        self.follow: Any = None  # during the forward: a function naming the innermost layer running
         self.count = 0
 
     def track(self, tensor: Any) -> None:
+        if self.follow is not None:
+            self.layer = self.follow()
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self.live or key in self.resident:
@@ -472,8 +475,10 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     amp = options.amp
     with _tracking_mode(tracker, _fast_meta(options.device)), _backward_labels(working, tracker):
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                instrumented_forward(working, recorder, placed), _forward_layer_follower(recorder, tracker):
+                instrumented_forward(working, recorder, placed):
+            tracker.follow = lambda: recorder.stack[-1].name if recorder.stack else ""
             output = working(*placed.args, **placed.kwargs)
+        tracker.follow = None
         if kernels.autocast is not None:  # autocast lets its cast weights go when the forward ends
             kernels.autocast.cache.clear()
         capture = assemble_capture(working, recorder, inputs, placed, output, model_name, "meta")
@@ -534,22 +539,6 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         gradient_bytes=gradient_bytes, state_bytes=state_bytes, largest_layer=largest.name if largest else "",
         largest_layer_bytes=largest_bytes, events=events, backward_error=backward_error,
     )
-
-
-@contextmanager
-def _forward_layer_follower(recorder: Any, tracker: _Tracker) -> Iterator[None]:
-    """During the forward, ``tracker.layer`` follows the innermost module call running."""
-    original = tracker.track
-
-    def track(tensor: Any) -> None:
-        tracker.layer = recorder.stack[-1].name if recorder.stack else ""
-        original(tensor)
-
-    tracker.track = track  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        tracker.track = original  # type: ignore[method-assign]
 
 
 __all__ = ["AMP_DTYPES", "DTYPES", "OPTIMIZERS", "TrainOptions", "optimizer_step", "run_training_pass"]
