@@ -3,6 +3,9 @@
 - `resnet-inspect summary resnet50 --format json` against a bare `python -c "import torch"`: at most 1.15x;
 - `resnet-inspect summary benchmarks/patterns.py:backbone --format json` (ConvNeXt stages, SE gates, attention)
   against importing torch and that file and building the model: at most 1.2x;
+- `resnet-inspect summary tests/fixtures/attention_models.py:swin_windows -i 64 --format json` (two Swin stages:
+  window partitions, shifted windows by roll, patch merging) against importing torch and that file and building
+  the model: at most 1.2x;
 - `resnet-inspect list` against `import torch`: at most 0.5 s more;
 - `resnet-inspect summary resnet50 --train --format json` (one training step on the meta device) against
   `resnet-inspect summary resnet50 --format json`: at most 1.3x.
@@ -11,6 +14,7 @@ Every run is a fresh process (a cold start); each pair runs alternately, the ord
 drift in machine speed hits both. Prints every round, the medians and the ratios; exits 1 when one misses.
 
     python benchmarks/bench_table.py --rounds 7
+    python benchmarks/bench_table.py --rounds 7 --only "summary swin"
     python benchmarks/bench_table.py --rounds 7 --only "summary resnet50 --train"
 """
 
@@ -22,14 +26,21 @@ import sys
 
 from _child import load_average, resnet_inspect_command, run_child
 
-BUILD_PATTERNS = ("import importlib.util, torch; spec = importlib.util.spec_from_file_location('patterns', "
-                  "'benchmarks/patterns.py'); module = importlib.util.module_from_spec(spec); "
-                  "spec.loader.exec_module(module); module.backbone()")
+
+def build_command(path: str, factory: str) -> str:
+    """Import torch and the file, build the model: what a user does before any tool runs."""
+    return (f"import importlib.util, torch; spec = importlib.util.spec_from_file_location('models', '{path}'); "
+            f"module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); module.{factory}()")
+
+
+SWIN = "tests/fixtures/attention_models.py"
 PAIRS = {
     "summary resnet50": (resnet_inspect_command("summary", "resnet50", "--format", "json"),
                          [sys.executable, "-c", "import torch"], "ratio", 1.15),
     "summary patterns": (resnet_inspect_command("summary", "benchmarks/patterns.py:backbone", "--format", "json"),
-                         [sys.executable, "-c", BUILD_PATTERNS], "ratio", 1.2),
+                         [sys.executable, "-c", build_command("benchmarks/patterns.py", "backbone")], "ratio", 1.2),
+    "summary swin": (resnet_inspect_command("summary", f"{SWIN}:swin_windows", "-i", "64", "--format", "json"),
+                     [sys.executable, "-c", build_command(SWIN, "swin_windows")], "ratio", 1.2),
     "list": (resnet_inspect_command("list"), [sys.executable, "-c", "import torch"], "extra seconds", 0.5),
     "summary resnet50 --train": (resnet_inspect_command("summary", "resnet50", "--train", "--format", "json"),
                                  resnet_inspect_command("summary", "resnet50", "--format", "json"), "ratio", 1.3),
@@ -44,7 +55,7 @@ def main() -> int:
     print(f"load average {load_average()}; {args.rounds} rounds per pair")
     missed = False
     for label, (ours, reference, measure, target) in PAIRS.items():
-        if args.only is not None and label != args.only:
+        if args.only and label != args.only:
             continue
         times: dict[str, list[float]] = {"ours": [], "reference": []}
         for round_number in range(args.rounds):

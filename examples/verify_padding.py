@@ -8,10 +8,17 @@ declares p=1 and pads nothing: its output is two rows smaller than its geometry 
     python examples/verify_padding.py
     resnet-inspect verify examples/verify_padding.py:good_cnn -i 32        # exit code 0
     resnet-inspect verify examples/verify_padding.py:seed_style_cnn -i 32  # exit code 1
+
+Layers that pad in their own ``forward`` (timm's ``Conv2dSame``, or a ``Conv2d`` subclass that calls ``F.pad``)
+are checked on what they run, and pass; verify says what each declares and what it runs:
+
+    resnet-inspect verify examples/verify_padding.py:forward_padding_cnn -i 64  # exit code 0, two warnings
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnet_inspect.models import Conv2dAuto
@@ -43,6 +50,38 @@ def seed_style_cnn() -> nn.Module:
         nn.MaxPool2d(kernel_size=2),
         Conv2dAuto(16, 32, kernel_size=4), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: declares padding 0, and pads TensorFlow's 'same' in forward, from the input size (the
+    odd pixel after)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(reversed(x.shape[2:]), reversed(self.kernel_size), reversed(self.stride),
+                                 reversed(self.dilation), strict=True):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class PadsInForward(nn.Conv2d):
+    """Declares its padding, then pads one more pixel on every side in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+def forward_padding_cnn() -> nn.Module:
+    """Both kinds of padding in forward: verify passes them and says what each declares and runs."""
+    return nn.Sequential(
+        Conv2dSame(3, 16, kernel_size=3, stride=2), nn.ReLU(),
+        PadsInForward(16, 16, kernel_size=3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
     )
 
 

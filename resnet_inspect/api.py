@@ -310,15 +310,20 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     measures the effective field (a module given as such is measured with its own weights)."""
     from pathlib import Path
 
-    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import OWN_WEIGHTS, load_rf_model, rf_report, weights_label
+    from resnet_inspect.render.files import check_png_name
 
+    check_png_name(png, "png=")
     size = _spatial(input_size, model)
     channels = in_channels
     _positive(erf_samples, "erf_samples")
     wants_erf = erf or weights is not None or png is not None
+    label = OWN_WEIGHTS
     if isinstance(model, str):
         network, name = load_rf_model(model, channels, None, real=wants_erf)
         name = model_name or name
+        if wants_erf and weights is None:
+            label = weights_label(model, channels, None, network)
     else:
         network, name = _model(model, in_channels, None, model_name)
         if weights is not None:  # loading them must not overwrite the caller's own
@@ -326,7 +331,7 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
             network = copy.deepcopy(network)
     report = rf_report(network, name, size, channels, check, wants_erf, erf_samples,
-                       Path(weights) if weights is not None else None)
+                       Path(weights) if weights is not None else None, label)
     if png is not None and report.erf is not None:
         from dataclasses import replace
 

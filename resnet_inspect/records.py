@@ -103,6 +103,7 @@ class LayerRecord:
     node: int | None = None  # this call's node in the dataflow graph (modules recorded as one operation)
     input_nodes: tuple[int, ...] = ()  # nodes that produced this call's input tensors
     output_node: int | None = None  # node that produced this call's (first) output tensor
+    declared: Geometry | None = None  # a windowed module the capture looked inside: the geometry it declares
 
     @property
     def input_shape(self) -> Shape:
@@ -119,8 +120,11 @@ class OpNode:
 
     The model inputs are nodes without inputs. ``inputs`` are the nodes whose outputs this operation consumed,
     in argument order; tensors that no tracked operation produced (constants, fresh zeros) are left out, and
-    ``input_shapes`` are those of ``inputs``. ``op`` names the entry of the operation table that describes it,
-    and ``attrs`` holds the call's arguments that its rules need (dims of a permute, the scale of an upsample).
+    ``input_shapes`` are those of ``inputs``. A ``constant`` node does work on such tensors alone (Swin V2's
+    position-bias MLP on a coordinate table): it has no inputs, its ``input_shapes`` are those of its tensor
+    arguments, and its output is not tracked, so it joins no receptive field. ``op`` names the entry of the
+    operation table that describes it, and ``attrs`` holds the call's arguments that its rules need (dims of a
+    permute, the scale of an upsample).
     """
 
     id: int
@@ -136,6 +140,7 @@ class OpNode:
     op: str = "unknown"  # the operation-table entry
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
     output_shapes: tuple[Shape, ...] = ()  # every output tensor (chunk, split); output_shape is the first
+    constant: bool = False  # depends on no model input: it runs on buffers, parameters or constants
     # Training pass only: whether each tensor argument, then a module operation's parameters, takes part in the
     # backward (requires grad with grad mode on); empty when the pass ran without autograd.
     grads: tuple[bool, ...] = ()

@@ -168,3 +168,43 @@ def test_a_model_built_on_meta_is_traced_as_it_is_and_keeps_its_modes_and_no_hoo
     assert captured.output_shape == (1, 4, 14, 14)
     assert [module.training for module in model.modules()] == [True, True, False, True]
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+
+
+class Casting(nn.Module):
+    """Casts mid-forward as efficientvit's attention does (``q.float()``), and through every other cast spelling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.conv(x).float()
+        q = q.to(torch.float64).to(x.dtype).half().type(torch.float32).double().bfloat16().int().bool()
+        return self.conv(x) * q.type_as(x)
+
+
+class ItemBranch(nn.Module):
+    """Reads one value back with ``.item()`` and another with ``float(...)`` to decide what to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.mean().item() > 0:
+            y = y * 2
+        if float(y.amax()) > 1:
+            y = y * 3
+        return y
+
+
+def test_a_dtype_cast_reads_no_value_and_gets_no_warning():
+    assert inspect(Casting(), 16).to_dict()["warnings"] == []
+    assert verify(Casting(), 16).to_dict()["warnings"] == []
+
+
+def test_a_value_read_with_item_or_float_still_gets_the_warning():
+    warnings = inspect(ItemBranch(), 16).to_dict()["warnings"]
+    assert any("reads the value of conv (item)" in warning for warning in warnings)
+    assert any("reads the value of conv (__float__)" in warning for warning in warnings)

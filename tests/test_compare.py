@@ -124,7 +124,8 @@ def test_json_follows_the_contract(imagenet_rows):
                 "output_shape", "latency_ms"}
     for row in imagenet_rows:
         assert contract <= set(row)
-        assert set(row["receptive_field"]) == {"size", "stride", "padding", "global_context"}
+        assert set(row["receptive_field"]) == {"size", "stride", "padding", "global_context", "method"}
+        assert row["receptive_field"]["method"] == "analytic"
         assert row["input_shape"] == [1, 3, 224, 224]
         assert row["latency_ms"] is None
         assert all(isinstance(blocks, int) for blocks in row["stages"])
@@ -143,7 +144,7 @@ def test_cifar_family_depths_and_fields():
     assert [row["depth"] for row in rows] == [20, 32, 44, 56, 110]
     assert [row["stages"] for row in rows] == [[3, 3, 3], [5, 5, 5], [7, 7, 7], [9, 9, 9], [18, 18, 18]]
     assert rows[0]["receptive_field"] == {"size": [81, 81], "stride": [4, 4], "padding": [40, 40],
-                                          "global_context": False}
+                                          "global_context": False, "method": "analytic"}
 
 
 def test_family_all_is_every_registered_name():

@@ -100,17 +100,17 @@ def test_verify_observes_torchs_kernels_not_the_tables_rules():
 
 
 def test_register_op_refuses_a_duplicate_unless_asked_to_replace():
-    spec = OpSpec("my_roll", OpKind.ELEMENTWISE, get_op("elementwise").field, functions=("roll",))
+    spec = OpSpec("my_rot90", OpKind.ELEMENTWISE, get_op("elementwise").field, functions=("rot90",))
     register_op(spec)
     try:
         with pytest.raises(ValueError, match="already registered"):
             register_op(spec)
         with pytest.raises(ValueError, match="already matched"):
-            register_op(OpSpec("other", OpKind.ELEMENTWISE, spec.field, functions=("roll",)))
+            register_op(OpSpec("other", OpKind.ELEMENTWISE, spec.field, functions=("rot90",)))
         register_op(spec, replace=True)
     finally:
-        unregister_op("my_roll")
-    assert get_op("my_roll").name == "unknown"
+        unregister_op("my_rot90")
+    assert get_op("my_rot90").name == "unknown"
 
 
 def _run_and_compare(text: str, where: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -221,6 +221,60 @@ def test_a_torchvision_name_is_built_by_torchvision_without_weights(ecosystem):
     assert ecosystem("torchvision.models") == [("resnet50", None, 1000)]
 
 
+SEGMENTATION_TORCHVISION = """
+    from torch import nn
+
+    CALLS = []
+
+    def fcn_resnet50(*, weights=None, progress=True, num_classes=None, aux_loss=None,
+                     weights_backbone="ResNet50_Weights.IMAGENET1K_V1", **kwargs):
+        \"\"\"torchvision's segmentation builders: the backbone's ImageNet weights unless told otherwise.\"\"\"
+        CALLS.append(("fcn_resnet50", weights, weights_backbone))
+        if weights is not None or weights_backbone is not None:
+            raise RuntimeError(f"would download {weights or weights_backbone}")
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=8, padding=1), nn.Conv2d(8, num_classes or 21, 1))
+
+    def resnet18(*, weights=None, progress=True, **kwargs):
+        CALLS.append(("resnet18", weights, None))
+        return nn.Sequential(nn.Conv2d(3, 8, 7, stride=2, padding=3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    BUILDERS = {"fcn_resnet50": fcn_resnet50, "resnet18": resnet18}
+
+    def list_models():
+        return list(BUILDERS)
+
+    def get_model_builder(name):
+        return BUILDERS[name]
+
+    def get_model(name, **config):
+        return BUILDERS[name](**config)
+"""
+
+
+@pytest.fixture
+def segmentation_torchvision(tmp_path, monkeypatch):
+    """A torchvision stand-in whose segmentation builder refuses to fetch backbone weights; returns its calls."""
+    write(tmp_path / "site" / "torchvision" / "__init__.py", "")
+    write(tmp_path / "site" / "torchvision" / "models" / "__init__.py", SEGMENTATION_TORCHVISION)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("torchvision", "torchvision.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return lambda: sys.modules["torchvision.models"].CALLS
+
+
+@pytest.mark.parametrize("command", ["summary", "verify", "rf"])
+def test_a_torchvision_segmentation_name_fetches_no_backbone_weights(segmentation_torchvision, command):
+    result = runner.invoke(app, [command, "torchvision:fcn_resnet50", "-i", "64", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert segmentation_torchvision() == [("fcn_resnet50", None, None)]
+
+
+def test_a_torchvision_builder_without_a_backbone_gets_only_weights_none(segmentation_torchvision):
+    result = runner.invoke(app, ["summary", "torchvision:resnet18", "-i", "64", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert segmentation_torchvision() == [("resnet18", None, None)]
+
+
 def test_a_timm_name_is_built_by_timm_without_weights(ecosystem):
     result = runner.invoke(app, ["verify", "timm:efficientnet_b0", "--num-classes", "10", "--in-channels", "1"])
     assert result.exit_code == 0, result.stderr

@@ -49,7 +49,7 @@ def test_resnet18_rows_are_the_stem_each_layer_and_the_encoder_output(resnet18_r
     assert stage_sizes(resnet18_report) == {"stem": 11, "layers.0": 43, "layers.1": 99, "layers.2": 211,
                                             "layers.3": 435, "output": 435}
     assert resnet18_report["output"] == {"size": [435, 435], "stride": [32, 32], "padding": [217, 217],
-                                         "global_context": False}
+                                         "global_context": False, "method": "analytic"}
     assert [stage["output_size"] for stage in resnet18_report["stages"]][-1] == [7, 7]
 
 
@@ -129,7 +129,8 @@ def test_torchvision_layout_weights_give_the_same_erf_as_our_layout(tmp_path):
 def test_a_network_with_shifted_paths_reports_the_union_and_says_it_is_not_aligned():
     report = invoke_json("tests/fixtures/cnn_zoo.py:shifted", "-i", "16", "--check")
     assert report["aligned"] is False and report["union"] is True
-    assert report["output"] == {"size": [3, 3], "stride": [1, 1], "padding": [1, 1], "global_context": False}
+    assert report["output"] == {"size": [3, 3], "stride": [1, 1], "padding": [1, 1], "global_context": False,
+                                "method": "analytic"}
     assert report["reasons"] == []
     assert report["empirical"]["agrees"] is True
 

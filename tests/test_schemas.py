@@ -27,6 +27,13 @@ RUNS = {
     "rf --check --erf": ["rf", "resnet20", "--check", "--erf", "--erf-samples", "1"],
     "time": ["time", "resnet20", "-b", "1,2", "--warmup", "0", "--repeat", "2", "--per-layer"],
     "compare": ["compare", "resnet18", "resnet20", "--stages"],
+    "rf (measured fields)": ["rf", "tests/fixtures/family_models.py:unaligned_fusion", "-i", "16"],
+    "rf (a field that cannot be measured)": ["rf", "tests/fixtures/family_models.py:unaligned_fusion_detached",
+                                             "-i", "16"],
+    "summary (layers on constants)": ["summary", "tests/fixtures/family_models.py:swin_v2_bias_like", "-i", "32"],
+    "summary (measured field)": ["summary", "tests/fixtures/family_models.py:unaligned_fusion", "-i", "16"],
+    "compare (measured field)": ["compare", "tests/fixtures/family_models.py:unaligned_fusion", "resnet20",
+                                 "--stages"],
 }
 
 

@@ -10,7 +10,6 @@ torch.utils.flop_counter's). BatchNorm, activations, pooling and additions count
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from resnet_inspect.ops.registry import get_op
@@ -24,9 +23,6 @@ ELEMENT_BYTES = {
 # Operations whose output shares its input's storage: they allocate nothing (dropout is the identity in eval).
 ALIASING_TYPES = frozenset({"Identity", "Dropout", "Dropout2d", "AlphaDropout", "dropout", "detach"})
 ALIASING_OPS = frozenset({"reshape", "permute", "transpose", "movedim", "split", "unbind", "expand"})
-
-# A residual stage's module name: ours (`encoder.layers.2`), torchvision's (`layer3`), timm's (`stages.2`).
-_STAGE_NAME = re.compile(r"^(?:.*\.)?(?:layers\.\d+|layer\d+|stages\.\d+)$")
 
 
 def node_macs(node: OpNode) -> int:
@@ -64,7 +60,6 @@ class Counts:
     param_bytes: int
     param_bytes_by_dtype: dict[str, int]
     buffer_bytes: int
-    stage_params: dict[str, int]  # "stem", each residual stage by module name, "head"
     input_bytes: int
     activation_bytes: int  # every operation's output (the model input excluded), storage counted once
     peak_activation_bytes: int  # the largest set of tensors alive at once (input included)
@@ -148,27 +143,6 @@ def activation_memory(capture: Capture) -> tuple[int, int, int]:
     return input_bytes, activation_bytes, peak_bytes
 
 
-def stage_params(capture: Capture) -> dict[str, int]:
-    """Parameters of the stem (leaves before the first stage), each residual stage, and the head (the rest)."""
-    stages = [layer for layer in capture.layers if _STAGE_NAME.match(layer.name)]
-    stages = [layer for layer in stages if not any(other.name != layer.name and layer.name.startswith(other.name + ".")
-                                                   for other in stages)]
-    if not stages:
-        return {}
-    first = min(layer.index for layer in stages)
-    stage_names = tuple(layer.name + "." for layer in stages)
-    result: dict[str, int] = {"stem": 0}
-    result.update({layer.name: layer.params for layer in stages})
-    result["head"] = 0
-    seen: set[str] = set()
-    for layer in capture.leaves:
-        if layer.name in seen or layer.name.startswith(stage_names):
-            continue
-        seen.add(layer.name)
-        result["stem" if layer.index < first else "head"] += layer.params
-    return result
-
-
 def count(capture: Capture) -> Counts:
     """MACs per operation and per layer, parameters, and activation memory of one captured forward pass."""
     macs_by_node = {node.id: node_macs(node) for node in capture.nodes}
@@ -197,7 +171,7 @@ def count(capture: Capture) -> Counts:
         params=capture.params, trainable_params=capture.trainable_params,
         frozen_params=capture.params - capture.trainable_params, param_bytes=capture.param_bytes,
         param_bytes_by_dtype=dict(capture.param_bytes_by_dtype), buffer_bytes=capture.buffer_bytes,
-        stage_params=stage_params(capture), input_bytes=input_bytes, activation_bytes=activation_bytes,
+        input_bytes=input_bytes, activation_bytes=activation_bytes,
         peak_activation_bytes=peak_bytes,
         peak_memory_bytes=capture.param_bytes + capture.buffer_bytes + peak_bytes, uncounted_ops=uncounted,
     )

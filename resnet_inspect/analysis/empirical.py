@@ -306,9 +306,9 @@ class ErfResult:
     weights: str
     unit: Pair
     centre: tuple[float, float]
-    r50: float
-    r90: float
-    r99: float
+    r50: float | None  # None when the input gradient is zero everywhere: no mass, so no radius holds any share
+    r90: float | None
+    r99: float | None
     field_size: Pair | None
     ratio: float | None
     mass: tuple[tuple[float, ...], ...]  # per input pixel, summed over channels, normalised to a total of 1
@@ -322,7 +322,7 @@ class ErfResult:
         }
 
 
-def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
+def module_returning(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | None, int]:
     """The outermost module call that returns ``node``'s tensor, and which call of that module it is.
 
     None when ``node`` is the model's own output.
@@ -331,7 +331,7 @@ def _owner(model: nn.Module, capture: Capture, node: int) -> tuple[nn.Module | N
         return None, 0
     owners = [layer for layer in capture.layers if layer.output_node == node]
     if not owners:
-        raise InspectError(f"no module returns the encoder output ({capture.nodes[node].name}); cannot hook it")
+        raise InspectError(f"no module returns {capture.nodes[node].name}; cannot hook it")
     owner = min(owners, key=lambda layer: (layer.depth, layer.index))
     call = sum(1 for layer in capture.layers if layer.name == owner.name and layer.index < owner.index)
     return dict(model.named_modules())[owner.name], call
@@ -371,7 +371,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
                            "height and width axes")
     if any(parameter.is_meta for parameter in model.parameters()):
         raise InspectError("the effective receptive field needs a model with real weights, not one on 'meta'")
-    owner, call = _owner(model, capture, result.output_node)
+    owner, call = module_returning(model, capture, result.output_node)
     shape = capture.input_shape
     generator = torch.Generator().manual_seed(seed)
     training_flags = {module: module.training for module in model.modules()}
@@ -404,13 +404,14 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
         centre = (field.centre[0] + unit[0] * steps[0], field.centre[1] + unit[1] * steps[1])
     else:
         centre = ((shape[2] - 1) / 2, (shape[3] - 1) / 2)
-    mass = total / total.sum() if float(total.sum()) > 0 else total
-    r50, r90, r99 = (_radius(mass, centre, level) for level in ERF_LEVELS)
+    has_mass = float(total.sum()) > 0
+    mass = total / total.sum() if has_mass else total
+    r50, r90, r99 = (_radius(mass, centre, level) if has_mass else None for level in ERF_LEVELS)
     half_width = (float(max(field.size)) - 1) / 2 if field is not None else 0
     return ErfResult(
         input_size=(shape[2], shape[3]), samples=samples, weights=weights, unit=unit, centre=centre,
         r50=r50, r90=r90, r99=r99, field_size=field.size if field else None,
-        ratio=round(r99 / half_width, 4) if half_width > 0 else None,
+        ratio=round(r99 / half_width, 4) if half_width > 0 and r99 is not None else None,
         mass=tuple(tuple(row) for row in mass.tolist()),
     )
 
@@ -422,6 +423,7 @@ __all__ = [
     "check_input_size",
     "effective_receptive_field",
     "empirical_check",
+    "module_returning",
     "replay_one_channel",
     "support_check",
 ]

@@ -12,17 +12,25 @@ keeps the main path's field and marks ``global_context``; token mixing (attentio
 input. Operations without a rule leave the field undefined, with a reason. Pure Python.
 
 The stages: those the model declares (timm's ``feature_info``), else the trunk's children from the first
-residual block on, grouped by resolution, after a stem of the leading children.
+residual block on, after a stem of the leading children: each stage container (a child that holds residual
+blocks) is one stage whatever its resolution; single blocks are grouped by resolution. This is the one stage
+model: compare, rf, the summary's ``params_by_stage`` and the HTML chart all read it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
 from resnet_inspect.ops.registry import get_op
+from resnet_inspect.ops.spans import fit
 from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
+
+# The field of a value that depends on no input (it runs on buffers, parameters or constants): not a stride-1
+# path, but no field at all; joined to a path, it leaves that path's field as it is.
+CONSTANT_FIELD_JSON: dict[str, object] = {"size": None, "stride": None, "padding": None, "global_context": False,
+                                          "constant": True}
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,15 @@ class ReceptiveFieldResult:
     output_node: int | None
     remarks: tuple[str, ...] = ()  # what holds the numbers: inexact fields after upsampling, padding modes
     residual_stages: bool = False  # every stage after the stem is made of residual blocks
+    constant: frozenset[int] = frozenset()  # nodes that depend on no model input (they have no field)
 
     def field(self, node: int | None) -> NodeField | None:
         return None if node is None else self.fields.get(node)
 
     def field_json(self, node: int | None) -> dict[str, object] | None:
+        """The node's field as JSON; a constant node's says ``constant: true`` with no size, stride or padding."""
+        if node is not None and node in self.constant:
+            return dict(CONSTANT_FIELD_JSON)
         field = self.field(node)
         return field.to_json() if field else None
 
@@ -119,6 +131,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
     causes: list[str] = []
     aligned, union = True, False
     for node in capture.nodes:
+        if node.constant:  # depends on no input: no field, and it joins none (its output is not tracked)
+            continue
         if not node.inputs:
             state = _input_state(node)
             if state is None:
@@ -149,6 +163,8 @@ def node_states(capture: Capture) -> tuple[dict[int, FieldState], dict[int, str]
             continue
         if state.field.union and not any(states[i].field.union for i in node.inputs):
             aligned, union = False, True
+        if state.field.spans is not None and not state.field.position_independent:
+            state = FieldState(state.layout, replace(state.field, spans=fit(state.field.spans, state.layout.grid)))
         states[node.id] = state
     return states, undefined, list(dict.fromkeys(causes)), aligned, union
 
@@ -220,6 +236,7 @@ class _Child:
     merges: int  # residual merges that ran inside it
     weighted: bool  # it runs a convolution or linear layer
     grid: Sizes | None
+    holds_blocks: bool = False  # a stage container: its residual merges ran inside its own children (blocks)
 
 
 def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output: int,
@@ -234,8 +251,9 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
         inside = [node for node in capture.nodes if start < node.id <= end]  # nodes run in call order
         state = states.get(end)
         grid = state.layout.grid if state is not None else tuple(capture.nodes[end].output_shape[2:])
-        result.append(_Child(child, sum(is_residual_merge(node) for node in inside),
-                             any(node.geometry.kind.is_weighted for node in inside), grid))
+        merges = [node for node in inside if is_residual_merge(node)]
+        result.append(_Child(child, len(merges), any(node.geometry.kind.is_weighted for node in inside), grid,
+                             any(node.scope.startswith(f"{child.name}.") for node in merges)))
         start = max(start, end)
     return result
 
@@ -243,8 +261,9 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
 def _groups(children: list[_Child], prefix: str) -> tuple[list[tuple[str, list[LayerRecord]]], bool]:
     """Rows, and whether the stages are made of residual blocks.
 
-    The leading children without a residual merge form the stem; the later children are grouped by resolution
-    (a ResNet's stages are one container each; a MobileNet's blocks at one resolution make one stage). A network
+    The leading children without a residual merge form the stem. A stage container (a child whose residual merges
+    ran inside its own children: a ResNet's ``layer3``) is one stage whatever its resolution, so a dilated ResNet
+    keeps its four stages; single blocks at one resolution make one stage (a MobileNet's). A network
     without merges gets a stem of its leading leaves and one row per container, or one row per resolution.
     When the children are single blocks, some without a residual merge (a strided MobileNet block), the stages
     are not "made of residual blocks" and blocks per stage mean nothing.
@@ -261,8 +280,10 @@ def _groups(children: list[_Child], prefix: str) -> tuple[list[tuple[str, list[L
         groups.append(("stem", children[:boundary]))
     rest = [child for child in children[boundary:] if child.merges or not child.layer.is_leaf]
     runs: list[list[_Child]] = []
-    for child in rest:  # residual blocks at one resolution make one stage; plain containers are one each
-        if with_merges and runs and runs[-1][-1].grid == child.grid:
+    for child in rest:  # single residual blocks at one resolution make one stage; containers are one each
+        previous = runs[-1][-1] if runs else None
+        if (with_merges and previous is not None and previous.grid == child.grid
+                and not previous.holds_blocks and not child.holds_blocks):
             runs[-1].append(child)
         else:
             runs.append([child])
@@ -302,6 +323,9 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     field = fields.get(node)
     covers = field.covers_input(input_size, output_size) if field else None
     reason = undefined.get(node)
+    if field is not None and field.spans is not None:
+        reason = ("after windowed attention or a roll the field changes from unit to unit: size and padding are those "
+                  "of the centre unit; the JSON's spans give every unit's first and last input position")
     if field is not None and not field.exact:
         reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
                   "stride) give an interval that holds every pixel's field, up to about one input stride wider")
@@ -352,6 +376,7 @@ def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
         reasons=tuple(reasons), stages=tuple(stages),
         output=fields.get(encoder_output) if encoder_output is not None else None, output_node=encoder_output,
         remarks=_remarks(capture, fields), residual_stages=residual,
+        constant=frozenset(node.id for node in capture.nodes if node.constant),
     )
 
 

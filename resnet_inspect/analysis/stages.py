@@ -1,5 +1,11 @@
 """A network's stages read from one capture: the stem, each stage of the receptive-field analysis and the head,
-with their residual blocks, output shape, receptive field and MACs."""
+with their residual blocks, output shape, receptive field, MACs and parameters.
+
+This is the one stage model: compare's stage table, the summary's ``params_by_stage`` and ``macs_by_stage`` and
+the HTML chart all read these rows, so they agree. The head has what the other rows leave, so the rows add up to
+the model's MACs and parameters; a module that runs several times has its parameters counted once (in the first
+stage that runs it) and its MACs at every call.
+"""
 
 from __future__ import annotations
 
@@ -30,13 +36,14 @@ class StageRow:
     covers_input: bool | None
     macs: int
     output_size: tuple[int, ...] = ()  # the spatial size on the stage's own axes (NHWC maps too)
+    params: int = 0  # each parameter tensor counted once, in the first stage that runs its module
 
     def to_dict(self, total_macs: int) -> dict[str, Any]:
         return {
             "name": self.name, "blocks": self.blocks, "output_shape": list(self.output_shape),
             "output_size": list(self.output_size),
             "receptive_field": self.field.to_json() if self.field else None, "covers_input": self.covers_input,
-            "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None,
+            "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None, "params": self.params,
         }
 
 
@@ -54,6 +61,21 @@ def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) ->
     return owner
 
 
+def _stage_params(capture: Capture, stage_modules: list[tuple[str, ...]]) -> list[int]:
+    """Parameters of each stage's modules, each module (so each of its tensors) counted once: a module that runs
+    again, in the same stage or a later one, adds nothing."""
+    params_of: dict[str, int] = {}
+    for layer in capture.layers:
+        params_of.setdefault(layer.name, layer.params)
+    seen: set[str] = set()
+    result = []
+    for modules in stage_modules:
+        fresh = [name for name in dict.fromkeys(modules) if name not in seen]
+        seen.update(fresh)
+        result.append(sum(params_of.get(name, 0) for name in fresh))
+    return result
+
+
 def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
     """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
     stages = [stage for stage in fields.stages if stage.name != "output"]
@@ -69,10 +91,12 @@ def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -
         position = owner.get(layer.index)
         if position is not None and layer.name in stages[position].modules:  # the stage's own call: inclusive MACs
             stage_macs[position] += counts.layer_macs.get(layer.index, 0)
+    params = _stage_params(capture, [stage.modules for stage in stages])
     rows = [
         StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position], stage.output_size)
+                 stage.covers_input, stage_macs[position], stage.output_size, params[position])
         for position, stage in enumerate(stages)
     ]
-    rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs)))
+    rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs),
+                         params=max(0, counts.params - sum(params))))
     return tuple(rows)

@@ -145,6 +145,15 @@ def default_input_size(spec: str) -> int:
     return 224  # factories, ecosystem names, and unknown names (loading the model reports those)
 
 
+def _no_weights(hub: Any, name: str) -> dict[str, None]:
+    """``weights=None`` and every other ``weights_*`` argument the torchvision builder takes (a segmentation or
+    detection model's ``weights_backbone`` would otherwise fetch ImageNet weights for its backbone)."""
+    builder = getattr(hub, "get_model_builder", None)
+    parameters = _parameters(builder(name)) if builder is not None else None
+    names = [key for key in parameters or {} if key == "weights" or key.startswith("weights_")]
+    return dict.fromkeys(names or ["weights"])
+
+
 def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
     """`torchvision:NAME` or `timm:NAME`, built with the package's own factory and no pretrained weights."""
     package, _, name = spec.partition(":")
@@ -152,7 +161,7 @@ def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
         if package == "torchvision":
             import torchvision.models as hub
 
-            names, build = hub.list_models(), lambda: hub.get_model(name, weights=None, **options)
+            names, build = hub.list_models(), lambda: hub.get_model(name, **_no_weights(hub, name), **options)
         else:
             import timm as hub
 

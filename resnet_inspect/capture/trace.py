@@ -9,7 +9,6 @@ meta device, on a structural copy of the model: no weights are copied and no act
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -17,15 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.tensors import named_tensors, shape_of, structural_copy, tensors_in
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.common import meta_empty
-from resnet_inspect.ops.registry import get_op, op_for_function, op_for_module
+from resnet_inspect.ops.registry import declared_op, get_op, op_for_function, op_for_module
 from resnet_inspect.ops.table import Call, OpSpec, function_name
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 # Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
@@ -34,65 +33,15 @@ _META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "
 _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride", "element_size", "is_contiguous",
                        "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
                        "__format__", "__repr__", "storage_offset"})
-# Calls that read a tensor's values back into Python: control flow may depend on them.
-_VALUE_READS = frozenset({"item", "tolist", "bool", "int", "float", "index", "numpy", "nonzero"})
+# Calls that read a tensor's values back into Python (by the function's own name): control flow may depend on
+# them. ``float(t)`` (``__float__``) reads a value; ``t.float()`` is a dtype cast and reads none.
+_VALUE_READS = frozenset({"item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__",
+                          "__complex__"})
 INPUT_OP = "input"
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) argument or output structure, in order."""
-    return [tensor for _, tensor in named_tensors(value)]
-
-
-def named_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
-    """Every tensor in a nested structure with where it sits: "" for a lone tensor, "0", "logits", "aux.1"."""
-    import torch
-
-    def join(key: object) -> str:
-        return f"{prefix}.{key}" if prefix else str(key)
-
-    if isinstance(value, torch.Tensor):
-        return [(prefix, value)]
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        pairs = zip(value._fields, value, strict=False)
-        return [pair for key, item in pairs for pair in named_tensors(item, join(key))]
-    if isinstance(value, (list, tuple)):
-        return [pair for index, item in enumerate(value) for pair in named_tensors(item, join(index))]
-    if isinstance(value, dict):
-        return [pair for key, item in value.items() for pair in named_tensors(item, join(key))]
-    return []
-
-
-def shape_of(tensor: torch.Tensor) -> Shape:
-    return tuple(tensor.shape)
 
 
 def _unique(tensors: list[Any]) -> list[Any]:
     return list({id(t): t for t in tensors}.values())
-
-
-def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers are empty tensors on ``device``.
-
-    On the meta device nothing is allocated; shared parameters stay shared. The original is not touched.
-    """
-    import torch
-
-    def copied(tensor: torch.Tensor) -> torch.Tensor:
-        if device == "meta":
-            return meta_empty(tensor.shape, tensor)
-        if tensor.is_meta:  # a model built on meta, run for real: zeros stand in for the weights it never had
-            return torch.zeros(tuple(tensor.shape), dtype=tensor.dtype, device=device)
-        return tensor.detach().clone()
-
-    memo: dict[int, Any] = {}
-    for parameter in model.parameters():
-        if id(parameter) not in memo:
-            memo[id(parameter)] = torch.nn.Parameter(copied(parameter), requires_grad=parameter.requires_grad)
-    for buffer in model.buffers():
-        if id(buffer) not in memo:
-            memo[id(buffer)] = copied(buffer)
-    return copy.deepcopy(model, memo).to(device)
 
 
 @dataclass
@@ -109,6 +58,7 @@ class _Call:
     geometry: Geometry | None
     attrs: dict[str, Any]
     input_shapes: tuple[Shape, ...]
+    declared: Geometry | None = None  # looked inside, though its class declares a window (a Conv2d subclass)
     output_shapes: tuple[Shape, ...] = ()
     node: int | None = None
     input_nodes: tuple[int, ...] = ()
@@ -127,6 +77,7 @@ class _Recorder:
     stack: list[_Call] = field(default_factory=list)
     nodes: list[OpNode] = field(default_factory=list)
     producers: dict[int, int] = field(default_factory=dict)  # id(tensor) -> node id
+    constant_producers: dict[int, int] = field(default_factory=dict)  # the same for outputs of constant nodes
     alive: list[Any] = field(default_factory=list)  # keeps tensors alive so their ids are never reused
     opaque_depth: int = 0  # > 0 while inside a module recorded as one operation
     op_counts: dict[str, int] = field(default_factory=dict)
@@ -148,21 +99,32 @@ class _Recorder:
     def add_node(self, name: str, type_: str, geometry: Geometry, inputs: list[Any], outputs: list[Any],
                  record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None,
                  grads: tuple[bool, ...] = ()) -> int:
+        """A node for one operation. One that reads no tracked tensor (and is no model input) is constant: its
+        outputs are kept apart, so that whatever they join sees them as it sees a buffer."""
         node_id = len(self.nodes)
         tracked = _unique([t for t in inputs if id(t) in self.producers])
+        constant = op != INPUT_OP and not tracked
+        shaped = _unique(inputs) if constant else tracked
         self.nodes.append(OpNode(
             id=node_id, name=name, type=type_, geometry=geometry, inputs=self.input_nodes(tracked),
-            input_shapes=tuple(shape_of(t) for t in tracked), output_shape=shape_of(outputs[0]) if outputs else (),
+            input_shapes=tuple(shape_of(t) for t in shaped), output_shape=shape_of(outputs[0]) if outputs else (),
             record=record, scope=self.scope(), inplace=bool(outputs) and any(outputs[0] is t for t in inputs),
-            op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs), grads=grads,
+            op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs), constant=constant,
+            grads=grads,
         ))
+        made = self.constant_producers if constant else self.producers
         for tensor in outputs:
-            self.producers[id(tensor)] = node_id
+            made[id(tensor)] = node_id
             if self.train:  # a training pass must let tensors go when the model does: forget them when they die
-                weakref.finalize(tensor, self.producers.pop, id(tensor), None)
+                weakref.finalize(tensor, made.pop, id(tensor), None)
             else:
                 self.alive.append(tensor)
         return node_id
+
+    def produced_by(self, tensor: Any) -> int | None:
+        """The node that made ``tensor``, constant ones included."""
+        node = self.producers.get(id(tensor))
+        return self.constant_producers.get(id(tensor)) if node is None else node
 
     def unique_op_name(self, op: str) -> str:
         """`<scope>.<op>`, suffixed `_1`, `_2`... when a module or an earlier call already has that name."""
@@ -198,7 +160,8 @@ def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = F
     if spec is None or spec.shape is None or (exact_checked_shapes and spec.checked):
         return NotImplemented
     args = call.args
-    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+    first = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] else (args[0] if args else None)
+    if not isinstance(first, torch.Tensor) or not first.is_meta:  # a tensor, or a list of them (cat)
         return NotImplemented
     if any(isinstance(a, torch.Tensor) and not a.is_meta for a in args):
         return NotImplemented
@@ -240,15 +203,18 @@ def _function_mode(recorder: _Recorder) -> Any:
             if recorder.opaque_depth:
                 return result
             outputs = tensors_in(result)
-            if not outputs and name not in _VALUE_READS:
+            reads_value = raw_name in _VALUE_READS
+            if not outputs and not reads_value:
                 return result
             tensors = tensors_in(list(args)) + tensors_in(kwargs)
             if spec is not None and name in spec.shape_donors:
                 tensors = tensors[:1]  # the others lend only their shape or dtype
             tracked = [t for t in tensors if id(t) in recorder.producers]
             if not tracked:
+                if outputs and spec is not None and spec.macs is not None:
+                    _constant_work(recorder, spec, call, name, tensors, outputs)
                 return result
-            if name in _VALUE_READS:
+            if reads_value:
                 where = recorder.scope() or "the model's forward"
                 source = recorder.layer_behind(recorder.producers[id(tracked[0])])
                 recorder.warn(f"{where} reads the value of {source} ({raw_name or name}) to decide what to run; the "
@@ -271,6 +237,33 @@ def _function_mode(recorder: _Recorder) -> Any:
     return DataflowMode()
 
 
+def _declared_geometry(module: Any, args: Any, kwargs: Any, inputs: list[Any]) -> Geometry | None:
+    """What a module the capture looks inside declares, when its class is a windowed one (a ``Conv2d`` subclass
+    with its own forward): the padding it says, to set beside the padding it runs."""
+    spec = declared_op(module)
+    if spec is None or not spec.checked:
+        return None
+    try:
+        geometry, _ = spec.geometry(Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs)))
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return None
+    return geometry if geometry.kind.has_window else None
+
+
+def _constant_work(recorder: _Recorder, spec: OpSpec, call: Call, name: str, tensors: list[Any],
+                   outputs: list[Any]) -> None:
+    """A functional operation that does counted work (a product) on constants alone: a constant node, so that its
+    MACs count. Other operations on constants (``arange``, ``sin``) are not recorded."""
+    call.input_shapes = tuple(shape_of(t) for t in tensors)
+    call.output_shapes = tuple(shape_of(t) for t in outputs)
+    call.tensor_nodes = (None,) * len(tensors)
+    try:
+        geometry, attrs = spec.geometry(call)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+        return
+    recorder.add_node(recorder.unique_op_name(name), name, geometry, tensors, outputs, op=spec.name, attrs=attrs)
+
+
 def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
     """Pre/post hook factories in torchinfo's manner: small closures over one shared recorder."""
 
@@ -282,7 +275,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                     recorder.add_node(INPUT_OP, INPUT_OP, Geometry(OpKind.ELEMENTWISE), [], [tensor], op=INPUT_OP)
             return
         spec = op_for_module(module) if not recorder.opaque_depth else None
-        geometry, attrs = None, {}
+        geometry, attrs, declared = None, {}, None
         if spec is not None:
             call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
                         tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))
@@ -290,12 +283,14 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                 geometry, attrs = spec.geometry(call)
             except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
                 spec = None
+        elif not recorder.opaque_depth:
+            declared = _declared_geometry(module, args, kwargs, inputs)
         parent = recorder.stack[-1] if recorder.stack else None
         call_record = _Call(
             index=len(recorder.calls), module=module, name=recorder.names.get(id(module), type(module).__name__),
             depth=(parent.depth + 1) if parent else 1, parent=parent.index if parent else None,
             is_leaf=spec is not None or not any(True for _ in module.children()), spec=spec,
-            geometry=geometry, attrs=attrs, input_shapes=tuple(shape_of(t) for t in inputs),
+            geometry=geometry, attrs=attrs, input_shapes=tuple(shape_of(t) for t in inputs), declared=declared,
         )
         call_record.inputs = inputs
         call_record.input_nodes = recorder.input_nodes(inputs)
@@ -319,7 +314,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                 call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
                                               record=call.index, op=call.spec.name, attrs=call.attrs,
                                               grads=call.grads)
-        call.output_node = recorder.producers.get(id(outputs[0])) if outputs else None
+        call.output_node = recorder.produced_by(outputs[0]) if outputs else None
 
     return pre_hook, post_hook
 
@@ -342,7 +337,7 @@ def _freeze(call: _Call) -> LayerRecord:
         in_features=in_features if isinstance(in_features, int) else None,
         out_features=out_features if isinstance(out_features, int) else None,
         has_bias=getattr(module, "bias", None) is not None and call.spec is not None, node=call.node,
-        input_nodes=call.input_nodes, output_node=call.output_node,
+        input_nodes=call.input_nodes, output_node=call.output_node, declared=call.declared,
     )
 
 
@@ -539,20 +534,43 @@ def _windowed_modules(model: nn.Module) -> Iterator[tuple[Any, OpSpec]]:
             yield module, spec
 
 
-def spatial_rank(model: nn.Module, default: int = 2) -> int:
-    """How many spatial axes the model's input has: that of its first convolution or pooling module (Conv1d: 1,
-    Conv3d: 3), else ``default``."""
+def _module_ranks(model: nn.Module) -> list[int]:
+    """The spatial rank of each convolution and pooling module, in definition order."""
+    ranks = []
     for module, spec in _windowed_modules(model):
         try:
             geometry, _ = spec.geometry(Call(module, (), {}))
         except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
             continue
-        return geometry.rank
-    return default
+        ranks.append(geometry.rank)
+    return ranks
+
+
+def spatial_rank(model: nn.Module, default: int = 2) -> int:
+    """How many spatial axes the model's input has: that of the first convolution or pooling the input meets
+    (Conv1d: 1, Conv3d: 3), else ``default``.
+
+    When every such module has one rank, that is it; when they differ (an ECA gate's Conv1d in a 2-D network),
+    or the model has none (functional convolutions), a meta pass finds the one the input meets first.
+    """
+    from resnet_inspect.capture.entry import input_entry
+
+    ranks = _module_ranks(model)
+    if len(set(ranks)) == 1:
+        return ranks[0]
+    entry = input_entry(model, ranks[0] if ranks else default)
+    if entry is not None:
+        return entry.rank
+    return ranks[0] if ranks else default
 
 
 def input_channels(model: nn.Module, default: int = 3) -> int:
-    """The channels the model's first convolution takes (``default`` when it has none)."""
+    """The channels taken by the first convolution the input meets (``default`` when it meets none)."""
+    from resnet_inspect.capture.entry import input_entry
+
+    entry = input_entry(model, spatial_rank(model), default, convolutions_only=True)
+    if entry is not None and entry.channels is not None:
+        return entry.channels
     for module, _ in _windowed_modules(model):
         channels = getattr(module, "in_channels", None)
         if isinstance(channels, int):

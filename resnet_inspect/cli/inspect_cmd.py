@@ -142,7 +142,8 @@ def arith_command(
     ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling with ceil_mode=True."),
     transposed: bool = typer.Option(False, "--transposed", help="A transposed convolution (relations 8-14)."),
     output_padding: int = typer.Option(0, "--output-padding", help="Transposed convolution's output_padding."),
-    solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s)."),
+    solve: bool = typer.Option(False, "--solve", help="List the paddings giving o = i (s = 1) or o = ceil(i / s); "
+                               "with --transposed, the paddings and output paddings giving o = s*i."),
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:

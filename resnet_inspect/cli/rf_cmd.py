@@ -29,7 +29,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.render.files import write_output
+from resnet_inspect.render.files import check_png_name, write_output
 
 CheckOption = typer.Option(
     False, "--check", help="Check every stage against the input-gradient support of a linear one-channel replay "
@@ -63,19 +63,21 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_distinct_outputs(output, png=png, plot=plot)
+        check_png_name(png)
         check_output_path(png)
         check_plot_path(plot)
         check_model_options(in_channels, num_classes)
         parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
-        from resnet_inspect.pipeline.rf import load_rf_model, rf_report
+        from resnet_inspect.pipeline.rf import load_rf_model, rf_report, weights_label
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None
         channels = in_channels
         network, name = load_rf_model(model, channels, num_classes, real=wants_erf)
-        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights)
+        label = weights_label(model, channels, num_classes, network) if wants_erf and weights is None else ""
+        report = rf_report(network, name, size, channels, check, wants_erf, erf_samples, weights, label)
         if png is not None and report.erf is not None:
             from resnet_inspect.render.heatmap import png_bytes
 

@@ -179,6 +179,21 @@ def solve_padding(i: int, k: int, s: int = 1, d: int = 1) -> list[int]:
     return [p for p in candidates if not _windows_without_input(i, k, s, p, d, target)]
 
 
+def solve_transposed_padding(i: int, k: int, s: int = 1, d: int = 1) -> list[tuple[int, int]]:
+    """Every (padding, output padding) of a transposed convolution giving o = s*i, the inverse of a stride-s
+    convolution's o = ceil(i / s): ``(i - 1)s - 2p + d(k - 1) + 1 + a = s*i``, so ``2p = d(k - 1) + 1 - s + a``.
+
+    PyTorch takes an output padding ``a`` below the stride or the dilation. Solutions where some output is
+    reached by no input (gaps between strided taps) are left out.
+    """
+    _validate(i=i, k=k, s=s, d=d)
+    twice_padding = _effective_kernel(k, d) - s
+    return [
+        (p, a) for a in range(max(s, d)) if (twice_padding + a) >= 0 and (twice_padding + a) % 2 == 0
+        for p in [(twice_padding + a) // 2] if not _outputs_without_input(i, k, s, p, d, s * i)
+    ]
+
+
 def check_layer(geometry: Geometry, input_sizes: Sequence[int], output_sizes: Sequence[int]) -> LayerArithmetic | None:
     """Check a windowed layer's observed spatial sizes against the arithmetic, one axis at a time.
 

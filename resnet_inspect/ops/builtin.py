@@ -1,7 +1,8 @@
 """The built-in entries of the operation table, one module per family: convolution and pooling
 (:mod:`~resnet_inspect.ops.conv_pool`), linear, attention and normalisation (:mod:`~resnet_inspect.ops.attention`),
 upsampling (:mod:`~resnet_inspect.ops.upsample`), element-wise and layout operations
-(:mod:`~resnet_inspect.ops.elementwise`). torch is imported inside the functions that build them.
+(:mod:`~resnet_inspect.ops.elementwise`), split axes: roll, unfold and fold (:mod:`~resnet_inspect.ops.windows`).
+torch is imported inside the functions that build them.
 
 Each entry is registered through the same path as a user's (:func:`resnet_inspect.ops.register_op`).
 """
@@ -26,6 +27,7 @@ from resnet_inspect.ops.elementwise import elementwise_ops
 from resnet_inspect.ops.fields import Undefined
 from resnet_inspect.ops.table import FieldState, OpSpec
 from resnet_inspect.ops.upsample import upsample_ops
+from resnet_inspect.ops.windows import window_ops
 from resnet_inspect.records import OpKind, OpNode
 
 
@@ -38,7 +40,7 @@ UNKNOWN_OP = OpSpec("unknown", OpKind.UNKNOWN, unknown_field, doc="an operation 
 
 def builtin_ops() -> list[OpSpec]:
     """Every built-in entry, most specific module classes first."""
-    return [*conv_pool_ops(), *attention_ops(), *upsample_ops(), *elementwise_ops()]
+    return [*conv_pool_ops(), *attention_ops(), *upsample_ops(), *elementwise_ops(), *window_ops()]
 
 
 __all__ = [

@@ -109,11 +109,17 @@ def describe_conv(call: Call) -> tuple[Geometry, dict[str, Any]]:
 
 
 def describe_conv_transpose(call: Call) -> tuple[Geometry, dict[str, Any]]:
+    """A transposed convolution's geometry. A module called with ``output_size=`` (a U-Net decoder matching its
+    skip connection) runs with the output padding that size picks, which torch's own ``_output_padding`` says."""
     module = call.module
     if module is not None:
         rank = len(module.kernel_size)
         kernel, stride, padding = tuple(module.kernel_size), module.stride, module.padding
         output_padding, groups, dilation = module.output_padding, module.groups, module.dilation
+        output_size = call.arg(1, "output_size")
+        if output_size is not None and call.args:
+            output_padding = module._output_padding(call.args[0], [int(size) for size in output_size], stride,
+                                                    padding, kernel, rank, dilation)
     else:
         weight = call.arg(1, "weight")
         rank = weight.dim() - 2

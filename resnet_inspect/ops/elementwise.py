@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_inspect.ops import rules
+from resnet_inspect.ops import rules, windows
 from resnet_inspect.ops.common import _ndim, broadcast_shapes, meta_empty
 from resnet_inspect.ops.fields import Undefined
 from resnet_inspect.ops.table import Call, FieldState, OpSpec
@@ -248,10 +248,10 @@ def elementwise_ops() -> list[OpSpec]:
                           "nanmean", "nansum"),
                describe=describe_reduce, shape=lambda call: shape_mean(call) if call.name == "mean" else NotImplemented,
                replay=rules.replay_as_analysed, doc="reductions: over every spatial axis a global pooling"),
-        OpSpec("reshape", OpKind.RESHAPE, rules.reshaped, modules=(nn.Flatten, nn.Unflatten),
+        OpSpec("reshape", OpKind.RESHAPE, windows.reshaped, modules=(nn.Flatten, nn.Unflatten),
                functions=("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
                           "reshape_as", "ravel"), shape_donors=("view_as", "reshape_as"),
-               replay=rules.replay_identity, doc="view, reshape, flatten: the axes follow their dimensions"),
+               replay=windows.replay_reshaped, doc="view, reshape, flatten: the axes follow their dimensions"),
         OpSpec("permute", OpKind.RESHAPE, rules.permuted, functions=("permute",), describe=describe_permute,
                replay=rules.replay_identity, doc="permute: the axes move with their dimensions"),
         OpSpec("transpose", OpKind.RESHAPE, rules.permuted, functions=("transpose", "swapaxes", "swapdims", "t"),
@@ -272,12 +272,13 @@ def elementwise_ops() -> list[OpSpec]:
                shape_donors=("expand_as",),
                replay=rules.replay_identity, doc="expand and repeat: position-wise while the spatial sizes stay"),
         OpSpec("cat", OpKind.RESHAPE, rules.concatenated, functions=("cat", "concat", "concatenate"),
-               describe=describe_cat, replay=rules.replay_identity,
+               describe=describe_cat, shape=windows.shape_cat, replay=rules.replay_identity,
                doc="concatenation: a merge along channels; along a spatial axis positions shift"),
         OpSpec("stack", OpKind.RESHAPE, rules.concatenated, functions=("stack",), describe=describe_stack,
                replay=rules.replay_identity, doc="stack: a merge in a new dimension"),
         OpSpec("getitem", OpKind.SUBSAMPLE, rules.indexed, functions=("getitem",), describe=describe_getitem,
-               replay=rules.replay_subsample, doc="indexing: strided slices subsample a spatial axis"),
+               shape=windows.shape_getitem, replay=rules.replay_subsample,
+               doc="indexing: strided slices subsample a spatial axis"),
         OpSpec("constant", OpKind.ELEMENTWISE, rules.position_wise, functions=CONSTANT_FUNCTIONS, constant=True,
                doc="zeros_like and friends: values that do not depend on the input"),
     ]

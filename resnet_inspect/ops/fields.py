@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
+from resnet_inspect.ops import spans
+from resnet_inspect.ops.spans import Spans
+
 Number = int | Fraction
 FEATURES = -1  # in a layout dimension: features (channels) flattened together with spatial axes
 
@@ -60,10 +63,16 @@ class NodeField:
     union: bool = False
     exact: bool = True
     padding_mode: str = "zeros"
+    spans: Spans | None = None
 
     @property
     def rank(self) -> int:
         return len(self.size)
+
+    @property
+    def method(self) -> str:
+        """How the field was found: "analytic" (the rules) here; a measured field says "measured"."""
+        return "analytic"
 
     @property
     def position_independent(self) -> bool:
@@ -77,6 +86,9 @@ class NodeField:
 
     def interval(self, unit: Sequence[int]) -> tuple[tuple[Number, Number], ...]:
         """First and last input position covered by output unit ``unit``, per axis."""
+        if self.spans is not None and not self.position_independent:
+            return tuple(axis_spans[min(max(u, 0), len(axis_spans) - 1)]
+                         for axis_spans, u in zip(self.spans, unit, strict=True))
         result = []
         for axis in range(self.rank):
             offset = 0 if self.position_independent else unit[axis] * self.stride[axis]
@@ -88,15 +100,23 @@ class NodeField:
         """Whether every output unit, the border ones included, sees the whole input."""
         if self.position_independent and self.global_context:
             return True
+        if self.spans is not None and not self.position_independent:
+            return all(first <= 0 and last >= extent - 1
+                       for axis_spans, extent in zip(self.spans, input_size, strict=True) for first, last in axis_spans)
         first = self.interval([0] * self.rank)
         last = self.interval([max(size - 1, 0) for size in output_size])
         return all(first[axis][1] >= input_size[axis] - 1 and last[axis][0] <= 0 for axis in range(self.rank))
 
     def to_json(self) -> dict[str, object]:
-        return {
+        result: dict[str, object] = {
             "size": [json_number(v) for v in self.size], "stride": [json_number(v) for v in self.stride],
             "padding": [json_number(v) for v in self.padding], "global_context": self.global_context,
+            "method": self.method,
         }
+        if self.spans is not None and not self.position_independent:
+            result["spans"] = [[[json_number(first), json_number(last)] for first, last in axis_spans]
+                               for axis_spans in self.spans]
+        return result
 
 
 def window(field: NodeField, kernel: Sequence[Number], stride: Sequence[Number], padding: Sequence[Number],
@@ -106,6 +126,10 @@ def window(field: NodeField, kernel: Sequence[Number], stride: Sequence[Number],
     A position-independent field keeps its region; only the unit grid's stride changes.
     """
     mode = field.padding_mode if field.padding_mode != "zeros" else padding_mode
+    if field.spans is not None and not field.position_independent:
+        result = spans.window(field.spans, kernel, stride, padding)
+        return with_spans(replace(field, padding_mode=mode), result,
+                          tuple(number(S * s) for S, s in zip(field.stride, stride, strict=True)))
     if field.position_independent:
         stride_out = tuple(number(S * s) for S, s in zip(field.stride, stride, strict=True))
         return replace(field, stride=stride_out, padding_mode=mode)
@@ -127,6 +151,12 @@ def whole_map(field: NodeField, grid: Sequence[int], *, reduced: bool) -> NodeFi
     """
     if field.position_independent:
         return replace(field, reduced=reduced or field.reduced, whole=not reduced and not field.reduced)
+    if field.spans is not None:
+        hulls = [spans.hull(axis_spans) for axis_spans in field.spans]
+        size = tuple(number(last - first + 1) for first, last in hulls)
+        stride = tuple(number(S * n) for S, n in zip(field.stride, grid, strict=True)) if reduced else field.stride
+        return replace(field, size=size, stride=stride, padding=tuple(number(-first) for first, _ in hulls),
+                       reduced=reduced, whole=not reduced, spans=None)
     size = tuple(number(r + (n - 1) * S) for r, n, S in zip(field.size, grid, field.stride, strict=True))
     stride = tuple(number(S * n) for S, n in zip(field.stride, grid, strict=True)) if reduced else field.stride
     return replace(field, size=size, stride=stride, reduced=reduced, whole=not reduced)
@@ -146,6 +176,8 @@ def merge_fields(name: str, fields: Sequence[NodeField]) -> NodeField:
     """
     local = [field for field in fields if not field.reduced]
     context = any(field.global_context for field in fields) or len(local) < len(fields)
+    if any(field.spans is not None and not field.position_independent for field in local):
+        return merge_spans(name, local, context)
     if not local:  # every path reduced: one value from the whole map
         widest = max(fields, key=lambda field: math.prod(field.size))
         return replace(widest, global_context=any(field.global_context for field in fields))
@@ -173,7 +205,54 @@ def merge_fields(name: str, fields: Sequence[NodeField]) -> NodeField:
     )
 
 
+def field_spans(field: NodeField, grid: Sequence[int]) -> Spans:
+    """Every unit's (first, last) input position per axis, for a map of ``grid`` units."""
+    if field.spans is not None and not field.position_independent:
+        return field.spans
+    if field.position_independent:
+        return tuple(((-p, -p + r - 1),) * n for r, p, n in zip(field.size, field.padding, grid, strict=True))
+    if not all(isinstance(number(v), int) for v in (*field.stride, *field.padding, *field.size)):
+        raise Undefined("positions between grid units (after upsampling) cannot be followed unit by unit")
+    return spans.affine(field.size, field.stride, field.padding, grid)
+
+
+def with_spans(field: NodeField, unit_spans: Spans, stride: Sequence[Number]) -> NodeField:
+    """``field`` with every unit's span given: back to (size, stride, padding) when they step by one stride; else
+    size and padding are those of the centre unit."""
+    if all(len(set(axis_spans)) == 1 for axis_spans in unit_spans):  # every unit sees the same region
+        firsts = tuple(axis_spans[0][0] for axis_spans in unit_spans)
+        size = tuple(axis_spans[0][1] - axis_spans[0][0] + 1 for axis_spans in unit_spans)
+        return replace(field, size=size, stride=tuple(stride), padding=tuple(-first for first in firsts), spans=None,
+                       whole=True, union=False)
+    size, padding = spans.summary(unit_spans, stride)
+    affine = spans.affine(size, stride, padding, [len(axis_spans) for axis_spans in unit_spans])
+    if affine == tuple(tuple(axis_spans) for axis_spans in unit_spans):
+        return replace(field, size=size, stride=tuple(stride), padding=padding, spans=None)
+    return replace(field, size=size, stride=tuple(stride), padding=padding, spans=unit_spans, union=False)
+
+
+def merge_spans(name: str, fields: Sequence[NodeField], context: bool) -> NodeField:
+    """Paths joined after windowed attention or a roll: per unit, the hull of the paths' spans."""
+    carrier = next(field for field in fields if field.spans is not None and not field.position_independent)
+    grid = [len(axis_spans) for axis_spans in carrier.spans or ()]
+    if any(field.rank != carrier.rank for field in fields):
+        raise Undefined(f"{name} joins tensors with different numbers of spatial axes")
+    joined = spans.merge([field_spans(field, grid) for field in fields])
+    base = replace(carrier, global_context=context, exact=all(field.exact for field in fields))
+    return with_spans(base, joined, carrier.stride)
+
+
 # ----------------------------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One digit of a spatial axis split across dimensions (a window partition, ``unfold``): index ``i`` along it
+    stands for ``coeff * i`` units of axis ``axis``, for ``count`` values. A unit is the sum over its pieces."""
+
+    axis: int
+    coeff: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -182,8 +261,10 @@ class Layout:
 
     ``dims[d]`` lists the spatial axes (numbered as in the model input) that dimension ``d`` holds: one for an
     ordinary map dimension, several when axes were flattened together (row-major, the first outermost), and
-    ``FEATURES`` when features were flattened with them. ``scrambled``: positions along a spatial dimension were
-    shifted (a class token concatenated in front): the per-unit intervals no longer hold.
+    ``FEATURES`` when features were flattened with them. An axis split into blocks and positions within them
+    (``view`` to windows, ``unfold``) is held as :class:`Piece` entries, in the dimensions each digit went to.
+    ``scrambled``: positions along a spatial dimension were shifted (a class token concatenated in front): the
+    per-unit intervals no longer hold.
     """
 
     dims: tuple[tuple[int, ...], ...]
@@ -208,7 +289,14 @@ class Layout:
     def intact(self) -> bool:
         """Every axis in a dimension of its own (any order), nothing mixed with features, nothing shifted."""
         held = [axes for axes in self.dims if axes]
+        if self.split:
+            return False
         return not self.scrambled and sorted(held) == [(a,) for a in range(self.rank)]
+
+    @property
+    def split(self) -> bool:
+        """Some axis is held as pieces in several dimensions."""
+        return any(isinstance(a, Piece) for axes in self.dims for a in axes)
 
     @property
     def canonical(self) -> bool:
@@ -294,7 +382,9 @@ __all__ = [
     "FEATURES",
     "Layout",
     "NodeField",
+    "Piece",
     "Undefined",
+    "field_spans",
     "json_number",
     "merge_fields",
     "number",
@@ -302,4 +392,5 @@ __all__ = [
     "reshape_layout",
     "whole_map",
     "window",
+    "with_spans",
 ]

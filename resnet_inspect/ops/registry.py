@@ -117,7 +117,15 @@ def op_for_module(module: Any) -> OpSpec | None:
     return None
 
 
+def declared_op(module: Any) -> OpSpec | None:
+    """The entry of the class ``module`` derives from, whether or not it runs that class's forward: what it
+    declares (a ``Conv2d`` subclass that pads in its own forward still declares a convolution's geometry)."""
+    _load_builtins()
+    return next((spec for spec in _TABLE.module_entries if isinstance(module, spec.modules)), None)
+
+
 __all__ = [
+    "declared_op",
     "get_op",
     "op_for_function",
     "op_for_module",

@@ -47,7 +47,7 @@ def _grid(layout: Layout, shape: Sequence[int]) -> tuple[int, ...]:
     grid = list(layout.grid)
     for dim, axes in enumerate(layout.dims):
         spatial = [a for a in axes if a != FEATURES]
-        if len(spatial) == 1 and len(axes) == 1 and dim < len(shape):
+        if len(spatial) == 1 and len(axes) == 1 and dim < len(shape) and isinstance(spatial[0], int):
             grid[spatial[0]] = shape[dim]
     return tuple(grid)
 
@@ -118,6 +118,8 @@ def transposed(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     geometry = node.geometry
     require_canonical(node, state, geometry.rank)
     field = state.field
+    if field.spans is not None:
+        raise Undefined(f"not covered: {describe_op(node)} after windowed attention or a roll")
     steps = [Fraction(S) / s for S, s in zip(field.stride, geometry.stride, strict=True)]
     if field.position_independent:
         result = replace(field, stride=tuple(number(v) for v in steps))
@@ -166,7 +168,7 @@ def padded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
         start, end = pads[2 * pair_index], pads[2 * pair_index + 1]
         if not axes or (start, end) == (0, 0):
             continue
-        if len(axes) != 1 or len(state.layout.dims[dim]) != 1:
+        if len(axes) != 1 or len(state.layout.dims[dim]) != 1 or not isinstance(axes[0], int):
             raise Undefined(f"not covered: {describe_op(node)} pads a dimension holding several spatial axes")
         before[axes[0]] = start
     padding_mode = "zeros" if mode == "constant" else str(mode)
@@ -264,6 +266,9 @@ def indexed(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
                 if (start, step) != (0, 1):
                     raise Undefined(f"not covered: {describe_op(node)} slices a dimension holding merged or "
                                     "shifted positions")
+            elif spatial and not isinstance(spatial[0], int):
+                if (start, step) != (0, 1):
+                    raise Undefined(f"not covered: {describe_op(node)} slices a dimension holding part of a split axis")
             elif spatial:
                 stride[spatial[0]], offset[spatial[0]] = step, start
             out_dims.append(axes)
@@ -430,6 +435,8 @@ def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     if reach is None:
         raise Undefined(f"not covered: {describe_op(node)} interpolates with mode {mode!r}")
     field = state.field
+    if field.spans is not None:
+        raise Undefined(f"not covered: {describe_op(node)} after windowed attention or a roll")
     layout = state.layout.with_grid(after)
     steps = [_source_step(i, o, align and reach > 0) for i, o in zip(before, after, strict=True)]
     if field.position_independent:

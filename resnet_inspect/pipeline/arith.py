@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.ops.arithmetic import conv_output, conv_transpose_output, pool_output, solve_padding
+from resnet_inspect.ops.arithmetic import (
+    conv_output,
+    conv_transpose_output,
+    pool_output,
+    solve_padding,
+    solve_transposed_padding,
+)
 from resnet_inspect.report.arith import ArithReport
 
 
@@ -37,6 +43,9 @@ def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bo
         inputs["ceil_mode"] = ceil_mode
     if transposed:
         inputs["output_padding"] = output_padding
+    if solve and transposed:  # the transposed relation's inverse: o = s*i, with the output padding that gives it
+        pairs = solve_transposed_padding(i, k, s, d)
+        return ArithReport(layer, inputs, result, tuple(p for p, _ in pairs), s * i, tuple(a for _, a in pairs))
     solutions = tuple(solve_padding(i, k, s, d)) if solve else None
     target = (i if s == 1 else -(-i // s)) if solve else None
     return ArithReport(layer, inputs, result, solutions, target)

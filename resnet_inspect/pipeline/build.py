@@ -140,10 +140,15 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     given) only when asked and a model is given; the training analyses over ``training`` (a training pass of the
     same model) when given."""
     from resnet_inspect.analysis.counting import count
+    from resnet_inspect.analysis.padding import padding_runs
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
     from resnet_inspect.analysis.stages import stage_rows
 
     fields = analyze_receptive_field(capture)
+    if model is not None:  # where the rules run out, the encoder output's field is measured
+        from resnet_inspect.analysis.measured import with_measured_fields
+
+        fields = with_measured_fields(model, capture, fields)
     counts = count(capture)
     fvcore_counts, fvcore_note = None, None
     if fvcore and model is not None:
@@ -160,8 +165,8 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
         max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
-        stage_rows=stage_rows(capture, fields, counts), training=training_counts_of(training, shard),
-        training_capture=training,
+        stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
+        training=training_counts_of(training, shard), training_capture=training,
     )
 
 
@@ -175,8 +180,12 @@ def training_counts_of(training: TrainingCapture | None, shard: int = 1) -> Trai
 
 
 def verify_from_capture(capture: Capture) -> VerifyReport:
-    """Every convolution and pooling layer of one capture checked against the arithmetic of its geometry."""
-    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings)
+    """Every convolution and pooling layer of one capture checked against the arithmetic of its geometry, and the
+    modules whose forward pads other than they declare."""
+    from resnet_inspect.analysis.padding import padding_runs
+
+    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings,
+                        padding_runs(capture))
 
 
 def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,

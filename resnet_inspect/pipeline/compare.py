@@ -37,8 +37,10 @@ def family_models(family: Family | str) -> list[str]:
     return [name for name in list_models() if wanted is None or model_spec(name).family == wanted]
 
 
-def row_from_capture(capture: Capture) -> ModelRow:
-    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage."""
+def row_from_capture(capture: Capture, model: nn.Module | None = None) -> ModelRow:
+    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage.
+
+    Given the ``model``, an encoder output whose analytic field is undefined gets a measured one."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.depth import network_depth
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
@@ -46,6 +48,10 @@ def row_from_capture(capture: Capture) -> ModelRow:
 
     counts = count(capture)
     fields = analyze_receptive_field(capture)
+    if model is not None:
+        from resnet_inspect.analysis.measured import with_measured_fields
+
+        fields = with_measured_fields(model, capture, fields)
     rows = stage_rows(capture, fields, counts)
     output_node = fields.output_node
     output_stage = next((stage for stage in fields.stages if stage.name == "output"), None)
@@ -107,7 +113,8 @@ def compare_rows(candidates: Sequence[Candidate], batch_size: int = 1) -> list[M
 
     with paused_garbage_collection():
         return [
-            row_from_capture(capture_model(candidate.model, size, batch_size, model_name=candidate.name))
+            row_from_capture(capture_model(candidate.model, size, batch_size, model_name=candidate.name),
+                             candidate.model)
             for candidate in candidates for size in candidate.sizes
         ]
 

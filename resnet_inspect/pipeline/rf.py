@@ -31,6 +31,36 @@ def load_rf_model(spec: str, in_channels: int | None, num_classes: int | None, r
         return load_model(spec, in_channels=in_channels, num_classes=num_classes, device=None)
 
 
+OWN_WEIGHTS = "own (the module as given)"
+
+
+def weights_label(spec: str, in_channels: int | None, num_classes: int | None, model: nn.Module,
+                  seed: int = ERF_SEED) -> str:
+    """What the weights of ``model``, built from ``spec`` by ``load_rf_model(..., seed=seed)``, are.
+
+    The tool seeds the random generator, but a factory may set its weights itself (load a checkpoint). A second
+    build with another seed tells them apart: a parameter that changes with the seed is the seeded random
+    initialisation; one that stays and is not a constant (ones, zeros) was set by the model's own code.
+    """
+    import torch
+
+    other, _ = load_rf_model(spec, in_channels, num_classes, real=True, seed=seed + 1)
+    reseeded = dict(other.named_parameters())
+    seeded = own = 0
+    for name, tensor in model.named_parameters():
+        again = reseeded.get(name)
+        if again is None or again.shape != tensor.shape or not torch.equal(again, tensor):
+            seeded += 1
+        elif tensor.numel() > 1 and not bool((tensor == tensor.flatten()[0]).all()):
+            own += 1
+    if seeded and not own:
+        return f"random (seed {seed})"
+    if not seeded:
+        return "own (set by the model's code, not by this tool)"
+    return (f"random (seed {seed}) for {seeded} of {seeded + own} parameter tensors; the others set by the "
+            "model's code")
+
+
 def _looks_torchvision(keys: list[str]) -> bool:
     return "conv1.weight" in keys and any(key.startswith("layer1.") for key in keys)
 
@@ -125,14 +155,19 @@ def _size_text(sizes: tuple[int, ...]) -> str:
 
 def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int | None = None,
               check: bool = False, erf: bool = False, erf_samples: int = 8,
-              weights_path: Path | None = None) -> RfReport:
+              weights_path: Path | None = None, weights: str = OWN_WEIGHTS) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF.
+
+    ``weights`` says what the model's weights are for the ERF's label (``weights_label`` for a model this tool
+    built); a ``weights_path`` loaded into it names itself instead.
 
     Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
     Before the check or the ERF allocates anything, the memory guard compares its estimated peak with the
-    memory available (MemoryGuardError when it does not fit).
+    memory available (MemoryGuardError when it does not fit). A stage whose analytic field is undefined gets a
+    measured one (``analysis/measured.py``), guarded too: one that does not fit stays undefined.
     """
     from resnet_inspect.analysis.empirical import check_input_size, effective_receptive_field, empirical_check
+    from resnet_inspect.analysis.measured import with_measured_fields
     from resnet_inspect.analysis.memory import ensure_fits, gradient_bytes, replay_bytes
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field
     from resnet_inspect.pipeline.build import capture_model
@@ -150,9 +185,14 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     empirical = empirical_check(model, captured, result, in_channels) if check else None
     erf_result = None
     if wants_erf:
-        weights = load_weights(model, weights_path) if weights_path is not None else f"random (seed {ERF_SEED})"
+        if weights_path is not None:
+            weights = load_weights(model, weights_path)
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
+    result = with_measured_fields(model, captured, result, stages=True)  # where the rules ran out
     return RfReport(name, captured.input_shape, result, empirical, erf_result)
 
 
-__all__ = ["load_rf_model", "load_weights", "read_checkpoint", "rf_report", "state_dict_problems"]
+__all__ = [
+    "OWN_WEIGHTS", "load_rf_model", "load_weights", "read_checkpoint", "rf_report", "state_dict_problems",
+    "weights_label",
+]

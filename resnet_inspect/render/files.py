@@ -56,6 +56,28 @@ def _file_mode(path: Path) -> int | None:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+_RANDOM_PART = 8  # the characters tempfile puts between prefix and suffix
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def _temporary_file(directory: Path, name: str) -> tuple[int, str]:
+    """A new temporary file beside ``name`` in ``directory`` (``mkstemp``'s descriptor and path).
+
+    Its name is ``.NAME.XXXXXXXX.tmp``, with NAME shortened (never the target's own name) so that the whole
+    stays within the directory's limit on a name's bytes (255 on common file systems): every legal target name,
+    up to that limit, can be written.
+    """
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    budget = max(limit - len(".") - len(".") - _RANDOM_PART - len(_TEMPORARY_SUFFIX), 1)
+    encoded = os.fsencode(name)
+    if len(encoded) > budget:
+        name = os.fsdecode(encoded[:budget])  # a cut inside a character stays bytes (surrogateescape)
+    return tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=_TEMPORARY_SUFFIX)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -86,7 +108,7 @@ def check_writable(path: Path | None) -> None:
     if mode is not None and not os.access(target, os.W_OK):
         raise BadInputError(f"cannot write {path}: permission denied")
     try:
-        descriptor, probe = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        descriptor, probe = _temporary_file(directory, target.name)
     except OSError as exc:
         raise BadInputError(f"cannot write {path}: {directory} does not accept new files "
                             f"({exc.strerror or exc})") from exc
@@ -95,10 +117,21 @@ def check_writable(path: Path | None) -> None:
 
 
 def same_file(first: Path | None, second: Path | None) -> bool:
-    """Whether two output paths land on the same file (``-`` is never a file)."""
+    """Whether two output paths land on the same file (``-`` is never a file): the same device and inode when
+    both exist (hard links, symbolic links, different spellings), else the same resolved path."""
     if first is None or second is None or is_stdout(first) or is_stdout(second):
         return False
-    return os.path.realpath(first) == os.path.realpath(second)
+    try:
+        return os.path.samefile(first, second)  # st_dev and st_ino, through symbolic links
+    except OSError:  # one of them does not exist yet
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_png_name(path: Path | str | None, option: str = "--png") -> None:
+    """Refuse to write PNG bytes to a file whose name does not say PNG (``erf.jpg``, ``erf.txt``): the file
+    written, a symbolic link's final target, must end in ``.png``."""
+    if path is not None and not is_stdout(path) and Path(os.path.realpath(path)).suffix.lower() != ".png":
+        raise BadInputError(f"{option} writes a PNG image: {path} must end in .png")
 
 
 def write_output(path: Path | str, data: str | bytes) -> None:
@@ -144,7 +177,7 @@ def _write_in_place(target: Path, payload: bytes) -> None:
 def _replace(target: Path, payload: bytes, existing_mode: int | None) -> None:
     """A temporary file beside ``target``, fully written and synced, then renamed over it."""
     directory = target.parent if str(target.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    descriptor, temporary = _temporary_file(directory, target.name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
@@ -158,4 +191,4 @@ def _replace(target: Path, payload: bytes, existing_mode: int | None) -> None:
         raise
 
 
-__all__ = ["STDOUT", "check_writable", "is_stdout", "same_file", "write_output"]
+__all__ = ["STDOUT", "check_png_name", "check_writable", "is_stdout", "same_file", "write_output"]

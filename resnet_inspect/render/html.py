@@ -88,32 +88,31 @@ SCRIPT = """
 """
 
 
-def stage_costs(summary: Mapping[str, Any]) -> list[tuple[str, int, int]]:
-    """(name, MACs, parameters) per stage: the summary's ``params_by_stage`` (stem, each residual stage, head).
+OUTSIDE_MODULES = "(outside modules)"  # the bar for what the model's own forward and parameters hold
 
-    A stage's MACs are its module's (inclusive) MACs; the stem's are those of the calls before the first stage
-    that hold no stage; the head has the rest. Models without residual stages get one bar per top-level module.
+
+def stage_costs(summary: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    """(name, MACs, parameters) per stage, as the report gives them: ``macs_by_stage`` and ``params_by_stage``
+    (the stem, each stage as in compare and rf, the head), which add up to the totals.
+
+    A model without stages gets one bar per top-level module, each module's parameters once however often it
+    runs, and one more bar for what runs outside them, so the bars add up to the totals too.
     """
-    layers = summary["layers"]
-    by_stage = summary["totals"].get("params_by_stage") or {}
-    stage_names = [name for name in by_stage if name not in ("stem", "head")]
-    if not stage_names:
-        return [(layer["name"], layer["macs"], layer["params"]) for layer in layers if layer["depth"] == 1]
-    first = min((index for index, layer in enumerate(layers) if layer["name"] in stage_names), default=len(layers))
-    outer: list[str] = []  # the outermost calls before the first stage that enclose no stage
-    stem_macs = 0
-    for layer in layers[:first]:
-        name = layer["name"]
-        if any(stage.startswith(name + ".") for stage in stage_names):
-            continue
-        if any(name.startswith(enclosing + ".") for enclosing in outer):
-            continue
-        outer.append(name)
-        stem_macs += layer["macs"]
-    stage_macs = {layer["name"]: layer["macs"] for layer in reversed(layers) if layer["name"] in stage_names}
-    head_macs = summary["totals"]["macs"] - stem_macs - sum(stage_macs.values())
-    macs = {"stem": stem_macs, **stage_macs, "head": max(0, head_macs)}
-    return [(name, macs.get(name, 0), params) for name, params in by_stage.items()]
+    totals = summary["totals"]
+    by_stage = totals.get("params_by_stage") or {}
+    if by_stage:
+        macs = totals.get("macs_by_stage") or {}
+        return [(name, macs.get(name, 0), params) for name, params in by_stage.items()]
+    bars: dict[str, tuple[int, int]] = {}
+    for layer in summary["layers"]:
+        if layer["depth"] == 1:
+            macs, params = bars.get(layer["name"], (0, layer["params"]))
+            bars[layer["name"]] = (macs + layer["macs"], params)
+    outside = (totals["macs"] - sum(macs for macs, _ in bars.values()),
+               totals["params"] - sum(params for _, params in bars.values()))
+    if any(outside):
+        bars[OUTSIDE_MODULES] = outside
+    return [(name, macs, params) for name, (macs, params) in bars.items()]
 
 
 def _parents(depths: Sequence[int]) -> list[int | None]:

@@ -195,6 +195,8 @@ def _erf_panel(figure: Figure, axes: Axes, rf: Mapping[str, Any], mass: Sequence
     centre_row, centre_column = erf["centre"]
     for name, colour, linestyle in ERF_LEVEL_STYLES:
         radius = erf[name]
+        if radius is None:  # the input gradient is zero everywhere: no square holds any share of nothing
+            continue
         # the pixels within Chebyshev distance r of the centre: edges half a pixel outside their centres
         axes.add_patch(Rectangle((centre_column - radius, centre_row - radius), 2 * radius + 1, 2 * radius + 1,
                                  fill=False, edgecolor=colour, linestyle=linestyle, linewidth=1.6, zorder=4,

@@ -21,6 +21,27 @@ def pair_text(values: Sequence[Any] | None, float_format: str = "g") -> str:
     return texts[0] if len(set(texts)) == 1 else "x".join(texts)
 
 
+MEASURED_MARK = "*"
+
+
+def field_size_text(field: Any) -> str:
+    """A receptive field's size as ``pair_text`` gives it, marked ``*`` when it was measured, not derived."""
+    if field is None:
+        return "-"
+    text = pair_text(field.size)
+    return text + MEASURED_MARK if field.method == "measured" else text
+
+
+def measured_note(field: Any, where: str = "") -> str:
+    """What the ``*`` of a measured field means, at which unit and input size, and why the rules ran out."""
+    unit = ", ".join(map(str, field.unit))
+    size = "x".join(map(str, field.input_size))
+    subject = f"{where}: " if where else ""
+    return (f"{MEASURED_MARK} {subject}measured, not analytic: the input-gradient support of output unit ({unit}) "
+            f"at {size} in a linearised copy of the model (positive weights, float64); the rules ran out: "
+            f"{field.reason}")
+
+
 def yes_no(value: bool | None) -> Cell:
     """A green 'yes', a plain 'no', or '-' when unknown."""
     if value is None:

@@ -22,6 +22,7 @@ class ArithReport(ReportView):
     result: AxisArithmetic
     solutions: tuple[int, ...] | None = None
     solve_target: int | None = None
+    solution_output_paddings: tuple[int, ...] | None = None  # transposed: the output padding of each solution
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -31,6 +32,8 @@ class ArithReport(ReportView):
         }
         if self.solutions is not None:
             data["solve"] = {"target": self.solve_target, "paddings": list(self.solutions)}
+            if self.solution_output_paddings is not None:
+                data["solve"]["output_paddings"] = list(self.solution_output_paddings)
         return data
 
     def document(self) -> Document:
@@ -43,6 +46,9 @@ class ArithReport(ReportView):
         )
         if self.solutions is not None:
             found = ", ".join(map(str, self.solutions)) if self.solutions else "none"
+            if self.solution_output_paddings is not None and self.solutions:
+                found = ", ".join(f"{p} (output padding {a})"
+                                  for p, a in zip(self.solutions, self.solution_output_paddings, strict=True))
             rows += ((f"paddings giving o = {self.solve_target}", found),)
         tables = [Table(f"{self.layer}: {settings}", (Column("quantity"), Column("value")), rows)]
         flags = tuple(f"flag: {flag}" for flag in self.result.flags)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -193,7 +193,7 @@ class CompareReport(ReportView):
         macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
         memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
         field_sizes = [math.prod(float(v) for v in row.field.size) if row.field else None for row in rows]
-        fields = _best_cells([pair_text(row.field.size if row.field else None) for row in rows], field_sizes,
+        fields = _best_cells([field_size_text(row.field) for row in rows], field_sizes,
                              False, None)
         columns = [
             Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
@@ -250,7 +250,7 @@ class CompareReport(ReportView):
                 share = f"{100 * stage.macs / row.macs:.1f}%" if row.macs else "-"
                 table_rows.append((
                     row.model, pair_text(row.input_size), stage.name, str(stage.blocks) if stage.blocks else "",
-                    shape_text(stage.output_shape), pair_text(stage.field.size if stage.field else None),
+                    shape_text(stage.output_shape), field_size_text(stage.field),
                     pair_text(stage.field.stride if stage.field else None), yes_no(stage.covers_input), share,
                 ))
         footer = ("RF, stride: receptive field and effective stride at the stage output; head: everything after the "
@@ -258,8 +258,11 @@ class CompareReport(ReportView):
         return Table("Stages", columns, tuple(table_rows), footer)
 
     def _notes(self) -> tuple[str, ...]:
-        return tuple(f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
-                     if row.field is None and row.field_reason)
+        undefined = [f"{row.label}: receptive field undefined ({row.field_reason})" for row in self.rows
+                     if row.field is None and row.field_reason]
+        measured = [measured_note(row.field, f"{row.label}: RF") for row in self.rows
+                    if row.field is not None and row.field.method == "measured"]
+        return tuple(undefined + measured)
 
 
 # --------------------------------------------------------------------------------------------- building

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.heatmap import erf_heatmap
-from resnet_inspect.render.text import pair_text, shape_text, yes_no
+from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -41,7 +41,7 @@ class RfReport(ReportView):
     def _stage_dict(self, stage: StageField) -> dict[str, Any]:
         field = stage.field
         values = field.to_json() if field else {"size": None, "stride": None, "padding": None,
-                                                 "global_context": None}
+                                                 "global_context": None, "method": None}
         return {
             "name": stage.name, **values, "output_size": list(stage.output_size),
             "covers_input": stage.covers_input, "centre": _list(field.centre) if field else None,
@@ -86,7 +86,7 @@ class RfReport(ReportView):
         rows = []
         for stage in self.stages:
             row: list[Cell | str] = [
-                stage.name, pair_text(stage.size), pair_text(stage.stride), pair_text(stage.padding),
+                stage.name, field_size_text(stage.field), pair_text(stage.stride), pair_text(stage.padding),
                 shape_text(stage.output_size), yes_no(stage.covers_input),
             ]
             if self.empirical:
@@ -108,7 +108,8 @@ class RfReport(ReportView):
             return ()
         erf = self.erf
         rows = (
-            ("r50", f"{erf.r50:g} px"), ("r90", f"{erf.r90:g} px"), ("r99", f"{erf.r99:g} px"),
+            *((name, "undefined" if radius is None else f"{radius:g} px")
+              for name, radius in (("r50", erf.r50), ("r90", erf.r90), ("r99", erf.r99))),
             ("ratio r99 / field half-width", "-" if erf.ratio is None else f"{erf.ratio:.3f}"),
             ("theoretical field", pair_text(erf.field_size)),
             ("centre (row, column)", f"({erf.centre[0]:g}, {erf.centre[1]:g})"),
@@ -119,7 +120,8 @@ class RfReport(ReportView):
             "(Luo et al. 2016)",
             (Column("quantity"), Column("value", "right")), rows,
             ("rq: half-width (px) of the smallest square around the centre holding q of the gradient mass",
-             "ratio: r99 / ((size - 1) / 2), the theoretical field's half-width (larger axis)"),
+             "ratio: r99 / ((size - 1) / 2), the theoretical field's half-width (larger axis)",
+             *(("undefined: the input gradient of the centre unit is zero everywhere",) if erf.r50 is None else ())),
         )
         heatmap = Table(
             "Gradient mass over the input (shade = sqrt of mass)", (Column("heatmap"),),
@@ -129,6 +131,10 @@ class RfReport(ReportView):
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"undefined: {reason}" for reason in self.result.reasons]
+        measured = [stage for stage in self.stages if stage.field is not None and stage.field.method == "measured"]
+        if measured:
+            names = ", ".join(stage.name for stage in measured)
+            notes.append(measured_note(measured[-1].field, f"{names} ({len(measured)} of {len(self.stages)} rows)"))
         notes += list(self.result.remarks)
         if self.result.union:
             notes.append("the network is not aligned: paths with the same stride but different centres merge, and "
@@ -144,6 +150,9 @@ class RfReport(ReportView):
         if context:
             notes.append(f"global context from {context[0]} on: besides the local field shown, each unit depends on "
                          "the whole input through a pooled branch (a gate or normalisation statistics)")
+        windowed = [stage for stage in self.stages if stage.field is not None and stage.field.spans is not None]
+        if windowed:
+            notes.append(f"from {windowed[0].name} on: {windowed[0].reason}")
         inexact = [stage for stage in self.stages if stage.field is not None and not stage.field.exact]
         if inexact:
             notes.append(f"from {inexact[0].name} on: {inexact[0].reason}")

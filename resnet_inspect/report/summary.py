@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind
 from resnet_inspect.render.document import Cell, Column, Document, Table
-from resnet_inspect.render.text import bytes_text, pair_text, shape_text
+from resnet_inspect.render.text import (
+    MEASURED_MARK,
+    bytes_text,
+    field_size_text,
+    measured_note,
+    pair_text,
+    shape_text,
+)
 from resnet_inspect.report.view import ReportView, SummaryView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
@@ -16,6 +23,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.checks import LayerCheck
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
+    from resnet_inspect.analysis.padding import PaddingRun
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
     from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
@@ -70,6 +78,7 @@ class VerifyReport(ReportView):
     input_shape: tuple[int, ...]
     checks: tuple[LayerCheck, ...]
     capture_warnings: tuple[str, ...] = ()  # what the forward pass could not see (data-dependent branches)
+    padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
 
     @property
     def failed(self) -> int:
@@ -78,7 +87,7 @@ class VerifyReport(ReportView):
     @property
     def warnings(self) -> tuple[str, ...]:
         arithmetic = tuple(f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings)
-        return arithmetic + self.capture_warnings
+        return arithmetic + tuple(run.message for run in self.padding_runs) + self.capture_warnings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,12 +108,15 @@ class VerifyReport(ReportView):
             Column("expected", "right"), Column("observed", "right"), Column("check", "center"),
             Column("dropped", "right"),
         )
+        runs = {run.node: run for run in self.padding_runs}
         rows = []
         for item in self.checks:
             check = item.check
             formula = check.formulas[0] if len(set(check.formulas)) == 1 else " ; ".join(check.formulas)
+            run = runs.get(item.node.id)
             rows.append((
-                item.node.name, item.node.type, geometry_text(item.node.geometry),
+                item.node.name, item.node.type,
+                geometry_text(item.node.geometry) + (f" ({run.cell})" if run is not None else ""),
                 "adaptive" if check.relation is None else str(check.relation), formula,
                 shape_text(check.expected), shape_text(check.observed),
                 Cell(PASS if check.ok else FAIL, "green" if check.ok else "bold red"),
@@ -135,8 +147,18 @@ class SummaryReport(SummaryView):
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
     torchinfo: TorchinfoCounts | None = None
     stage_rows: tuple[StageRow, ...] = ()  # the stem, each stage and the head (``stages``)
+    padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
     training: TrainingCounts | None = None  # summary --train: backward MACs, saved and gradient bytes, step memory
     training_capture: TrainingCapture | None = None
+
+    def _by_stage(self, key: str) -> dict[str, int]:
+        """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
+        result: dict[str, int] = {}
+        if len(self.stage_rows) < 2:  # no stage, the head alone: nothing per stage to say
+            return result
+        for row in self.stage_rows:
+            result[row.name] = result.get(row.name, 0) + getattr(row, key)
+        return result
 
     @cached_property
     def checks_by_node(self) -> dict[int, LayerArithmetic]:
@@ -222,7 +244,8 @@ class SummaryReport(SummaryView):
                 "peak_memory_bytes": counts.peak_memory_bytes,
                 "fvcore_unsupported_ops": None if self.fvcore is None else dict(self.fvcore.unsupported_ops),
                 "param_bytes_by_dtype": dict(counts.param_bytes_by_dtype),
-                "params_by_stage": dict(counts.stage_params),
+                "params_by_stage": self._by_stage("params"),
+                "macs_by_stage": self._by_stage("macs"),
                 "uncounted_ops": dict(counts.uncounted_ops),
                 "torchinfo_mult_adds": None if self.torchinfo is None else self.torchinfo.mult_adds,
                 "torchinfo_params": None if self.torchinfo is None else self.torchinfo.params,
@@ -260,16 +283,20 @@ class SummaryReport(SummaryView):
             columns += [Column("bwd MACs", "right"), Column("saved", "right"), Column("grads", "right")]
         if show_time:
             columns.append(Column("ms", "right"))
+        runs = {run.record: run for run in self.padding_runs}
         rows = []
         for layer in capture.layers:
             if self.max_depth is not None and layer.depth > self.max_depth:
                 continue
+            run = runs.get(layer.index)
+            geometry = geometry_text(layer.geometry) if run is None else run.cell
             field_json = self.layer_fields.get(layer.index)
-            rf_text = "" if not field_json else pair_text(field_json["size"])
+            rf_text = "" if not field_json else "constant" if field_json.get("constant") else pair_text(
+                field_json["size"]) + (MEASURED_MARK if field_json.get("method") == "measured" else "")
             macs = counts.layer_macs.get(layer.index, 0)
             row: list[Cell | str] = [
                 Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
-                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry_text(layer.geometry),
+                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry,
                 check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
                 f"{macs:,}" if macs else "",
             ]
@@ -337,7 +364,7 @@ class SummaryReport(SummaryView):
                 (output.global_context and not output.whole, "; plus global context through a pooled branch"),
                 (output.union, "; the hull of unaligned paths"),
             ) if flag)
-            lines.append(f"receptive field at the encoder output: {pair_text(output.size)}, effective stride "
+            lines.append(f"receptive field at the encoder output: {field_size_text(output)}, effective stride "
                          f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}{extra}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
@@ -369,8 +396,9 @@ class SummaryReport(SummaryView):
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the forward pass could not see: data-dependent branches, values read back."""
-        return self.capture.warnings
+        """What the forward pass could not see (data-dependent branches, values read back), and the modules whose
+        forward pads other than they declare."""
+        return tuple(run.message for run in self.padding_runs) + self.capture.warnings
 
     def _notes(self) -> tuple[str, ...]:
         notes = [f"{item.node.name}: {warning}" for item in self.checks for warning in item.check.warnings
@@ -390,6 +418,8 @@ class SummaryReport(SummaryView):
             notes.append(f"fvcore did not count: {skipped}")
         if self.fields is not None:
             notes += [f"receptive field: {reason}" for reason in (*self.fields.reasons, *self.fields.remarks)]
+            if self.fields.output is not None and self.fields.output.method == "measured":
+                notes.append(measured_note(self.fields.output, "receptive field at the encoder output"))
         return tuple(notes)
 
 
