@@ -6,13 +6,16 @@
 - `resnet-inspect summary tests/fixtures/attention_models.py:swin_windows -i 64 --format json` (two Swin stages:
   window partitions, shifted windows by roll, patch merging) against importing torch and that file and building
   the model: at most 1.2x;
-- `resnet-inspect list` against `import torch`: at most 0.5 s more.
+- `resnet-inspect list` against `import torch`: at most 0.5 s more;
+- `resnet-inspect summary resnet50 --train --format json` (one training step on the meta device) against
+  `resnet-inspect summary resnet50 --format json`: at most 1.3x.
 
 Every run is a fresh process (a cold start); each pair runs alternately, the order flipping every round, so a
 drift in machine speed hits both. Prints every round, the medians and the ratios; exits 1 when one misses.
 
     python benchmarks/bench_table.py --rounds 7
     python benchmarks/bench_table.py --rounds 7 --only "summary swin"
+    python benchmarks/bench_table.py --rounds 7 --only "summary resnet50 --train"
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ PAIRS = {
     "summary swin": (resnet_inspect_command("summary", f"{SWIN}:swin_windows", "-i", "64", "--format", "json"),
                      [sys.executable, "-c", build_command(SWIN, "swin_windows")], "ratio", 1.2),
     "list": (resnet_inspect_command("list"), [sys.executable, "-c", "import torch"], "extra seconds", 0.5),
+    "summary resnet50 --train": (resnet_inspect_command("summary", "resnet50", "--train", "--format", "json"),
+                                 resnet_inspect_command("summary", "resnet50", "--format", "json"), "ratio", 1.3),
 }
 
 

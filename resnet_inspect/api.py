@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from resnet_inspect.analysis.training import StepMemory
+    from resnet_inspect.records import TrainingCapture
     from resnet_inspect.report.compare import CompareReport
     from resnet_inspect.report.rf import RfReport
     from resnet_inspect.report.summary import SummaryReport, VerifyReport
@@ -172,8 +174,8 @@ def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
             depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
             in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
-            fvcore: bool = False,
-            torchinfo: bool = False) -> SummaryReport:
+            fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str = "adamw",
+            amp: str | None = None, shard: int = 1) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -184,7 +186,11 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     (real CPU tensors only when its forward needs data): the model is not changed and no weights are allocated;
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
-    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
+    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
+    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``): per layer ``backward_macs``,
+    ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
+    ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
+    ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).
     """
     from resnet_inspect.pipeline.build import summary_from_capture
 
@@ -197,9 +203,75 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
+    training = None
+    if train:
+        options = _train_options(optimizer, dtype, amp, shard, "cpu" if device == "meta" else device)
+        training = _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
+        device = "meta"
+    elif amp is not None or shard != 1:
+        raise ValueError("amp and shard describe a training step: pass train=True")
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
     return summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
-                                torchinfo=torchinfo, input_data=spec.data)
+                                torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard)
+
+
+def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str) -> Any:
+    """The training options, checked (``ValueError`` says what was expected)."""
+    import re
+
+    from resnet_inspect.capture.training import TrainOptions
+
+    check_option("shard", shard)
+    device = _device(device)
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    name = None if dtype is None else str(dtype).removeprefix("torch.")
+    return TrainOptions(optimizer=optimizer, dtype=name, amp=amp, device=device)
+
+
+def training_memory(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
+                    optimizer: str = "adamw", dtype: Any = None, amp: str | None = None, shard: int = 1,
+                    device: str = "cpu", in_channels: int | None = None, num_classes: int | None = None,
+                    model_name: str | None = None) -> StepMemory:
+    """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
+    device (nothing is allocated, the model is not changed)::
+
+        step = training_memory("resnet50", 224, batch_size=32, optimizer="adamw")
+        step.peak_bytes, step.where           # the peak, and "the backward of ..." where it falls
+        step.weights_bytes, step.gradient_bytes, step.optimizer_state_bytes, step.saved_bytes, step.input_bytes
+
+    ``input_size`` and ``input_data`` as in ``summary``. ``optimizer``: none, sgd, momentum, adam or adamw
+    (torch.optim's, run on meta tensors). ``dtype``: float32, bfloat16 or float16 (the model and its input
+    converted); ``amp``: "bf16" or "fp16" (autocast, float32 weights and state). ``shard``: the number of devices
+    of a fully sharded run (FSDP2, ZeRO-3): per-device figures, ``batch_size`` per device. ``device``: whose
+    kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
+    """
+    from resnet_inspect.analysis.training import step_memory
+
+    return step_memory(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
+                                         device, in_channels, num_classes, model_name), shard)
+
+
+def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
+                      dtype: Any, amp: str | None, shard: int, device: str, in_channels: int | None,
+                      num_classes: int | None, model_name: str | None) -> TrainingCapture:
+    check_option("batch_size", batch_size)
+    check_optional("in_channels", in_channels)
+    options = _train_options(optimizer, dtype, amp, shard, device)
+    network, name = _model(model, in_channels, num_classes, model_name)
+    spec = parse_input(input_size, input_data, _rank(network))
+    return _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
+
+
+def _train_from_spec(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
+                     name: str, options: Any) -> TrainingCapture:
+    from resnet_inspect.pipeline.build import training_capture
+
+    if spec.data is not None:
+        return training_capture(network, model_name=name, options=options, input_data=spec.data)
+    if spec.shapes is not None:
+        return training_capture(network, model_name=name, options=options, input_shapes=spec.shapes)
+    return training_capture(network, spec.size or default, batch_size, in_channels, name, options=options)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -258,8 +330,10 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     from pathlib import Path
 
     from resnet_inspect.pipeline.rf import OWN_WEIGHTS, load_rf_model, rf_report, weights_label
-    from resnet_inspect.render.files import check_png_name
+    from resnet_inspect.render.files import check_png_name, check_writable
 
+    if png is not None:  # a directory or an unwritable place first, then the name's suffix
+        check_writable(Path(png))
     check_png_name(png, "png=")
     size = _spatial(input_size, model)
     channels = in_channels
@@ -267,10 +341,6 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     check_option("erf_samples", erf_samples)
     wants_erf = erf or weights is not None or png is not None
     label = OWN_WEIGHTS
-    if png is not None:
-        from resnet_inspect.render.files import check_writable
-
-        check_writable(Path(png))
     if isinstance(model, str):
         network, name = load_rf_model(model, channels, None, real=wants_erf)
         name = model_name or name
@@ -382,4 +452,5 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
                          in_channels, model_name=model_name)
 
 
-__all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]
+__all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "training_memory",
+           "verify"]

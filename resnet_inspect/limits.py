@@ -49,6 +49,7 @@ LIMITS: dict[str, Limit] = {
     "repeat": Limit(1, MAX_REPEAT),
     "threads": Limit(1, MAX_THREADS),
     "erf_samples": Limit(1, MAX_ERF_SAMPLES),
+    "shard": Limit(1, MAX_COUNT),
 }
 
 

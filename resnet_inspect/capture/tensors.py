@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.ops.common import meta_empty
@@ -67,3 +68,42 @@ def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
 
 
 __all__ = ["named_tensors", "shape_of", "structural_copy", "tensors_in"]
+
+
+def on_meta(value: Any) -> Any:
+    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return meta_empty(value.shape, value)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(on_meta(item) for item in value)
+    if isinstance(value, dict):
+        return {key: on_meta(item) for key, item in value.items()}
+    return value
+
+
+def result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
+    0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
+    if not (tensors_in(list(args)) or tensors_in(kwargs)):
+        return 0
+    try:
+        result = func(*on_meta(list(args)), **on_meta(kwargs))
+    except Exception:  # data-dependent (nonzero, item) or not implemented on meta
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
+
+
+def new_storage_bytes(tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> int:
+    """Bytes of the storages of ``tensors``, each once, except those of ``inputs`` (a view or an in-place result
+    adds nothing). Addresses are not remembered across calls (a freed address can be reused by a new tensor), so
+    a running sum of these never falls below what a pass holds."""
+    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    total = 0
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total

@@ -10,15 +10,22 @@ meta device, on a structural copy of the model: no weights are copied and no act
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.capture.tensors import named_tensors, shape_of, structural_copy, tensors_in
+from resnet_inspect.capture.failure import MODEL_FORWARD, forward_failure
+from resnet_inspect.capture.tensors import (
+    named_tensors,
+    new_storage_bytes,
+    result_bytes_on_meta,
+    shape_of,
+    structural_copy,
+    tensors_in,
+)
 from resnet_inspect.errors import ForwardError, InputTooSmallError, InspectError
-from resnet_inspect.names import first_line
-from resnet_inspect.ops.arithmetic import check_layer
 from resnet_inspect.ops.common import meta_empty
 from resnet_inspect.ops.registry import declared_op, get_op, op_for_function, op_for_module
 from resnet_inspect.ops.table import Call, OpSpec, function_name
@@ -38,7 +45,6 @@ _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride"
 _VALUE_READS = frozenset({"item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__",
                           "__complex__"})
 INPUT_OP = "input"
-MODEL_FORWARD = "the model's forward"  # where code runs outside any module call
 
 
 def _unique(tensors: list[Any]) -> list[Any]:
@@ -65,6 +71,7 @@ class _Call:
     input_nodes: tuple[int, ...] = ()
     output_node: int | None = None
     inputs: list[Any] = field(default_factory=list)  # the input tensors, held only while the call runs
+    grads: tuple[bool, ...] = ()  # which inputs, then parameters, take part in the backward (training pass)
 
 
 @dataclass
@@ -88,6 +95,8 @@ class _Recorder:
     # far (never subtracted) and the operation's result, worked out on meta. It raises when they would not fit.
     guard: Callable[[int, int, str], None] | None = None
     held_bytes: int = 0
+    train: bool = False  # a training pass: torch's own kernels (autograd records them), requires-grad flags kept
+    kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -99,7 +108,8 @@ class _Recorder:
         return tuple(dict.fromkeys(self.producers[id(t)] for t in tensors if id(t) in self.producers))
 
     def add_node(self, name: str, type_: str, geometry: Geometry, inputs: list[Any], outputs: list[Any],
-                 record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None) -> int:
+                 record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None,
+                 grads: tuple[bool, ...] = ()) -> int:
         """A node for one operation. One that reads no tracked tensor (and is no model input) is constant: its
         outputs are kept apart, so that whatever they join sees them as it sees a buffer."""
         node_id = len(self.nodes)
@@ -111,11 +121,15 @@ class _Recorder:
             input_shapes=tuple(shape_of(t) for t in shaped), output_shape=shape_of(outputs[0]) if outputs else (),
             record=record, scope=self.scope(), inplace=bool(outputs) and any(outputs[0] is t for t in inputs),
             op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs), constant=constant,
+            grads=grads,
         ))
         made = self.constant_producers if constant else self.producers
         for tensor in outputs:
             made[id(tensor)] = node_id
-            self.alive.append(tensor)
+            if self.train:  # a training pass must let tensors go when the model does: forget them when they die
+                weakref.finalize(tensor, made.pop, id(tensor), None)
+            else:
+                self.alive.append(tensor)
         return node_id
 
     def produced_by(self, tensor: Any) -> int | None:
@@ -142,42 +156,12 @@ class _Recorder:
             self.warnings.append(message)
 
 
-def _on_meta(value: Any) -> Any:
-    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+def requires_grads(tensors: Sequence[Any]) -> tuple[bool, ...]:
+    """Which of ``tensors`` take part in a backward: each requires grad, and grad mode is on."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return meta_empty(value.shape, value)
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_on_meta(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _on_meta(item) for key, item in value.items()}
-    return value
-
-
-def _result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
-    0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
-    if not (tensors_in(list(args)) or tensors_in(kwargs)):
-        return 0
-    try:
-        result = func(*_on_meta(list(args)), **_on_meta(kwargs))
-    except Exception:  # data-dependent (nonzero, item) or not implemented on meta
-        return 0
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
-
-
-def _hold(recorder: _Recorder, tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> None:
-    """Count the storages of ``tensors``, except those of ``inputs`` (a view or an in-place result adds nothing).
-
-    Nothing is subtracted and addresses are not remembered across calls (a freed address can be reused by a new
-    tensor), so the count never falls below what the pass holds."""
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            recorder.held_bytes += storage.nbytes()
+    enabled = torch.is_grad_enabled()
+    return tuple(enabled and bool(tensor.requires_grad) for tensor in tensors)
 
 
 def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = False) -> Any:
@@ -221,14 +205,17 @@ def _function_mode(recorder: _Recorder) -> Any:
             call = Call(None, tuple(args), kwargs, name=raw_name)
             if not recorder.opaque_depth:
                 recorder.current_op, recorder.current_call = name, (args, kwargs)
-            result = _fast_result(spec, call, recorder.exact_checked_shapes)
+            result = NotImplemented if recorder.train else _fast_result(spec, call, recorder.exact_checked_shapes)
+            if result is NotImplemented and recorder.kernel is not None:
+                result = recorder.kernel(name, func, tuple(args), kwargs)
             if result is NotImplemented:
                 if recorder.guard is not None:
                     where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
-                    recorder.guard(recorder.held_bytes, _result_bytes_on_meta(func, args, kwargs), where)
+                    recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
                 result = func(*args, **kwargs)
                 if recorder.guard is not None:
-                    _hold(recorder, tensors_in(result), tensors_in(list(args)) + tensors_in(kwargs))
+                    inputs = tensors_in(list(args)) + tensors_in(kwargs)
+                    recorder.held_bytes += new_storage_bytes(tensors_in(result), inputs)
             recorder.current_op = ""
             if recorder.opaque_depth:
                 return result
@@ -261,7 +248,7 @@ def _function_mode(recorder: _Recorder) -> Any:
             except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
                 spec, geometry, attrs = get_op("unknown"), Geometry(OpKind.UNKNOWN), {}
             recorder.add_node(recorder.unique_op_name(name), name, geometry, tracked, outputs, op=spec.name,
-                              attrs=attrs)
+                              attrs=attrs, grads=requires_grads(tensors) if recorder.train else ())
             return result
 
     return DataflowMode()
@@ -324,6 +311,8 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
         )
         call_record.inputs = inputs
         call_record.input_nodes = recorder.input_nodes(inputs)
+        if recorder.train and spec is not None:
+            call_record.grads = requires_grads([*inputs, *module.parameters()])
         recorder.calls.append(call_record)
         recorder.stack.append(call_record)
         if spec is not None:
@@ -340,7 +329,8 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
             recorder.opaque_depth -= 1
             if call.geometry is not None and outputs:
                 call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
-                                              record=call.index, op=call.spec.name, attrs=call.attrs)
+                                              record=call.index, op=call.spec.name, attrs=call.attrs,
+                                              grads=call.grads)
         call.output_node = recorder.produced_by(outputs[0]) if outputs else None
 
     return pre_hook, post_hook
@@ -384,72 +374,6 @@ def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-
-
-def _raising_call(recorder: _Recorder, exc: BaseException, root: Any) -> _Call | None:
-    """The module call whose code raised ``exc``: the innermost frame of its traceback that runs a method of one
-    of the model's modules (its forward, or torch's call machinery around it). None when that is the model itself
-    (its own forward raised) or no module's code is in the traceback."""
-    import traceback
-
-    running = {id(call.module): call for call in recorder.stack}
-    raising: _Call | None = None
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        owner = frame.f_locals.get("self")
-        if owner is root:
-            raising = None
-        elif id(owner) in running and running[id(owner)].module is owner:
-            raising = running[id(owner)]
-    return raising
-
-
-def _too_small(geometry: Geometry | None, shape: Shape) -> str | None:
-    """The output size ('0x0', '-2x-2') a windowed operation would give at input ``shape``, when it is below 1."""
-    if geometry is None or not geometry.kind.has_window or len(shape) < geometry.rank + 1:
-        return None
-    spatial = shape[len(shape) - geometry.rank:]
-    check = check_layer(geometry, spatial, spatial)
-    if check is not None and min(check.expected) < 1:
-        return "x".join(map(str, check.expected))
-    return None
-
-
-def _failure(recorder: _Recorder, exc: BaseException, root: Any, input_shapes: tuple[Shape, ...]) -> ForwardError:
-    """A one-line error naming the module (or the operation) whose code raised and the shape it got.
-
-    The module is found in the traceback, never guessed from the last layer that finished. An input too small is
-    told by the layer's own arithmetic (its output would have a size below 1), never by the words of a message.
-    """
-    reason = first_line(str(exc)) or type(exc).__name__
-    raising = _raising_call(recorder, exc, root)
-    scope = raising.name if raising is not None else MODEL_FORWARD
-    if recorder.current_op and not recorder.opaque_depth:  # a functional operation failed: blame it
-        args, kwargs = recorder.current_call
-        tensors = tensors_in(list(args)) + tensors_in(kwargs)
-        shapes = ", ".join("x".join(map(str, shape_of(t))) for t in tensors)
-        spec = op_for_function(recorder.current_op)
-        try:
-            geometry = spec.geometry(Call(None, tuple(args), kwargs))[0] if spec is not None else None
-        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
-            geometry = None
-        size = _too_small(geometry, shape_of(tensors[0])) if tensors else None
-        if size is not None:
-            return InputTooSmallError(f"input too small: {recorder.current_op} in {scope} with input {shapes} would "
-                                      f"give an output of {size}")
-        return ForwardError(f"forward pass failed at {recorder.current_op} in {scope} with inputs {shapes}: {reason}")
-    if raising is None:
-        where = f"{MODEL_FORWARD} ({type(root).__name__})"
-        if input_shapes:
-            where += f" with input {'x'.join(map(str, input_shapes[0]))}"
-        return ForwardError(f"forward pass failed in {where}: {reason}")
-    shape = raising.input_shapes[0] if raising.input_shapes else ()
-    where = f"{raising.name} ({type(raising.module).__name__})"
-    if shape:
-        where += f" with input {'x'.join(map(str, shape))}"
-    size = _too_small(raising.geometry, shape)
-    if size is not None:
-        return InputTooSmallError(f"input too small: {where} would give an output of {size}")
-    return ForwardError(f"forward pass failed in {where}: {reason}")
 
 
 def model_dtype(model: nn.Module) -> str:
@@ -510,6 +434,43 @@ def _feature_modules(model: Any) -> tuple[str, ...]:
     return tuple(name for name in names if isinstance(name, str) and name) if all(names) else ()
 
 
+def working_copy(model: nn.Module, device: str = "meta") -> nn.Module:
+    """The model a pass runs: itself when it is all on meta already (as the CLI builds them: nothing to protect,
+    and only its modes are put back), else a structural copy on ``device``, so its weights are never touched."""
+    on_meta = device == "meta" and all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    return model if on_meta else structural_copy(model, device)
+
+
+def new_recorder(working: nn.Module, exact_checked_shapes: bool = False, train: bool = False,
+                 guard: Callable[[int, int, str], None] | None = None) -> _Recorder:
+    """The state one instrumented pass over ``working`` fills."""
+    return _Recorder(names={id(m): name for name, m in working.named_modules() if name},
+                     exact_checked_shapes=exact_checked_shapes, train=train, guard=guard)
+
+
+@contextmanager
+def instrumented_forward(working: nn.Module, recorder: _Recorder, placed: ModelInputs) -> Iterator[None]:
+    """Hooks and the dataflow mode around a forward of ``working`` (train mode for a training pass, else eval);
+    a failure becomes a one-line ForwardError naming the module that raised; every module's mode is put back."""
+    modes = {module: module.training for module in working.modules()}
+    working.train(recorder.train)
+    first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
+    element_size = first.element_size() if first is not None else 4
+    try:
+        with _instrumented(working, recorder):
+            yield
+    except InspectError:  # the guard's refusal, not the model's failure
+        raise
+    except Exception as exc:  # the model's own code may raise anything
+        error = forward_failure(recorder, exc, working, placed.shapes)
+        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
+                                   for shape in node.output_shapes)
+        raise error from exc
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", device: str = "meta",
                 exact_checked_shapes: bool = False, guard: Callable[[int, int, str], None] | None = None) -> Capture:
     """Run one instrumented forward pass of a structural copy of ``model`` on ``inputs``.
@@ -520,33 +481,20 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     """
     import torch
 
-    # A model that is all on meta already (as the CLI builds them) holds nothing to protect: it runs as it is,
-    # and only its modes are put back. Any other is copied, so its weights and state are never touched.
-    on_meta = device == "meta" and all(t.is_meta for t in (*model.parameters(), *model.buffers()))
-    working = model if on_meta else structural_copy(model, device)
-    modes = {module: module.training for module in working.modules()}
-    working.eval()
-    recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
-                         exact_checked_shapes=exact_checked_shapes, guard=guard)
+    working = working_copy(model, device)
+    recorder = new_recorder(working, exact_checked_shapes, guard=guard)
     placed = inputs.on(device)
     if guard is not None:
-        _hold(recorder, [*working.parameters(), *working.buffers(),
-                         *tensors_in(list(placed.args)), *tensors_in(placed.kwargs)])
-    first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
-    element_size = first.element_size() if first is not None else 4
-    try:
-        with torch.no_grad(), _instrumented(working, recorder):
-            output = working(*placed.args, **placed.kwargs)
-    except InspectError:  # the guard's refusal, not the model's failure
-        raise
-    except Exception as exc:  # the model's own code may raise anything
-        error = _failure(recorder, exc, working, placed.shapes)
-        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
-                                   for shape in node.output_shapes)
-        raise error from exc
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+        recorder.held_bytes += new_storage_bytes([*working.parameters(), *working.buffers(),
+                                                  *tensors_in(list(placed.args)), *tensors_in(placed.kwargs)])
+    with torch.no_grad(), instrumented_forward(working, recorder, placed):
+        output = working(*placed.args, **placed.kwargs)
+    return assemble_capture(model, recorder, inputs, placed, output, model_name, device)
+
+
+def assemble_capture(model: nn.Module, recorder: _Recorder, inputs: ModelInputs, placed: ModelInputs, output: Any,
+                     model_name: str, device: str) -> Capture:
+    """Freeze what one pass recorded into a Capture (parameters and bytes are those of ``model``)."""
     outputs = named_tensors(output)
     output_nodes = tuple(recorder.producers.get(id(tensor)) for _, tensor in outputs)
     output_node = next((node for node in output_nodes if node is not None), 0)

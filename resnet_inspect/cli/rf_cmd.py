@@ -62,8 +62,8 @@ def rf_command(
     with user_errors():
         check_output_path(output)
         check_distinct_outputs(output, png=png, plot=plot)
-        check_png_name(png)
         check_output_path(png)
+        check_png_name(png)
         check_plot_path(plot)
         check_model_options(in_channels, num_classes)
         check_option("erf_samples", erf_samples, "--erf-samples")

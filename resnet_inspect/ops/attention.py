@@ -9,6 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from resnet_inspect.ops import rules, window_mixing
+from resnet_inspect.ops.backward import (
+    every_operand_backward,
+    mha_backward_macs,
+    operand_backward,
+    sdpa_backward_macs,
+)
 from resnet_inspect.ops.common import _ndim, broadcast_shapes, meta_empty
 from resnet_inspect.ops.table import Call, OpSpec
 from resnet_inspect.records import Geometry, OpKind, OpNode
@@ -266,23 +272,25 @@ def attention_ops() -> list[OpSpec]:
 
     return [
         OpSpec("linear", OpKind.LINEAR, rules.linear, modules=(nn.Linear,), functions=("linear",),
-               describe=describe_linear, shape=shape_linear, macs=linear_macs, replay=rules.replay_as_analysed,
+               describe=describe_linear, shape=shape_linear, macs=linear_macs,
+               backward_macs=operand_backward(linear_macs, (0, 1)), replay=rules.replay_as_analysed,
                doc="linear layer on the last dimension"),
         OpSpec("multihead_attention", OpKind.ATTENTION, window_mixing.attention, modules=(nn.MultiheadAttention,),
                functions=("multi_head_attention_forward",), shape=shape_mha_forward, describe=describe_mha,
-               macs=mha_macs, replay=window_mixing.replay_mixing,
+               macs=mha_macs, backward_macs=mha_backward_macs, replay=window_mixing.replay_mixing,
                doc="nn.MultiheadAttention: projections and attention over the sequence"),
         OpSpec("attention", OpKind.ATTENTION, window_mixing.attention, functions=("scaled_dot_product_attention",),
-               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, replay=window_mixing.replay_mixing,
-               doc="scaled dot-product attention over dimension -2"),
+               describe=describe_sdpa, shape=shape_sdpa, macs=sdpa_macs, backward_macs=sdpa_backward_macs,
+               replay=window_mixing.replay_mixing, doc="scaled dot-product attention over dimension -2"),
         OpSpec("matmul", OpKind.MATMUL, window_mixing.einsum_like, functions=("matmul", "mm", "bmm"),
-               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs, replay=window_mixing.replay_mixing,
+               describe=describe_matmul, shape=shape_matmul, macs=einsum_macs,
+               backward_macs=operand_backward(einsum_macs, (0, 1)), replay=window_mixing.replay_mixing,
                doc="matrix product: mixes positions it contracts or pairs"),
         OpSpec("addmm", OpKind.MATMUL, window_mixing.einsum_like, functions=("addmm", "baddbmm", "addbmm"),
-               describe=describe_addmm, macs=einsum_macs, replay=window_mixing.replay_mixing,
-               doc="matrix product plus a tensor"),
+               describe=describe_addmm, macs=einsum_macs, backward_macs=operand_backward(einsum_macs, (1, 2)),
+               replay=window_mixing.replay_mixing, doc="matrix product plus a tensor"),
         OpSpec("einsum", OpKind.MATMUL, window_mixing.einsum_like, functions=("einsum",), describe=describe_einsum,
-               macs=einsum_macs, replay=window_mixing.replay_mixing,
+               macs=einsum_macs, backward_macs=every_operand_backward(einsum_macs), replay=window_mixing.replay_mixing,
                doc="einsum: mixes positions it contracts or pairs"),
         OpSpec("norm", OpKind.NORM, rules.normalised,
                modules=(batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, instancenorm._InstanceNorm,

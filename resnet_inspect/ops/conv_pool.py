@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resnet_inspect.ops import rules
+from resnet_inspect.ops.backward import operand_backward
 from resnet_inspect.ops.common import meta_empty
 from resnet_inspect.ops.table import Call, OpSpec
 from resnet_inspect.records import Geometry, OpKind, OpNode
@@ -242,10 +243,12 @@ def conv_pool_ops() -> list[OpSpec]:
     return [
         OpSpec("conv_transpose", OpKind.CONV_TRANSPOSE, rules.transposed, modules=(conv._ConvTransposeNd,),
                functions=("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
-               describe=describe_conv_transpose, macs=conv_transpose_macs, replay=rules.replay_transposed,
+               describe=describe_conv_transpose, macs=conv_transpose_macs,
+               backward_macs=operand_backward(conv_transpose_macs, (0, 1)), replay=rules.replay_transposed,
                doc="transposed convolution: relations 8-13, rational stride"),
         OpSpec("conv", OpKind.CONV, rules.windowed, modules=(conv._ConvNd,),
                functions=("conv1d", "conv2d", "conv3d"), describe=describe_conv, shape=shape_conv, macs=conv_macs,
+               backward_macs=operand_backward(conv_macs, (0, 1)),
                replay=rules.replay_ones_window, doc="convolution: relations 1-6 and 15"),
         OpSpec("max_pool", OpKind.MAX_POOL, rules.windowed, modules=(pooling._MaxPoolNd,),
                functions=("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",

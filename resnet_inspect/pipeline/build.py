@@ -12,8 +12,10 @@ from resnet_inspect.report.summary import SummaryReport, VerifyReport
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.capture.trace import ModelInputs
-    from resnet_inspect.records import Capture
+    from resnet_inspect.capture.training import TrainOptions
+    from resnet_inspect.records import Capture, TrainingCapture
 
 InputSize = int | Sequence[int]
 
@@ -104,6 +106,23 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                              exact_checked_shapes=exact_checked_shapes)
 
 
+def training_capture(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+                     in_channels: int | None = None, model_name: str = "", *, options: TrainOptions | None = None,
+                     input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> TrainingCapture:
+    """One training step of a meta copy of ``model`` (see capture/training.py); the inputs as ``model_inputs``."""
+    from resnet_inspect.capture.training import TrainOptions, run_training_pass
+
+    inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
+                          input_data=input_data)
+    try:
+        return run_training_pass(model, inputs, options or TrainOptions(), model_name)
+    except ForwardError as error:
+        if "meta" in str(error) or "data-dependent" in str(error) or "item()" in str(error):
+            raise ForwardError(f"{error} (the training step runs on the meta device, and this model's forward "
+                               "needs tensor values)") from error
+        raise
+
+
 def _real_pass_guard() -> Callable[[int, int, str], None]:
     """The capture's fallback to real tensors allocates: it is refused, before each operation, when what it holds
     and the operation's result (with the kernels' own copies) exceed the memory available when it started."""
@@ -125,9 +144,11 @@ def _real_pass_guard() -> Callable[[int, int, str], None]:
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,
                          fvcore_memory_budget_bytes: int | None = None, max_depth: int | None = None,
                          layer_times_ms: dict[str, float] | None = None, torchinfo: bool = False,
-                         input_data: Any = None) -> SummaryReport:
+                         input_data: Any = None, training: TrainingCapture | None = None,
+                         shard: int = 1) -> SummaryReport:
     """Run the analyses over one capture; fvcore (real tensors, batch 1) and torchinfo (fed ``input_data`` when
-    given) only when asked and a model is given."""
+    given) only when asked and a model is given; the training analyses over ``training`` (a training pass of the
+    same model) when given."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.padding import padding_runs
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
@@ -155,7 +176,17 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
         max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
         stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
+        training=training_counts_of(training, shard), training_capture=training,
     )
+
+
+def training_counts_of(training: TrainingCapture | None, shard: int = 1) -> TrainingCounts | None:
+    """The training analyses of one training pass (None for none)."""
+    if training is None:
+        return None
+    from resnet_inspect.analysis.training import training_counts
+
+    return training_counts(training, shard)
 
 
 def verify_from_capture(capture: Capture) -> VerifyReport:

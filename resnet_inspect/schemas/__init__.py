@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # 2: summary --train added per-layer and total training keys and "training"
 COMMANDS = ("summary", "verify", "arith", "rf", "time", "compare", "list")
 
 
