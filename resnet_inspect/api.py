@@ -330,9 +330,13 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
 def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
                device: str = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
                threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
-               in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
+               in_channels: int | None = None, model_name: str | None = None, train: bool = False,
+               optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
-    its own (it is copied to ``device`` and ``dtype`` when it is not there already)."""
+    its own (it is copied to ``device`` and ``dtype`` when it is not there already).
+
+    ``train=True`` times one training step instead (forward in train mode, backward, ``optimizer`` step: none,
+    sgd, momentum, adam or adamw), under autocast when ``amp`` is ``"bf16"`` or ``"fp16"``; always on a copy."""
     from resnet_inspect.report.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
@@ -346,7 +350,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     if not isinstance(model, str):
         model, _ = _model(model, in_channels, None, model_name)
     return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,
-                         in_channels, model_name=model_name)
+                         in_channels, model_name=model_name, train=train, optimizer=optimizer, amp=amp)
 
 
 __all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]

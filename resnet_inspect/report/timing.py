@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
+from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
@@ -31,6 +32,9 @@ class TimingReport(ReportView):
     results: tuple[LatencyResult, ...]
     profile: LayerProfile | None = None
     profile_batch_size: int | None = None
+    train: bool = False  # each run is a training step (forward, backward, optimizer step), not a forward pass
+    optimizer: str | None = None  # the optimizer of the step (train only; "none": forward and backward)
+    amp: str | None = None  # autocast mode of the step: bf16 or fp16 (train only)
 
     @property
     def hook_overhead_ms(self) -> float | None:
@@ -65,12 +69,16 @@ class TimingReport(ReportView):
             "layers_total_ms": None if profile is None else profile.layers_total_ms,
             "hooked_model_ms": None if profile is None else profile.hooked_model_ms,
             "hook_overhead_ms": self.hook_overhead_ms,
+            "train": self.train,
+            "optimizer": self.optimizer,
+            "amp": self.amp,
         }
 
     def document(self) -> Document:
         shape = "x".join(map(str, self.input_shape))
-        title = (f"{self.model} on {self.device} ({self.dtype}, {self.threads} threads"
-                 f"{', channels last' if self.channels_last else ''}): input Nx{shape}")
+        precision = f"{self.dtype}, amp {self.amp}" if self.amp else self.dtype
+        title = (f"{self.model} on {self.device} ({precision}, {self.threads} threads"
+                 f"{', channels last' if self.channels_last else ''}): {self._what()}input Nx{shape}")
         columns = (Column("batch", "right"), Column("median ms", "right"), Column("IQR ms", "right"),
                    Column("images/s", "right"), Column("runs", "right"))
         rows = tuple(
@@ -93,6 +101,13 @@ class TimingReport(ReportView):
                 notes.append("the hook overhead is negative: the two measurements differ by less than their noise "
                              "(compare the IQRs)")
         return Document(tuple(tables), tuple(notes))
+
+    def _what(self) -> str:
+        """'' for forward passes (the title as it has always been), else the training step timed, and a comma."""
+        if not self.train:
+            return ""
+        step = "" if self.optimizer == "none" else f", {self.optimizer} step"
+        return f"training step (forward, backward{step}), "
 
     def _layer_table(self) -> Table:
         assert self.profile is not None
@@ -130,11 +145,15 @@ def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[
 def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
                   dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
-                  progress: Callable[[int], None] | None = None, model_name: str | None = None) -> TimingReport:
+                  progress: Callable[[int], None] | None = None, model_name: str | None = None,
+                  train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
     """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
 
-    ``progress`` is advanced by forward passes; the total is ``phase_runs(...)``.
+    ``train`` times a training step (``analysis.step_timing``) with ``optimizer`` and ``amp`` instead of a
+    forward pass; ``per_layer`` is for forward passes only. ``progress`` is advanced by forward passes (or
+    steps); the total is ``phase_runs(...)``.
     """
+    from resnet_inspect.analysis.step_timing import check_training_options, time_training_step
     from resnet_inspect.analysis.timing import (
         check_dtype,
         profile_layers,
@@ -144,6 +163,10 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for
 
+    if train:
+        check_training_options(optimizer, amp, dtype)
+        if per_layer:
+            raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):
@@ -156,8 +179,12 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     results = []
     for batch_size in batch_sizes:
         advance, finish = _phase(progress, warmup + repeat)
-        results.append(time_model(model, (batch_size, channels, *input_size), device, dtype, warmup, repeat,
-                                  threads, channels_last, advance))
+        shape = (batch_size, channels, *input_size)
+        if train:
+            results.append(time_training_step(model, shape, device, dtype, optimizer, amp, warmup, repeat, threads,
+                                              channels_last, advance))
+        else:
+            results.append(time_model(model, shape, device, dtype, warmup, repeat, threads, channels_last, advance))
         finish()
     profile = None
     if per_layer:
@@ -168,7 +195,8 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     return TimingReport(
         model=name, device=device, dtype=dtype, threads=results[0].threads, input_shape=(channels, *input_size),
         channels_last=channels_last, warmup=warmup, repeat=repeat, results=tuple(results), profile=profile,
-        profile_batch_size=batch_sizes[0] if per_layer else None,
+        profile_batch_size=batch_sizes[0] if per_layer else None, train=train,
+        optimizer=optimizer if train else None, amp=amp if train else None,
     )
 
 
