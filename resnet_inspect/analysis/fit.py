@@ -36,6 +36,10 @@ class DoesNotFitError(InspectError):
 
     exit_code = EXIT_DOES_NOT_FIT
 
+    def __init__(self, message: str, peak_bytes: int) -> None:
+        super().__init__(message)
+        self.peak_bytes = peak_bytes  # the estimated peak at batch size 1
+
 
 def parse_bytes(text: str, what: str = "--memory", allow_zero: bool = False) -> int:
     """'24GiB' -> 25769803776; '24GB' -> 24 * 10**9; '1.5GiB', '512MiB', '24g' (GiB) or a plain number of bytes.
@@ -128,7 +132,7 @@ def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH)
 
     first = peak(1)
     if first > budget_bytes:
-        raise DoesNotFitError(f"batch size 1 needs {first} bytes, more than the budget of {budget_bytes}")
+        raise DoesNotFitError(f"batch size 1 needs {first} bytes, more than the budget of {budget_bytes}", first)
     if limit == 1:
         return FitSearch(1, first, None, False, len(known), SearchMethod.line, None, first, 0, limited=True)
     second = peak(2)

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 SCHEMA_VERSION = 1
-COMMANDS = ("summary", "verify", "arith", "rf", "time", "compare", "list")
+COMMANDS = ("summary", "verify", "arith", "rf", "time", "compare", "list", "fit")
 
 
 def load_schema(command: str) -> dict[str, Any]:
