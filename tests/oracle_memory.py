@@ -1,0 +1,164 @@
+"""The measured memory of one training step on real tensors: an oracle that never uses resnet-inspect's estimator.
+
+On the CPU the step runs in a child process whose C library maps every buffer of 64 KiB or more on its own
+(``MALLOC_MMAP_THRESHOLD_=65536``), so a freed tensor goes back to the system at once and the resident set follows
+the live tensors. A warm-up step first creates the optimizer's state (and the kernels' one-time set-up); the
+gradients are set to None as ``optimizer.zero_grad()`` does; the peak resident set is then reset
+(``/proc/self/clear_refs``) and the second step runs. The step's peak is
+
+    measured peak = bytes resident before the step (weights, buffers, optimizer state, the input)
+                    + (peak resident set during the step - resident set before it).
+
+On a GPU (``device="cuda"``) it is ``torch.cuda.max_memory_allocated()`` over the second step, in the same process.
+
+The loss is the sum of the model's output, so its gradient is a broadcast scalar that holds no memory of its own:
+what a step costs beyond the model itself is left out on purpose (a real loss adds the logits' gradient).
+
+Run as a script it prints one JSON object: ``python tests/oracle_memory.py resnet18 8,3,224,224 momentum``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class MeasuredStep:
+    """One training step's memory as measured on real tensors (bytes)."""
+
+    peak_bytes: int  # resident before the step + what the step added at its highest
+    resident_bytes: int  # weights, buffers, optimizer state and the input, held before the step starts
+    step_extra_bytes: int  # the step's own peak above what was resident before it
+    state_bytes: int  # the optimizer's state after the warm-up step
+
+
+def build_model(spec: str):  # -> nn.Module
+    """A registered name (``resnet50``) or ``path/to/file.py:factory`` (the test zoo)."""
+    import importlib.util
+
+    if ":" in spec:
+        path, factory = spec.rsplit(":", 1)
+        module_spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(ROOT / Path(path).parent))
+        module_spec.loader.exec_module(module)
+        return getattr(module, factory)()
+    from resnet_inspect.models import get_model
+
+    return get_model(spec)
+
+
+def make_optimizer(name: str, parameters):  # -> torch.optim.Optimizer | None
+    """torch.optim's own optimizers with their default implementation on the device."""
+    import torch
+
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    if name == "none" or not trainable:
+        return None
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=1e-3)
+    if name == "momentum":
+        return torch.optim.SGD(trainable, lr=1e-3, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(trainable, lr=1e-3)
+    if name == "adamw":
+        return torch.optim.AdamW(trainable, lr=1e-3)
+    raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}")
+
+
+def _tensor_bytes(tensors) -> int:
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _state_tensors(optimizer) -> list:
+    import torch
+
+    if optimizer is None:
+        return []
+    return [value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
+
+
+def _step(model, example, optimizer, amp: str | None, device: str) -> None:
+    import torch
+
+    if amp is not None:
+        with torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+            output = model(example)
+    else:
+        output = model(example)
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    loss = sum(item.sum() for item in outputs if item.requires_grad)
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        model.zero_grad(set_to_none=True)
+
+
+def _memory_status() -> dict[str, int]:
+    status = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            status[key] = int(value.split()[0]) * 1024
+    return status
+
+
+def measure_here(model_spec: str, input_shape: tuple[int, ...], optimizer_name: str, dtype: str = "float32",
+                 amp: str | None = None, device: str = "cpu", seed: int = 0) -> MeasuredStep:
+    """Measure in this process (the CPU figure is only clean in a child started by ``measure_step``)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(model_spec).to(device=device, dtype=getattr(torch, dtype)).train()
+    example = torch.randn(input_shape, dtype=getattr(torch, dtype), device=device)
+    optimizer = make_optimizer(optimizer_name, model.parameters())
+    _step(model, example, optimizer, amp, device)  # warm-up: the optimizer's state, the kernels' set-up
+    state_bytes = _tensor_bytes(_state_tensors(optimizer))
+    resident = _tensor_bytes([*model.parameters(), *model.buffers(), example, *_state_tensors(optimizer)])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _step(model, example, optimizer, amp, device)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
+        before = _memory_status()["VmRSS"]
+        _step(model, example, optimizer, amp, device)
+        extra = _memory_status()["VmHWM"] - before
+    return MeasuredStep(resident + extra, resident, extra, state_bytes)
+
+
+def measure_step(model_spec: str, input_shape: tuple[int, ...], optimizer_name: str, dtype: str = "float32",
+                 amp: str | None = None, timeout_s: float = 600) -> MeasuredStep:
+    """The CPU measurement, in a child process with every large buffer mapped on its own."""
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(Path(__file__).resolve()), model_spec, ",".join(map(str, input_shape)),
+               optimizer_name, dtype, amp or "none"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout_s,
+                               cwd=ROOT, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the measuring child failed: {completed.stderr.strip()[-2000:]}")
+    return MeasuredStep(**json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    spec, shape_text, optimizer_text, dtype_text, amp_text = sys.argv[1:6]
+    measured = measure_here(spec, tuple(int(size) for size in shape_text.split(",")), optimizer_text, dtype_text,
+                            None if amp_text == "none" else amp_text)
+    print(json.dumps(measured.__dict__))
