@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from resnet_inspect.report.compare import CompareReport
+    from resnet_inspect.report.fit import FitReport
     from resnet_inspect.report.rf import RfReport
     from resnet_inspect.report.summary import SummaryReport, VerifyReport
     from resnet_inspect.report.timing import TimingReport
@@ -353,4 +354,44 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
                          in_channels, model_name=model_name, train=train, optimizer=optimizer, amp=amp)
 
 
-__all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]
+def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
+        optimizer: str | None = None, dtype: str = "float32", amp: str | None = None, shard: int | None = None,
+        reserve: int | str | None = None, device: str = "cpu", in_channels: int | None = None,
+        num_classes: int | None = None, model_name: str | None = None) -> FitReport:
+    """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
+
+    ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
+    defaults to the free memory of a CUDA ``device``, ``reserve`` to 512 MiB plus 5% on a GPU and 0 on the CPU.
+    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard`` as for ``summary(train=True)``);
+    otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
+    networks. Not even batch 1 fitting raises ``DoesNotFitError``.
+    """
+    from resnet_inspect.pipeline.fit import fit_report
+
+    memory_bytes = _bytes(memory, "memory")
+    reserve_bytes = _bytes(reserve, "reserve", allow_zero=True)
+    if shard is not None:
+        _positive(shard, "shard")
+    if not isinstance(model, str):
+        model, _ = _model(model, in_channels, num_classes, model_name)
+    return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer, dtype=dtype,
+                      amp=amp, shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
+                      num_classes=num_classes, model_name=model_name)
+
+
+def _bytes(size: int | str | None, what: str, allow_zero: bool = False) -> int | None:
+    """A size in bytes from an int or a text such as ``"24GiB"``; ``ValueError`` when it is neither."""
+    from resnet_inspect.analysis.fit import parse_bytes
+
+    if size is None:
+        return None
+    if _is_int(size):
+        if size < 0 or (size == 0 and not allow_zero):
+            raise ValueError(f"{what} must be a positive number of bytes, got {size!r}")
+        return int(size)
+    if isinstance(size, str):
+        return parse_bytes(size, what, allow_zero)
+    raise ValueError(f"{what} must be bytes (an int) or a size such as '24GiB', got {size!r}")
+
+
+__all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]
