@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from resnet_inspect.analysis.training import StepMemory
+    from resnet_inspect.records import TrainingCapture
     from resnet_inspect.report.compare import CompareReport
     from resnet_inspect.report.fit import FitReport
     from resnet_inspect.report.rf import RfReport
@@ -190,6 +192,61 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
 
         report = replace(report, torchinfo=torchinfo_count(network, captured, report.counts, spec.data))
     return report
+
+
+def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str) -> Any:
+    """The training options, checked (``ValueError`` says what was expected)."""
+    import re
+
+    from resnet_inspect.capture.training import TrainOptions
+
+    _positive(shard, "shard")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    name = None if dtype is None else str(dtype).removeprefix("torch.")
+    return TrainOptions(optimizer=optimizer, dtype=name, amp=amp, device=device)
+
+
+def training_memory(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
+                    optimizer: str = "adamw", dtype: Any = None, amp: str | None = None, shard: int = 1,
+                    device: str = "cpu", in_channels: int | None = None, num_classes: int | None = None,
+                    model_name: str | None = None) -> StepMemory:
+    """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
+    device (nothing is allocated, the model is not changed)::
+
+        step = training_memory("resnet50", 224, batch_size=32, optimizer="adamw")
+        step.peak_bytes, step.where           # the peak, and "the backward of ..." where it falls
+        step.weights_bytes, step.gradient_bytes, step.optimizer_state_bytes, step.saved_bytes, step.input_bytes
+
+    ``input_size`` and ``input_data`` as in ``summary``. ``optimizer``: none, sgd, momentum, adam or adamw
+    (torch.optim's, run on meta tensors). ``dtype``: float32, bfloat16 or float16 (the model and its input
+    converted); ``amp``: "bf16" or "fp16" (autocast, float32 weights and state). ``shard``: the number of devices
+    of a fully sharded run (FSDP2, ZeRO-3): per-device figures, ``batch_size`` per device. ``device``: whose
+    kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
+    """
+    from resnet_inspect.analysis.training import step_memory
+
+    return step_memory(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
+                                         device, in_channels, num_classes, model_name), shard)
+
+
+def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
+                      dtype: Any, amp: str | None, shard: int, device: str, in_channels: int | None,
+                      num_classes: int | None, model_name: str | None) -> TrainingCapture:
+    from resnet_inspect.report.build import training_capture
+
+    _positive(batch_size, "batch_size")
+    if in_channels is not None:
+        _positive(in_channels, "in_channels")
+    options = _train_options(optimizer, dtype, amp, shard, device)
+    network, name = _model(model, in_channels, num_classes, model_name)
+    spec = parse_input(input_size, input_data, _rank(network))
+    if spec.data is not None:
+        return training_capture(network, model_name=name, options=options, input_data=spec.data)
+    if spec.shapes is not None:
+        return training_capture(network, model_name=name, options=options, input_shapes=spec.shapes)
+    return training_capture(network, spec.size or _default_size(model), batch_size, in_channels, name,
+                            options=options)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -394,4 +451,5 @@ def _bytes(size: int | str | None, what: str, allow_zero: bool = False) -> int |
     raise ValueError(f"{what} must be bytes (an int) or a size such as '24GiB', got {size!r}")
 
 
-__all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model", "verify"]
+__all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",
+           "training_memory", "verify"]

@@ -136,6 +136,9 @@ class OpNode:
     op: str = "unknown"  # the operation-table entry
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
     output_shapes: tuple[Shape, ...] = ()  # every output tensor (chunk, split); output_shape is the first
+    # Training pass only: whether each tensor argument, then a module operation's parameters, takes part in the
+    # backward (requires grad with grad mode on); empty when the pass ran without autograd.
+    grads: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,3 +169,39 @@ class Capture:
     @property
     def leaves(self) -> tuple[LayerRecord, ...]:
         return tuple(layer for layer in self.layers if layer.is_leaf)
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """One allocation (``bytes`` > 0) or release (< 0) during a training step, in the order they happened."""
+
+    bytes: int
+    kind: str  # "activation" (anything the step makes and drops: outputs, temporaries), "gradient", "state"
+    phase: str  # "forward", "backward", "optimizer"
+    layer: str  # the innermost layer running (its backward, in the backward phase)
+
+
+@dataclass(frozen=True)
+class TrainingCapture:
+    """What one training step on the meta device saw (see capture/training.py). Byte counts are per storage."""
+
+    capture: Capture  # the train-mode forward; its nodes carry the requires-grad flags (OpNode.grads)
+    optimizer: str
+    amp: str | None
+    device: str  # the device whose kernels were modelled
+    dtype: str  # the parameters' dtype during the step
+    layer_saved_bytes: dict[int, int]  # LayerRecord index -> activations it saved for backward (innermost call)
+    layer_grad_bytes: dict[int, int]  # LayerRecord index -> gradients of its trainable parameters (inclusive)
+    saved_bytes: int  # activations kept for the backward at the end of the forward, each storage once
+    saved_tensors: int  # storages saved, weights and input included
+    saved_weight_bytes: int  # parameters and buffers that are saved too (held as weights anyway)
+    saved_input_bytes: int  # the model's input, when saved (held by the caller anyway)
+    weight_bytes: int  # parameters
+    buffer_bytes: int
+    input_bytes: int
+    gradient_bytes: int  # the parameters' gradients after the backward
+    state_bytes: int  # the optimizer's state after its step
+    largest_layer: str  # the leaf layer with the most parameters (what a sharded run gathers at once)
+    largest_layer_bytes: int
+    events: tuple[MemoryEvent, ...]  # the step's allocations and releases
+    backward_error: str | None = None  # why the backward could not run on meta (then no step memory)

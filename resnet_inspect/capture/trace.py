@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class _Call:
     input_nodes: tuple[int, ...] = ()
     output_node: int | None = None
     inputs: list[Any] = field(default_factory=list)  # the input tensors, held only while the call runs
+    grads: tuple[bool, ...] = ()  # which inputs, then parameters, take part in the backward (training pass)
 
 
 @dataclass
@@ -130,6 +132,8 @@ class _Recorder:
     warnings: list[str] = field(default_factory=list)
     current_op: str = ""  # the functional operation running (for error messages)
     current_call: tuple[Any, Any] = ((), {})  # its arguments
+    train: bool = False  # a training pass: torch's own kernels (autograd records them), requires-grad flags kept
+    kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -141,18 +145,22 @@ class _Recorder:
         return tuple(dict.fromkeys(self.producers[id(t)] for t in tensors if id(t) in self.producers))
 
     def add_node(self, name: str, type_: str, geometry: Geometry, inputs: list[Any], outputs: list[Any],
-                 record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None) -> int:
+                 record: int | None = None, op: str = "unknown", attrs: dict[str, Any] | None = None,
+                 grads: tuple[bool, ...] = ()) -> int:
         node_id = len(self.nodes)
         tracked = _unique([t for t in inputs if id(t) in self.producers])
         self.nodes.append(OpNode(
             id=node_id, name=name, type=type_, geometry=geometry, inputs=self.input_nodes(tracked),
             input_shapes=tuple(shape_of(t) for t in tracked), output_shape=shape_of(outputs[0]) if outputs else (),
             record=record, scope=self.scope(), inplace=bool(outputs) and any(outputs[0] is t for t in inputs),
-            op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs),
+            op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs), grads=grads,
         ))
         for tensor in outputs:
             self.producers[id(tensor)] = node_id
-            self.alive.append(tensor)
+            if self.train:  # a training pass must let tensors go when the model does: forget them when they die
+                weakref.finalize(tensor, self.producers.pop, id(tensor), None)
+            else:
+                self.alive.append(tensor)
         return node_id
 
     def unique_op_name(self, op: str) -> str:
@@ -172,6 +180,14 @@ class _Recorder:
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+
+def requires_grads(tensors: Sequence[Any]) -> tuple[bool, ...]:
+    """Which of ``tensors`` take part in a backward: each requires grad, and grad mode is on."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    return tuple(enabled and bool(tensor.requires_grad) for tensor in tensors)
 
 
 def _fast_result(spec: OpSpec | None, call: Call, exact_checked_shapes: bool = False) -> Any:
@@ -214,7 +230,9 @@ def _function_mode(recorder: _Recorder) -> Any:
             call = Call(None, tuple(args), kwargs, name=raw_name)
             if not recorder.opaque_depth:
                 recorder.current_op, recorder.current_call = name, (args, kwargs)
-            result = _fast_result(spec, call, recorder.exact_checked_shapes)
+            result = NotImplemented if recorder.train else _fast_result(spec, call, recorder.exact_checked_shapes)
+            if result is NotImplemented and recorder.kernel is not None:
+                result = recorder.kernel(name, func, tuple(args), kwargs)
             if result is NotImplemented:
                 result = func(*args, **kwargs)
             recorder.current_op = ""
@@ -246,7 +264,7 @@ def _function_mode(recorder: _Recorder) -> Any:
             except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
                 spec, geometry, attrs = get_op("unknown"), Geometry(OpKind.UNKNOWN), {}
             recorder.add_node(recorder.unique_op_name(name), name, geometry, tracked, outputs, op=spec.name,
-                              attrs=attrs)
+                              attrs=attrs, grads=requires_grads(tensors) if recorder.train else ())
             return result
 
     return DataflowMode()
@@ -280,6 +298,8 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
         )
         call_record.inputs = inputs
         call_record.input_nodes = recorder.input_nodes(inputs)
+        if recorder.train and spec is not None:
+            call_record.grads = requires_grads([*inputs, *module.parameters()])
         recorder.calls.append(call_record)
         recorder.stack.append(call_record)
         if spec is not None:
@@ -296,7 +316,8 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
             recorder.opaque_depth -= 1
             if call.geometry is not None and outputs:
                 call.node = recorder.add_node(call.name, type(module).__name__, call.geometry, inputs, outputs,
-                                              record=call.index, op=call.spec.name, attrs=call.attrs)
+                                              record=call.index, op=call.spec.name, attrs=call.attrs,
+                                              grads=call.grads)
         call.output_node = recorder.producers.get(id(outputs[0])) if outputs else None
 
     return pre_hook, post_hook
@@ -427,6 +448,40 @@ def _feature_modules(model: Any) -> tuple[str, ...]:
     return tuple(name for name in names if isinstance(name, str) and name) if all(names) else ()
 
 
+def working_copy(model: nn.Module, device: str = "meta") -> nn.Module:
+    """The model a pass runs: itself when it is all on meta already (as the CLI builds them: nothing to protect,
+    and only its modes are put back), else a structural copy on ``device``, so its weights are never touched."""
+    on_meta = device == "meta" and all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    return model if on_meta else structural_copy(model, device)
+
+
+def new_recorder(working: nn.Module, exact_checked_shapes: bool = False, train: bool = False) -> _Recorder:
+    """The state one instrumented pass over ``working`` fills."""
+    return _Recorder(names={id(m): name for name, m in working.named_modules() if name},
+                     exact_checked_shapes=exact_checked_shapes, train=train)
+
+
+@contextmanager
+def instrumented_forward(working: nn.Module, recorder: _Recorder, placed: ModelInputs) -> Iterator[None]:
+    """Hooks and the dataflow mode around a forward of ``working`` (train mode for a training pass, else eval);
+    a failure becomes a one-line ForwardError naming the layer; every module's mode is put back."""
+    modes = {module: module.training for module in working.modules()}
+    working.train(recorder.train)
+    first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
+    element_size = first.element_size() if first is not None else 4
+    try:
+        with _instrumented(working, recorder):
+            yield
+    except Exception as exc:  # the model's own code may raise anything
+        error = _failure(recorder, exc)
+        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
+                                   for shape in node.output_shapes)
+        raise error from exc
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", device: str = "meta",
                 exact_checked_shapes: bool = False) -> Capture:
     """Run one instrumented forward pass of a structural copy of ``model`` on ``inputs``.
@@ -436,28 +491,17 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
     """
     import torch
 
-    # A model that is all on meta already (as the CLI builds them) holds nothing to protect: it runs as it is,
-    # and only its modes are put back. Any other is copied, so its weights and state are never touched.
-    on_meta = device == "meta" and all(t.is_meta for t in (*model.parameters(), *model.buffers()))
-    working = model if on_meta else structural_copy(model, device)
-    modes = {module: module.training for module in working.modules()}
-    working.eval()
-    recorder = _Recorder(names={id(m): name for name, m in working.named_modules() if name},
-                         exact_checked_shapes=exact_checked_shapes)
+    working = working_copy(model, device)
+    recorder = new_recorder(working, exact_checked_shapes)
     placed = inputs.on(device)
-    first = next(iter(tensors_in(list(placed.args)) + tensors_in(placed.kwargs)), None)
-    element_size = first.element_size() if first is not None else 4
-    try:
-        with torch.no_grad(), _instrumented(working, recorder):
-            output = working(*placed.args, **placed.kwargs)
-    except Exception as exc:  # the model's own code may raise anything
-        error = _failure(recorder, exc)
-        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
-                                   for shape in node.output_shapes)
-        raise error from exc
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with torch.no_grad(), instrumented_forward(working, recorder, placed):
+        output = working(*placed.args, **placed.kwargs)
+    return assemble_capture(model, recorder, inputs, placed, output, model_name, device)
+
+
+def assemble_capture(model: nn.Module, recorder: _Recorder, inputs: ModelInputs, placed: ModelInputs, output: Any,
+                     model_name: str, device: str) -> Capture:
+    """Freeze what one pass recorded into a Capture (parameters and bytes are those of ``model``)."""
     outputs = named_tensors(output)
     output_nodes = tuple(recorder.producers.get(id(tensor)) for _, tensor in outputs)
     output_node = next((node for node in output_nodes if node is not None), 0)

@@ -76,6 +76,8 @@ class OpSpec:
     - ``describe``: the call's geometry and the arguments the rules need (``attrs``).
     - ``shape``: an output-shape rule for the meta pass, where torch's own meta kernel is slow to import.
     - ``macs``: multiply-accumulates of one call, from the node's shapes and attrs; None counts 0.
+    - ``backward_macs``: multiply-accumulates of the call's backward, given which of its tensor arguments (then a
+      module's parameters) take part in it (``OpNode.grads``, all False: not called); None counts 0.
     - ``field``: the receptive-field rule; raises ``Undefined`` with a reason when there is none.
     - ``replay``: the operation on a one-channel float64 map, for the input-gradient check.
     - ``constant``: the output does not depend on the input's values (``zeros_like``): not tracked.
@@ -91,6 +93,7 @@ class OpSpec:
     describe: Describe | None = None
     shape: ShapeRule | None = None
     macs: MacsRule | None = None
+    backward_macs: MacsRule | None = None
     replay: ReplayRule | None = None
     constant: bool = False
     shape_donors: tuple[str, ...] = ()

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from resnet_inspect.capture.trace import ModelInputs
-    from resnet_inspect.records import Capture
+    from resnet_inspect.capture.training import TrainOptions
+    from resnet_inspect.records import Capture, TrainingCapture
 
 InputSize = int | Sequence[int]
 
@@ -101,6 +102,23 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
             raise
         return capture_model(model, input_size, batch_size, channels, model_name,
                              exact_checked_shapes=exact_checked_shapes)
+
+
+def training_capture(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
+                     in_channels: int | None = None, model_name: str = "", *, options: TrainOptions | None = None,
+                     input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> TrainingCapture:
+    """One training step of a meta copy of ``model`` (see capture/training.py); the inputs as ``model_inputs``."""
+    from resnet_inspect.capture.training import TrainOptions, run_training_pass
+
+    inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
+                          input_data=input_data)
+    try:
+        return run_training_pass(model, inputs, options or TrainOptions(), model_name)
+    except ForwardError as error:
+        if "meta" in str(error) or "data-dependent" in str(error) or "item()" in str(error):
+            raise ForwardError(f"{error} (the training step runs on the meta device, and this model's forward "
+                               "needs tensor values)") from error
+        raise
 
 
 def _guard_real_pass(needed_bytes: int) -> None:

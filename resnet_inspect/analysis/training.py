@@ -1,0 +1,160 @@
+"""What one training step costs, from a TrainingCapture: backward MACs, saved bytes, gradients, and step memory.
+
+Backward MACs come from the operation table (``OpSpec.backward_macs``), one rule per operation, given which of the
+operation's inputs and weights take part in the backward (``OpNode.grads``): the first convolution of a network
+computes only its weight gradient, a frozen layer only its input gradient, a layer under ``torch.no_grad()`` none.
+
+The step's memory is read off the allocations and releases the step really made on the meta device:
+
+    peak = weights + buffers + optimizer state + input        (resident before the step starts)
+           + max over the step of (live activations and temporaries + gradients allocated so far)
+
+Sharded over N devices (PyTorch FSDP2, DeepSpeed ZeRO-3), weights, gradients and optimizer state are divided by N,
+activations are those of the per-device batch, and the largest layer is gathered whole while it runs, with its
+whole gradient before it is scattered: ``+ 2 x largest layer's weights`` (DeepSpeed's
+``estimate_zero3_model_states_mem_needs`` has the same term: ``4 x largest_layer_params`` bytes in fp16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from resnet_inspect.analysis.counting import enclosing_records
+from resnet_inspect.ops.table import get_op
+from resnet_inspect.records import Capture, OpNode, TrainingCapture
+
+
+def node_backward_macs(node: OpNode) -> int:
+    """MACs of one operation's backward, by its operation-table entry (0 when nothing it takes needs a gradient,
+    or the entry has no backward rule)."""
+    rule = get_op(node.op).backward_macs
+    if rule is None or not any(node.grads) or not node.input_shapes or not node.output_shape:
+        return 0
+    return rule(node)
+
+
+def _ceil_div(value: int, parts: int) -> int:
+    return -(-value // parts)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """The memory of one training step (bytes), its breakdown and where its peak falls.
+
+    ``peak_bytes`` is None when the backward could not run on the meta device (``note`` says why).
+    With ``shard`` > 1, every figure is per device.
+    """
+
+    peak_bytes: int | None
+    weights_bytes: int  # parameters (divided over the shards)
+    buffer_bytes: int  # batch-norm statistics and other buffers
+    gradient_bytes: int  # the parameters' gradients after the backward (divided over the shards)
+    optimizer_state_bytes: int  # (divided over the shards)
+    input_bytes: int  # the batch
+    saved_bytes: int  # activations kept for the backward at the end of the forward
+    gathered_bytes: int  # sharded: the largest layer's weights and gradient, whole while it runs
+    peak_phase: str  # "forward", "backward" or "optimizer"
+    peak_layer: str  # the layer running at the peak (whose backward, in the backward phase)
+    optimizer: str
+    dtype: str
+    amp: str | None
+    shard: int = 1
+    note: str | None = None
+
+    @property
+    def where(self) -> str:
+        """'the backward of layer1.0.conv1', 'the forward of fc', 'the optimizer step'."""
+        if self.peak_bytes is None:
+            return "unknown"
+        if self.peak_phase == "optimizer":
+            return "the optimizer step"
+        return f"the {self.peak_phase} of {self.peak_layer or 'the model'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase, "peak_layer": self.peak_layer,
+            "weights_bytes": self.weights_bytes, "buffer_bytes": self.buffer_bytes,
+            "gradient_bytes": self.gradient_bytes, "optimizer_state_bytes": self.optimizer_state_bytes,
+            "input_bytes": self.input_bytes, "saved_bytes": self.saved_bytes, "gathered_bytes": self.gathered_bytes,
+            "optimizer": self.optimizer, "dtype": self.dtype, "amp": self.amp, "shard": self.shard,
+            "note": self.note,
+        }
+
+
+def step_memory(training: TrainingCapture, shard: int = 1) -> StepMemory:
+    """The step's peak and breakdown, on one device or per device of ``shard`` (see the module docstring)."""
+    if shard < 1:
+        raise ValueError(f"shard must be at least 1, got {shard}")
+    weights = _ceil_div(training.weight_bytes, shard)
+    state = _ceil_div(training.state_bytes, shard)
+    gathered = 2 * training.largest_layer_bytes if shard > 1 else 0
+    resident = weights + state + training.buffer_bytes + training.input_bytes
+    live = highest = 0
+    phase, layer = "forward", ""
+    for event in training.events:
+        if event.kind == "state":  # resident from the start of a step once the optimizer has run once
+            continue
+        live += event.bytes if event.kind != "gradient" else _ceil_div(abs(event.bytes), shard) * (
+            1 if event.bytes > 0 else -1)
+        if live > highest:
+            highest, phase, layer = live, event.phase, event.layer
+    peak = None if training.backward_error else resident + highest + gathered
+    return StepMemory(
+        peak_bytes=peak, weights_bytes=weights, buffer_bytes=training.buffer_bytes,
+        gradient_bytes=_ceil_div(training.gradient_bytes, shard), optimizer_state_bytes=state,
+        input_bytes=training.input_bytes, saved_bytes=training.saved_bytes, gathered_bytes=gathered,
+        peak_phase=phase, peak_layer=layer, optimizer=training.optimizer, dtype=training.dtype, amp=training.amp,
+        shard=shard, note=training.backward_error,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingCounts:
+    """Per layer (inclusive, like MACs) and in total: backward MACs, bytes saved for backward, gradient bytes."""
+
+    node_backward_macs: dict[int, int]
+    layer_backward_macs: dict[int, int]  # LayerRecord index of the training capture -> MACs
+    layer_saved_bytes: dict[int, int]
+    layer_grad_bytes: dict[int, int]
+    backward_macs: int
+    backward_flops: int
+    saved_bytes: int
+    saved_tensors: int
+    grad_bytes: int
+    memory: StepMemory
+
+
+def _inclusive(capture: Capture, own: dict[int, int]) -> dict[int, int]:
+    """Each layer's own figure plus those of every call inside it."""
+    totals = {layer.index: 0 for layer in capture.layers}
+    for index, value in own.items():
+        record: int | None = index
+        while record is not None:
+            totals[record] += value
+            record = capture.layers[record].parent
+    return totals
+
+
+def training_counts(training: TrainingCapture, shard: int = 1) -> TrainingCounts:
+    """Backward MACs per operation and per layer, saved and gradient bytes per layer, and the step's memory."""
+    capture = training.capture
+    macs_by_node = {node.id: node_backward_macs(node) for node in capture.nodes}
+    enclosing = enclosing_records(capture)
+    own_macs: dict[int, int] = {}
+    for node_id, macs in macs_by_node.items():
+        record = enclosing[node_id]
+        if record is not None:
+            own_macs[record] = own_macs.get(record, 0) + macs
+    total = sum(macs_by_node.values())
+    return TrainingCounts(
+        node_backward_macs=macs_by_node, layer_backward_macs=_inclusive(capture, own_macs),
+        layer_saved_bytes=_inclusive(capture, training.layer_saved_bytes),
+        layer_grad_bytes=dict(training.layer_grad_bytes), backward_macs=total, backward_flops=2 * total,
+        saved_bytes=training.saved_bytes, saved_tensors=training.saved_tensors,
+        grad_bytes=training.gradient_bytes,
+        memory=step_memory(training, shard),
+    )
+
+
+__all__ = ["StepMemory", "TrainingCounts", "node_backward_macs", "step_memory", "training_counts"]

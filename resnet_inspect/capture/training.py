@@ -1,0 +1,333 @@
+"""The training pass: one training step (forward, backward, optimizer step) of a structural copy on the meta device.
+
+The forward runs in train mode with autograd on, instrumented as the ordinary capture is (layers, dataflow, and
+now whether each operation's inputs and weights take part in the backward, read from the tensors themselves).
+What autograd keeps for the backward is seen through ``torch.autograd.graph.saved_tensors_hooks`` (each storage
+once). The whole step runs under a dispatch mode that follows every storage from its allocation to its release (a
+weak-reference finaliser fires when nothing holds it any more), so lifetimes are torch's own, not a model of them.
+The backward and torch's own optimizer run on meta tensors too; nothing is allocated.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from resnet_inspect.capture.trace import (
+    ModelInputs,
+    assemble_capture,
+    instrumented_forward,
+    new_recorder,
+    structural_copy,
+    tensors_in,
+)
+from resnet_inspect.errors import BadInputError
+from resnet_inspect.records import MemoryEvent, TrainingCapture
+
+if TYPE_CHECKING:
+    from torch import nn
+
+OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+DTYPES = ("float32", "bfloat16", "float16")
+FORWARD, BACKWARD, OPTIMIZER = "forward", "backward", "optimizer"
+ACTIVATION, GRADIENT, STATE = "activation", "gradient", "state"
+# torch.nn.attention.SDPBackend values that torch._fused_sdp_choice returns
+_SDPA_MATH, _SDPA_FLASH = 0, 1
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How the step is run: the optimizer, the precision, and the device whose kernels are modelled."""
+
+    optimizer: str = "adamw"
+    dtype: str | None = None  # convert the model and input to it (None: the model's own)
+    amp: str | None = None  # "bf16" or "fp16": autocast, master weights and optimizer state in float32
+    device: str = "cpu"  # which attention kernel and optimizer implementation torch would pick there
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise BadInputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise BadInputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise BadInputError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
+        if self.amp is not None and self.dtype not in (None, "float32"):
+            raise BadInputError(f"--amp {self.amp} keeps float32 master weights: it cannot be combined with --dtype "
+                                f"{self.dtype} (use one or the other)")
+
+
+def make_optimizer(name: str, parameters: list[Any], foreach: bool | None = None) -> Any:
+    """torch.optim's optimizer for ``name`` over the trainable ``parameters`` (None for "none" or when nothing
+    trains). States per parameter: sgd 0, momentum 1 (the momentum buffer), adam and adamw 2 (two moments)."""
+    import torch
+
+    if name == "none" or not parameters:
+        return None
+    if name in ("sgd", "momentum"):
+        return torch.optim.SGD(parameters, lr=1e-3, momentum=0.9 if name == "momentum" else 0.0, foreach=foreach)
+    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return optimizer_class(parameters, lr=1e-3, foreach=foreach)
+
+
+class _Tracker:
+    """Every storage the step allocates, from its allocation to its release, in order."""
+
+    def __init__(self, resident: set[int]) -> None:
+        self.resident = resident  # id() of storages held before the step: weights, buffers, the input
+        self.live: dict[int, tuple[int, int]] = {}  # id(storage) -> (allocation number, bytes)
+        self.events: list[tuple[int, int, str, str]] = []  # (allocation number, +/- bytes, phase, layer)
+        self.phase, self.layer = FORWARD, ""
+        self.count = 0
+
+    def track(self, tensor: Any) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self.live or key in self.resident:
+            return
+        size = storage.nbytes()
+        self.count += 1
+        self.live[key] = (self.count, size)
+        self.events.append((self.count, size, self.phase, self.layer))
+        weakref.finalize(storage, self._free, key, self.count, size)
+
+    def _free(self, key: int, number: int, size: int) -> None:
+        if self.live.get(key, (None,))[0] == number:
+            del self.live[key]
+        self.events.append((number, -size, self.phase, self.layer))
+
+    def number_of(self, tensor: Any) -> int | None:
+        entry = self.live.get(id(tensor.untyped_storage()))
+        return entry[0] if entry else None
+
+
+def _tracking_mode(tracker: _Tracker) -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class StorageMode(TorchDispatchMode):
+        """Sees every aten operation's outputs: a storage not seen before is an allocation."""
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # nothing is compiled in here: no need to import torch._dynamo
+            return False
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            import torch
+
+            result = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(result):
+                if isinstance(leaf, torch.Tensor):
+                    tracker.track(leaf)
+            return result
+
+    return StorageMode()
+
+
+def _sdpa_kernel(device: str) -> Any:
+    """Scaled dot-product attention as it would run on ``device``: torch's own backend choice, asked on stand-ins
+    of the right shapes there (one row of memory each); on meta tensors torch would always take the math path,
+    which saves the attention matrix, where the CPU's fused kernel saves its output and log-sum-exp."""
+
+    def kernel(name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import torch
+
+        if name != "scaled_dot_product_attention" or not device.startswith("cpu"):
+            return NotImplemented
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        query, key, value = bound["query"], bound["key"], bound["value"]
+        mask = bound.get("attn_mask")
+        if not all(isinstance(t, torch.Tensor) and t.is_meta for t in (query, key, value)):
+            return NotImplemented
+
+        def stand_in(tensor: Any) -> Any:
+            if tensor is None:
+                return None
+            row = torch.empty(tensor.shape[-1], dtype=tensor.dtype, device=device)
+            strides = (0,) * (tensor.dim() - 1) + (1,)
+            return row.as_strided(tuple(tensor.shape), strides).requires_grad_(tensor.requires_grad)
+
+        choice = torch._fused_sdp_choice(stand_in(query), stand_in(key), stand_in(value), stand_in(mask),
+                                         bound.get("dropout_p", 0.0), bound.get("is_causal", False),
+                                         scale=bound.get("scale"), enable_gqa=bound.get("enable_gqa", False))
+        if choice != _SDPA_FLASH:
+            return NotImplemented  # the math path: meta runs it as the device would
+        output, _logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, bound.get("dropout_p", 0.0), bound.get("is_causal", False), attn_mask=mask,
+            scale=bound.get("scale"))
+        return output
+
+    return kernel
+
+
+@contextmanager
+def _backward_labels(working: Any, tracker: _Tracker) -> Iterator[None]:
+    """During the backward, ``tracker.layer`` names the innermost layer whose backward is running: each module's
+    output node, when autograd reaches it, sets it (the first module to claim a node is the innermost)."""
+    import torch
+
+    claimed: dict[int, Any] = {}
+
+    def post_hook(name: str) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            for tensor in tensors_in(output):
+                node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
+                if node is not None and id(node) not in claimed:
+                    claimed[id(node)] = node
+                    node.register_prehook(lambda _grads, label=name: setattr(tracker, "layer", label))
+        return hook
+
+    handles = [module.register_forward_hook(post_hook(name)) for name, module in working.named_modules() if name]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        claimed.clear()
+
+
+def _storage_ids(tensors: list[Any]) -> set[int]:
+    return {id(tensor.untyped_storage()) for tensor in tensors}
+
+
+def _module_grad_bytes(module: Any) -> int:
+    unique = {id(p): p for p in module.parameters() if p.requires_grad}
+    return sum(p.numel() * p.element_size() for p in unique.values())
+
+
+def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptions, model_name: str = ""
+                      ) -> TrainingCapture:
+    """One training step of a meta copy of ``model`` on ``inputs``: what the forward saves, the requires-grad
+    flags of every operation, and every allocation and release of the step (see the module's docstring)."""
+    import torch
+
+    working = structural_copy(model, "meta")
+    dtype = options.dtype
+    if dtype is not None:
+        working = working.to(getattr(torch, dtype))
+    placed = inputs.on("meta")
+    if dtype is not None:
+        placed = ModelInputs(tuple(t.to(getattr(torch, dtype)) if isinstance(t, torch.Tensor) and
+                                   t.is_floating_point() else t for t in placed.args),
+                             {k: t.to(getattr(torch, dtype)) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                              else t for k, t in placed.kwargs.items()})
+    recorder = new_recorder(working, train=True)
+    recorder.kernel = _sdpa_kernel(options.device)
+    parameters = list({id(p): p for p in working.parameters()}.values())
+    buffers = list(working.buffers())
+    given = tensors_in(list(placed.args)) + tensors_in(placed.kwargs)
+    weight_ids, input_ids = _storage_ids([*parameters, *buffers]), _storage_ids(given)
+    tracker = _Tracker(weight_ids | input_ids)
+    trainable = [p for p in parameters if p.requires_grad]
+    optimizer = make_optimizer(options.optimizer, trainable, foreach=options.device.startswith("cuda") or None)
+    saved: dict[int, tuple[int, int, int | None]] = {}  # id(storage) -> (allocation number, bytes, layer index)
+    saved_weights: dict[int, int] = {}
+    saved_inputs: dict[int, int] = {}
+
+    def pack(tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in weight_ids:
+            saved_weights[key] = storage.nbytes()
+        elif key in input_ids:
+            saved_inputs[key] = storage.nbytes()
+        elif key not in saved:
+            number = tracker.number_of(tensor)
+            layer = recorder.stack[-1].index if recorder.stack else None
+            saved[key] = (number or 0, storage.nbytes(), layer)
+        return tensor
+
+    backward_error: str | None = None
+    amp = options.amp
+    autocast = _nothing()
+    with _tracking_mode(tracker), _backward_labels(working, tracker):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                autocast, instrumented_forward(working, recorder, placed):
+            original_phase_layer = _forward_layer_follower(recorder, tracker)
+            with original_phase_layer:
+                output = working(*placed.args, **placed.kwargs)
+        capture = assemble_capture(working, recorder, inputs, placed, output, model_name, "meta")
+        recorder.current_call = ((), {})
+        kept = {key: (number, size, layer) for key, (number, size, layer) in saved.items()
+                if number and tracker.live.get(key, (None,))[0] == number}
+        losses = [t.sum() for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
+        del output
+        tracker.phase, tracker.layer = BACKWARD, "the loss"
+        gradient_numbers: set[int] = set()
+        if losses:
+            try:
+                torch.autograd.backward(losses)
+            except Exception as exc:  # the model's own backward may raise anything
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                backward_error = (f"the backward pass cannot run on the meta device (at {tracker.layer}: {reason}); "
+                                  "its memory is not estimated")
+            del losses
+        gradient_numbers = {n for n in (tracker.number_of(p.grad) for p in trainable if p.grad is not None) if n}
+        state_numbers: set[int] = set()
+        if optimizer is not None and backward_error is None:
+            tracker.phase, tracker.layer = OPTIMIZER, "the optimizer step"
+            optimizer.step()
+            state = [v for entry in optimizer.state.values() for v in entry.values() if isinstance(v, torch.Tensor)]
+            state_numbers = {n for n in (tracker.number_of(t) for t in state) if n}
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            working.zero_grad(set_to_none=True)
+    kinds = {number: GRADIENT for number in gradient_numbers} | {number: STATE for number in state_numbers}
+    events = tuple(MemoryEvent(size, kinds.get(number, ACTIVATION), phase, layer)
+                   for number, size, phase, layer in tracker.events)
+    state_bytes = sum(event.bytes for event in events if event.kind == STATE and event.bytes > 0)
+    gradient_bytes = sum(event.bytes for event in events if event.kind == GRADIENT and event.bytes > 0)
+    if backward_error is not None:  # what the backward would have made: a gradient per trainable parameter
+        gradient_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    layer_saved: dict[int, int] = {}
+    for _number, size, layer in kept.values():
+        if layer is not None:
+            layer_saved[layer] = layer_saved.get(layer, 0) + size
+    names = {id(module): module for name, module in working.named_modules() if name}
+    modules = {call.index: names.get(id(call.module)) for call in recorder.calls}
+    leaves = [layer for layer in capture.layers if layer.is_leaf and layer.params]
+    largest = max(leaves, key=lambda layer: layer.params, default=None)
+    largest_bytes = 0 if largest is None else sum(
+        p.numel() * p.element_size() for p in {id(p): p for p in modules[largest.index].parameters()}.values())
+    return TrainingCapture(
+        capture=capture, optimizer=options.optimizer, amp=amp, device=options.device,
+        dtype=str(parameters[0].dtype).removeprefix("torch.") if parameters else capture.dtype,
+        layer_saved_bytes=layer_saved,
+        layer_grad_bytes={index: _module_grad_bytes(module) for index, module in modules.items() if module is not None},
+        saved_bytes=sum(size for _, size, _ in kept.values()), saved_tensors=len(kept) + len(saved_weights)
+        + len(saved_inputs), saved_weight_bytes=sum(saved_weights.values()),
+        saved_input_bytes=sum(saved_inputs.values()),
+        weight_bytes=sum(p.numel() * p.element_size() for p in parameters),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
+        input_bytes=sum(t.untyped_storage().nbytes() for t in {id(t): t for t in given}.values()),
+        gradient_bytes=gradient_bytes, state_bytes=state_bytes, largest_layer=largest.name if largest else "",
+        largest_layer_bytes=largest_bytes, events=events, backward_error=backward_error,
+    )
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _forward_layer_follower(recorder: Any, tracker: _Tracker) -> Iterator[None]:
+    """During the forward, ``tracker.layer`` follows the innermost module call running."""
+    original = tracker.track
+
+    def track(tensor: Any) -> None:
+        tracker.layer = recorder.stack[-1].name if recorder.stack else ""
+        original(tensor)
+
+    tracker.track = track  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tracker.track = original  # type: ignore[method-assign]
+
+
+__all__ = ["AMP_DTYPES", "DTYPES", "OPTIMIZERS", "TrainOptions", "make_optimizer", "run_training_pass"]
