@@ -105,7 +105,7 @@ def test_even_batch_one_over_the_budget_exits_3_with_one_line():
     (["--memory", "-1"], "--memory must look like 24GiB"),
     (["--memory", "0"], "--memory must be more than 0 bytes"),
     (["--memory", "1GiB", "--train", "--optimizer", "lion"], "unknown optimizer 'lion'"),
-    (["--memory", "1GiB", "--train", "--amp", "bf16", "--dtype", "float16"], "cannot be used with --dtype float16"),
+    (["--memory", "1GiB", "--train", "--amp", "bf16", "--dtype", "float16"], "cannot be combined with --dtype float16"),
     (["--memory", "1GiB", "--amp", "bf16"], "--amp applies to a training step: add --train"),
     (["--memory", "1GiB", "--shard", "8"], "--shard applies to a training step: add --train"),
     (["--memory", "1GiB", "--reserve", "2GiB"], "leaves nothing"),

@@ -134,8 +134,8 @@ def test_time_train_table_names_the_step():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--train", "--optimizer", "lion"], "unknown optimizer 'lion'"),
-    (["--train", "--amp", "fp16", "--dtype", "float16"], "cannot be used with --dtype float16"),
-    (["--train", "--amp", "fp8"], "unknown --amp mode 'fp8'"),
+    (["--train", "--amp", "fp16", "--dtype", "float16"], "cannot be combined with --dtype float16"),
+    (["--train", "--amp", "fp8"], "unknown --amp 'fp8'"),
     (["--train", "--per-layer"], "--per-layer times forward passes"),
     (["--optimizer", "sgd"], "--optimizer applies to a training step: add --train"),
     (["--amp", "bf16"], "--amp applies to a training step: add --train"),

@@ -2,10 +2,12 @@
 
 The step is the one a training loop runs: the model in train mode (batch-norm batch statistics, dropout),
 ``loss = sum of the outputs' means`` (in float32), ``loss.backward()``, ``optimizer.step()`` and
-``optimizer.zero_grad(set_to_none=True)``. Under ``amp`` the forward pass runs in ``torch.autocast``; with
-``fp16`` a ``GradScaler`` scales the loss, as mixed-precision training in float16 needs. The median and IQR come
-from ``torch.utils.benchmark`` exactly as for inference (``timing.measure_callable``). The model is always a
-copy: a step changes the weights, and the caller's must not change.
+``optimizer.zero_grad(set_to_none=True)``, with torch.optim's optimizers as the training estimate builds them
+(``capture.training.make_optimizer``: learning rate 0.001, momentum 0.9). Under ``amp`` the forward pass runs
+in ``torch.autocast``; with ``fp16`` a ``GradScaler`` scales the loss, as mixed-precision training in float16
+needs. The median and IQR come from ``torch.utils.benchmark`` exactly as for inference
+(``timing.measure_callable``). The model is always a copy: a step changes the weights, and the caller's must not
+change.
 """
 
 from __future__ import annotations
@@ -23,40 +25,15 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
 DEFAULT_OPTIMIZER = "adamw"
-AMP_MODES = {"bf16": "bfloat16", "fp16": "float16"}  # --amp value -> the dtype autocast computes in
-LEARNING_RATE = 1e-3  # small, so that many timed steps leave the weights (and the arithmetic) where they were
-MOMENTUM = 0.9
-OPTIMIZER_STATES = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}  # tensors per trainable parameter
 
 
 def check_training_options(optimizer: str, amp: str | None, dtype: str) -> None:
-    """An unknown optimizer or amp mode, or ``amp`` with weights already in half precision: BadInputError."""
-    if optimizer not in OPTIMIZERS:
-        raise BadInputError(f"unknown optimizer '{optimizer}': use one of {', '.join(OPTIMIZERS)}")
-    if amp is None:
-        return
-    if amp not in AMP_MODES:
-        raise BadInputError(f"unknown --amp mode '{amp}': use one of {', '.join(AMP_MODES)}")
-    if dtype != "float32":
-        raise BadInputError(f"--amp {amp} keeps float32 master weights: it cannot be used with --dtype {dtype}")
+    """An unknown optimizer or amp mode, or ``amp`` with weights already in half precision: BadInputError (the
+    training options' own checks, ``capture.training.TrainOptions``)."""
+    from resnet_inspect.capture.training import TrainOptions
 
-
-def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
-    """The optimizer ``name`` stands for over ``parameters`` (None for ``none``: forward and backward only)."""
-    import torch
-
-    factories: dict[str, Callable[[], torch.optim.Optimizer | None]] = {
-        "none": lambda: None,
-        "sgd": lambda: torch.optim.SGD(parameters, lr=LEARNING_RATE),
-        "momentum": lambda: torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=MOMENTUM),
-        "adam": lambda: torch.optim.Adam(parameters, lr=LEARNING_RATE),
-        "adamw": lambda: torch.optim.AdamW(parameters, lr=LEARNING_RATE),
-    }
-    if name not in factories:
-        raise BadInputError(f"unknown optimizer '{name}': use one of {', '.join(OPTIMIZERS)}")
-    return factories[name]()
+    TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp)
 
 
 def _tensors(output: Any) -> Iterator[torch.Tensor]:
@@ -85,10 +62,12 @@ def output_loss(output: Any) -> torch.Tensor:
     return loss
 
 
-def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = "adamw", amp: str | None = None,
+def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = DEFAULT_OPTIMIZER, amp: str | None = None,
                   device: str = "cpu") -> Callable[[], None]:
     """One training step of ``model`` (already on ``device``, in train mode) on the batch ``x``, as a function."""
     import torch
+
+    from resnet_inspect.capture.training import AMP_DTYPES, make_optimizer
 
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not parameters:
@@ -96,7 +75,7 @@ def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = "adamw", a
                             "--train)")
     step_optimizer = make_optimizer(optimizer, parameters)
     device_type = torch.device(device).type
-    autocast = (torch.autocast(device_type, dtype=getattr(torch, AMP_MODES[amp])) if amp is not None
+    autocast = (torch.autocast(device_type, dtype=getattr(torch, AMP_DTYPES[amp])) if amp is not None
                 else nullcontext())
     scaler = torch.amp.GradScaler(device_type) if amp == "fp16" else None
 
@@ -119,29 +98,27 @@ def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = "adamw", a
 
 
 def ensure_training_step_fits(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32",
-                              optimizer: str = "adamw") -> None:
+                              optimizer: str = DEFAULT_OPTIMIZER, amp: str | None = None) -> None:
     """Refuse (MemoryGuardError) a training step whose estimated peak does not fit, before allocating anything.
 
-    The estimate: weights, a forward pass kept for backward and the backward's working set (``gradient_bytes``),
-    plus gradients and optimizer state for the trainable parameters.
+    The estimate is the step's own, from one training pass on the meta device (``analysis.training``).
     """
-    from resnet_inspect.analysis.counting import element_bytes
-    from resnet_inspect.analysis.memory import ensure_fits, gradient_bytes
-    from resnet_inspect.capture.trace import capture
+    from resnet_inspect.analysis.memory import ensure_fits
+    from resnet_inspect.analysis.training import step_memory
+    from resnet_inspect.capture.trace import size_inputs
+    from resnet_inspect.capture.training import TrainOptions, run_training_pass
 
     if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
         return
-    captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1])
-    scale = element_bytes(dtype) / element_bytes(captured.dtype)
-    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
-    states = OPTIMIZER_STATES[optimizer]
-    needed = int(gradient_bytes(captured, input_shape[0]) * scale + trainable * element_bytes(dtype) * (1 + states))
-    ensure_fits(needed, f"a training step at batch size {input_shape[0]} and input "
-                f"{'x'.join(map(str, input_shape[1:]))}", "lower --batch-size or --input-size", device)
+    inputs = size_inputs(model, tuple(input_shape[2:]), input_shape[0], input_shape[1])
+    step = step_memory(run_training_pass(model, inputs, TrainOptions(optimizer, dtype, amp, device)))
+    if step.peak_bytes is not None:  # else the backward cannot run on meta: the real step will say what it needs
+        ensure_fits(step.peak_bytes, f"a training step at batch size {input_shape[0]} and input "
+                    f"{'x'.join(map(str, input_shape[1:]))}", "lower --batch-size or --input-size", device)
 
 
 def time_training_step(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32",
-                       optimizer: str = "adamw", amp: str | None = None, warmup: int = 10, repeat: int = 50,
+                       optimizer: str = DEFAULT_OPTIMIZER, amp: str | None = None, warmup: int = 10, repeat: int = 50,
                        threads: int | None = None, channels_last: bool = False,
                        progress: Progress | None = None) -> LatencyResult:
     """Median time of one training step of ``model`` on a random batch of ``input_shape`` (batch first).
@@ -149,7 +126,7 @@ def time_training_step(model: nn.Module, input_shape: Shape, device: str = "cpu"
     The first warm-up step also creates the optimizer's state, so it is never timed (there is always one).
     """
     check_training_options(optimizer, amp, dtype)
-    ensure_training_step_fits(model, input_shape, device, dtype, optimizer)
+    ensure_training_step_fits(model, input_shape, device, dtype, optimizer, amp)
     modes = {module: module.training for module in model.modules()}
     try:
         prepared = prepare_model(model, device, dtype, channels_last)
@@ -165,6 +142,6 @@ def time_training_step(model: nn.Module, input_shape: Shape, device: str = "cpu"
 
 
 __all__ = [
-    "AMP_MODES", "DEFAULT_OPTIMIZER", "OPTIMIZERS", "check_training_options", "ensure_training_step_fits",
-    "make_optimizer", "output_loss", "time_training_step", "training_step",
+    "DEFAULT_OPTIMIZER", "check_training_options", "ensure_training_step_fits", "output_loss", "time_training_step",
+    "training_step",
 ]

@@ -6,9 +6,10 @@ estimate from the model (an inference forward pass, or a training step) and turn
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
+from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.report.fit import FitReport, budget_source, size_text
 
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from resnet_inspect.analysis.counting import Counts
-    from resnet_inspect.records import Capture
+    from resnet_inspect.analysis.training import StepMemory
+    from resnet_inspect.capture.training import TrainOptions
+    from resnet_inspect.records import Capture, TrainingCapture
 
 # What --reserve leaves out of the device's memory by default on a GPU: the CUDA context and the libraries'
 # workspaces (a few hundred MiB with lazy module loading), and the caching allocator's rounding and fragmentation
@@ -74,6 +77,9 @@ class InferenceEstimate:
     def peak_at(self, batch_size: int) -> str | None:
         return None
 
+    def details(self, batch_size: int) -> dict[str, Any] | None:
+        return None
+
 
 def check_fit_options(train: bool, optimizer: str | None, amp: str | None, shard: int | None) -> None:
     """--optimizer, --amp and --shard describe a training step: each needs --train."""
@@ -110,13 +116,18 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     else:
         model, name = spec, type(spec).__name__
     name = model_name or name
-    import torch
-
-    model = structural_copy(model, "meta").to(getattr(torch, dtype))
     channels = in_channels or 3
     size = tuple(input_shape_for(model, input_size, 1, channels)[2:])
-    estimate = (_training_estimate(model, size, channels, optimizer, dtype, amp, shard or 1, device) if train
-                else InferenceEstimate(model, size, channels))
+    estimate: InferenceEstimate | TrainingEstimate
+    if train:
+        from resnet_inspect.capture.training import TrainOptions
+
+        options = TrainOptions(optimizer or DEFAULT_OPTIMIZER, dtype, amp, device)
+        estimate = TrainingEstimate(model, size, channels, options, shard or 1)
+    else:
+        import torch
+
+        estimate = InferenceEstimate(structural_copy(model, "meta").to(getattr(torch, dtype)), size, channels)
     budget = memory - reserve
     try:
         search = largest_batch(estimate, budget)
@@ -130,15 +141,61 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         ) from error
     return FitReport(
         model=name, device=device, input_shape=(channels, *size), train=train,
-        optimizer=(optimizer or "adamw") if train else None, dtype=dtype, amp=amp if train else None,
+        optimizer=(optimizer or DEFAULT_OPTIMIZER) if train else None, dtype=dtype, amp=amp if train else None,
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
+        step=estimate.details(search.batch_size),
     )
 
 
-def _training_estimate(model: nn.Module, size: tuple[int, ...], channels: int, optimizer: str | None, dtype: str,
-                       amp: str | None, shard: int, device: str) -> InferenceEstimate:
-    raise BadInputError("fit --train needs the training-step estimator")
+class TrainingEstimate:
+    """Batch size -> the bytes one training step holds at each of its moments (``analysis.training.step_timeline``),
+    from one training pass on the meta device per batch size, kept for the breakdown at the answer."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
+                 shard: int) -> None:
+        self.model, self.input_size, self.in_channels = model, input_size, in_channels
+        self.options, self.shard = options, shard
+        self.steps: dict[int, TrainingCapture] = {}
+
+    def _step(self, batch_size: int) -> TrainingCapture:
+        from resnet_inspect.capture.trace import size_inputs
+        from resnet_inspect.capture.training import run_training_pass
+
+        if batch_size not in self.steps:
+            inputs = size_inputs(self.model, self.input_size, batch_size, self.in_channels)
+            self.steps[batch_size] = run_training_pass(self.model, inputs, self.options)
+        return self.steps[batch_size]
+
+    def __call__(self, batch_size: int) -> list[int]:
+        from resnet_inspect.analysis.training import step_timeline
+
+        step = self._step(batch_size)
+        if step.backward_error:
+            raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
+        return step_timeline(step, self.shard)
+
+    def memory(self, batch_size: int) -> StepMemory:
+        from resnet_inspect.analysis.training import step_memory
+
+        return step_memory(self._step(batch_size), self.shard)
+
+    def breakdown(self, batch_size: int) -> tuple[tuple[str, int], ...]:
+        """What the peak holds: what is resident through the step, and what the step itself had allocated."""
+        step = self.memory(batch_size)
+        assert step.peak_bytes is not None
+        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
+                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
+        if step.gathered_bytes:
+            resident += (("largest layer gathered", step.gathered_bytes),)
+        allocated = step.peak_bytes - sum(size for _part, size in resident)
+        return (*resident, ("activations, gradients and temporaries at the peak", allocated))
+
+    def peak_at(self, batch_size: int) -> str | None:
+        return self.memory(batch_size).where
+
+    def details(self, batch_size: int) -> dict[str, Any]:
+        return self.memory(batch_size).to_dict()
 
 
 __all__ = ["default_reserve_bytes", "fit_report"]

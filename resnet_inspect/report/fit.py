@@ -43,6 +43,7 @@ class FitReport(ReportView):
     search: FitSearch
     breakdown: tuple[tuple[str, int], ...]  # what the peak at the answer holds, by part (bytes)
     peak_at: str | None = None  # where the peak falls in the step (which layer's backward), when known
+    step: dict[str, Any] | None = None  # train: the step's memory at the answer, as `summary --train` has it
 
     @property
     def budget_bytes(self) -> int:
@@ -73,6 +74,7 @@ class FitReport(ReportView):
             "next_peak_bytes": search.next_peak_bytes,
             "breakdown": dict(self.breakdown),
             "peak_at": self.peak_at,
+            "step": self.step,
             "search": {
                 "method": search.method.value, "passes": search.passes, "affine": search.affine,
                 "fixed_bytes": search.fixed_bytes, "bytes_per_sample": search.bytes_per_sample,
