@@ -159,7 +159,8 @@ def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
             depth: int | None = None, device: str = "meta", dtype: Any = None, in_channels: int | None = None,
             num_classes: int | None = None, model_name: str | None = None, fvcore: bool = False,
-            torchinfo: bool = False) -> SummaryReport:
+            torchinfo: bool = False, train: bool = False, optimizer: str = "adamw", amp: str | None = None,
+            shard: int = 1) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -170,7 +171,11 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     (real CPU tensors only when its forward needs data): the model is not changed and no weights are allocated;
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
-    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours.
+    ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
+    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``): per layer ``backward_macs``,
+    ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
+    ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
+    ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).
     """
     from resnet_inspect.report.build import summary_from_capture
 
@@ -183,8 +188,16 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     network = _in_dtype(network, dtype)
+    training = None
+    if train:
+        options = _train_options(optimizer, dtype, amp, shard, "cpu" if device == "meta" else device)
+        training = _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
+        device = "meta"
+    elif amp is not None or shard != 1:
+        raise ValueError("amp and shard describe a training step: pass train=True")
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
-    report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH)
+    report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
+                                  training=training, shard=shard)
     if torchinfo:
         from dataclasses import replace
 
@@ -233,20 +246,24 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
                       dtype: Any, amp: str | None, shard: int, device: str, in_channels: int | None,
                       num_classes: int | None, model_name: str | None) -> TrainingCapture:
-    from resnet_inspect.report.build import training_capture
-
     _positive(batch_size, "batch_size")
     if in_channels is not None:
         _positive(in_channels, "in_channels")
     options = _train_options(optimizer, dtype, amp, shard, device)
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
+    return _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
+
+
+def _train_from_spec(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
+                     name: str, options: Any) -> TrainingCapture:
+    from resnet_inspect.report.build import training_capture
+
     if spec.data is not None:
         return training_capture(network, model_name=name, options=options, input_data=spec.data)
     if spec.shapes is not None:
         return training_capture(network, model_name=name, options=options, input_shapes=spec.shapes)
-    return training_capture(network, spec.size or _default_size(model), batch_size, in_channels, name,
-                            options=options)
+    return training_capture(network, spec.size or default, batch_size, in_channels, name, options=options)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,

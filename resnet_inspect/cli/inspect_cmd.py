@@ -8,6 +8,7 @@ import typer
 
 from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
+    MAX_COUNT,
     MAX_INPUT_SIZE,
     OutputFormat,
     SummaryFormat,
@@ -15,6 +16,7 @@ from resnet_inspect.cli.common import (
     check_output_path,
     emit,
     parse_batch_size,
+    parse_positive,
     resolve_size,
     user_errors,
 )
@@ -39,12 +41,22 @@ def summary_command(
     num_classes: int | None = ClassesOption,
     depth: int | None = typer.Option(None, "--depth", "-d", help="Show layers down to this depth (JSON keeps all).",
                                      show_default=False),
-    device: str = typer.Option("cpu", "--device", help="Device for --time (cpu, cuda, cuda:N, mps)."),
+    device: str = typer.Option("cpu", "--device", help="Device for --time, and whose kernels --train models "
+                               "(cpu, cuda, cuda:N, mps)."),
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
     fvcore: bool = typer.Option(False, "--fvcore/--no-fvcore",
                                 help="Also count with fvcore, beside our MACs (builds real weights, runs batch 1)."),
     torchinfo: bool = typer.Option(False, "--torchinfo/--no-torchinfo",
                                    help="Add torchinfo's parameters and Mult-Adds beside ours, differences explained."),
+    train: bool = typer.Option(False, "--train", help="Add one training step: backward MACs, bytes saved for "
+                               "backward, gradient bytes per layer; the step's memory and its peak."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="With --train: none, sgd, momentum, adam or adamw."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Analyse the model converted to float32, bfloat16 or "
+                                     "float16 (default: its own).", show_default=False),
+    amp: str | None = typer.Option(None, "--amp", help="With --train: autocast to bf16 or fp16 (float32 weights "
+                                   "and optimizer state).", show_default=False),
+    shard: str = typer.Option("1", "--shard", help="With --train: fully sharded over N devices (FSDP, ZeRO-3); "
+                              "figures per device, --batch-size per device."),
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -57,6 +69,12 @@ def summary_command(
         check_model_options(in_channels, num_classes)
         if depth is not None and depth < 1:
             raise BadInputError(f"--depth must be at least 1, got {depth}")
+        shards = parse_positive(shard, "--shard", maximum=MAX_COUNT)
+        if not train and (amp is not None or shards != 1 or optimizer != "adamw"):
+            raise BadInputError("--optimizer, --amp and --shard describe a training step: add --train")
+        from resnet_inspect.capture.training import TrainOptions
+
+        options = TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp, device=device)
         if time:  # an unavailable device fails before the capture, not after it
             from resnet_inspect.analysis.timing import resolve_device
 
@@ -65,7 +83,16 @@ def summary_command(
         from resnet_inspect.report.build import capture_model, summary_from_capture
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
+        if dtype is not None:
+            import torch
+
+            network = network.to(getattr(torch, dtype))
         capture = capture_model(network, size, batch, in_channels, name)
+        training = None
+        if train:
+            from resnet_inspect.report.build import training_capture
+
+            training = training_capture(network, size, batch, in_channels, name, options=options)
         layer_times_ms = None
         if time:
             from resnet_inspect.analysis.timing import time_layers
@@ -74,7 +101,7 @@ def summary_command(
             timings = time_layers(network, capture.input_shape, device, warmup=3, repeat=10)
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
-                                      layer_times_ms=layer_times_ms)
+                                      layer_times_ms=layer_times_ms, training=training, shard=shards)
         if torchinfo:
             from dataclasses import replace
 

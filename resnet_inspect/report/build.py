@@ -11,6 +11,7 @@ from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nod
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.capture.trace import ModelInputs
     from resnet_inspect.capture.training import TrainOptions
     from resnet_inspect.records import Capture, TrainingCapture
@@ -131,8 +132,10 @@ def _guard_real_pass(needed_bytes: int) -> None:
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,
                          fvcore_memory_budget_bytes: int | None = None, max_depth: int | None = None,
-                         layer_times_ms: dict[str, float] | None = None) -> SummaryReport:
-    """Run the analyses over one capture; fvcore (real tensors, batch 1) only when asked and a model is given."""
+                         layer_times_ms: dict[str, float] | None = None, training: TrainingCapture | None = None,
+                         shard: int = 1) -> SummaryReport:
+    """Run the analyses over one capture; fvcore (real tensors, batch 1) only when asked and a model is given;
+    the training analyses over ``training`` (a training pass of the same model) when given."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
 
@@ -147,8 +150,18 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     return SummaryReport(
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
-        max_depth=max_depth, layer_fields=layer_fields(capture, fields),
+        max_depth=max_depth, layer_fields=layer_fields(capture, fields), training=training_counts_of(training, shard),
+        training_capture=training,
     )
+
+
+def training_counts_of(training: TrainingCapture | None, shard: int = 1) -> TrainingCounts | None:
+    """The training analyses of one training pass (None for none)."""
+    if training is None:
+        return None
+    from resnet_inspect.analysis.training import training_counts
+
+    return training_counts(training, shard)
 
 
 def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
+    from resnet_inspect.analysis.training import TrainingCounts
+    from resnet_inspect.records import TrainingCapture
 
 PASS, FAIL = "✓", "✗"
 
@@ -153,10 +155,40 @@ class SummaryReport(SummaryView):
     max_depth: int | None = None
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
     torchinfo: TorchinfoCounts | None = None
+    training: TrainingCounts | None = None  # summary --train: backward MACs, saved and gradient bytes, step memory
+    training_capture: TrainingCapture | None = None
 
     @cached_property
     def checks_by_node(self) -> dict[int, LayerArithmetic]:
         return {item.node.id: item.check for item in self.checks}
+
+    @cached_property
+    def _train_layers(self) -> dict[int, int]:
+        """This capture's layer index -> the training pass's, matched by name and call order (a layer that runs
+        only in train mode has no row; the totals count it)."""
+        if self.training_capture is None:
+            return {}
+        calls: dict[tuple[str, int], int] = {}
+        seen: dict[str, int] = {}
+        for layer in self.training_capture.capture.layers:
+            calls[(layer.name, seen.get(layer.name, 0))] = layer.index
+            seen[layer.name] = seen.get(layer.name, 0) + 1
+        matched, seen = {}, {}
+        for layer in self.capture.layers:
+            key = (layer.name, seen.get(layer.name, 0))
+            seen[layer.name] = key[1] + 1
+            if key in calls:
+                matched[layer.index] = calls[key]
+        return matched
+
+    def _train_values(self, layer: LayerRecord) -> tuple[int | None, int | None, int | None]:
+        """(backward MACs, saved bytes, gradient bytes) of one layer, None without --train."""
+        training = self.training
+        index = self._train_layers.get(layer.index)
+        if training is None or index is None:
+            return None, None, None
+        return (training.layer_backward_macs.get(index, 0), training.layer_saved_bytes.get(index, 0),
+                training.layer_grad_bytes.get(index, 0))
 
     @property
     def failed(self) -> int:
@@ -191,6 +223,7 @@ class SummaryReport(SummaryView):
             }
             if self.layer_times_ms is not None:
                 entry["time_ms"] = self.layer_times_ms.get(layer.name)
+            entry["backward_macs"], entry["saved_bytes"], entry["grad_bytes"] = self._train_values(layer)
             layers.append(entry)
         return {
             "schema_version": SCHEMA_VERSION,
@@ -213,11 +246,22 @@ class SummaryReport(SummaryView):
                 "uncounted_ops": dict(counts.uncounted_ops),
                 "torchinfo_mult_adds": None if self.torchinfo is None else self.torchinfo.mult_adds,
                 "torchinfo_params": None if self.torchinfo is None else self.torchinfo.params,
+                **self._training_totals(),
             },
+            "training": None if self.training is None else self.training.memory.to_dict(),
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,
             "layers": layers,
         }
+
+    def _training_totals(self) -> dict[str, Any]:
+        training = self.training
+        keys = ("backward_macs", "backward_flops", "saved_bytes", "saved_tensors", "grad_bytes", "train_peak_bytes")
+        if training is None:
+            return dict.fromkeys(keys)
+        return {"backward_macs": training.backward_macs, "backward_flops": training.backward_flops,
+                "saved_bytes": training.saved_bytes, "saved_tensors": training.saved_tensors,
+                "grad_bytes": training.grad_bytes, "train_peak_bytes": training.memory.peak_bytes}
 
     def document(self) -> Document:
         capture, counts = self.capture, self.counts
@@ -232,6 +276,8 @@ class SummaryReport(SummaryView):
             columns.append(Column("fvcore", "right"))
         if self.torchinfo is not None:
             columns += [Column("torchinfo params", "right"), Column("torchinfo Mult-Adds", "right")]
+        if self.training is not None:
+            columns += [Column("bwd MACs", "right"), Column("saved", "right"), Column("grads", "right")]
         if show_time:
             columns.append(Column("ms", "right"))
         rows = []
@@ -254,6 +300,10 @@ class SummaryReport(SummaryView):
                 params, mult_adds = (self.torchinfo.params_by_module.get(layer.name),
                                      self.torchinfo.by_module.get(layer.name))
                 row += [f"{params:,}" if params else "", f"{mult_adds:,}" if mult_adds else ""]
+            if self.training is not None:
+                backward, saved, grads = self._train_values(layer)
+                row += [f"{backward:,}" if backward else "", bytes_text(saved) if saved else "",
+                        bytes_text(grads) if grads else ""]
             if show_time:
                 time_ms = (self.layer_times_ms or {}).get(layer.name)
                 row.append("" if time_ms is None else f"{time_ms:.3f}")
@@ -298,6 +348,8 @@ class SummaryReport(SummaryView):
             lines += self.torchinfo.explanation(counts.macs)
         lines.append(f"activation memory: {bytes_text(counts.activation_bytes)}   "
                      f"estimated peak inference memory: {bytes_text(counts.peak_memory_bytes)}")
+        if self.training is not None:
+            lines += self._training_footer()
         if self.fields is not None and self.fields.output is not None:
             output = self.fields.output
             extra = "".join(text for flag, text in (
@@ -309,6 +361,31 @@ class SummaryReport(SummaryView):
                          f"{pair_text(output.stride)}, effective padding {pair_text(output.padding)}{extra}")
         lines.append(f"convolutions: {convolutions}   layers checked: {len(self.checks)}   failed: {self.failed}")
         return tuple(lines)
+
+    def _training_footer(self) -> list[str]:
+        training = self.training
+        assert training is not None
+        memory = training.memory
+        precision = memory.dtype + (f", autocast {memory.amp}" if memory.amp else "")
+        lines = [
+            f"training ({memory.optimizer}, {precision}): backward MACs {training.backward_macs:,} "
+            f"({training.backward_macs / 1e9:.3f} G)   forward + backward MACs "
+            f"{self.counts.macs + training.backward_macs:,}",
+            f"saved for backward: {bytes_text(training.saved_bytes)} of activations   gradients: "
+            f"{bytes_text(training.grad_bytes)}   optimizer state: {bytes_text(memory.optimizer_state_bytes)}",
+        ]
+        per = f" per device of {memory.shard}" if memory.shard > 1 else ""
+        breakdown = (f"weights {bytes_text(memory.weights_bytes)} + buffers {bytes_text(memory.buffer_bytes)} + "
+                     f"optimizer state {bytes_text(memory.optimizer_state_bytes)} + input "
+                     f"{bytes_text(memory.input_bytes)}")
+        if memory.gathered_bytes:
+            breakdown += f" + gathered layer {bytes_text(memory.gathered_bytes)}"
+        if memory.peak_bytes is None:
+            lines.append(f"training step memory{per}: {memory.note}")
+        else:
+            lines.append(f"estimated peak of a training step{per}: {bytes_text(memory.peak_bytes)} in {memory.where} "
+                         f"({breakdown}, then activations and gradients as they live)")
+        return lines
 
     @property
     def warnings(self) -> tuple[str, ...]:
