@@ -348,13 +348,21 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
             batch_size: int = 1, stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
-            repeat: int = 10) -> CompareReport:
+            repeat: int = 10, train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> CompareReport:
     """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
 
     ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
     ``input_sizes`` is one size or a list of sizes (224 or (224, 320)); every model is compared at each.
+    ``train`` adds one training step per row (``optimizer``, ``amp``): backward MACs, saved bytes and the step's peak.
     """
-    from resnet_inspect.report.compare import Candidate, CompareReport, compare_rows, load_candidates, time_rows
+    from resnet_inspect.report.compare import (
+        Candidate,
+        CompareReport,
+        compare_rows,
+        load_candidates,
+        time_rows,
+        train_rows,
+    )
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
     if not items:
@@ -376,6 +384,8 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
         labels.add(candidate.name)
         candidates.append(candidate)
     rows = compare_rows(candidates, batch_size)
+    if train:
+        rows = train_rows(candidates, rows, optimizer, amp)
     resolved = None
     if time:
         from resnet_inspect.analysis.timing import resolve_device

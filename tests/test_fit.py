@@ -52,7 +52,7 @@ def inference_peak(model: torch.nn.Module, batch_size: int, input_size: int) -> 
 
 
 def test_inference_fit_is_the_largest_batch_within_the_budget():
-    result = fit("resnet20", "--memory", "64MiB", "--format", "json")
+    result = fit("resnet20", "--memory", "64MiB", "--reserve", "0", "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     batch, budget = report["batch_size"], 64 * MIB
@@ -81,7 +81,8 @@ def test_fit_takes_three_meta_passes(monkeypatch: pytest.MonkeyPatch):
 
 def test_a_batch_dependent_branch_is_named_and_searched(tmp_path):
     (tmp_path / "branching.py").write_text(BRANCHING)
-    result = fit(f"{tmp_path / 'branching.py'}:branching", "-i", "32", "--memory", "2MiB", "--format", "json")
+    result = fit(f"{tmp_path / 'branching.py'}:branching", "-i", "32", "--memory", "2MiB", "--reserve", "0",
+                 "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["search"]["method"] == "bisection" and report["search"]["affine"] is False
@@ -97,7 +98,7 @@ def test_even_batch_one_over_the_budget_exits_3_with_one_line():
     assert result.exit_code == 3
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: resnet18 does not fit: an inference pass at batch size 1")
-    assert "10.0 MiB" in lines[0] and result.stdout == ""
+    assert "9.5 MiB (--memory 10.0 MiB less 0.5 MiB reserve)" in lines[0] and result.stdout == ""
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -119,9 +120,9 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str):
     assert len(lines) == 1 and message in lines[0]
 
 
-def test_the_gpu_reserve_covers_the_context_and_a_share_of_the_memory():
-    assert default_reserve_bytes("cpu", 24 << 30) == 0
-    assert default_reserve_bytes("cuda:0", 24 << 30) == GPU_RESERVE_FIXED_BYTES + int(0.05 * (24 << 30))
+def test_the_reserve_is_a_share_of_the_memory_and_on_a_gpu_the_context_too():
+    assert default_reserve_bytes("cpu", 20 << 30) == 1 << 30
+    assert default_reserve_bytes("cuda:0", 20 << 30) == GPU_RESERVE_FIXED_BYTES + (1 << 30)
 
 
 def test_on_a_cuda_device_the_budget_defaults_to_its_free_memory(monkeypatch: pytest.MonkeyPatch):
@@ -136,3 +137,23 @@ def test_on_a_cuda_device_the_budget_defaults_to_its_free_memory(monkeypatch: py
     assert report.reserve_bytes == default_reserve_bytes("cuda:0", free)
     assert report.search.peak_bytes <= free - report.reserve_bytes < report.search.next_peak_bytes
     assert report.to_dict()["budget_bytes"] == free - report.reserve_bytes
+
+
+def test_fit_train_takes_three_training_passes(monkeypatch: pytest.MonkeyPatch):
+    """The training step's timeline gives per-moment lines from batch 1 and 2 (its peak moves from the optimizer
+    step at batch 1 to the backward later); the third pass confirms them at the answer."""
+    from resnet_inspect.capture import training
+
+    batches: list[int] = []
+    original = training.run_training_pass
+
+    def counted(model, inputs, *args, **kwargs):
+        batches.append(inputs.args[0].shape[0])
+        return original(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(training, "run_training_pass", counted)
+    report = fit_report("resnet18", 2 << 30, 224, train=True)
+    assert batches == [1, 2, report.batch_size] and report.search.passes == 3
+    assert report.search.affine is True and report.search.method.value == "line"
+    assert report.peak_at is not None and report.peak_at.startswith("the backward of")
+    assert sum(report.to_dict()["breakdown"].values()) == report.search.peak_bytes == report.step["peak_bytes"]
