@@ -123,8 +123,16 @@ def measure_here(model_spec: str, input_shape: tuple[int, ...], optimizer_name: 
     import torch
 
     torch.manual_seed(seed)
-    model = build_model(model_spec).to(device=device, dtype=getattr(torch, dtype)).train()
+    model = build_model(model_spec).to(device=device, dtype=getattr(torch, dtype))
     example = torch.randn(input_shape, dtype=getattr(torch, dtype), device=device)
+    return measure_model(model, example, optimizer_name, amp, device)
+
+
+def measure_model(model, example, optimizer_name: str, amp: str | None = None, device: str = "cpu") -> MeasuredStep:
+    """Measure a built model on ``example`` (both on ``device``) in this process."""
+    import torch
+
+    model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters())
     _step(model, example, optimizer, amp, device)  # warm-up: the optimizer's state, the kernels' set-up
     state_bytes = _tensor_bytes(_state_tensors(optimizer))

@@ -126,3 +126,54 @@ def gradient_support(model: nn.Module, input_shape: tuple[int, ...], unit: tuple
         firsts.append(nonzero[0])
         lasts.append(nonzero[-1])
     return Support(tuple(firsts), tuple(lasts), tuple(input_shape[2:]))
+
+
+@dataclass(frozen=True)
+class SavedForBackward:
+    """What autograd keeps for the backward after a real train-mode forward (bytes, each storage once)."""
+
+    activation_bytes: int  # storages the forward made
+    weight_bytes: int  # parameters and buffers that are saved too
+    input_bytes: int  # the model's input, when saved
+
+
+def saved_for_backward(model: nn.Module, example: torch.Tensor, amp: torch.dtype | None = None) -> SavedForBackward:
+    """Count the storages ``saved_tensors_hooks`` sees in a real CPU train-mode forward, by their data pointer (the
+    storages are held until the count is done, so no address is reused); the default attention backend."""
+    held: dict[int, torch.UntypedStorage] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        held.setdefault(storage.data_ptr(), storage)
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        if amp is not None:
+            with torch.autocast("cpu", dtype=amp):
+                output = model(example)
+        else:
+            output = model(example)
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    inputs = {example.untyped_storage().data_ptr()}
+    del output
+
+    def total(keys: set[int]) -> int:
+        return sum(storage.nbytes() for key, storage in held.items() if key in keys)
+
+    others = set(held) - weights - inputs
+    return SavedForBackward(total(others), total(weights & set(held)), total(inputs & set(held)))
+
+
+def flop_counter_backward_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(forward MACs, backward MACs) that FlopCounterMode counts on a real CPU train-mode forward and backward of
+    the output's sum, attention on the math backend (which torch decomposes into the bmm calls it counts)."""
+    model.train()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        output = model(example)
+        forward = counter.get_total_flops()
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        sum(item.sum() for item in outputs if item.requires_grad).backward()
+        total = counter.get_total_flops()
+    assert forward % 2 == 0 and total % 2 == 0
+    return forward // 2, (total - forward) // 2

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from resnet_inspect.cli.app import app
 from resnet_inspect.models import list_models, model_spec
 from resnet_inspect.ops.arithmetic import conv_output, conv_transpose_output, pool_output
+from resnet_inspect.schemas import SCHEMA_VERSION
 
 ZOO = "tests/fixtures/cnn_zoo.py"
 runner = CliRunner()
@@ -145,8 +146,8 @@ def test_list_json_has_every_name_with_its_exact_parameter_count():
     data = invoke_json("list")
     assert [entry["name"] for entry in data] == list_models()
     by_name = {entry["name"]: entry for entry in data}
-    assert by_name["resnet50"] == {"schema_version": 1, "name": "resnet50", "family": "resnet", "block": "bottleneck",
-                                   "stages": [3, 4, 6, 3], "params": 25_557_032}
+    assert by_name["resnet50"] == {"schema_version": SCHEMA_VERSION, "name": "resnet50", "family": "resnet",
+                                   "block": "bottleneck", "stages": [3, 4, 6, 3], "params": 25_557_032}
     assert by_name["resnet20"]["params"] == 269_722
     assert by_name["wide_resnet101_2"]["params"] == 126_886_696
 

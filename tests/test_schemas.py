@@ -27,6 +27,7 @@ RUNS = {
     "rf --check --erf": ["rf", "resnet20", "--check", "--erf", "--erf-samples", "1"],
     "time": ["time", "resnet20", "-b", "1,2", "--warmup", "0", "--repeat", "2", "--per-layer"],
     "compare": ["compare", "resnet18", "resnet20", "--stages"],
+    "compare --train": ["compare", "resnet20", "--train"],
     "fit": ["fit", "resnet20", "--memory", "64MiB"],
     "time --train": ["time", "resnet20", "--train", "--warmup", "0", "--repeat", "1"],
 }

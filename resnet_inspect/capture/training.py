@@ -127,6 +127,107 @@ def _tracking_mode(tracker: _Tracker) -> Any:
     return StorageMode()
 
 
+# torch.autocast's op lists (the operations a vision network calls) for the CPU and CUDA: run in the low precision,
+# or in float32. Every other operation runs in the dtype of its inputs. torch's autocast does not act on meta
+# tensors, so the training pass applies these lists itself, at the same functions, with autocast's cache of the
+# weights cast once per forward.
+AUTOCAST_LOW = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear", "matmul",
+    "mm", "bmm", "addmm", "baddbmm", "addbmm", "prelu", "scaled_dot_product_attention", "einsum",
+})
+AUTOCAST_FLOAT32 = {
+    "cpu": frozenset({"avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "reflection_pad1d", "reflection_pad2d",
+                      "replication_pad1d", "replication_pad2d", "replication_pad3d", "grid_sampler", "prod",
+                      "cdist", "mse_loss", "cross_entropy", "nll_loss", "l1_loss", "smooth_l1_loss", "kl_div",
+                      "binary_cross_entropy", "binary_cross_entropy_with_logits"}),
+    "cuda": frozenset({"softmax", "log_softmax", "layer_norm", "group_norm", "rms_norm", "norm", "normalize",
+                       "exp", "log", "log1p", "pow", "cumsum", "cumprod", "sum", "prod", "cdist", "mse_loss",
+                       "cross_entropy", "nll_loss", "l1_loss", "smooth_l1_loss", "kl_div",
+                       "binary_cross_entropy_with_logits", "softplus", "reciprocal", "rsqrt", "cosine_similarity"}),
+}
+
+
+def _autocast(amp: str | None, device: str) -> Any:
+    """Cast the floating arguments of the operations in autocast's lists, as ``torch.autocast(device)`` would."""
+    import torch
+
+    if amp is None:
+        return None
+    low = getattr(torch, AMP_DTYPES[amp])
+    float32_ops = AUTOCAST_FLOAT32["cuda" if device.startswith("cuda") else "cpu"]
+    cache: dict[int, Any] = {}
+
+    def cast(value: Any, dtype: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype in (dtype,
+                                                                                                   torch.float64):
+            return value
+        cacheable = (dtype == low and value.dtype == torch.float32 and value.requires_grad and value.is_leaf
+                     and torch.is_grad_enabled())
+        if cacheable and id(value) in cache:
+            return cache[id(value)]
+        result = value.to(dtype)
+        if cacheable:
+            cache[id(value)] = result
+        return result
+
+    def arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        dtype = low if name in AUTOCAST_LOW else torch.float32 if name in float32_ops else None
+        if dtype is None:
+            return None
+        return (tuple(cast(a, dtype) if not isinstance(a, (list, tuple)) else type(a)(cast(b, dtype) for b in a)
+                      for a in args), {k: cast(v, dtype) for k, v in kwargs.items()})
+
+    arguments.cache = cache  # type: ignore[attr-defined]
+    return arguments
+
+
+# Functions of torch.nn.functional that call others of the module by their global names: a function mode cannot
+# see those calls, so while one runs, the names it calls are bound to the kernel hook (and put back after).
+_COMPOSITES = {"multi_head_attention_forward": ("scaled_dot_product_attention", "linear")}
+
+
+def _kernels(options: TrainOptions) -> Any:
+    """The capture's kernel hook: autocast's casts, then attention as the device would run it (inside
+    ``F.multi_head_attention_forward`` too)."""
+    attention = _sdpa_kernel(options.device)
+    autocast = _autocast(options.amp, options.device)
+
+    def kernel(name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if autocast is not None:
+            cast = autocast(name, args, kwargs)
+            if cast is not None:
+                args, kwargs = cast
+        result = attention(name, func, args, kwargs)
+        if result is not NotImplemented:
+            return result
+        if name in _COMPOSITES:
+            with _inner_calls(_COMPOSITES[name], kernel):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    kernel.autocast = autocast  # type: ignore[attr-defined]
+    return kernel
+
+
+@contextmanager
+def _inner_calls(names: tuple[str, ...], kernel: Any) -> Iterator[None]:
+    """Route torch.nn.functional's own calls of ``names`` through ``kernel`` for the duration."""
+    import torch.nn.functional as functional
+
+    originals = {name: getattr(functional, name) for name in names}
+
+    def routed(name: str, original: Any) -> Any:
+        return lambda *args, **kwargs: kernel(name, original, args, kwargs)
+
+    try:
+        for name, original in originals.items():
+            setattr(functional, name, routed(name, original))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(functional, name, original)
+
+
 def _sdpa_kernel(device: str) -> Any:
     """Scaled dot-product attention as it would run on ``device``: torch's own backend choice, asked on stand-ins
     of the right shapes there (one row of memory each); on meta tensors torch would always take the math path,
@@ -216,7 +317,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
                              {k: t.to(getattr(torch, dtype)) if isinstance(t, torch.Tensor) and t.is_floating_point()
                               else t for k, t in placed.kwargs.items()})
     recorder = new_recorder(working, train=True)
-    recorder.kernel = _sdpa_kernel(options.device)
+    recorder.kernel = kernels = _kernels(options)
     parameters = list({id(p): p for p in working.parameters()}.values())
     buffers = list(working.buffers())
     given = tensors_in(list(placed.args)) + tensors_in(placed.kwargs)
@@ -243,13 +344,12 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
 
     backward_error: str | None = None
     amp = options.amp
-    autocast = _nothing()
     with _tracking_mode(tracker), _backward_labels(working, tracker):
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                autocast, instrumented_forward(working, recorder, placed):
-            original_phase_layer = _forward_layer_follower(recorder, tracker)
-            with original_phase_layer:
-                output = working(*placed.args, **placed.kwargs)
+                instrumented_forward(working, recorder, placed), _forward_layer_follower(recorder, tracker):
+            output = working(*placed.args, **placed.kwargs)
+        if kernels.autocast is not None:  # autocast lets its cast weights go when the forward ends
+            kernels.autocast.cache.clear()
         capture = assemble_capture(working, recorder, inputs, placed, output, model_name, "meta")
         recorder.current_call = ((), {})
         kept = {key: (number, size, layer) for key, (number, size, layer) in saved.items()
@@ -307,11 +407,6 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         gradient_bytes=gradient_bytes, state_bytes=state_bytes, largest_layer=largest.name if largest else "",
         largest_layer_bytes=largest_bytes, events=events, backward_error=backward_error,
     )
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @contextmanager
