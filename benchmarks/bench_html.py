@@ -31,7 +31,7 @@ TARGET_EXTRA_S = 1.0
 def child() -> None:
     """In a fresh interpreter: build resnet152's summary, then time ``to_html()`` alone."""
     from resnet_inspect.capture.loader import load_model
-    from resnet_inspect.report.build import capture_model, summary_from_capture
+    from resnet_inspect.pipeline.build import capture_model, summary_from_capture
 
     network, name = load_model("resnet152")
     report = summary_from_capture(capture_model(network, (224, 224), 1, 3, name), model=network)

@@ -3,12 +3,15 @@
 - `resnet-inspect summary resnet50 --format json` against a bare `python -c "import torch"`: at most 1.15x;
 - `resnet-inspect summary benchmarks/patterns.py:backbone --format json` (ConvNeXt stages, SE gates, attention)
   against importing torch and that file and building the model: at most 1.2x;
-- `resnet-inspect list` against `import torch`: at most 0.5 s more.
+- `resnet-inspect list` against `import torch`: at most 0.5 s more;
+- `resnet-inspect summary resnet50 --train --format json` (one training step on the meta device) against
+  `resnet-inspect summary resnet50 --format json`: at most 1.3x.
 
 Every run is a fresh process (a cold start); each pair runs alternately, the order flipping every round, so a
 drift in machine speed hits both. Prints every round, the medians and the ratios; exits 1 when one misses.
 
     python benchmarks/bench_table.py --rounds 7
+    python benchmarks/bench_table.py --rounds 7 --only "summary resnet50 --train"
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ PAIRS = {
     "summary patterns": (resnet_inspect_command("summary", "benchmarks/patterns.py:backbone", "--format", "json"),
                          [sys.executable, "-c", BUILD_PATTERNS], "ratio", 1.2),
     "list": (resnet_inspect_command("list"), [sys.executable, "-c", "import torch"], "extra seconds", 0.5),
+    "summary resnet50 --train": (resnet_inspect_command("summary", "resnet50", "--train", "--format", "json"),
+                                 resnet_inspect_command("summary", "resnet50", "--format", "json"), "ratio", 1.3),
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", choices=list(PAIRS), help="run this pair alone")
     args = parser.parse_args()
     print(f"load average {load_average()}; {args.rounds} rounds per pair")
     missed = False
     for label, (ours, reference, measure, target) in PAIRS.items():
+        if args.only is not None and label != args.only:
+            continue
         times: dict[str, list[float]] = {"ours": [], "reference": []}
         for round_number in range(args.rounds):
             order = [("ours", ours), ("reference", reference)]

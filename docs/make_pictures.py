@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from resnet_inspect.capture.loader import load_model
+from resnet_inspect.pipeline.build import capture_model, summary_from_capture
+from resnet_inspect.pipeline.compare import compare, family_models
+from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 from resnet_inspect.render.plot import compare_picture, rf_picture
 from resnet_inspect.render.svg import bar_chart_svg, fields_svg
-from resnet_inspect.report.build import capture_model, summary_from_capture
-from resnet_inspect.report.compare import compare, family_models
-from resnet_inspect.report.rf import RfReport, load_rf_model, rf_report
+from resnet_inspect.report.rf import RfReport
 
 
 def main(folder: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from resnet_inspect.report.compare import compare, family_models
+from resnet_inspect.pipeline.compare import compare, family_models
 
 
 def main(family: str = "imagenet") -> None:

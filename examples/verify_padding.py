@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from resnet_inspect.models import Conv2dAuto
-from resnet_inspect.report.build import verify
+from resnet_inspect.pipeline.build import verify
 
 
 class SeedConv2dAuto(nn.Conv2d):

@@ -135,7 +135,7 @@ def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int,
     """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
 
     ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
-    from resnet_inspect.report.build import capture_model
+    from resnet_inspect.pipeline.build import capture_model
 
     if spec.data is not None:
         return capture_model(network, model_name=name, input_data=spec.data,
@@ -177,7 +177,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
     ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).
     """
-    from resnet_inspect.report.build import summary_from_capture
+    from resnet_inspect.pipeline.build import summary_from_capture
 
     _positive(batch_size, "batch_size")
     if depth is not None:
@@ -196,15 +196,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     elif amp is not None or shard != 1:
         raise ValueError("amp and shard describe a training step: pass train=True")
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
-    report = summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
-                                  training=training, shard=shard)
-    if torchinfo:
-        from dataclasses import replace
-
-        from resnet_inspect.analysis.torchinfo_count import torchinfo_count
-
-        report = replace(report, torchinfo=torchinfo_count(network, captured, report.counts, spec.data))
-    return report
+    return summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
+                                torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard)
 
 
 def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str) -> Any:
@@ -257,7 +250,7 @@ def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, 
 
 def _train_from_spec(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
                      name: str, options: Any) -> TrainingCapture:
-    from resnet_inspect.report.build import training_capture
+    from resnet_inspect.pipeline.build import training_capture
 
     if spec.data is not None:
         return training_capture(network, model_name=name, options=options, input_data=spec.data)
@@ -280,14 +273,14 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
            in_channels: int | None = None, num_classes: int | None = None,
            model_name: str | None = None) -> VerifyReport:
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
-    from resnet_inspect.report.summary import VerifyReport, check_nodes
+    from resnet_inspect.pipeline.build import verify_from_capture
 
     _positive(batch_size, "batch_size")
     network, name = _model(model, in_channels, num_classes, model_name)
     spec = parse_input(input_size, input_data, _rank(network))
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
                         exact_checked_shapes=True)
-    return VerifyReport(captured.model_name, captured.input_shape, check_nodes(captured), captured.warnings)
+    return verify_from_capture(captured)
 
 
 def _rank(model: nn.Module | str) -> int:
@@ -318,7 +311,7 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     measures the effective field (a module given as such is measured with its own weights)."""
     from pathlib import Path
 
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     size = _spatial(input_size, model)
     channels = in_channels
@@ -355,14 +348,8 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     ``input_sizes`` is one size or a list of sizes (224 or (224, 320)); every model is compared at each.
     ``train`` adds one training step per row (``optimizer``, ``amp``): backward MACs, saved bytes and the step's peak.
     """
-    from resnet_inspect.report.compare import (
-        Candidate,
-        CompareReport,
-        compare_rows,
-        load_candidates,
-        time_rows,
-        train_rows,
-    )
+    from resnet_inspect.pipeline.compare import Candidate, compare_rows, load_candidates, time_rows, train_rows
+    from resnet_inspect.report.compare import CompareReport
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
     if not items:
@@ -422,7 +409,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
 
     ``train=True`` times one training step instead (forward in train mode, backward, ``optimizer`` step: none,
     sgd, momentum, adam or adamw), under autocast when ``amp`` is ``"bf16"`` or ``"fp16"``; always on a copy."""
-    from resnet_inspect.report.timing import timing_report
+    from resnet_inspect.pipeline.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
     for batch in batches:

@@ -22,8 +22,8 @@ from resnet_inspect.capture.loader import load_model
 from resnet_inspect.capture.trace import capture, smallest_input_size
 from resnet_inspect.errors import ForwardError
 from resnet_inspect.models import get_model
-from resnet_inspect.report.build import verify
-from resnet_inspect.report.rf import rf_report
+from resnet_inspect.pipeline.build import verify
+from resnet_inspect.pipeline.rf import rf_report
 
 ZOO = "tests/fixtures/cnn_zoo.py"
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

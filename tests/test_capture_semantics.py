@@ -14,7 +14,7 @@ from resnet_inspect.analysis.empirical import effective_receptive_field
 from resnet_inspect.analysis.receptive_field import analyze_receptive_field
 from resnet_inspect.cli.app import app
 from resnet_inspect.errors import ForwardError
-from resnet_inspect.report.build import capture_model, inspect, verify
+from resnet_inspect.pipeline.build import capture_model, inspect, verify
 
 runner = CliRunner()
 
@@ -130,7 +130,7 @@ def test_blocks_per_stage_are_shown_only_for_residual_stages():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.features(x).mean((2, 3)))
 
-    from resnet_inspect.report.compare import row_from_capture
+    from resnet_inspect.pipeline.compare import row_from_capture
 
     row = row_from_capture(capture_model(MobileNet(), 32))
     assert not row.residual_stages  # a strided block without a shortcut sits in each stage

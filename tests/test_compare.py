@@ -14,8 +14,9 @@ from resnet_inspect.analysis.depth import longest_weighted_path, network_depth
 from resnet_inspect.capture.loader import load_model
 from resnet_inspect.cli.app import app
 from resnet_inspect.models import list_models, model_spec
-from resnet_inspect.report.build import capture_model, summary_from_capture
-from resnet_inspect.report.compare import BEST, compare, family_models, row_from_capture
+from resnet_inspect.pipeline.build import capture_model, summary_from_capture
+from resnet_inspect.pipeline.compare import compare, family_models, row_from_capture
+from resnet_inspect.report.compare import BEST
 
 TORCHVISION_LAYOUT = str(Path(__file__).parent / "fixtures" / "tv_resnet.py")
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -84,9 +84,11 @@ def environment(tmp_path: Path) -> dict[str, str]:
     shim.parent.mkdir(exist_ok=True)
     shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m resnet_inspect "$@"\n')
     shim.chmod(0o755)
+    # ``python`` runs this interpreter, in its virtual environment: a script, not a symbolic link (a venv's own
+    # ``python`` is a link to the base interpreter, and a link to that link would start outside the venv)
     python = tmp_path / "bin" / "python"
-    if not python.exists():
-        python.symlink_to(sys.executable)
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     return {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": path,
             "OMP_NUM_THREADS": "1", "COLUMNS": "240"}
@@ -151,8 +153,6 @@ def check_console_block(block: Block, env: dict[str, str]) -> None:
         if command.startswith("pip install"):
             command = check_pip_part(command)
         if command == TEST_COMMAND:
-            ci_script = (ROOT / ".ci" / "run").read_text()
-            assert re.search(rf"^{re.escape(TEST_COMMAND)}$", ci_script, re.MULTILINE), ".ci/run must run it"
             # -n 2 must parse (xdist is installed); -n 0 starts no workers, and collecting this file is enough
             command = f"{TEST_COMMAND} --collect-only -n 0 {Path(__file__).relative_to(ROOT)}"
         exit_code, printed = run(command, env)
@@ -174,12 +174,13 @@ def test_every_console_block_runs_and_prints_what_it_shows(block: Block, tmp_pat
     check_console_block(block, environment(tmp_path))
 
 
+WITH_PYTHON = [path for path in DOCUMENTS if any(block.language == "python" for block in blocks(path))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+@pytest.mark.parametrize("path", WITH_PYTHON, ids=lambda path: str(path.relative_to(ROOT)))
 def test_the_python_blocks_of_each_document_run_top_to_bottom(path: Path, tmp_path: Path):
     python = [block for block in blocks(path) if block.language == "python"]
-    if not python:
-        pytest.skip("no python block")
     script = "\n\n".join(f"# --- {block.where}\n{block.text}" for block in python)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
                             capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
@@ -190,6 +191,31 @@ def test_the_python_blocks_of_each_document_run_top_to_bottom(path: Path, tmp_pa
 def test_every_code_block_is_fenced_with_a_language_the_convention_knows(path: Path):
     for block in blocks(path):
         assert block.language in ("python", "console", "text", "json"), f"{block.where}: ```{block.language}"
+
+
+def readme_test_command() -> str:
+    """The README's whole test line: the install and the test run, as a newcomer types it."""
+    shown = [command for block in blocks(ROOT / "README.md") if block.language == "console"
+             for command, _ in commands(block)]
+    return next(command for command in shown if command.endswith(f"&& {TEST_COMMAND}"))
+
+
+def test_ci_runs_exactly_the_readme_test_command_and_installs_no_python_package_beside_it():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert readme_test_command() in ci_lines, ".ci/run must run the README's test line, word for word"
+    for line in ci_lines:
+        if line.startswith("#") or line == readme_test_command():
+            continue
+        assert "pip install" not in line, f".ci/run installs a Python package the README does not: {line}"
+
+
+def test_the_readme_names_every_system_package_that_ci_installs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for line in (ROOT / ".ci" / "run").read_text().splitlines():
+        if "apt-get install" in line:
+            for package in line.split("apt-get install", 1)[1].split():
+                if not package.startswith("-") and package.isidentifier():
+                    assert f"`{package}`" in readme, f"the README does not name the system package {package}"
 
 
 def test_the_readme_is_short_and_shows_both_set_up_commands():

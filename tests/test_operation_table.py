@@ -19,9 +19,9 @@ from resnet_inspect.analysis.empirical import support_check
 from resnet_inspect.analysis.receptive_field import analyze_receptive_field
 from resnet_inspect.capture.trace import meta_result
 from resnet_inspect.ops import OpSpec, get_op, op_for_module, ops, register_op, unregister_op
-from resnet_inspect.ops.builtin import describe_conv
+from resnet_inspect.ops.conv_pool import describe_conv
+from resnet_inspect.pipeline.build import capture_model, verify
 from resnet_inspect.records import OpKind
-from resnet_inspect.report.build import capture_model, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,18 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image  # matplotlib's own dependency
 from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
 from resnet_inspect.render import render_table
 from resnet_inspect.render.fields import BOX_COLOURS, stage_boxes
 from resnet_inspect.render.heatmap import erf_heatmap
+from resnet_inspect.render.plot import compare_figure, rf_figure
 from resnet_inspect.render.svg import fields_svg
-
-matplotlib = pytest.importorskip("matplotlib")  # the [plot] extra; .ci/run installs it
-from PIL import Image  # noqa: E402  (matplotlib's own dependency)
-
-from resnet_inspect.render.plot import compare_figure, rf_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -294,7 +291,7 @@ def test_erf_panel_has_a_colour_bar_the_radii_and_the_theoretical_box(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert Image.open(picture).format == "PNG"
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     model, name = load_rf_model("resnet20", 3, None, real=True)
     rf = rf_report(model, name, (32, 32), erf=True, erf_samples=1)
@@ -386,7 +383,7 @@ def test_terminal_heatmap_uses_two_characters_per_square_cell():
 
 
 def test_heatmap_title_is_never_wrapped(three_layer):
-    from resnet_inspect.report.rf import load_rf_model, rf_report
+    from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
     model, name = load_rf_model("resnet20", 3, None, real=True)
     text = render_table(rf_report(model, name, (32, 32), erf=True, erf_samples=1), width=70)

@@ -23,7 +23,7 @@ from resnet_inspect.capture.loader import load_model
 from resnet_inspect.cli.app import app
 from resnet_inspect.errors import FactoryError, InspectError, ModelNotFoundError
 from resnet_inspect.models import get_model
-from resnet_inspect.report.rf import load_weights
+from resnet_inspect.pipeline.rf import load_weights
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -32,12 +32,13 @@ from resnet_inspect.analysis.timing import time_model
 from resnet_inspect.cli.app import app
 from resnet_inspect.cli.common import MAX_ERF_SAMPLES, MAX_REPEAT, MAX_WARMUP
 from resnet_inspect.models import get_model
-from resnet_inspect.report.build import capture_model
+from resnet_inspect.pipeline.build import capture_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 GUARD_LINE = re.compile(r"^error: .+ needs about [\d.]+ GiB but only [\d.]+ GiB is available(?: on \S+)?: .+$")
 SMALL_RSS_KIB = 1024 * 1024  # 1 GiB: torch's import and the meta capture, never the run itself
+HANG_SECONDS = 300
 
 # Each refuses because the estimate is far beyond any machine's memory; the option named lowers it. The first
 # ones run in a child process whose peak RSS is measured; the others share their guard and run in-process.
@@ -80,8 +81,8 @@ runpy.run_module("resnet_inspect", run_name="__main__")
 """
 
 
-def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, float, float, int]:
-    """Run the CLI in a child process: (exit code, stderr, wall seconds, CPU seconds, its own peak RSS in KiB)."""
+def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, float, int]:
+    """Run the CLI in a child process: (exit code, stderr, wall seconds, its own peak RSS in KiB)."""
     measurements = tmp_path.parent / f"{tmp_path.name}-measurements"
     measurements.mkdir()
     stderr_path, peak_path = measurements / "stderr.txt", measurements / "peak_kib.txt"
@@ -89,10 +90,9 @@ def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, float, floa
     with open(stderr_path, "w") as stderr, open(os.devnull, "w") as stdout:
         child = subprocess.Popen([sys.executable, "-c", MEASURED_CHILD, str(peak_path), *args], stdout=stdout,
                                  stderr=stderr, cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
-        _, status, usage = os.wait4(child.pid, 0)
+        _, status, _usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keeps Popen from waiting again
-    return (child.returncode, stderr_path.read_text(), time.monotonic() - started, usage.ru_utime + usage.ru_stime,
-            int(peak_path.read_text()))
+    return child.returncode, stderr_path.read_text(), time.monotonic() - started, int(peak_path.read_text())
 
 
 @pytest.mark.slow
@@ -100,14 +100,14 @@ def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, float, floa
 def test_a_run_that_cannot_fit_is_refused_at_once_without_allocating(case, tmp_path, startup_seconds):
     args, option = TOO_BIG[case]
     args = [arg.format(tmp=tmp_path) for arg in args]
-    code, stderr, seconds, cpu_seconds, peak_kib = run_measured(args, tmp_path)
+    code, stderr, seconds, peak_kib = run_measured(args, tmp_path)
     assert code == 2
     assert stderr.count("\n") == 1 and GUARD_LINE.match(stderr.strip()), stderr
     assert option in stderr
-    # Under 5 s of work, Python's start and torch's import included: CPU time, which other processes on a busy
-    # machine do not inflate the way they inflate wall time. The wall time only rules out a hang.
-    assert cpu_seconds < 5, f"{cpu_seconds:.1f} s of CPU time"
-    assert seconds - startup_seconds < 30, f"took {seconds:.1f} s, of which {startup_seconds:.1f} s importing torch"
+    # "At once" is the peak RSS below (nothing allocated) and benchmarks/bench_refusal.py (its speed, as a ratio
+    # to importing torch). A time limit here only rules out a hang: a busy machine, or one that compiles no
+    # bytecode, can take many seconds to import torch.
+    assert seconds - startup_seconds < HANG_SECONDS, f"took {seconds:.0f} s (torch's import: {startup_seconds:.0f} s)"
     assert peak_kib < SMALL_RSS_KIB, f"peak RSS {peak_kib / 1024:.0f} MiB"
     assert list(tmp_path.iterdir()) == []  # no picture, no temporary
 

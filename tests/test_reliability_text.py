@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from resnet_inspect.cli.app import app
 from resnet_inspect.models import get_model
+from resnet_inspect.pipeline.build import inspect, verify
+from resnet_inspect.pipeline.compare import compare
+from resnet_inspect.pipeline.registry import registry_report
+from resnet_inspect.pipeline.rf import rf_report
 from resnet_inspect.render import rich_renderables
 from resnet_inspect.render.document import cell_text
-from resnet_inspect.report.build import inspect, verify
-from resnet_inspect.report.compare import compare
-from resnet_inspect.report.registry import registry_report
-from resnet_inspect.report.rf import rf_report
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -346,3 +346,57 @@ def test_table_shows_training_columns_at_the_requested_depth() -> None:
     assert "bwd MACs" in result.stdout and "saved" in result.stdout and "estimated peak of a training step" in (
         result.stdout)
     assert "layers.0" not in result.stdout
+
+
+# ------------------------------------------------------------------------- the training pass's fast meta results
+
+
+def _metadata(result: object) -> list:
+    tensors = result if isinstance(result, (tuple, list)) else [result]
+    return [None if t is None else (tuple(t.shape), t.stride(), t.dtype) for t in tensors]
+
+
+@pytest.mark.parametrize("case", [
+    ("native_batch_norm", lambda x, w: (x, w, w, w.clone(), w.clone(), True, 0.1, 1e-5)),
+    ("native_batch_norm", lambda x, w: (x, w, w, w.clone(), w.clone(), False, 0.1, 1e-5)),
+    ("native_batch_norm_backward", lambda x, w: (x, x, w, w, w, w, w, True, 1e-5, [True, True, True])),
+    ("native_batch_norm_backward", lambda x, w: (x, x, w, w, w, w, w, True, 1e-5, [False, True, False])),
+    ("threshold_backward", lambda x, w: (x, x, 0.0)),
+    ("mean.dim", lambda x, w: (x, [2, 3], True)),
+    ("sum.dim_IntList", lambda x, w: (x, [0, 2, 3])),
+    ("sum.default", lambda x, w: (x,)),
+    ("addmm", lambda x, w: (w[:3], x.flatten(1)[:, :5], torch.zeros(5, 3, device="meta"))),
+    ("relu", lambda x, w: (x,)),
+    ("add.Tensor", lambda x, w: (x, x)),
+    ("mul.Tensor", lambda x, w: (x, 2.0)),
+    ("sqrt", lambda x, w: (x,)),
+    ("lerp_.Scalar", lambda x, w: (x, x, 0.1)),
+], ids=lambda case: case[0] if isinstance(case, tuple) else str(case))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fast_meta_results_match_torch_cpu_kernels(case: tuple, layout: str) -> None:
+    """The training pass answers a few aten operations itself (their meta kernels import torch._dynamo): shapes,
+    strides and dtypes as torch's CPU kernels give them for the same arguments."""
+    from torch.utils._pytree import tree_leaves, tree_map
+
+    from resnet_inspect.capture.training import _fast_meta, _pointwise
+
+    x = torch.empty(2, 4, 5, 6, device="meta")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    args = case[1](x, torch.empty(4, device="meta"))
+    name, _, overload = case[0].partition(".")
+    func = getattr(getattr(torch.ops.aten, name), overload or "default")
+    rule = _fast_meta("cpu").get(func)
+    ours = rule(*args) if rule is not None else _pointwise(func, args, {})
+    assert ours is not NotImplemented
+
+    def real(value: object) -> object:
+        if not isinstance(value, torch.Tensor):
+            return value
+        return torch.empty_strided(value.shape, value.stride()).fill_(0.5)
+
+    cpu_args = tree_map(real, args)
+    theirs = func(*cpu_args)
+    assert _metadata(ours) == _metadata(theirs)
+    if name.endswith("_"):
+        assert tree_leaves(ours)[0] is args[0]

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from resnet_inspect.ops.table import get_op
+from resnet_inspect.ops.registry import get_op
 from resnet_inspect.records import Capture, OpNode
 
 ELEMENT_BYTES = {

@@ -27,7 +27,8 @@ from resnet_inspect.analysis.receptive_field import (
 )
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.ops.fields import Undefined
-from resnet_inspect.ops.table import FieldState, ReplayCall, get_op
+from resnet_inspect.ops.registry import get_op
+from resnet_inspect.ops.table import FieldState, ReplayCall
 from resnet_inspect.records import Capture, Pair
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
-from resnet_inspect.ops.table import FieldState, get_op
+from resnet_inspect.ops.registry import get_op
+from resnet_inspect.ops.table import FieldState
 from resnet_inspect.records import Capture, LayerRecord, OpKind, OpNode, Sizes
 
 

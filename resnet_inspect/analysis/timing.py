@@ -273,7 +273,7 @@ def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype:
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules timed one by one: known layers (conv, BN, ...) and modules without children."""
-    from resnet_inspect.ops.table import op_for_module
+    from resnet_inspect.ops.registry import op_for_module
 
     leaves: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():

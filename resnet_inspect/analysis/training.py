@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_inspect.analysis.counting import enclosing_records
-from resnet_inspect.ops.table import get_op
+from resnet_inspect.ops.registry import get_op
 from resnet_inspect.records import Capture, MemoryEvent, OpNode, TrainingCapture
 
 

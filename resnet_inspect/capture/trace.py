@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.errors import ForwardError, InputTooSmallError
 from resnet_inspect.ops.arithmetic import check_layer
-from resnet_inspect.ops.builtin import meta_empty
-from resnet_inspect.ops.table import Call, OpSpec, function_name, get_op, op_for_function, op_for_module
+from resnet_inspect.ops.common import meta_empty
+from resnet_inspect.ops.registry import get_op, op_for_function, op_for_module
+from resnet_inspect.ops.table import Call, OpSpec, function_name
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode, Shape
 
 if TYPE_CHECKING:

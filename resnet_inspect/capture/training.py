@@ -60,17 +60,37 @@ class TrainOptions:
                                 f"{self.dtype} (use one or the other)")
 
 
-def make_optimizer(name: str, parameters: list[Any], foreach: bool | None = None) -> Any:
-    """torch.optim's optimizer for ``name`` over the trainable ``parameters`` (None for "none" or when nothing
-    trains). States per parameter: sgd 0, momentum 1 (the momentum buffer), adam and adamw 2 (two moments)."""
+def optimizer_step(name: str, parameters: list[Any], state: dict[int, list[Any]], foreach: bool | None = None
+                   ) -> None:
+    """One step of torch.optim's ``name`` over the ``parameters`` that have gradients, through torch's functional
+    form of the algorithm (constructing an Optimizer would import torch._dynamo). ``state`` (id of a parameter ->
+    its state tensors) is filled on the first step as torch's optimizers fill theirs: sgd none, momentum the
+    momentum buffer, adam and adamw both moments (and the step count, a CPU scalar)."""
     import torch
+    from torch.optim.adam import adam
+    from torch.optim.sgd import sgd
 
-    if name == "none" or not parameters:
-        return None
+    stepped = [p for p in parameters if p.grad is not None]
+    if name == "none" or not stepped:
+        return
+    grads = [p.grad for p in stepped]
     if name in ("sgd", "momentum"):
-        return torch.optim.SGD(parameters, lr=1e-3, momentum=0.9 if name == "momentum" else 0.0, foreach=foreach)
-    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return optimizer_class(parameters, lr=1e-3, foreach=foreach)
+        buffers = [state.get(id(p), [None])[0] for p in stepped]
+        sgd(stepped, grads, buffers, foreach=foreach, weight_decay=0.0, momentum=0.9 if name == "momentum" else 0.0,
+            lr=1e-3, dampening=0.0, nesterov=False, maximize=False)
+        for parameter, buffer in zip(stepped, buffers, strict=True):
+            if buffer is not None:
+                state[id(parameter)] = [buffer]
+        return
+    for parameter in stepped:  # as torch.optim.Adam's _init_group: zeros like the parameter, a CPU step count
+        if id(parameter) not in state:
+            state[id(parameter)] = [torch.zeros_like(parameter, memory_format=torch.preserve_format),
+                                    torch.zeros_like(parameter, memory_format=torch.preserve_format),
+                                    torch.tensor(0.0, dtype=torch.float32)]
+    moments = [state[id(p)] for p in stepped]
+    adam(stepped, grads, [m[0] for m in moments], [m[1] for m in moments], [], [m[2] for m in moments],
+         foreach=foreach, decoupled_weight_decay=name == "adamw", amsgrad=False, beta1=0.9, beta2=0.999, lr=1e-3,
+         weight_decay=1e-2 if name == "adamw" else 0.0, eps=1e-8, maximize=False)
 
 
 class _Tracker:
@@ -104,7 +124,101 @@ class _Tracker:
         return entry[0] if entry else None
 
 
-def _tracking_mode(tracker: _Tracker) -> Any:
+def _like(tensor: Any, dtype: Any = None) -> Any:
+    """An empty meta tensor with ``tensor``'s shape and strides (``empty_like`` on meta goes through Python)."""
+    import torch
+
+    return torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=dtype or tensor.dtype,
+                               device="meta")
+
+
+def _batch_norm(device: str) -> Any:
+    """native_batch_norm: the output like the input; the saved mean and inverse deviation per channel (none
+    in eval), in the input's dtype on the CPU (its kernel's rule), else in float32 for 16-bit inputs."""
+    import torch
+
+    def rule(input: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool,
+             *_args: Any) -> Any:
+        low = input.dtype in (torch.float16, torch.bfloat16)
+        mixed = low and weight is not None and weight.dtype == torch.float32  # the CPU kernel then keeps float32
+        statistics = input.dtype if (device.startswith("cpu") and not mixed) or not low else torch.float32
+        kept = training or running_mean is None or not device.startswith("cpu")  # the CPU keeps none in eval
+        size = (input.shape[1],) if kept else (0,)
+        return (_like(input), torch.empty(size, dtype=statistics, device="meta"),
+                torch.empty(size, dtype=statistics, device="meta"))
+
+    return rule
+
+
+def _batch_norm_backward(grad_out: Any, input: Any, weight: Any, *args: Any) -> Any:
+    """native_batch_norm_backward: the input's gradient like the input, the weight's and bias's like the weight."""
+    mask = args[-1]
+    return (_like(input) if mask[0] else None, _like(weight) if mask[1] and weight is not None else None,
+            _like(weight) if mask[2] and weight is not None else None)
+
+
+_NOT_SAME_DTYPE = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
+                             "logical_not", "isnan", "isinf", "isfinite", "isposinf", "isneginf", "signbit"})
+
+
+def _pointwise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A pointwise operation on dense floating tensors of one shape, layout and dtype (scalars aside): in place,
+    the tensor itself; else an empty tensor like the first (what torch's kernels give then). NotImplemented
+    otherwise (broadcasting, views, type promotion, an ``out=``): torch's own meta kernel decides."""
+    import torch
+
+    name = func._schema.name.split("::")[-1]
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if (kwargs.get("out") is not None or not tensors or name.rstrip("_") in _NOT_SAME_DTYPE
+            or any(not isinstance(a, (torch.Tensor, int, float, bool)) for a in args)
+            or any(isinstance(v, torch.Tensor) for v in kwargs.values())):
+        return NotImplemented
+    first = tensors[0]
+    dense = first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last))
+    if not first.is_floating_point() or not dense or any(
+            t.shape != first.shape or t.stride() != first.stride() or t.dtype != first.dtype or not t.is_meta
+            for t in tensors):
+        return NotImplemented
+    if name.endswith("_"):
+        return first
+    return _like(first)
+
+
+def _mean(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
+    """mean over ``dim`` of a floating tensor: the reduced shape, contiguous."""
+    import torch
+
+    if dtype is not None or not input.is_floating_point():
+        return NotImplemented
+    dims = range(input.dim()) if not dim else [d % input.dim() for d in ([dim] if isinstance(dim, int) else dim)]
+    shape = [1 if axis in dims else size for axis, size in enumerate(input.shape)]
+    if not keepdim:
+        shape = [size for axis, size in enumerate(shape) if axis not in dims]
+    return torch.empty(shape, dtype=input.dtype, device="meta")
+
+
+def _addmm(bias: Any, first: Any, second: Any, *, beta: Any = 1, alpha: Any = 1) -> Any:
+    """addmm of two matrices of one floating dtype: (rows of the first, columns of the second), contiguous."""
+    import torch
+
+    if first.dtype != second.dtype or bias.dtype != first.dtype or not first.is_floating_point():
+        return NotImplemented
+    return torch.empty((first.shape[0], second.shape[1]), dtype=first.dtype, device="meta")
+
+
+def _fast_meta(device: str) -> dict[Any, Any]:
+    """aten operations whose meta kernels are Python decompositions that import torch._dynamo on first use (seconds
+    of start-up): their outputs' shapes, strides and dtypes as those decompositions give them (a test compares)."""
+    import torch
+
+    aten = torch.ops.aten
+    return {aten.native_batch_norm.default: _batch_norm(device),
+            aten.native_batch_norm_backward.default: _batch_norm_backward,
+            aten.threshold_backward.default: lambda grad, input, threshold: _like(grad),
+            aten.mean.dim: _mean, aten.sum.dim_IntList: _mean, aten.sum.default: _mean, aten.addmm.default: _addmm}
+
+
+def _tracking_mode(tracker: _Tracker, fast: dict[Any, Any] | None = None) -> Any:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
@@ -118,7 +232,15 @@ def _tracking_mode(tracker: _Tracker) -> Any:
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             import torch
 
-            result = func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            rule = (fast or {}).get(func)
+            result = NotImplemented
+            if rule is not None and all(not isinstance(a, torch.Tensor) or a.is_meta for a in args):
+                result = rule(*args, **kwargs)
+            elif fast is not None and torch.Tag.pointwise in func.tags:
+                result = _pointwise(func, tuple(args), kwargs)
+            if result is NotImplemented:
+                result = func(*args, **kwargs)
             for leaf in tree_leaves(result):
                 if isinstance(leaf, torch.Tensor):
                     tracker.track(leaf)
@@ -324,7 +446,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     weight_ids, input_ids = _storage_ids([*parameters, *buffers]), _storage_ids(given)
     tracker = _Tracker(weight_ids | input_ids)
     trainable = [p for p in parameters if p.requires_grad]
-    optimizer = make_optimizer(options.optimizer, trainable, foreach=options.device.startswith("cuda") or None)
+    optimizer_state: dict[int, list[Any]] = {}
     saved: dict[int, tuple[int, int, int | None]] = {}  # id(storage) -> (allocation number, bytes, layer index)
     saved_weights: dict[int, int] = {}
     saved_inputs: dict[int, int] = {}
@@ -344,7 +466,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
 
     backward_error: str | None = None
     amp = options.amp
-    with _tracking_mode(tracker), _backward_labels(working, tracker):
+    with _tracking_mode(tracker, _fast_meta(options.device)), _backward_labels(working, tracker):
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
                 instrumented_forward(working, recorder, placed), _forward_layer_follower(recorder, tracker):
             output = working(*placed.args, **placed.kwargs)
@@ -368,14 +490,15 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
             del losses
         gradient_numbers = {n for n in (tracker.number_of(p.grad) for p in trainable if p.grad is not None) if n}
         state_numbers: set[int] = set()
-        if optimizer is not None and backward_error is None:
+        if backward_error is None:
             tracker.phase, tracker.layer = OPTIMIZER, "the optimizer step"
-            optimizer.step()
-            state = [v for entry in optimizer.state.values() for v in entry.values() if isinstance(v, torch.Tensor)]
-            state_numbers = {n for n in (tracker.number_of(t) for t in state) if n}
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            working.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                optimizer_step(options.optimizer, trainable, optimizer_state,
+                               foreach=True if options.device.startswith("cuda") else None)
+            state_numbers = {n for n in (tracker.number_of(t) for entry in optimizer_state.values() for t in entry)
+                             if n}
+        for parameter in trainable:  # zero_grad(set_to_none=True)
+            parameter.grad = None
     kinds = {number: GRADIENT for number in gradient_numbers} | {number: STATE for number in state_numbers}
     events = tuple(MemoryEvent(size, kinds.get(number, ACTIVATION), phase, layer)
                    for number, size, phase, layer in tracker.events)
@@ -425,4 +548,4 @@ def _forward_layer_follower(recorder: Any, tracker: _Tracker) -> Iterator[None]:
         tracker.track = original  # type: ignore[method-assign]
 
 
-__all__ = ["AMP_DTYPES", "DTYPES", "OPTIMIZERS", "TrainOptions", "make_optimizer", "run_training_pass"]
+__all__ = ["AMP_DTYPES", "DTYPES", "OPTIMIZERS", "TrainOptions", "optimizer_step", "run_training_pass"]

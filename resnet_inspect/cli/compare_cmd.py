@@ -25,7 +25,7 @@ from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.files import write_output
 
 if TYPE_CHECKING:
-    from resnet_inspect.report.compare import Family
+    from resnet_inspect.pipeline.compare import Family
 
 ModelsArgument = typer.Argument(None, help=f"Models to compare. {MODEL_HELP}", show_default=False)
 FamilyOption = typer.Option(
@@ -57,7 +57,7 @@ PlotOption = typer.Option(None, "--plot", help="Draw parameters, MACs, activatio
 
 def parse_families(texts: list[str]) -> list[str]:
     """Every registered name the --family options add, in order, each once (--family cifar --family imagenet)."""
-    from resnet_inspect.report.compare import family_models
+    from resnet_inspect.pipeline.compare import family_models
 
     names: list[str] = []
     for text in texts:
@@ -67,7 +67,7 @@ def parse_families(texts: list[str]) -> list[str]:
 
 def parse_family(text: str) -> Family:
     """A --family value, or one line naming the choices."""
-    from resnet_inspect.report.compare import Family
+    from resnet_inspect.pipeline.compare import Family
 
     try:
         return Family(text.strip().lower())
@@ -104,14 +104,8 @@ def compare_command(
         batch = parse_batch_size(batch_size)
         check_timing_options(warmup, repeat)
         optimizer, amp = check_train_options(train, optimizer, amp, "float32")
-        from resnet_inspect.report.compare import (
-            CompareReport,
-            compare_rows,
-            load_candidates,
-            time_rows,
-            total_rows,
-            train_rows,
-        )
+        from resnet_inspect.pipeline.compare import compare_rows, load_candidates, time_rows, total_rows, train_rows
+        from resnet_inspect.report.compare import CompareReport
 
         specs = [*(models or []), *parse_families(family or [])]
         if not specs:

@@ -80,7 +80,7 @@ def summary_command(
 
             device = resolve_device(device)
         from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.report.build import capture_model, summary_from_capture
+        from resnet_inspect.pipeline.build import capture_model, summary_from_capture
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
         if dtype is not None:
@@ -90,7 +90,7 @@ def summary_command(
         capture = capture_model(network, size, batch, in_channels, name)
         training = None
         if train:
-            from resnet_inspect.report.build import training_capture
+            from resnet_inspect.pipeline.build import training_capture
 
             training = training_capture(network, size, batch, in_channels, name, options=options)
         layer_times_ms = None
@@ -101,13 +101,8 @@ def summary_command(
             timings = time_layers(network, capture.input_shape, device, warmup=3, repeat=10)
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
-                                      layer_times_ms=layer_times_ms, training=training, shard=shards)
-        if torchinfo:
-            from dataclasses import replace
-
-            from resnet_inspect.analysis.torchinfo_count import torchinfo_count
-
-            report = replace(report, torchinfo=torchinfo_count(network, capture, report.counts))
+                                      layer_times_ms=layer_times_ms, torchinfo=torchinfo, training=training,
+                                      shard=shards)
         emit(report, fmt, output)
 
 
@@ -128,7 +123,7 @@ def verify_command(
         batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
         from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.report.build import verify
+        from resnet_inspect.pipeline.build import verify
 
         network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
         report = verify(network, size, batch, in_channels, model_name=name)
@@ -158,7 +153,7 @@ def arith_command(
                             (output_padding, "output padding")):
             if value > MAX_INPUT_SIZE:  # the same bound as --input-size; the lower bounds are the arithmetic's
                 raise BadInputError(f"{name} {value} is larger than the maximum {MAX_INPUT_SIZE}")
-        from resnet_inspect.report.arith import arith_report
+        from resnet_inspect.pipeline.arith import arith_report
 
         report = arith_report(input_size, kernel, stride, padding, dilation, pool=pool, ceil_mode=ceil_mode,
                               transposed=transposed, output_padding=output_padding, solve=solve)

@@ -15,6 +15,6 @@ def list_command(
     """List the registered models with their exact parameter counts (counted on the meta device)."""
     with user_errors():
         check_output_path(output)
-        from resnet_inspect.report.registry import registry_report
+        from resnet_inspect.pipeline.registry import registry_report
 
         emit(registry_report(), fmt, output)

@@ -69,7 +69,7 @@ def rf_command(
         parse_positive(str(erf_samples), "--erf-samples", maximum=MAX_ERF_SAMPLES)
         if weights is not None and not weights.is_file():
             raise BadInputError(f"weights file not found: {weights}")
-        from resnet_inspect.report.rf import load_rf_model, rf_report
+        from resnet_inspect.pipeline.rf import load_rf_model, rf_report
 
         size = resolve_size(model, input_size)
         wants_erf = erf or weights is not None or png is not None

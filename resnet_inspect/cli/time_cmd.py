@@ -78,7 +78,7 @@ def time_command(
         check_model_options(in_channels, None)
         optimizer, amp = check_train_options(train, optimizer, amp, dtype.value, per_layer)
         from resnet_inspect.analysis.timing import check_dtype, resolve_device
-        from resnet_inspect.report.timing import phase_runs, timing_report
+        from resnet_inspect.pipeline.timing import phase_runs, timing_report
 
         resolved = resolve_device(device)
         check_dtype(resolved, dtype.value)

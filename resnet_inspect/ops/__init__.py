@@ -5,19 +5,8 @@ and every analysis read the same entry. See docs/operations.md for a worked exam
 """
 
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields, whole_map, window
-from resnet_inspect.ops.table import (
-    Call,
-    FieldState,
-    OpSpec,
-    ReplayCall,
-    function_name,
-    get_op,
-    op_for_function,
-    op_for_module,
-    ops,
-    register_op,
-    unregister_op,
-)
+from resnet_inspect.ops.registry import get_op, op_for_function, op_for_module, ops, register_op, unregister_op
+from resnet_inspect.ops.table import Call, FieldState, OpSpec, ReplayCall, function_name
 
 __all__ = [
     "FEATURES",

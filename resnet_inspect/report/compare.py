@@ -6,80 +6,33 @@ depth); only ``--time`` builds real weights and runs the model.
 
 from __future__ import annotations
 
-import gc
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.records import Capture, Shape
+from resnet_inspect.records import Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import pair_text, shape_text, yes_no
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from resnet_inspect.analysis.counting import Counts
-    from resnet_inspect.analysis.receptive_field import NodeField, ReceptiveFieldResult
+    from resnet_inspect.analysis.receptive_field import NodeField
+    from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.timing import LatencyResult
     from resnet_inspect.analysis.training import StepMemory
 
 InputSize = int | tuple[int, ...]  # every spatial axis, or one size per axis
 
 BEST = "bold green"  # style of the best value in a column
-STEM, HEAD = "stem", "head"
 
 # Column units: the largest value in a column picks one unit for the whole column, so rows line up.
 COUNT_UNITS = ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""))
 BYTE_UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
 
 
-class Family(StrEnum):
-    """Shortcuts for groups of registered models."""
-
-    imagenet = "imagenet"  # the five torchvision depths, resnet18 ... resnet152
-    cifar = "cifar"  # He et al.'s CIFAR-10 networks, resnet20 ... resnet110
-    all = "all"  # every registered name
-
-
-# Registry families each shortcut selects (None: every family).
-FAMILY_MEMBERS: dict[Family, str | None] = {Family.imagenet: "resnet", Family.cifar: "cifar-resnet", Family.all: None}
-
-
-def family_models(family: Family | str) -> list[str]:
-    """Registered names in ``family``, in registration order (shallowest first)."""
-    from resnet_inspect.models import list_models, model_spec
-
-    wanted = FAMILY_MEMBERS[Family(family)]
-    return [name for name in list_models() if wanted is None or model_spec(name).family == wanted]
-
-
 # ------------------------------------------------------------------------------------------------- rows
-
-
-@dataclass(frozen=True)
-class StageRow:
-    """One stage of one model at one size: the stem, a residual stage, or the head after the encoder."""
-
-    name: str
-    blocks: int  # residual merges (x + shortcut) inside the stage
-    output_shape: Shape
-    field: NodeField | None  # receptive field at the stage output; None for the head or when undefined
-    covers_input: bool | None
-    macs: int
-    output_size: tuple[int, ...] = ()  # the spatial size on the stage's own axes (NHWC maps too)
-
-    def to_dict(self, total_macs: int) -> dict[str, Any]:
-        return {
-            "name": self.name, "blocks": self.blocks, "output_shape": list(self.output_shape),
-            "output_size": list(self.output_size),
-            "receptive_field": self.field.to_json() if self.field else None, "covers_input": self.covers_input,
-            "macs": self.macs, "macs_share": self.macs / total_macs if total_macs else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -120,70 +73,6 @@ class ModelRow:
         if self.field is None:
             return None
         return tuple(float(size) / side for size, side in zip(self.field.size, self.input_size, strict=True))
-
-
-def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) -> dict[int, int]:
-    """Record index -> position of the stage whose module call encloses it (records outside every stage omitted)."""
-    owner: dict[int, int] = {}
-    for layer in capture.layers:
-        parent = capture.layers[layer.parent] if layer.parent is not None else None
-        if parent is not None and parent.index in owner:
-            owner[layer.index] = owner[parent.index]
-            continue
-        for position, modules in enumerate(stage_modules):
-            if layer.name in modules:
-                owner[layer.index] = position
-    return owner
-
-
-def _stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
-    """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
-    from resnet_inspect.analysis.counting import enclosing_records
-    from resnet_inspect.analysis.receptive_field import is_residual_merge
-
-    stages = [stage for stage in fields.stages if stage.name != "output"]
-    owner = _stage_of_records(capture, [stage.modules for stage in stages])
-    blocks = [0] * len(stages)
-    enclosing = enclosing_records(capture)
-    for node in capture.nodes:
-        record = enclosing[node.id]
-        if is_residual_merge(node) and record in owner:
-            blocks[owner[record]] += 1  # a residual merge: x + shortcut
-    stage_macs = [0] * len(stages)
-    for layer in capture.layers:
-        position = owner.get(layer.index)
-        if position is not None and layer.name in stages[position].modules:  # the stage's own call: inclusive MACs
-            stage_macs[position] += counts.layer_macs.get(layer.index, 0)
-    rows = [
-        StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position], stage.output_size)
-        for position, stage in enumerate(stages)
-    ]
-    rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs)))
-    return tuple(rows)
-
-
-def row_from_capture(capture: Capture) -> ModelRow:
-    """Every number of one compare row from one capture: counts, receptive field, depth, blocks per stage."""
-    from resnet_inspect.analysis.counting import count
-    from resnet_inspect.analysis.depth import network_depth
-    from resnet_inspect.analysis.receptive_field import analyze_receptive_field
-
-    counts = count(capture)
-    fields = analyze_receptive_field(capture)
-    stage_rows = _stage_rows(capture, fields, counts)
-    output_node = fields.output_node
-    output_stage = next((stage for stage in fields.stages if stage.name == "output"), None)
-    reason = fields.undefined.get(output_node) if output_node is not None else "no spatial feature map"
-    return ModelRow(
-        model=capture.model_name, input_shape=capture.input_shape, depth=network_depth(capture),
-        stages=tuple(row.blocks for row in stage_rows if row.name not in (STEM, HEAD)),
-        params=counts.params, macs=counts.macs, activation_bytes=counts.activation_bytes,
-        peak_memory_bytes=counts.peak_memory_bytes, field=fields.output, field_reason=reason,
-        covers_input=output_stage.covers_input if output_stage else None,
-        output_shape=capture.nodes[output_node].output_shape if output_node is not None else None,
-        model_output_shape=capture.output_shape, stage_rows=stage_rows, residual_stages=fields.residual_stages,
-    )
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -420,130 +309,4 @@ class CompareReport(ReportView):
 # --------------------------------------------------------------------------------------------- building
 
 
-@contextmanager
-def paused_garbage_collection() -> Iterator[None]:
-    """Building and capturing models makes many short-lived objects, which trigger full collections; with torch
-    loaded each one rescans its whole heap (about 0.3 s). Pausing collection meanwhile saves a third of the time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A model to compare, built once on the meta device, and the input sizes to capture it at."""
-
-    spec: str
-    name: str
-    model: nn.Module
-    sizes: tuple[InputSize, ...]
-
-
-def load_candidates(specs: Sequence[str], input_sizes: Sequence[InputSize] | None = None) -> list[Candidate]:
-    """Build every model on the meta device (an unknown name fails here, before any capture).
-
-    Without ``input_sizes`` each model is compared at its own default size (32 for CIFAR, 224 otherwise).
-    Repeated specs are compared once.
-    """
-    from resnet_inspect.capture.loader import default_input_size, load_model
-
-    candidates = []
-    with paused_garbage_collection():
-        for spec in dict.fromkeys(specs):
-            model, name = load_model(spec, device="meta")
-            sizes = tuple(input_sizes) if input_sizes else (default_input_size(spec),)
-            candidates.append(Candidate(spec, name, model, sizes))
-    return candidates
-
-
-def compare_rows(candidates: Sequence[Candidate], batch_size: int = 1) -> list[ModelRow]:
-    """One capture per model per size, each read by every analysis; rows in model-major order."""
-    from resnet_inspect.report.build import capture_model
-
-    with paused_garbage_collection():
-        return [
-            row_from_capture(capture_model(candidate.model, size, batch_size, model_name=candidate.name))
-            for candidate in candidates for size in candidate.sizes
-        ]
-
-
-RowProgress = Callable[[str, int], None]  # (label of the row being timed, rows finished so far)
-
-
-def time_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], device: str = "cpu", warmup: int = 3,
-              repeat: int = 10, progress: RowProgress | None = None) -> list[ModelRow]:
-    """``rows`` (as ``compare_rows`` made them from ``candidates``) with each one's latency on ``device``.
-
-    Each model gets real random weights once, then every size of it is timed in turn; the caller's random state
-    is left as it was.
-    """
-    import torch
-
-    from resnet_inspect.analysis.timing import prepare_model, time_model
-
-    timed: list[ModelRow] = []
-    remaining = iter(rows)
-    cuda_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=cuda_devices):  # random weights and inputs leave the caller's RNG alone
-        for candidate in candidates:
-            model = prepare_model(candidate.model, device)
-            for _ in candidate.sizes:
-                row = next(remaining)
-                if progress is not None:
-                    progress(row.label, len(timed))
-                latency = time_model(model, row.input_shape, device, warmup=warmup, repeat=repeat)
-                timed.append(replace(row, latency=latency))
-    if progress is not None and timed:
-        progress(timed[-1].label, len(timed))
-    return timed
-
-
-def train_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], optimizer: str = "adamw",
-               amp: str | None = None, device: str = "cpu") -> list[ModelRow]:
-    """``rows`` with each one's backward MACs and training-step memory: one training pass on the meta device per
-    row, at the row's batch size (``analysis.training``)."""
-    from resnet_inspect.analysis.training import training_counts
-    from resnet_inspect.capture.training import TrainOptions
-    from resnet_inspect.report.build import training_capture
-
-    options = TrainOptions(optimizer=optimizer, amp=amp, device=device)
-    trained: list[ModelRow] = []
-    remaining = iter(rows)
-    with paused_garbage_collection():
-        for candidate in candidates:
-            for size in candidate.sizes:
-                row = next(remaining)
-                counts = training_counts(training_capture(candidate.model, size, row.input_shape[0],
-                                                          model_name=candidate.name, options=options))
-                trained.append(replace(row, backward_macs=counts.backward_macs, step=counts.memory))
-    return trained
-
-
-def compare(specs: Sequence[str], input_sizes: Sequence[InputSize] | None = None, *, batch_size: int = 1,
-            show_stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
-            repeat: int = 10) -> CompareReport:
-    """Compare models (registry names or factory specs) at their default or the given input sizes."""
-    candidates = load_candidates(specs, input_sizes)
-    rows = compare_rows(candidates, batch_size)
-    if time:
-        from resnet_inspect.analysis.timing import resolve_device
-
-        device = resolve_device(device)
-        rows = time_rows(candidates, rows, device, warmup, repeat)
-    return CompareReport(tuple(rows), show_stages, device if time else None, warmup if time else None,
-                         repeat if time else None)
-
-
-def total_rows(candidates: Sequence[Candidate]) -> int:
-    """How many rows (models x sizes) the candidates give: the progress bar's total."""
-    return sum(len(candidate.sizes) for candidate in candidates)
-
-
-__all__ = [
-    "Candidate", "CompareReport", "Family", "ModelRow", "StageRow", "compare", "compare_rows", "family_models",
-    "load_candidates", "row_from_capture", "time_rows", "total_rows", "train_rows",
-]
+__all__ = ["CompareReport", "ModelRow"]

@@ -39,12 +39,3 @@ class RegistryReport(ReportView):
         return Document((Table("Registered models", columns, rows),))
 
 
-def registry_report() -> RegistryReport:
-    """Every registered model with its parameters, counted from its configuration (nothing is built)."""
-    from resnet_inspect.models import list_models, model_spec
-
-    entries = []
-    for name in list_models():
-        spec = model_spec(name)
-        entries.append(RegistryEntry(name, spec.family, spec.block, tuple(spec.stages), spec.params))
-    return RegistryReport(tuple(entries))

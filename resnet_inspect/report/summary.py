@@ -6,19 +6,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.ops.arithmetic import LayerArithmetic, check_layer
-from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNode
+from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import bytes_text, pair_text, shape_text
 from resnet_inspect.report.view import ReportView, SummaryView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
+    from resnet_inspect.analysis.checks import LayerCheck
     from resnet_inspect.analysis.counting import Counts
     from resnet_inspect.analysis.fvcore_count import FvcoreCounts
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
+    from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
     from resnet_inspect.analysis.training import TrainingCounts
+    from resnet_inspect.ops.arithmetic import LayerArithmetic
     from resnet_inspect.records import TrainingCapture
 
 PASS, FAIL = "✓", "✗"
@@ -58,29 +60,6 @@ def arithmetic_json(check: LayerArithmetic) -> dict[str, Any]:
         "relation": check.relation, "expected": list(check.expected), "observed": list(check.observed),
         "ok": check.ok, "dropped": list(check.dropped),
     }
-
-
-@dataclass(frozen=True)
-class LayerCheck:
-    """A convolution or pooling operation and its arithmetic check (one verify row)."""
-
-    node: OpNode
-    check: LayerArithmetic
-
-
-def check_nodes(capture: Capture) -> tuple[LayerCheck, ...]:
-    """Check every windowed operation (module or functional) on its trailing spatial axes."""
-    checks = []
-    for node in capture.nodes:
-        if not node.geometry.kind.has_window or not node.input_shapes:
-            continue
-        rank = node.geometry.rank
-        if len(node.input_shapes[0]) < rank + 1 or len(node.output_shape) < rank + 1:
-            continue
-        check = check_layer(node.geometry, node.input_shapes[0][-rank:], node.output_shape[-rank:])
-        if check is not None:
-            checks.append(LayerCheck(node, check))
-    return tuple(checks)
 
 
 @dataclass(frozen=True, repr=False)
@@ -155,6 +134,7 @@ class SummaryReport(SummaryView):
     max_depth: int | None = None
     layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
     torchinfo: TorchinfoCounts | None = None
+    stage_rows: tuple[StageRow, ...] = ()  # the stem, each stage and the head (``stages``)
     training: TrainingCounts | None = None  # summary --train: backward MACs, saved and gradient bytes, step memory
     training_capture: TrainingCapture | None = None
 

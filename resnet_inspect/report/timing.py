@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
-from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Column, Document, Table
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from torch import nn
+    from resnet_inspect.analysis.timing import LatencyResult, LayerProfile
 
 TOP_LAYERS = 15  # rows of the slowest-layers table (JSON lists every layer)
 
@@ -126,80 +122,3 @@ class TimingReport(ReportView):
         return Table(f"Slowest layers (batch {self.profile_batch_size})", columns, rows, footer)
 
 
-def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[[int], None], Callable[[], None]]:
-    """A progress callback that never advances past ``runs``, and a function that completes the phase."""
-    done = [0]
-
-    def advance(count: int) -> None:
-        step = min(count, runs - done[0])
-        done[0] += step
-        if progress is not None and step > 0:
-            progress(step)
-
-    def finish() -> None:
-        advance(runs - done[0])
-
-    return advance, finish
-
-
-def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
-                  dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
-                  channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
-                  progress: Callable[[int], None] | None = None, model_name: str | None = None,
-                  train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
-    """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
-
-    ``train`` times a training step (``analysis.step_timing``) with ``optimizer`` and ``amp`` instead of a
-    forward pass; ``per_layer`` is for forward passes only. ``progress`` is advanced by forward passes (or
-    steps); the total is ``phase_runs(...)``.
-    """
-    from resnet_inspect.analysis.step_timing import check_training_options, time_training_step
-    from resnet_inspect.analysis.timing import (
-        check_dtype,
-        profile_layers,
-        resolve_device,
-        time_model,
-    )
-    from resnet_inspect.capture.loader import load_model
-    from resnet_inspect.capture.trace import input_shape_for
-
-    if train:
-        check_training_options(optimizer, amp, dtype)
-        if per_layer:
-            raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
-    device = resolve_device(device)
-    check_dtype(device, dtype)
-    if isinstance(spec, str):
-        model, name = load_model(spec, in_channels=in_channels, device=device)
-    else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
-        model, name = copy.deepcopy(spec), type(spec).__name__
-    name = model_name or name
-    channels = in_channels or 3
-    input_size = input_shape_for(model, input_size, 1, channels)[2:]  # an int: every spatial axis of the model
-    results = []
-    for batch_size in batch_sizes:
-        advance, finish = _phase(progress, warmup + repeat)
-        shape = (batch_size, channels, *input_size)
-        if train:
-            results.append(time_training_step(model, shape, device, dtype, optimizer, amp, warmup, repeat, threads,
-                                              channels_last, advance))
-        else:
-            results.append(time_model(model, shape, device, dtype, warmup, repeat, threads, channels_last, advance))
-        finish()
-    profile = None
-    if per_layer:
-        advance, finish = _phase(progress, warmup + repeat)
-        profile = profile_layers(model, (batch_sizes[0], channels, *input_size), device, dtype, warmup, repeat,
-                                 threads, channels_last, advance)
-        finish()
-    return TimingReport(
-        model=name, device=device, dtype=dtype, threads=results[0].threads, input_shape=(channels, *input_size),
-        channels_last=channels_last, warmup=warmup, repeat=repeat, results=tuple(results), profile=profile,
-        profile_batch_size=batch_sizes[0] if per_layer else None, train=train,
-        optimizer=optimizer if train else None, amp=amp if train else None,
-    )
-
-
-def phase_runs(batch_sizes: list[int], warmup: int, repeat: int, per_layer: bool) -> int:
-    """Forward passes the progress bar counts: warm-up plus timed passes per batch size (and per layer)."""
-    return (len(batch_sizes) + int(per_layer)) * (warmup + repeat)

@@ -171,10 +171,8 @@ class SummaryView(ReportView):
     @property
     def stages(self) -> list[dict[str, Any]]:
         """The stem, each stage and the head: residual blocks, output shape, receptive field, MACs and share."""
-        from resnet_inspect.report.compare import row_from_capture
-
-        row = row_from_capture(self.capture)  # type: ignore[attr-defined]
-        return [stage.to_dict(row.macs) for stage in row.stage_rows]
+        total_macs = self.counts.macs  # type: ignore[attr-defined]
+        return [stage.to_dict(total_macs) for stage in self.stage_rows]  # type: ignore[attr-defined]
 
     @property
     def receptive_field(self) -> dict[str, Any] | None:

@@ -1,12 +1,13 @@
-"""From a model to a report: one capture, then the pure analyses over its records."""
+"""From a model to a report: one capture, then the pure analyses over its records (`summary`, `verify`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.analysis.checks import check_nodes
 from resnet_inspect.errors import BadInputError, ForwardError, InputTooSmallError
-from resnet_inspect.report.summary import SummaryReport, VerifyReport, check_nodes
+from resnet_inspect.report.summary import SummaryReport, VerifyReport
 
 if TYPE_CHECKING:
     from torch import nn
@@ -132,12 +133,15 @@ def _guard_real_pass(needed_bytes: int) -> None:
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,
                          fvcore_memory_budget_bytes: int | None = None, max_depth: int | None = None,
-                         layer_times_ms: dict[str, float] | None = None, training: TrainingCapture | None = None,
+                         layer_times_ms: dict[str, float] | None = None, torchinfo: bool = False,
+                         input_data: Any = None, training: TrainingCapture | None = None,
                          shard: int = 1) -> SummaryReport:
-    """Run the analyses over one capture; fvcore (real tensors, batch 1) only when asked and a model is given;
-    the training analyses over ``training`` (a training pass of the same model) when given."""
+    """Run the analyses over one capture; fvcore (real tensors, batch 1) and torchinfo (fed ``input_data`` when
+    given) only when asked and a model is given; the training analyses over ``training`` (a training pass of the
+    same model) when given."""
     from resnet_inspect.analysis.counting import count
     from resnet_inspect.analysis.receptive_field import analyze_receptive_field, layer_fields
+    from resnet_inspect.analysis.stages import stage_rows
 
     fields = analyze_receptive_field(capture)
     counts = count(capture)
@@ -147,10 +151,16 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
 
         options = {} if fvcore_memory_budget_bytes is None else {"memory_budget_bytes": fvcore_memory_budget_bytes}
         fvcore_counts, fvcore_note = fvcore_count(model, capture, counts=counts, **options)
+    torchinfo_counts = None
+    if torchinfo and model is not None:
+        from resnet_inspect.analysis.torchinfo_count import torchinfo_count
+
+        torchinfo_counts = torchinfo_count(model, capture, counts, input_data)
     return SummaryReport(
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
-        max_depth=max_depth, layer_fields=layer_fields(capture, fields), training=training_counts_of(training, shard),
+        max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
+        stage_rows=stage_rows(capture, fields, counts), training=training_counts_of(training, shard),
         training_capture=training,
     )
 
@@ -162,6 +172,11 @@ def training_counts_of(training: TrainingCapture | None, shard: int = 1) -> Trai
     from resnet_inspect.analysis.training import training_counts
 
     return training_counts(training, shard)
+
+
+def verify_from_capture(capture: Capture) -> VerifyReport:
+    """Every convolution and pooling layer of one capture checked against the arithmetic of its geometry."""
+    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings)
 
 
 def inspect(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
@@ -186,4 +201,4 @@ def verify(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int
     arithmetic of its geometry."""
     capture = capture_model(model, input_size, batch_size, in_channels, model_name, input_shapes=input_shapes,
                             input_data=input_data, exact_checked_shapes=True)
-    return VerifyReport(capture.model_name, capture.input_shape, check_nodes(capture), capture.warnings)
+    return verify_from_capture(capture)
