@@ -2,8 +2,8 @@
 
 The step is the one a training loop runs: the model in train mode (batch-norm batch statistics, dropout),
 ``loss = sum of the outputs' means`` (in float32), ``loss.backward()``, ``optimizer.step()`` and
-``optimizer.zero_grad(set_to_none=True)``, with torch.optim's optimizers as the training estimate builds them
-(``capture.training.make_optimizer``: learning rate 0.001, momentum 0.9). Under ``amp`` the forward pass runs
+``optimizer.zero_grad(set_to_none=True)``, with torch.optim's optimizers and the settings the training estimate
+steps with (``capture.training.optimizer_step``: learning rate 0.001, momentum 0.9). Under ``amp`` the forward pass runs
 in ``torch.autocast``; with ``fp16`` a ``GradScaler`` scales the loss, as mixed-precision training in float16
 needs. The median and IQR come from ``torch.utils.benchmark`` exactly as for inference
 (``timing.measure_callable``). The model is always a copy: a step changes the weights, and the caller's must not
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_OPTIMIZER = "adamw"
+LEARNING_RATE, MOMENTUM = 1e-3, 0.9  # as capture.training.optimizer_step
 
 
 def check_training_options(optimizer: str, amp: str | None, dtype: str) -> None:
@@ -34,6 +35,19 @@ def check_training_options(optimizer: str, amp: str | None, dtype: str) -> None:
     from resnet_inspect.capture.training import TrainOptions
 
     TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp)
+
+
+def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
+    """torch.optim's optimizer ``name`` over ``parameters`` (None for ``none``: forward and backward only)."""
+    import torch
+
+    if name == "none":
+        return None
+    if name in ("sgd", "momentum"):
+        return torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=MOMENTUM if name == "momentum" else 0.0)
+    if name in ("adam", "adamw"):
+        return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(parameters, lr=LEARNING_RATE)
+    raise BadInputError(f"unknown optimizer {name!r}")
 
 
 def _tensors(output: Any) -> Iterator[torch.Tensor]:
@@ -67,7 +81,7 @@ def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = DEFAULT_OP
     """One training step of ``model`` (already on ``device``, in train mode) on the batch ``x``, as a function."""
     import torch
 
-    from resnet_inspect.capture.training import AMP_DTYPES, make_optimizer
+    from resnet_inspect.capture.training import AMP_DTYPES
 
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not parameters:
@@ -142,6 +156,6 @@ def time_training_step(model: nn.Module, input_shape: Shape, device: str = "cpu"
 
 
 __all__ = [
-    "DEFAULT_OPTIMIZER", "check_training_options", "ensure_training_step_fits", "output_loss", "time_training_step",
-    "training_step",
+    "DEFAULT_OPTIMIZER", "check_training_options", "ensure_training_step_fits", "make_optimizer", "output_loss",
+    "time_training_step", "training_step",
 ]

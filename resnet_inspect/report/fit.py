@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.analysis.fit import FitSearch, SearchMethod
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from resnet_inspect.analysis.fit import FitSearch
 
 
 def size_text(size_bytes: float) -> str:
@@ -115,7 +117,7 @@ class FitReport(ReportView):
         if self.peak_at:
             notes.append(f"the peak falls in {self.peak_at}")
         line = f"{size_text(search.fixed_bytes)} + {size_text(search.bytes_per_sample)} per sample"
-        if search.method is SearchMethod.line:
+        if search.method == "line":  # SearchMethod.line
             confirmed = "confirmed at the answer" if search.affine else "checked at the next batch"
             notes.append(f"memory is affine in the batch size near the answer ({line}), {confirmed}: "
                          f"{search.passes} meta passes")
