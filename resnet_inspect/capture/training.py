@@ -174,14 +174,18 @@ def _pointwise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             or any(isinstance(v, torch.Tensor) for v in kwargs.values())):
         return NotImplemented
     first = tensors[0]
-    dense = first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last))
-    if not first.is_floating_point() or not dense or any(
+    if not first.is_floating_point() or any(
             t.shape != first.shape or t.stride() != first.stride() or t.dtype != first.dtype or not t.is_meta
             for t in tensors):
         return NotImplemented
     if name.endswith("_"):
         return first
-    return _like(first)
+    if first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)):
+        return _like(first)
+    strides = [stride for stride in first.stride() if stride != 0]
+    if strides == sorted(strides, reverse=True):  # broadcast (stride 0) axes over a row-major layout: row-major
+        return torch.empty(tuple(first.shape), dtype=first.dtype, device="meta")
+    return NotImplemented
 
 
 def _mean(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
