@@ -82,6 +82,55 @@ class InferenceEstimate:
         return None
 
 
+class TrainingEstimate:
+    """Batch size -> the bytes one training step holds at each of its moments (``analysis.training.step_timeline``),
+    from one training pass on the meta device per batch size, kept for the breakdown at the answer."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
+                 shard: int) -> None:
+        self.model, self.input_size, self.in_channels = model, input_size, in_channels
+        self.options, self.shard = options, shard
+        self.steps: dict[int, TrainingCapture] = {}
+
+    def _step(self, batch_size: int) -> TrainingCapture:
+        from resnet_inspect.pipeline.build import training_capture
+
+        if batch_size not in self.steps:
+            self.steps[batch_size] = training_capture(self.model, self.input_size, batch_size, self.in_channels,
+                                                      options=self.options)
+        return self.steps[batch_size]
+
+    def __call__(self, batch_size: int) -> list[int]:
+        from resnet_inspect.analysis.training import step_timeline
+
+        step = self._step(batch_size)
+        if step.backward_error:
+            raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
+        return step_timeline(step, self.shard)
+
+    def memory(self, batch_size: int) -> StepMemory:
+        from resnet_inspect.analysis.training import step_memory
+
+        return step_memory(self._step(batch_size), self.shard)
+
+    def breakdown(self, batch_size: int) -> tuple[tuple[str, int], ...]:
+        """What the peak holds: what is resident through the step, and what the step itself had allocated."""
+        step = self.memory(batch_size)
+        assert step.peak_bytes is not None
+        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
+                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
+        if step.gathered_bytes:
+            resident += (("largest layer gathered", step.gathered_bytes),)
+        allocated = step.peak_bytes - sum(size for _part, size in resident)
+        return (*resident, ("activations, gradients and temporaries at the peak", allocated))
+
+    def peak_at(self, batch_size: int) -> str | None:
+        return self.memory(batch_size).where
+
+    def details(self, batch_size: int) -> dict[str, Any]:
+        return self.memory(batch_size).to_dict()
+
+
 def check_fit_options(train: bool, optimizer: str | None, amp: str | None, shard: int | None) -> None:
     """--optimizer, --amp and --shard describe a training step: each needs --train."""
     for value, option in ((optimizer, "--optimizer"), (amp, "--amp"), (shard, "--shard")):
@@ -100,13 +149,14 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
     from resnet_inspect.analysis.memory import gib
-    from resnet_inspect.analysis.timing import check_dtype, resolve_device
+    from resnet_inspect.analysis.timing import DTYPES, resolve_device
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
     check_fit_options(train, optimizer, amp, shard)
     device = resolve_device(device)
-    check_dtype("cpu", dtype)  # a known dtype; the estimate itself runs on the meta device
+    if dtype not in DTYPES:  # the estimate runs on the meta device: any device's dtype can be estimated
+        raise BadInputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     memory, source = device_memory(device, memory_bytes)
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
     if reserve >= memory:
@@ -147,56 +197,6 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
         step=estimate.details(search.batch_size),
     )
-
-
-class TrainingEstimate:
-    """Batch size -> the bytes one training step holds at each of its moments (``analysis.training.step_timeline``),
-    from one training pass on the meta device per batch size, kept for the breakdown at the answer."""
-
-    def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
-                 shard: int) -> None:
-        self.model, self.input_size, self.in_channels = model, input_size, in_channels
-        self.options, self.shard = options, shard
-        self.steps: dict[int, TrainingCapture] = {}
-
-    def _step(self, batch_size: int) -> TrainingCapture:
-        from resnet_inspect.capture.trace import size_inputs
-        from resnet_inspect.capture.training import run_training_pass
-
-        if batch_size not in self.steps:
-            inputs = size_inputs(self.model, self.input_size, batch_size, self.in_channels)
-            self.steps[batch_size] = run_training_pass(self.model, inputs, self.options)
-        return self.steps[batch_size]
-
-    def __call__(self, batch_size: int) -> list[int]:
-        from resnet_inspect.analysis.training import step_timeline
-
-        step = self._step(batch_size)
-        if step.backward_error:
-            raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
-        return step_timeline(step, self.shard)
-
-    def memory(self, batch_size: int) -> StepMemory:
-        from resnet_inspect.analysis.training import step_memory
-
-        return step_memory(self._step(batch_size), self.shard)
-
-    def breakdown(self, batch_size: int) -> tuple[tuple[str, int], ...]:
-        """What the peak holds: what is resident through the step, and what the step itself had allocated."""
-        step = self.memory(batch_size)
-        assert step.peak_bytes is not None
-        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
-                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
-        if step.gathered_bytes:
-            resident += (("largest layer gathered", step.gathered_bytes),)
-        allocated = step.peak_bytes - sum(size for _part, size in resident)
-        return (*resident, ("activations, gradients and temporaries at the peak", allocated))
-
-    def peak_at(self, batch_size: int) -> str | None:
-        return self.memory(batch_size).where
-
-    def details(self, batch_size: int) -> dict[str, Any]:
-        return self.memory(batch_size).to_dict()
 
 
 __all__ = ["default_reserve_bytes", "fit_report"]
