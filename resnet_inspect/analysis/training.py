@@ -100,8 +100,10 @@ def live_bytes(training: TrainingCapture, shard: int = 1) -> list[int]:
     shards)."""
     live, timeline = 0, []
     for event in _step_events(training):
-        live += event.bytes if event.kind != "gradient" else _ceil_div(abs(event.bytes), shard) * (
-            1 if event.bytes > 0 else -1)
+        size = event.bytes
+        if event.kind == "gradient":  # each device keeps its shard of every gradient
+            size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
+        live += size
         timeline.append(live)
     return timeline
 

@@ -82,11 +82,9 @@ def optimizer_step(name: str, parameters: list[Any], state: dict[int, list[Any]]
             if buffer is not None:
                 state[id(parameter)] = [buffer]
         return
-    for parameter in stepped:  # as torch.optim.Adam's _init_group: zeros like the parameter, a CPU step count
-        if id(parameter) not in state:
-            state[id(parameter)] = [torch.zeros_like(parameter, memory_format=torch.preserve_format),
-                                    torch.zeros_like(parameter, memory_format=torch.preserve_format),
-                                    torch.tensor(0.0, dtype=torch.float32)]
+    for parameter in stepped:  # as torch.optim.Adam's _init_group: two like the parameter, a CPU step count
+        if id(parameter) not in state:  # (their values do not matter on meta: no zeros_like, which imports sympy)
+            state[id(parameter)] = [_like(parameter), _like(parameter), torch.tensor(0.0, dtype=torch.float32)]
     moments = [state[id(p)] for p in stepped]
     adam(stepped, grads, [m[0] for m in moments], [m[1] for m in moments], [], [m[2] for m in moments],
          foreach=foreach, decoupled_weight_decay=name == "adamw", amsgrad=False, beta1=0.9, beta2=0.999, lr=1e-3,
@@ -101,9 +99,12 @@ class _Tracker:
         self.live: dict[int, tuple[int, int]] = {}  # id(storage) -> (allocation number, bytes)
         self.events: list[tuple[int, int, str, str]] = []  # (allocation number, +/- bytes, phase, layer)
         self.phase, self.layer = FORWARD, ""
+        self.follow: Any = None  # during the forward: a function naming the innermost layer running
         self.count = 0
 
     def track(self, tensor: Any) -> None:
+        if self.follow is not None:
+            self.layer = self.follow()
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self.live or key in self.resident:
@@ -210,6 +211,81 @@ def _addmm(bias: Any, first: Any, second: Any, *, beta: Any = 1, alpha: Any = 1)
     return torch.empty((first.shape[0], second.shape[1]), dtype=first.dtype, device="meta")
 
 
+def _convolution(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, transposed: bool,
+                 output_padding: Any, groups: int) -> Any:
+    """aten.convolution of contiguous tensors of one dtype: the output size by the convolution arithmetic
+    (relations 6 and 15, or PyTorch's transposed relation), contiguous. Anything else is left to torch."""
+    import torch
+
+    rank = weight.dim() - 2
+    if (input.dim() != rank + 2 or input.dtype != weight.dtype or not input.is_contiguous()
+            or not weight.is_contiguous() or not input.is_floating_point()):
+        return NotImplemented
+    try:
+        spatial = _conv_spatial(input, weight, stride, padding, dilation, transposed, output_padding)
+    except (ValueError, IndexError, TypeError):
+        return NotImplemented
+    channels = weight.shape[1] * groups if transposed else weight.shape[0]
+    if min(spatial, default=1) < 1:
+        return NotImplemented
+    return torch.empty((input.shape[0], channels, *spatial), dtype=input.dtype, device="meta")
+
+
+def _conv_spatial(input: Any, weight: Any, stride: Any, padding: Any, dilation: Any, transposed: bool,
+                  output_padding: Any) -> list[int]:
+    from resnet_inspect.ops.arithmetic import conv_output, conv_transpose_output
+
+    spatial = []
+    for axis in range(weight.dim() - 2):
+        size, kernel = int(input.shape[2 + axis]), int(weight.shape[2 + axis])
+        if transposed:
+            spatial.append(conv_transpose_output(size, kernel, stride[axis], padding[axis], dilation[axis],
+                                                 output_padding[axis]).output)
+        else:
+            spatial.append(conv_output(size, kernel, stride[axis], padding[axis], dilation[axis]).output)
+    return spatial
+
+
+def _convolution_backward(grad_output: Any, input: Any, weight: Any, bias_sizes: Any, *args: Any) -> Any:
+    """aten.convolution_backward of contiguous tensors: the gradients shaped like input, weight and bias, each
+    only when its mask asks for it."""
+    import torch
+
+    mask = args[-1]
+    if not (grad_output.is_contiguous() and input.is_contiguous() and weight.is_contiguous()):
+        return NotImplemented
+    bias = torch.empty(tuple(bias_sizes), dtype=grad_output.dtype, device="meta") if bias_sizes else None
+    return (_like(input) if mask[0] else None, _like(weight) if mask[1] else None,
+            bias if mask[2] and bias is not None else None)
+
+
+def _max_pool2d(input: Any, kernel_size: Any, stride: Any = (), padding: Any = 0, dilation: Any = 1,
+                ceil_mode: bool = False) -> Any:
+    """max_pool2d_with_indices of a contiguous (N, C, H, W) tensor: output and int64 indices by relation 7."""
+    import torch
+
+    from resnet_inspect.ops.arithmetic import pool_output
+
+    def pair(value: Any) -> tuple[int, int]:
+        values = [value] if isinstance(value, int) else list(value)
+        return (int(values[0]), int(values[-1]))
+
+    if input.dim() != 4 or not input.is_contiguous() or not input.is_floating_point():
+        return NotImplemented
+    kernel, padding_pair, dilation_pair = pair(kernel_size), pair(padding), pair(dilation)
+    stride_pair = pair(stride) if stride else kernel
+    try:
+        spatial = [pool_output(int(input.shape[2 + axis]), kernel[axis], stride_pair[axis], padding_pair[axis],
+                               dilation_pair[axis], ceil_mode=bool(ceil_mode)).output for axis in range(2)]
+    except (ValueError, TypeError):
+        return NotImplemented
+    if min(spatial) < 1:
+        return NotImplemented
+    shape = (*input.shape[:2], *spatial)
+    return (torch.empty(shape, dtype=input.dtype, device="meta"),
+            torch.empty(shape, dtype=torch.int64, device="meta"))
+
+
 def _fast_meta(device: str) -> dict[Any, Any]:
     """aten operations whose meta kernels are Python decompositions that import torch._dynamo on first use (seconds
     of start-up): their outputs' shapes, strides and dtypes as those decompositions give them (a test compares)."""
@@ -219,7 +295,14 @@ def _fast_meta(device: str) -> dict[Any, Any]:
     return {aten.native_batch_norm.default: _batch_norm(device),
             aten.native_batch_norm_backward.default: _batch_norm_backward,
             aten.threshold_backward.default: lambda grad, input, threshold: _like(grad),
-            aten.mean.dim: _mean, aten.sum.dim_IntList: _mean, aten.sum.default: _mean, aten.addmm.default: _addmm}
+            aten.mean.dim: _mean, aten.sum.dim_IntList: _mean, aten.sum.default: _mean, aten.addmm.default: _addmm,
+            aten.convolution.default: _convolution, aten.convolution_backward.default: _convolution_backward,
+            aten.mm.default: lambda first, second: _addmm(first[0], first, second),
+            aten.max_pool2d_with_indices.default: _max_pool2d,
+            aten.ones_like.default: lambda input, **options: _like(input) if input.is_contiguous() and not any(
+                options.get(key) is not None for key in ("dtype", "layout", "device")) else NotImplemented,
+            aten.max_pool2d_with_indices_backward.default:
+                lambda grad, input, *args: _like(input) if input.is_contiguous() else NotImplemented}
 
 
 def _tracking_mode(tracker: _Tracker, fast: dict[Any, Any] | None = None) -> Any:
@@ -472,8 +555,10 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     amp = options.amp
     with _tracking_mode(tracker, _fast_meta(options.device)), _backward_labels(working, tracker):
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                instrumented_forward(working, recorder, placed), _forward_layer_follower(recorder, tracker):
+                instrumented_forward(working, recorder, placed):
+            tracker.follow = lambda: recorder.stack[-1].name if recorder.stack else ""
             output = working(*placed.args, **placed.kwargs)
+        tracker.follow = None
         if kernels.autocast is not None:  # autocast lets its cast weights go when the forward ends
             kernels.autocast.cache.clear()
         capture = assemble_capture(working, recorder, inputs, placed, output, model_name, "meta")
@@ -534,22 +619,6 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         gradient_bytes=gradient_bytes, state_bytes=state_bytes, largest_layer=largest.name if largest else "",
         largest_layer_bytes=largest_bytes, events=events, backward_error=backward_error,
     )
-
-
-@contextmanager
-def _forward_layer_follower(recorder: Any, tracker: _Tracker) -> Iterator[None]:
-    """During the forward, ``tracker.layer`` follows the innermost module call running."""
-    original = tracker.track
-
-    def track(tensor: Any) -> None:
-        tracker.layer = recorder.stack[-1].name if recorder.stack else ""
-        original(tensor)
-
-    tracker.track = track  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        tracker.track = original  # type: ignore[method-assign]
 
 
 __all__ = ["AMP_DTYPES", "DTYPES", "OPTIMIZERS", "TrainOptions", "optimizer_step", "run_training_pass"]
