@@ -22,6 +22,7 @@ _EXPORTS = {
     "receptive_field": "resnet_inspect.api",
     "compare": "resnet_inspect.api",
     "time_model": "resnet_inspect.api",
+    "fit": "resnet_inspect.api",
     "training_memory": "resnet_inspect.api",
     "load_model": "resnet_inspect.capture.loader",
     "register_op": "resnet_inspect.ops",

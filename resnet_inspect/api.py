@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.training import StepMemory
     from resnet_inspect.records import TrainingCapture
     from resnet_inspect.report.compare import CompareReport
+    from resnet_inspect.report.fit import FitReport
     from resnet_inspect.report.rf import RfReport
     from resnet_inspect.report.summary import SummaryReport, VerifyReport
     from resnet_inspect.report.timing import TimingReport
@@ -231,7 +232,8 @@ def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, devi
 
 def training_memory(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
                     optimizer: str = "adamw", dtype: Any = None, amp: str | None = None, shard: int = 1,
-                    device: str = "cpu", in_channels: int | None = None, num_classes: int | None = None,
+                    device: str | torch.device = "cpu", in_channels: int | None = None,
+                    num_classes: int | None = None,
                     model_name: str | None = None) -> StepMemory:
     """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
     device (nothing is allocated, the model is not changed)::
@@ -367,13 +369,15 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
             batch_size: int = 1, stages: bool = False, time: bool = False, device: str | torch.device = "cpu",
-            warmup: int = 3, repeat: int = 10) -> CompareReport:
+            warmup: int = 3, repeat: int = 10, train: bool = False, optimizer: str = "adamw",
+            amp: str | None = None) -> CompareReport:
     """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
 
     ``models`` lists modules or names (a module is labelled by its class), or maps labels to them.
     ``input_sizes`` is one size or a list of sizes (224 or (224, 320)); every model is compared at each.
+    ``train`` adds one training step per row (``optimizer``, ``amp``): backward MACs, saved bytes and the step's peak.
     """
-    from resnet_inspect.pipeline.compare import Candidate, compare_rows, load_candidates, time_rows
+    from resnet_inspect.pipeline.compare import Candidate, compare_rows, load_candidates, time_rows, train_rows
     from resnet_inspect.report.compare import CompareReport
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
@@ -399,6 +403,8 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
         labels.add(candidate.name)
         candidates.append(candidate)
     rows = compare_rows(candidates, batch_size)
+    if train:
+        rows = train_rows(candidates, rows, optimizer, amp)
     resolved = None
     if time:
         from resnet_inspect.analysis.timing import resolve_device
@@ -428,9 +434,13 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
 def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
                device: str | torch.device = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
                threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
-               in_channels: int | None = None, model_name: str | None = None) -> TimingReport:
+               in_channels: int | None = None, model_name: str | None = None, train: bool = False,
+               optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
-    its own (it is copied to ``device`` and ``dtype`` when it is not there already)."""
+    its own (it is copied to ``device`` and ``dtype`` when it is not there already).
+
+    ``train=True`` times one training step instead (forward in train mode, backward, ``optimizer`` step: none,
+    sgd, momentum, adam or adamw), under autocast when ``amp`` is ``"bf16"`` or ``"fp16"``; always on a copy."""
     from resnet_inspect.pipeline.timing import timing_report
 
     batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
@@ -449,8 +459,49 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     if not isinstance(model, str):
         model, _ = _model(model, in_channels, None, model_name)
     return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,
-                         in_channels, model_name=model_name)
+                         in_channels, model_name=model_name, train=train, optimizer=optimizer, amp=amp)
 
 
-__all__ = ["compare", "inspect", "parse_input", "receptive_field", "summary", "time_model", "training_memory",
-           "verify"]
+def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
+        optimizer: str | None = None, dtype: str = "float32", amp: str | None = None, shard: int | None = None,
+        reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
+        num_classes: int | None = None, model_name: str | None = None) -> FitReport:
+    """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
+
+    ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
+    defaults to the free memory of a CUDA ``device``, ``reserve`` to 512 MiB plus 5% on a GPU and 0 on the CPU.
+    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard`` as for ``summary(train=True)``);
+    otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
+    networks. Not even batch 1 fitting raises ``DoesNotFitError``.
+    """
+    from resnet_inspect.pipeline.fit import fit_report
+
+    memory_bytes = _bytes(memory, "memory")
+    reserve_bytes = _bytes(reserve, "reserve", allow_zero=True)
+    if shard is not None:
+        check_option("shard", shard)
+    device = _device(device)
+    if not isinstance(model, str):
+        model, _ = _model(model, in_channels, num_classes, model_name)
+    return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer, dtype=dtype,
+                      amp=amp, shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
+                      num_classes=num_classes, model_name=model_name)
+
+
+def _bytes(size: int | str | None, what: str, allow_zero: bool = False) -> int | None:
+    """A size in bytes from an int or a text such as ``"24GiB"``; ``ValueError`` when it is neither."""
+    from resnet_inspect.analysis.fit import parse_bytes
+
+    if size is None:
+        return None
+    if _is_int(size):
+        if size < 0 or (size == 0 and not allow_zero):
+            raise ValueError(f"{what} must be a positive number of bytes, got {size!r}")
+        return int(size)
+    if isinstance(size, str):
+        return parse_bytes(size, what, allow_zero)
+    raise ValueError(f"{what} must be bytes (an int) or a size such as '24GiB', got {size!r}")
+
+
+__all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",
+           "training_memory", "verify"]

@@ -28,9 +28,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 REGISTERED = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
-ALL_COMMANDS = ("list", "summary", "verify", "arith", "time", "rf", "compare")
-MODEL_COMMANDS = ("summary", "verify", "time", "rf", "compare")
-SIZE_COMMANDS = ("summary", "verify", "arith", "time", "rf", "compare")
+ALL_COMMANDS = ("list", "summary", "verify", "arith", "time", "rf", "compare", "fit")
+MODEL_COMMANDS = ("summary", "verify", "time", "rf", "compare", "fit")
+SIZE_COMMANDS = ("summary", "verify", "arith", "time", "rf", "compare", "fit")
 
 # Typer's own usage errors (an int option given 'abc', a missing argument) are one line only when the app is
 # built with cls=OneLineUsageErrors (resnet_inspect/cli/app.py).
@@ -45,6 +45,7 @@ needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machi
 FAST_OPTIONS = {
     "time": ["--warmup", "0", "--repeat", "1"],
     "compare": [],
+    "fit": ["--memory", "1GiB"],
 }
 
 

@@ -34,6 +34,9 @@ RUNS = {
     "summary (measured field)": ["summary", "tests/fixtures/family_models.py:unaligned_fusion", "-i", "16"],
     "compare (measured field)": ["compare", "tests/fixtures/family_models.py:unaligned_fusion", "resnet20",
                                  "--stages"],
+    "compare --train": ["compare", "resnet20", "--train"],
+    "fit": ["fit", "resnet20", "--memory", "64MiB"],
+    "time --train": ["time", "resnet20", "--train", "--warmup", "0", "--repeat", "1"],
 }
 
 

@@ -207,13 +207,13 @@ def thread_count(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def _warm_up(model: nn.Module, x: torch.Tensor, warmup: int, synchronize: Callable[[], None],
+def _warm_up(run: Callable[[], Any], warmup: int, synchronize: Callable[[], None],
              progress: Progress | None) -> float:
-    """Run ``warmup`` forward passes (at least one); the median seconds per pass."""
+    """Call ``run`` ``warmup`` times (at least once); the median seconds per call."""
     seconds = []
     for _ in range(max(warmup, 1)):
         start = time.perf_counter()
-        model(x)
+        run()
         synchronize()
         seconds.append(time.perf_counter() - start)
         if progress is not None:
@@ -221,9 +221,10 @@ def _warm_up(model: nn.Module, x: torch.Tensor, warmup: int, synchronize: Callab
     return statistics.median(seconds)
 
 
-def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, repeat: int = 50,
-            threads: int | None = None, progress: Progress | None = None) -> LatencyResult:
-    """Time ``model(x)`` as it is: warm-up passes, then about ``repeat`` timed passes in benchmark blocks."""
+def measure_callable(run: Callable[[], Any], batch_size: int, device: str, warmup: int = 10, repeat: int = 50,
+                     threads: int | None = None, progress: Progress | None = None) -> LatencyResult:
+    """Time ``run()`` (one forward pass, or one training step) as it is: warm-up calls, then about ``repeat``
+    timed calls in ``torch.utils.benchmark`` blocks, each waiting for the device; the peak memory on CUDA."""
     import torch
     from torch.utils import benchmark
 
@@ -236,22 +237,30 @@ def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, re
     on_cuda = device.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    with thread_count(threads) as used_threads, torch.inference_mode():
-        per_pass_s = _warm_up(model, x, warmup, synchronize, progress)
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=used_threads,
-                                timer=device_timer)
+    with thread_count(threads) as used_threads:
+        per_call_s = _warm_up(run, warmup, synchronize, progress)
+        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=used_threads, timer=device_timer)
 
         def on_block(number: int, _seconds: float) -> None:
             if progress is not None:
                 progress(number)
 
-        measurement = timer.blocked_autorange(callback=on_block, min_run_time=max(repeat, 1) * per_pass_s)
-    batch_size = x.shape[0] if x.dim() else 1
+        measurement = timer.blocked_autorange(callback=on_block, min_run_time=max(repeat, 1) * per_call_s)
     return LatencyResult(
         batch_size=batch_size, median_ms=measurement.median * 1e3, iqr_ms=measurement.iqr * 1e3,
         images_per_s=batch_size / measurement.median, runs=len(measurement.raw_times) * measurement.number_per_run,
         threads=used_threads, peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if on_cuda else None,
     )
+
+
+def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, repeat: int = 50,
+            threads: int | None = None, progress: Progress | None = None) -> LatencyResult:
+    """Time ``model(x)`` as it is, under ``torch.inference_mode`` (see ``measure_callable``)."""
+    import torch
+
+    with torch.inference_mode():  # the timer calls ``run`` in this thread, so the mode holds for every pass
+        return measure_callable(lambda: model(x), x.shape[0] if x.dim() else 1, device, warmup, repeat, threads,
+                                progress)
 
 
 def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype: str = "float32", warmup: int = 10,

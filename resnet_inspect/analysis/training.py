@@ -22,7 +22,7 @@ from typing import Any
 
 from resnet_inspect.analysis.counting import enclosing_records
 from resnet_inspect.ops.registry import get_op
-from resnet_inspect.records import Capture, OpNode, TrainingCapture
+from resnet_inspect.records import Capture, MemoryEvent, OpNode, TrainingCapture
 
 
 def node_backward_macs(node: OpNode) -> int:
@@ -82,30 +82,58 @@ class StepMemory:
         }
 
 
+def _step_events(training: TrainingCapture) -> list[MemoryEvent]:
+    """The events that change what the step holds (the optimizer's state is resident from the start of a step
+    once the optimizer has run once)."""
+    return [event for event in training.events if event.kind != "state"]
+
+
+def _resident_bytes(training: TrainingCapture, shard: int) -> int:
+    """Held throughout the step: weights, optimizer state, buffers, the input; sharded, the gathered layer too."""
+    gathered = 2 * training.largest_layer_bytes if shard > 1 else 0
+    return (_ceil_div(training.weight_bytes, shard) + _ceil_div(training.state_bytes, shard) + training.buffer_bytes
+            + training.input_bytes + gathered)
+
+
+def live_bytes(training: TrainingCapture, shard: int = 1) -> list[int]:
+    """What the step has allocated beyond the resident bytes after each of its events (gradients divided over the
+    shards)."""
+    live, timeline = 0, []
+    for event in _step_events(training):
+        size = event.bytes
+        if event.kind == "gradient":  # each device keeps its shard of every gradient
+            size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
+        live += size
+        timeline.append(live)
+    return timeline
+
+
+def step_timeline(training: TrainingCapture, shard: int = 1) -> list[int]:
+    """The bytes the step holds at each of its moments (before the first event, then after each); the peak is the
+    largest. Empty when the backward could not run on meta."""
+    if training.backward_error:
+        return []
+    resident = _resident_bytes(training, shard)
+    return [resident, *(resident + live for live in live_bytes(training, shard))]
+
+
 def step_memory(training: TrainingCapture, shard: int = 1) -> StepMemory:
     """The step's peak and breakdown, on one device or per device of ``shard`` (see the module docstring)."""
     if shard < 1:
         raise ValueError(f"shard must be at least 1, got {shard}")
     weights = _ceil_div(training.weight_bytes, shard)
     state = _ceil_div(training.state_bytes, shard)
-    gathered = 2 * training.largest_layer_bytes if shard > 1 else 0
-    resident = weights + state + training.buffer_bytes + training.input_bytes
-    live = highest = 0
+    highest = 0
     phase, layer = "forward", ""
-    for event in training.events:
-        if event.kind == "state":  # resident from the start of a step once the optimizer has run once
-            continue
-        size = event.bytes
-        if event.kind == "gradient":  # each device keeps its shard of every gradient
-            size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
-        live += size
+    for event, live in zip(_step_events(training), live_bytes(training, shard), strict=True):
         if live > highest:
             highest, phase, layer = live, event.phase, event.layer
-    peak = None if training.backward_error else resident + highest + gathered
+    peak = None if training.backward_error else _resident_bytes(training, shard) + highest
     return StepMemory(
         peak_bytes=peak, weights_bytes=weights, buffer_bytes=training.buffer_bytes,
         gradient_bytes=_ceil_div(training.gradient_bytes, shard), optimizer_state_bytes=state,
-        input_bytes=training.input_bytes, saved_bytes=training.saved_bytes, gathered_bytes=gathered,
+        input_bytes=training.input_bytes, saved_bytes=training.saved_bytes,
+        gathered_bytes=2 * training.largest_layer_bytes if shard > 1 else 0,
         peak_phase=phase, peak_layer=layer, optimizer=training.optimizer, dtype=training.dtype, amp=training.amp,
         shard=shard, note=training.backward_error,
     )
@@ -159,4 +187,7 @@ def training_counts(training: TrainingCapture, shard: int = 1) -> TrainingCounts
     )
 
 
-__all__ = ["StepMemory", "TrainingCounts", "node_backward_macs", "step_memory", "training_counts"]
+__all__ = [
+    "StepMemory", "TrainingCounts", "live_bytes", "node_backward_macs", "step_memory", "step_timeline",
+    "training_counts",
+]

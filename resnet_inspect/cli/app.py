@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from resnet_inspect.cli import compare_cmd, inspect_cmd, registry_cmd, rf_cmd, time_cmd
+from resnet_inspect.cli import compare_cmd, fit_cmd, inspect_cmd, registry_cmd, rf_cmd, time_cmd
 from resnet_inspect.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.command("arith")(inspect_cmd.arith_command)
 app.command("rf")(rf_cmd.rf_command)
 app.command("time")(time_cmd.time_command)
 app.command("compare")(compare_cmd.compare_command)
+app.command("fit")(fit_cmd.fit_command)
 
 
 def main() -> None:

@@ -237,6 +237,23 @@ def check_timing_options(warmup: int, repeat: int, threads: int | None = None) -
     check_optional("threads", threads, "--threads")
 
 
+def check_train_options(train: bool, optimizer: str | None, amp: str | None, dtype: str,
+                        per_layer: bool = False) -> tuple[str, str | None]:
+    """--optimizer (default: DEFAULT_OPTIMIZER) and --amp, normalised to lower case; both belong to --train, and
+    --per-layer does not."""
+    from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER, check_training_options
+
+    for value, option in ((optimizer, "--optimizer"), (amp, "--amp")):
+        if value is not None and not train:
+            raise BadInputError(f"{option} applies to a training step: add --train")
+    optimizer = (optimizer or DEFAULT_OPTIMIZER).strip().lower()
+    amp = amp.strip().lower() if amp is not None else None
+    check_training_options(optimizer, amp, dtype)
+    if train and per_layer:
+        raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
+    return optimizer, amp
+
+
 def check_output_path(output: Path | None) -> None:
     """Fail before any work when --output (or --png) cannot be written; see ``render.files.check_writable``."""
     from resnet_inspect.render.files import check_writable

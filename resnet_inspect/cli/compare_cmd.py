@@ -13,6 +13,7 @@ from resnet_inspect.cli.common import (
     check_output_path,
     check_plot_path,
     check_timing_options,
+    check_train_options,
     emit,
     parse_batch_size,
     parse_input_sizes,
@@ -42,6 +43,12 @@ TimeOption = typer.Option(False, "--time", help="Also measure latency and images
 DeviceOption = typer.Option("cpu", "--device", help="Device for --time: cpu, cuda, cuda:N or mps.")
 WarmupOption = typer.Option(3, "--warmup", help="Untimed forward passes before each measurement (--time).")
 RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes to time per row (--time).")
+TrainOption = typer.Option(False, "--train", help="Add one training step per row, on the meta device: backward "
+                           "MACs, bytes saved for backward, and the step's estimated peak at --batch-size.")
+OptimizerOption = typer.Option(None, "--optimizer", metavar="none|sgd|momentum|adam|adamw", show_default=False,
+                               help="The optimizer of the --train step (default adamw).")
+AmpOption = typer.Option(None, "--amp", metavar="bf16|fp16", show_default=False,
+                         help="Mixed precision for --train: autocast to bfloat16 or float16 (float32 weights).")
 PlotOption = typer.Option(None, "--plot", help="Draw parameters, MACs, activation memory and receptive field against "
                           "depth, one panel each (against input size when a model is given several -i sizes); "
                           ".png, .svg or .pdf. Needs matplotlib: pip install 'resnet-inspect[plot]'.",
@@ -79,12 +86,16 @@ def compare_command(
     device: str = DeviceOption,
     warmup: int = WarmupOption,
     repeat: int = RepeatOption,
+    train: bool = TrainOption,
+    optimizer: str | None = OptimizerOption,
+    amp: str | None = AmpOption,
     plot: Path | None = PlotOption,
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
     """Compare models: depth, blocks per stage, parameters, MACs, activation memory, receptive field, output size
-    (and latency with --time). Ratios are against the first model; the best value of each column is highlighted."""
+    (latency with --time; backward MACs, saved bytes and a training step's peak with --train). Ratios are against
+    the first model; the best value of each column is highlighted."""
     with user_errors():
         check_output_path(output)
         check_distinct_outputs(output, plot=plot)
@@ -92,7 +103,8 @@ def compare_command(
         sizes = parse_input_sizes(input_size) if input_size is not None else None
         batch = parse_batch_size(batch_size)
         check_timing_options(warmup, repeat)
-        from resnet_inspect.pipeline.compare import compare_rows, load_candidates, time_rows, total_rows
+        optimizer, amp = check_train_options(train, optimizer, amp, "float32")
+        from resnet_inspect.pipeline.compare import compare_rows, load_candidates, time_rows, total_rows, train_rows
         from resnet_inspect.report.compare import CompareReport
 
         specs = [*(models or []), *parse_families(family or [])]
@@ -105,6 +117,8 @@ def compare_command(
             resolved = resolve_device(device)
         candidates = load_candidates(specs, sizes)
         rows = compare_rows(candidates, batch)
+        if train:
+            rows = train_rows(candidates, rows, optimizer, amp)
         if resolved is not None:
             progress, task = progress_bar("timing", total_rows(candidates))
             try:

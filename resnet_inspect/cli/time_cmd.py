@@ -12,6 +12,7 @@ from resnet_inspect.cli.common import (
     check_model_options,
     check_output_path,
     check_timing_options,
+    check_train_options,
     emit,
     parse_batch_sizes,
     progress_bar,
@@ -36,6 +37,14 @@ ThreadsOption = typer.Option(None, "--threads", help="CPU threads for the measur
 DTypeOption = typer.Option(DType.float32, "--dtype", help="Data type of the weights and the input.")
 ChannelsLastOption = typer.Option(False, "--channels-last", help="Use the channels-last memory format.")
 PerLayerOption = typer.Option(False, "--per-layer", help="Also time each layer (forward hooks), at the first batch.")
+TrainOption = typer.Option(False, "--train", help="Time one training step instead of a forward pass: forward in "
+                           "train mode, backward, optimizer step.")
+OptimizerOption = typer.Option(None, "--optimizer", metavar="none|sgd|momentum|adam|adamw", show_default=False,
+                               help="The optimizer of the --train step (default adamw; none: forward and backward "
+                               "only).")
+AmpOption = typer.Option(None, "--amp", metavar="bf16|fp16", show_default=False,
+                         help="Mixed precision for --train: autocast to bfloat16 or float16 (float32 weights; fp16 "
+                         "scales the loss).")
 
 
 def time_command(
@@ -50,16 +59,21 @@ def time_command(
     dtype: DType = DTypeOption,
     channels_last: bool = ChannelsLastOption,
     per_layer: bool = PerLayerOption,
+    train: bool = TrainOption,
+    optimizer: str | None = OptimizerOption,
+    amp: str | None = AmpOption,
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
 ) -> None:
-    """Time inference with random weights: median latency, IQR and images/s per batch size."""
+    """Time inference (or one training step, --train) with random weights: median latency, IQR and images/s per
+    batch size."""
     with user_errors():
         check_output_path(output)
         batches = parse_batch_sizes(batch_sizes)
         size = resolve_size(model, input_size)
         check_timing_options(warmup, repeat, threads)
         check_model_options(in_channels, None)
+        optimizer, amp = check_train_options(train, optimizer, amp, dtype.value, per_layer)
         from resnet_inspect.analysis.timing import check_dtype, resolve_device
         from resnet_inspect.pipeline.timing import phase_runs, timing_report
 
@@ -69,7 +83,8 @@ def time_command(
         try:
             report = timing_report(
                 model, batches, size, resolved, dtype.value, warmup, repeat, threads, channels_last, per_layer,
-                in_channels, progress=lambda runs: progress.update(task, advance=runs),
+                in_channels, progress=lambda runs: progress.update(task, advance=runs), train=train,
+                optimizer=optimizer, amp=amp,
             )
         finally:
             progress.stop()

@@ -2,5 +2,5 @@
 analyses over its records and build the report objects (``report/`` holds the reports and their views only).
 
 One module per command family: ``build`` (capture, summary, verify), ``compare``, ``rf``, ``timing``, ``arith``,
-``registry``.
+``registry``, ``fit``.
 """

@@ -150,6 +150,27 @@ def time_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], device:
     return timed
 
 
+def train_rows(candidates: Sequence[Candidate], rows: Sequence[ModelRow], optimizer: str = "adamw",
+               amp: str | None = None, device: str = "cpu") -> list[ModelRow]:
+    """``rows`` with each one's backward MACs and training-step memory: one training pass on the meta device per
+    row, at the row's batch size (``analysis.training``)."""
+    from resnet_inspect.analysis.training import training_counts
+    from resnet_inspect.capture.training import TrainOptions
+    from resnet_inspect.pipeline.build import training_capture
+
+    options = TrainOptions(optimizer=optimizer, amp=amp, device=device)
+    trained: list[ModelRow] = []
+    remaining = iter(rows)
+    with paused_garbage_collection():
+        for candidate in candidates:
+            for size in candidate.sizes:
+                row = next(remaining)
+                counts = training_counts(training_capture(candidate.model, size, row.input_shape[0],
+                                                          model_name=candidate.name, options=options))
+                trained.append(replace(row, backward_macs=counts.backward_macs, step=counts.memory))
+    return trained
+
+
 def compare(specs: Sequence[str], input_sizes: Sequence[InputSize] | None = None, *, batch_size: int = 1,
             show_stages: bool = False, time: bool = False, device: str = "cpu", warmup: int = 3,
             repeat: int = 10) -> CompareReport:
@@ -172,5 +193,5 @@ def total_rows(candidates: Sequence[Candidate]) -> int:
 
 __all__ = [
     "Candidate", "Family", "compare", "compare_rows", "family_models", "load_candidates", "row_from_capture",
-    "time_rows", "total_rows",
+    "time_rows", "total_rows", "train_rows",
 ]

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from resnet_inspect.errors import BadInputError
 from resnet_inspect.report.timing import TimingReport
 
 if TYPE_CHECKING:
@@ -32,11 +33,15 @@ def _phase(progress: Callable[[int], None] | None, runs: int) -> tuple[Callable[
 def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int | tuple[int, ...], device: str = "cpu",
                   dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
-                  progress: Callable[[int], None] | None = None, model_name: str | None = None) -> TimingReport:
+                  progress: Callable[[int], None] | None = None, model_name: str | None = None,
+                  train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
     """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
 
-    ``progress`` is advanced by forward passes; the total is ``phase_runs(...)``.
+    ``train`` times a training step (``analysis.step_timing``) with ``optimizer`` and ``amp`` instead of a
+    forward pass; ``per_layer`` is for forward passes only. ``progress`` is advanced by forward passes (or
+    steps); the total is ``phase_runs(...)``.
     """
+    from resnet_inspect.analysis.step_timing import check_training_options, time_training_step
     from resnet_inspect.analysis.timing import (
         check_dtype,
         profile_layers,
@@ -46,6 +51,10 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for
 
+    if train:
+        check_training_options(optimizer, amp, dtype)
+        if per_layer:
+            raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):
@@ -58,8 +67,12 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     results = []
     for batch_size in batch_sizes:
         advance, finish = _phase(progress, warmup + repeat)
-        results.append(time_model(model, (batch_size, channels, *input_size), device, dtype, warmup, repeat,
-                                  threads, channels_last, advance))
+        shape = (batch_size, channels, *input_size)
+        if train:
+            results.append(time_training_step(model, shape, device, dtype, optimizer, amp, warmup, repeat, threads,
+                                              channels_last, advance))
+        else:
+            results.append(time_model(model, shape, device, dtype, warmup, repeat, threads, channels_last, advance))
         finish()
     profile = None
     if per_layer:
@@ -70,7 +83,8 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     return TimingReport(
         model=name, device=device, dtype=dtype, threads=results[0].threads, input_shape=(channels, *input_size),
         channels_last=channels_last, warmup=warmup, repeat=repeat, results=tuple(results), profile=profile,
-        profile_batch_size=batch_sizes[0] if per_layer else None,
+        profile_batch_size=batch_sizes[0] if per_layer else None, train=train,
+        optimizer=optimizer if train else None, amp=amp if train else None,
     )
 
 

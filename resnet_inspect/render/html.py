@@ -1,8 +1,9 @@
 """The summary as one self-contained HTML file: no network, no external scripts, styles or fonts.
 
 The page holds the layer tree (collapsible by depth, every column of the terminal table, failed checks
-highlighted), the totals, the receptive-field picture and a per-stage bar chart, both as inline SVG written by
-``svg.py``. It reads only the report: its ``to_dict()`` (the JSON contract) and its ``document()`` (the table).
+highlighted), the totals, the receptive-field picture and a per-stage bar chart (with ``--train``, a second one:
+the bytes each stage saves for the backward), as inline SVG written by ``svg.py``. It reads only the report: its
+``to_dict()`` (the JSON contract) and its ``document()`` (the table).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Document, Table, cell_style, cell_text
 from resnet_inspect.render.fields import undefined_stages
-from resnet_inspect.render.svg import bar_chart_svg, fields_legend, fields_svg
+from resnet_inspect.render.svg import bar_chart_svg, fields_legend, fields_svg, saved_chart_svg
 
 STYLE = """
 :root { color-scheme: light; }
@@ -113,6 +114,43 @@ def stage_costs(summary: Mapping[str, Any]) -> list[tuple[str, int, int]]:
     if any(outside):
         bars[OUTSIDE_MODULES] = outside
     return [(name, macs, params) for name, (macs, params) in bars.items()]
+
+
+def stage_values(summary: Mapping[str, Any], key: str) -> dict[str, int]:
+    """A per-layer figure (inclusive, such as ``macs`` or ``saved_bytes``) per stage: each stage module's own, the
+    stem's from the calls before the first stage that hold no stage, and the rest of the total to the head.
+    Models without residual stages: one entry per top-level module."""
+    layers = summary["layers"]
+    by_stage = summary["totals"].get("params_by_stage") or {}
+    stage_names = [name for name in by_stage if name not in ("stem", "head")]
+    if not stage_names:
+        return {layer["name"]: layer[key] or 0 for layer in layers if layer["depth"] == 1}
+    first = min((index for index, layer in enumerate(layers) if layer["name"] in stage_names), default=len(layers))
+    outer: list[str] = []  # the outermost calls before the first stage that enclose no stage
+    stem = 0
+    for layer in layers[:first]:
+        name = layer["name"]
+        if any(stage.startswith(name + ".") for stage in stage_names):
+            continue
+        if any(name.startswith(enclosing + ".") for enclosing in outer):
+            continue
+        outer.append(name)
+        stem += layer[key] or 0
+    stages = {layer["name"]: layer[key] or 0 for layer in reversed(layers) if layer["name"] in stage_names}
+    head = (summary["totals"][key] or 0) - stem - sum(stages.values())
+    return {"stem": stem, **{name: stages.get(name, 0) for name in stage_names}, "head": max(0, head)}
+
+
+def _saved_section(summary: Mapping[str, Any]) -> str:
+    """`summary --train`: the bytes each stage saves for the backward, against the forward MACs that recomputing
+    it would cost (activation checkpointing keeps only a stage's input and runs its forward again)."""
+    if summary["totals"].get("saved_bytes") is None:
+        return ""
+    saved, macs = stage_values(summary, "saved_bytes"), stage_values(summary, "macs")
+    chart = saved_chart_svg([(name, size, macs.get(name, 0)) for name, size in saved.items()])
+    explanation = ("Activation checkpointing keeps only a stage's input and recomputes its forward pass during the "
+                   "backward: it pays where a stage saves many bytes for few MACs (the MiB per GMAC column).")
+    return f"<h2>Saved for backward per stage</h2><p>{escape(explanation)}</p><figure>{chart}</figure>"
 
 
 def _parents(depths: Sequence[int]) -> list[int | None]:
@@ -229,10 +267,11 @@ def summary_html(summary: Mapping[str, Any], document: Document, rf: Mapping[str
         f'{f"<ul class=notes>{notes}</ul>" if notes else ""}'
         f"{_fields_section(rf)}"
         f'<h2>MACs and parameters per stage</h2><figure>{chart}</figure>'
+        f"{_saved_section(summary)}"
         f'<h2>Layers</h2><p class="controls">Expand to: {controls}</p>'
         f"{_layer_table(table, layers, depth_limit)}"
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
-__all__ = ["stage_costs", "summary_html"]
+__all__ = ["stage_costs", "stage_values", "summary_html"]

@@ -172,4 +172,34 @@ def bar_chart_svg(stages: Sequence[tuple[str, int, int]]) -> str:
     return "".join(parts)
 
 
-__all__ = ["bar_chart_svg", "fields_legend", "fields_svg"]
+def saved_chart_svg(stages: Sequence[tuple[str, int, int]]) -> str:
+    """Horizontal bars per stage: bytes saved for the backward (share of the total), and MiB saved per GMAC that
+    recomputing the stage's forward would cost."""
+    if not stages:
+        return ""
+    total_saved = sum(saved for _, saved, _ in stages) or 1
+    label_width, bar_width, row_height = 130, 300, 22
+    width, height = label_width + bar_width + 260, row_height * len(stages) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="saved-chart" role="img" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" aria-label="bytes saved for backward per stage">',
+             f'<rect x="{label_width}" y="4" width="10" height="10" fill="#55a868"/>'
+             f'<text x="{label_width + 14}" y="13" font-size="11">saved for backward (MiB, share, MiB per GMAC '
+             "recomputed)</text>"]
+    for position, (name, saved, macs) in enumerate(stages):
+        y = 24 + position * row_height
+        length = bar_width * saved / total_saved
+        per_gmac = f"{saved / 2**20 / (macs / 1e9):,.1f} MiB/GMAC" if macs else "no MACs"
+        parts.append(
+            f'<g class="saved-bar" data-stage="{escape(name)}" data-saved-bytes="{saved}" data-macs="{macs}">'
+            f"<title>{escape(name)}: {saved:,} bytes saved for backward ({saved / total_saved:.1%}); recomputing it "
+            f"costs {macs:,} MACs</title>"
+            f'<text x="{label_width - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(name)}</text>'
+            f'<rect x="{label_width}" y="{y + 2}" width="{length:.1f}" height="14" fill="#55a868"/>'
+            f'<text x="{label_width + length + 4:.1f}" y="{y + 13}" font-size="10">{saved / 2**20:,.1f} MiB '
+            f"({saved / total_saved:.0%}), {per_gmac}</text></g>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+__all__ = ["bar_chart_svg", "fields_legend", "fields_svg", "saved_chart_svg"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.receptive_field import NodeField
     from resnet_inspect.analysis.stages import StageRow
     from resnet_inspect.analysis.timing import LatencyResult
+    from resnet_inspect.analysis.training import StepMemory
 
 InputSize = int | tuple[int, ...]  # every spatial axis, or one size per axis
 
@@ -53,6 +54,8 @@ class ModelRow:
     model_output_shape: Shape
     stage_rows: tuple[StageRow, ...]
     latency: LatencyResult | None = None
+    backward_macs: int | None = None  # --train: MACs of the backward pass
+    step: StepMemory | None = None  # --train: the memory of one training step at the row's batch size
 
     residual_stages: bool = True  # the stages are made of residual blocks: "blocks per stage" means something
 
@@ -125,6 +128,10 @@ class CompareReport(ReportView):
     def timed(self) -> bool:
         return any(row.latency is not None for row in self.rows)
 
+    @property
+    def trained(self) -> bool:
+        return any(row.step is not None for row in self.rows)
+
     def to_dict(self) -> list[dict[str, Any]]:
         """A list with one entry per row: the contract keys first, extra detail after them."""
         first = self.rows[0] if self.rows else None
@@ -154,6 +161,10 @@ class CompareReport(ReportView):
                 "model_output_shape": list(row.model_output_shape),
                 "vs_first": self._ratios(row, first) if first is not None else None,
                 "stage_details": [stage.to_dict(row.macs) for stage in row.stage_rows],
+                "backward_macs": row.backward_macs,
+                "saved_bytes": row.step.saved_bytes if row.step else None,
+                "train_peak_bytes": row.step.peak_bytes if row.step else None,
+                "training": row.step.to_dict() if row.step else None,
             })
         return entries
 
@@ -167,6 +178,8 @@ class CompareReport(ReportView):
             "activation_bytes": ratio(row.activation_bytes, first.activation_bytes),
             "latency_ms": ratio(row.latency.median_ms if row.latency else None,
                                 first.latency.median_ms if first.latency else None),
+            "train_peak_bytes": ratio(row.step.peak_bytes if row.step else None,
+                                      first.step.peak_bytes if first.step else None),
         }
 
     # ------------------------------------------------------------------------------------------ tables
@@ -222,6 +235,16 @@ class CompareReport(ReportView):
                                      None)
             for position, table_row in enumerate(table_rows):
                 table_row += [milliseconds[position], throughput[position]]
+        if self.trained:
+            columns += [Column("bwd MACs", "right"), Column("saved", "right", unit="bytes"),
+                        Column("train peak", "right", unit="bytes")]
+            backward = self._optional_column([row.backward_macs for row in rows], COUNT_UNITS, 3, several)
+            saved = self._optional_column([row.step.saved_bytes if row.step else None for row in rows], BYTE_UNITS,
+                                          1, several)
+            peaks = self._optional_column([row.step.peak_bytes if row.step else None for row in rows], BYTE_UNITS, 1,
+                                          several)
+            for position, table_row in enumerate(table_rows):
+                table_row += [backward[position], saved[position], peaks[position]]
         footer = [
             "depth: convolutions and linear layers on the longest input-to-output path (shortcut projections "
             "excluded); blocks: residual blocks per stage",
@@ -235,8 +258,29 @@ class CompareReport(ReportView):
         if self.timed:
             footer.append(f"ms: median latency of one forward pass on {self.device} with random weights "
                           f"({self.warmup} warm-up, about {self.repeat} timed passes)")
+        if self.trained:
+            footer.append(self._training_footer())
         title = "Comparison of " + ", ".join(dict.fromkeys(row.model for row in rows))
         return Table(title, tuple(columns), tuple(tuple(row) for row in table_rows), tuple(footer))
+
+    def _optional_column(self, values: list[int | None], units: tuple[tuple[float, str], ...], digits: int,
+                         ratios: bool) -> list[Cell]:
+        """A column where some rows may have no value ('-'): a model whose backward cannot run on meta."""
+        defined = [value for value in values if value is not None]
+        unit = _unit(defined, units)
+        first = values[0] or 0
+        texts = ["-" if value is None else _scaled(value, unit, digits) for value in values]
+        ratio_texts = (["", *("" if value is None else _ratio(value, first) for value in values[1:])]
+                       if ratios and len(values) > 1 else None)
+        cells = _best_cells(texts, list(values), True, ratio_texts)
+        return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]
+
+    def _training_footer(self) -> str:
+        step = next(row.step for row in self.rows if row.step is not None)
+        precision = step.dtype + (f", autocast {step.amp}" if step.amp else "")
+        batch = self.rows[0].input_shape[0]
+        return (f"bwd MACs: the backward pass; saved: activations kept for the backward; train peak: estimated peak "
+                f"of one training step at batch {batch} ({step.optimizer}, {precision})")
 
     def _stage_table(self) -> Table:
         columns = (

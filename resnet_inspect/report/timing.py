@@ -28,6 +28,9 @@ class TimingReport(ReportView):
     results: tuple[LatencyResult, ...]
     profile: LayerProfile | None = None
     profile_batch_size: int | None = None
+    train: bool = False  # each run is a training step (forward, backward, optimizer step), not a forward pass
+    optimizer: str | None = None  # the optimizer of the step (train only; "none": forward and backward)
+    amp: str | None = None  # autocast mode of the step: bf16 or fp16 (train only)
 
     @property
     def hook_overhead_ms(self) -> float | None:
@@ -62,12 +65,16 @@ class TimingReport(ReportView):
             "layers_total_ms": None if profile is None else profile.layers_total_ms,
             "hooked_model_ms": None if profile is None else profile.hooked_model_ms,
             "hook_overhead_ms": self.hook_overhead_ms,
+            "train": self.train,
+            "optimizer": self.optimizer,
+            "amp": self.amp,
         }
 
     def document(self) -> Document:
         shape = "x".join(map(str, self.input_shape))
-        title = (f"{self.model} on {self.device} ({self.dtype}, {self.threads} threads"
-                 f"{', channels last' if self.channels_last else ''}): input Nx{shape}")
+        precision = f"{self.dtype}, amp {self.amp}" if self.amp else self.dtype
+        title = (f"{self.model} on {self.device} ({precision}, {self.threads} threads"
+                 f"{', channels last' if self.channels_last else ''}): {self._what()}input Nx{shape}")
         columns = (Column("batch", "right"), Column("median ms", "right"), Column("IQR ms", "right"),
                    Column("images/s", "right"), Column("runs", "right"))
         rows = tuple(
@@ -90,6 +97,13 @@ class TimingReport(ReportView):
                 notes.append("the hook overhead is negative: the two measurements differ by less than their noise "
                              "(compare the IQRs)")
         return Document(tuple(tables), tuple(notes))
+
+    def _what(self) -> str:
+        """'' for forward passes (the title as it has always been), else the training step timed, and a comma."""
+        if not self.train:
+            return ""
+        step = "" if self.optimizer == "none" else f", {self.optimizer} step"
+        return f"training step (forward, backward{step}), "
 
     def _layer_table(self) -> Table:
         assert self.profile is not None

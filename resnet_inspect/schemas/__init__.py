@@ -11,8 +11,10 @@ import json
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: summary --train added per-layer and total training keys and "training"
-COMMANDS = ("summary", "verify", "arith", "rf", "time", "compare", "list")
+# 2: summary --train added per-layer and total training keys and "training"; time added train, optimizer and amp;
+# compare added backward_macs, saved_bytes, train_peak_bytes and training; the fit command
+SCHEMA_VERSION = 2
+COMMANDS = ("summary", "verify", "arith", "rf", "time", "compare", "list", "fit")
 
 
 def load_schema(command: str) -> dict[str, Any]:

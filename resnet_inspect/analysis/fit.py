@@ -1,0 +1,190 @@
+"""The largest batch size whose estimated peak memory fits a budget, from as few estimates as possible.
+
+Pure: the search sees only an ``estimate(batch_size)`` function (one meta pass per call in practice), so it is
+tested without building a model. An estimate is the peak in bytes, or better the bytes live at each moment of
+the step (the peak is the largest). For most networks each moment's bytes are affine in the batch size:
+weights, gradients and optimizer state are fixed, activations grow with the batch. The peak is then the upper
+envelope of those lines (at batch 1 it may sit in the optimizer step, at batch 40 in the backward pass), which
+two estimates (batch 1 and 2) give exactly. A third, at the largest batch the lines allow, confirms them, and the
+lines put the next batch over the budget. When the third estimate is off the lines (a batch-dependent branch in
+the model) the search says so and bisects instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from resnet_inspect.errors import BadInputError, InspectError
+
+MAX_BATCH = 1 << 20  # the largest batch size considered (as for --batch-size)
+EXIT_DOES_NOT_FIT = 3
+
+# Units of a memory size: SI (GB = 10**9 bytes), IEC (GiB = 2**30), and docker's one-letter binary ones (24g).
+_UNITS = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", start=1):
+    _UNITS[f"{_letter}b"] = 1000**_power
+    _UNITS[f"{_letter}ib"] = _UNITS[_letter] = 1024**_power
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+SIZE_EXAMPLES = "24GiB, 24GB, 1.5GiB, 512MiB or a number of bytes"
+
+
+class DoesNotFitError(InspectError):
+    """Not even batch size 1 fits the memory budget (exit code 3, so scripts can tell it from bad input)."""
+
+    exit_code = EXIT_DOES_NOT_FIT
+
+    def __init__(self, message: str, peak_bytes: int) -> None:
+        super().__init__(message)
+        self.peak_bytes = peak_bytes  # the estimated peak at batch size 1
+
+
+def parse_bytes(text: str, what: str = "--memory", allow_zero: bool = False) -> int:
+    """'24GiB' -> 25769803776; '24GB' -> 24 * 10**9; '1.5GiB', '512MiB', '24g' (GiB) or a plain number of bytes.
+
+    Anything else, a negative size, or zero (unless ``allow_zero``) raises BadInputError naming ``what``.
+    """
+    match = _SIZE.fullmatch(str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise BadInputError(f"{what} must look like {SIZE_EXAMPLES}, got '{text}'")
+    number = match.group(1)
+    if unit in ("", "b") and not number.isdigit():
+        raise BadInputError(f"{what} in bytes must be a whole number, got '{text}'")
+    size = int(float(number) * _UNITS[unit]) if "." in number else int(number) * _UNITS[unit]
+    if size == 0 and not allow_zero:
+        raise BadInputError(f"{what} must be more than 0 bytes, got '{text}'")
+    return size
+
+
+class SearchMethod(StrEnum):
+    line = "line"  # two estimates gave the line, a third confirmed it
+    bisection = "bisection"  # the estimates were not on one line: bracketed, then bisected
+
+
+Estimate = Callable[[int], "int | Sequence[int]"]  # batch size -> the peak, or the bytes live at each moment
+
+
+@dataclass(frozen=True)
+class FitSearch:
+    """What the search found: the batch, its peak and the next batch's, and how it got there."""
+
+    batch_size: int  # the largest batch size whose peak fits (at least 1)
+    peak_bytes: int  # the estimated peak at ``batch_size``
+    next_peak_bytes: int | None  # at ``batch_size + 1`` (None when ``batch_size`` is the limit)
+    next_estimated: bool  # ``next_peak_bytes`` comes from an estimate of its own, not from the confirmed lines
+    passes: int  # calls of the estimate: meta passes
+    method: SearchMethod
+    affine: bool | None  # the third estimate lay on the lines of the first two (None: not needed, batch 1 or 2)
+    fixed_bytes: int  # the line of the moment that holds the peak near the answer, from batches 1 and 2:
+    bytes_per_sample: int  # peak = fixed_bytes + bytes_per_sample * batch
+    limited: bool = False  # every batch up to the limit fits
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """Each moment's bytes as a line in the batch size, through its bytes at batch 1 and 2."""
+
+    fixed: tuple[int, ...]
+    per_sample: tuple[int, ...]
+
+    @classmethod
+    def through(cls, first: tuple[int, ...], second: tuple[int, ...]) -> _Lines:
+        per_sample = tuple(b - a for a, b in zip(first, second, strict=True))
+        return cls(tuple(a - slope for a, slope in zip(first, per_sample, strict=True)), per_sample)
+
+    def at(self, batch: int) -> tuple[int, ...]:
+        return tuple(fixed + slope * batch for fixed, slope in zip(self.fixed, self.per_sample, strict=True))
+
+    def largest_within(self, budget_bytes: int, limit: int) -> int:
+        """The largest batch (up to ``limit``) at which every moment is within the budget (at least 1 is)."""
+        bounds = [(budget_bytes - fixed) // slope for fixed, slope in zip(self.fixed, self.per_sample, strict=True)
+                  if slope > 0]
+        return min([limit, *bounds])
+
+    def binding(self, batch: int) -> tuple[int, int]:
+        """(fixed, per sample) of the moment that holds the peak at ``batch``."""
+        values = self.at(batch)
+        moment = max(range(len(values)), key=values.__getitem__)
+        return self.fixed[moment], self.per_sample[moment]
+
+
+def _profile(value: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(value),) if isinstance(value, int) else tuple(int(item) for item in value)
+
+
+def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH) -> FitSearch:
+    """The largest batch size ``b <= limit`` whose estimated peak is within ``budget_bytes`` (peaks grow with ``b``).
+
+    ``estimate(b)`` gives the peak at batch ``b``, or the bytes live at each moment of the step. Raises
+    DoesNotFitError when batch 1 is over the budget. No batch is estimated twice.
+    """
+    profiles: dict[int, tuple[int, ...]] = {}
+    known: dict[int, int] = {}  # batch -> peak
+
+    def peak(batch: int) -> int:
+        if batch not in known:
+            profiles[batch] = _profile(estimate(batch))
+            known[batch] = max(profiles[batch])
+        return known[batch]
+
+    first = peak(1)
+    if first > budget_bytes:
+        raise DoesNotFitError(f"batch size 1 needs {first} bytes, more than the budget of {budget_bytes}", first)
+    if limit == 1:
+        return FitSearch(1, first, None, False, len(known), SearchMethod.line, None, first, 0, limited=True)
+    second = peak(2)
+    if len(profiles[1]) != len(profiles[2]):  # the step itself changes with the batch: one line through the peaks
+        profiles[1], profiles[2] = (first,), (second,)
+    lines = _Lines.through(profiles[1], profiles[2])
+    fixed, per_sample = lines.binding(2)
+    if second > budget_bytes:
+        return FitSearch(1, first, second, True, len(known), SearchMethod.line, None, fixed, per_sample)
+    guess = lines.largest_within(budget_bytes, limit)
+    fixed, per_sample = lines.binding(guess)
+    if guess == 2 and limit > 2:  # the lines already end at batch 2: the third estimate checks batch 3 instead
+        if peak(3) > budget_bytes:
+            return FitSearch(2, second, known[3], True, len(known), SearchMethod.line, None, fixed, per_sample)
+        return _bisect(peak, known, budget_bytes, limit, False, fixed, per_sample)
+    guessed = peak(guess)
+    affine = None if guess <= 2 else profiles[guess] == lines.at(guess)
+    if affine is not False and guessed <= budget_bytes:
+        if guess == limit:
+            return FitSearch(guess, guessed, None, False, len(known), SearchMethod.line, affine, fixed, per_sample,
+                             limited=True)
+        return FitSearch(guess, guessed, max(lines.at(guess + 1)), False, len(known), SearchMethod.line, affine,
+                         fixed, per_sample)
+    return _bisect(peak, known, budget_bytes, limit, affine, fixed, per_sample)
+
+
+def _bisect(peak: Callable[[int], int], known: dict[int, int], budget_bytes: int, limit: int, affine: bool | None,
+            fixed: int, per_sample: int) -> FitSearch:
+    """Bracket the answer between the largest batch known to fit and the smallest known over (doubling until one
+    is over), then bisect."""
+    low = max(batch for batch, value in known.items() if value <= budget_bytes)
+    over = [batch for batch, value in known.items() if value > budget_bytes and batch > low]
+    high = min(over) if over else None
+    while high is None:
+        candidate = min(limit, 2 * low)
+        if candidate == low:  # the limit fits
+            return FitSearch(low, known[low], None, False, len(known), SearchMethod.bisection, affine, fixed,
+                             per_sample, limited=True)
+        if peak(candidate) > budget_bytes:
+            high = candidate
+        else:
+            low = candidate
+    while high - low > 1:
+        middle = (low + high) // 2
+        if peak(middle) > budget_bytes:
+            high = middle
+        else:
+            low = middle
+    return FitSearch(low, known[low], known[high], True, len(known), SearchMethod.bisection, affine, fixed,
+                     per_sample)
+
+
+__all__ = [
+    "MAX_BATCH", "DoesNotFitError", "Estimate", "FitSearch", "SearchMethod", "largest_batch", "parse_bytes",
+]

@@ -1,0 +1,78 @@
+"""`resnet-inspect fit`: the largest batch size whose estimated peak memory fits a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from resnet_inspect.cli.common import (
+    OutputFormat,
+    check_model_options,
+    check_output_path,
+    emit,
+    resolve_size,
+    user_errors,
+)
+from resnet_inspect.cli.options import (
+    ChannelsOption,
+    ClassesOption,
+    FormatOption,
+    InputSizeOption,
+    ModelArgument,
+    OutputOption,
+)
+from resnet_inspect.cli.time_cmd import AmpOption, DType, DTypeOption, OptimizerOption
+
+MemoryOption = typer.Option(None, "--memory", "-m", show_default=False,
+                            help="The memory budget: 24GiB, 24GB, 1.5GiB, 512MiB or bytes (default: the free memory "
+                            "of a CUDA --device).")
+ReserveOption = typer.Option(None, "--reserve", show_default=False,
+                             help="Left out of --memory for what the estimate does not hold: the CUDA context, "
+                             "library workspaces and the allocator's slack (default on a GPU: 512MiB plus 5% of "
+                             "--memory; on the CPU: 0).")
+TrainOption = typer.Option(False, "--train", help="Fit a training step (forward, backward, optimizer step) instead "
+                           "of an inference forward pass.")
+ShardOption = typer.Option(None, "--shard", show_default=False,
+                           help="Fully sharded data parallel over N devices (FSDP, ZeRO-3): the answer is the batch "
+                           "per device (--train).")
+DeviceOption = typer.Option("cpu", "--device", help="The device to fit: cpu, cuda, cuda:N or mps.")
+
+
+def fit_command(
+    model: str = ModelArgument,
+    memory: str | None = MemoryOption,
+    reserve: str | None = ReserveOption,
+    train: bool = TrainOption,
+    optimizer: str | None = OptimizerOption,
+    dtype: DType = DTypeOption,
+    amp: str | None = AmpOption,
+    shard: int | None = ShardOption,
+    device: str = DeviceOption,
+    input_size: str | None = InputSizeOption,
+    in_channels: int | None = ChannelsOption,
+    num_classes: int | None = ClassesOption,
+    fmt: OutputFormat = FormatOption,
+    output: Path | None = OutputOption,
+) -> None:
+    """The largest batch size whose estimated peak memory fits --memory, and what the peak holds at that batch.
+
+    Nothing is allocated: every estimate is a meta-device pass (three for most networks)."""
+    with user_errors():
+        check_output_path(output)
+        from resnet_inspect.analysis.fit import parse_bytes
+
+        memory_bytes = parse_bytes(memory, "--memory") if memory is not None else None
+        reserve_bytes = parse_bytes(reserve, "--reserve", allow_zero=True) if reserve is not None else None
+        size = resolve_size(model, input_size)
+        check_model_options(in_channels, num_classes)
+        if optimizer is not None or amp is not None:
+            from resnet_inspect.cli.common import check_train_options
+
+            optimizer, amp = check_train_options(train, optimizer, amp, dtype.value)
+        from resnet_inspect.pipeline.fit import fit_report
+
+        report = fit_report(model, memory_bytes, size, train=train, optimizer=optimizer, dtype=dtype.value, amp=amp,
+                            shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
+                            num_classes=num_classes)
+        emit(report, fmt, output)

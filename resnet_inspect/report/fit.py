@@ -1,0 +1,134 @@
+"""The `fit` report: the largest batch size whose estimated peak memory fits a budget, with its breakdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from resnet_inspect.render.document import Cell, Column, Document, Table
+from resnet_inspect.report.view import ReportView
+from resnet_inspect.schemas import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from resnet_inspect.analysis.fit import FitSearch
+
+
+def size_text(size_bytes: float) -> str:
+    """'1.95 GiB' from 1 GiB up, else '123.4 MiB'."""
+    if abs(size_bytes) >= 2**30:
+        return f"{size_bytes / 2**30:,.2f} GiB"
+    return f"{size_bytes / 2**20:,.1f} MiB"
+
+
+def budget_source(source: str, memory_bytes: int, reserve_bytes: int) -> str:
+    """'--memory' or '--memory 24.00 GiB less 1.70 GiB reserve' (the same for a CUDA device's free memory)."""
+    if not reserve_bytes:
+        return source
+    return f"{source} {size_text(memory_bytes)} less {size_text(reserve_bytes)} reserve"
+
+
+@dataclass(frozen=True, repr=False)
+class FitReport(ReportView):
+    """`fit`: the batch, its estimated peak within ``budget_bytes`` (``memory_bytes`` less ``reserve_bytes``)."""
+
+    model: str
+    device: str
+    input_shape: tuple[int, ...]  # (channels, *spatial): the batch size is the answer
+    train: bool  # a training step (forward, backward, optimizer step); else an inference forward pass
+    optimizer: str | None  # train only
+    dtype: str
+    amp: str | None  # train only
+    shard: int  # devices the weights, gradients and optimizer state are divided over (train only)
+    memory_bytes: int
+    memory_source: str  # "--memory", or where the default came from ("free memory of cuda:0")
+    reserve_bytes: int
+    search: FitSearch
+    breakdown: tuple[tuple[str, int], ...]  # what the peak at the answer holds, by part (bytes)
+    peak_at: str | None = None  # where the peak falls in the step (which layer's backward), when known
+    step: dict[str, Any] | None = None  # train: the step's memory at the answer, as `summary --train` has it
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.memory_bytes - self.reserve_bytes
+
+    @property
+    def batch_size(self) -> int:
+        return self.search.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        search = self.search
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "device": self.device,
+            "input_shape": list(self.input_shape),
+            "train": self.train,
+            "optimizer": self.optimizer,
+            "dtype": self.dtype,
+            "amp": self.amp,
+            "shard": self.shard,
+            "memory_bytes": self.memory_bytes,
+            "memory_source": self.memory_source,
+            "reserve_bytes": self.reserve_bytes,
+            "budget_bytes": self.budget_bytes,
+            "batch_size": search.batch_size,
+            "peak_bytes": search.peak_bytes,
+            "next_peak_bytes": search.next_peak_bytes,
+            "breakdown": dict(self.breakdown),
+            "peak_at": self.peak_at,
+            "step": self.step,
+            "search": {
+                "method": search.method.value, "passes": search.passes, "affine": search.affine,
+                "fixed_bytes": search.fixed_bytes, "bytes_per_sample": search.bytes_per_sample,
+                "next_estimated": search.next_estimated, "limited": search.limited,
+            },
+        }
+
+    def _what(self) -> str:
+        shape = "x".join(map(str, self.input_shape))
+        if not self.train:
+            return f"inference ({self.dtype}), input Nx{shape}"
+        precision = f"{self.dtype}, amp {self.amp}" if self.amp else self.dtype
+        shard = f", sharded over {self.shard} devices" if self.shard > 1 else ""
+        return f"training with {self.optimizer} ({precision}{shard}), input Nx{shape}"
+
+    def document(self) -> Document:
+        search = self.search
+        source = budget_source(self.memory_source, self.memory_bytes, self.reserve_bytes)
+        budget = f"{size_text(self.budget_bytes)} ({source})"
+        rows: list[tuple[Cell | str, ...]] = [
+            ("largest batch size", Cell(str(search.batch_size), "bold green", search.batch_size)),
+            ("estimated peak", Cell(size_text(search.peak_bytes), None, search.peak_bytes)),
+            ("budget", Cell(budget, None, self.budget_bytes)),
+        ]
+        if search.next_peak_bytes is not None:
+            rows.append((f"peak at batch {search.batch_size + 1}",
+                         Cell(f"{size_text(search.next_peak_bytes)} (over)", None, search.next_peak_bytes)))
+        rows += [(f"  {part}", Cell(size_text(size), None, size)) for part, size in self.breakdown]
+        per_device = " per device" if self.shard > 1 else ""
+        table = Table(f"{self.model} on {self.device}: {self._what()}",
+                      (Column("at the largest batch"), Column(f"memory{per_device}", "right", unit="bytes")),
+                      tuple(rows))
+        return Document((table,), tuple(self._notes()))
+
+    def _notes(self) -> list[str]:
+        search = self.search
+        notes = []
+        if self.peak_at:
+            notes.append(f"the peak falls in {self.peak_at}")
+        line = f"{size_text(search.fixed_bytes)} + {size_text(search.bytes_per_sample)} per sample"
+        if search.method == "line":  # SearchMethod.line
+            confirmed = "confirmed at the answer" if search.affine else "checked at the next batch"
+            notes.append(f"memory is affine in the batch size near the answer ({line}), {confirmed}: "
+                         f"{search.passes} meta passes")
+        else:
+            off = "off the line of batches 1 and 2 (a batch-dependent branch?)" if search.affine is False else \
+                "not growing with the batch"
+            notes.append(f"memory is not affine in the batch size: the estimate was {off}; bisection took "
+                         f"{search.passes} meta passes")
+        if search.limited:
+            notes.append(f"every batch size up to {search.batch_size} fits: the search stops there")
+        return notes
+
+
+__all__ = ["FitReport", "budget_source", "size_text"]
