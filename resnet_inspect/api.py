@@ -469,7 +469,7 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
 
     ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
-    defaults to the free memory of a CUDA ``device``, ``reserve`` to 512 MiB plus 5% on a GPU and 0 on the CPU.
+    defaults to the free memory of a CUDA ``device``, ``reserve`` to 5% of ``memory`` (plus 512 MiB on a GPU).
     ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard`` as for ``summary(train=True)``);
     otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
     networks. Not even batch 1 fitting raises ``DoesNotFitError``.
