@@ -12,7 +12,7 @@ import json
 import oracle_memory
 import pytest
 import torch
-from fixtures import real_models, tv_resnet
+from fixtures import attention_models, real_models, tv_resnet
 from oracle_torch import flop_counter_backward_macs, saved_for_backward
 from test_real_models import CASES
 from torch import nn
@@ -263,6 +263,7 @@ PEAK_CASES = [
     ("resnet50", (8, 3, 224, 224), "adamw"),
     ("tests/fixtures/real_models.py:vit", (512, 3, 64, 64), "adamw"),
     ("tests/fixtures/real_models.py:cbam_net", (512, 3, 64, 64), "adamw"),
+    ("tests/fixtures/attention_models.py:swin_windows", (64, 3, 64, 64), "adamw"),
 ]
 
 
@@ -424,3 +425,22 @@ def test_fast_meta_results_match_torch_cpu_kernels(case: tuple, layout: str) -> 
     assert _metadata(ours) == _metadata(theirs)
     if name.endswith("_"):
         assert tree_leaves(ours)[0] is args[0]
+
+
+# ------------------------------------------------------- windowed, local and reduced attention (the family models)
+
+WINDOW_MODELS = ["swin_windows", "halo_net", "mobile_vit", "pvt_like", "botnet_like", "space_to_depth_net",
+                 "pixel_unshuffle_net"]
+
+
+def window_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return getattr(attention_models, name)(), torch.randn(BATCH, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", WINDOW_MODELS)
+def test_window_attention_models_train_with_exact_backward_macs_and_saved_bytes(name: str) -> None:
+    """Windows, halos, patches, spatial reduction and space-to-depth (views of permuted maps, clones into a
+    contiguous layout) run through the training pass as through torch."""
+    check_backward_macs(*window_model(name))
+    check_saved_bytes(*window_model(name))

@@ -165,12 +165,13 @@ _NOT_SAME_DTYPE = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_and", 
 def _pointwise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A pointwise operation on dense floating tensors of one shape, layout and dtype (scalars aside): in place,
     the tensor itself; else an empty tensor like the first (what torch's kernels give then). NotImplemented
-    otherwise (broadcasting, views, type promotion, an ``out=``): torch's own meta kernel decides."""
+    otherwise (broadcasting, views, type promotion, an ``out=``, a ``memory_format`` or any keyword but
+    ``alpha``): torch's own meta kernel decides."""
     import torch
 
     name = func._schema.name.split("::")[-1]
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if (kwargs.get("out") is not None or not tensors or name.rstrip("_") in _NOT_SAME_DTYPE
+    if (set(kwargs) - {"alpha"} or not tensors or name.rstrip("_") in _NOT_SAME_DTYPE
             or any(not isinstance(a, (torch.Tensor, int, float, bool)) for a in args)
             or any(isinstance(v, torch.Tensor) for v in kwargs.values())):
         return NotImplemented
