@@ -162,16 +162,20 @@ _NOT_SAME_DTYPE = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_and", 
                              "logical_not", "isnan", "isinf", "isfinite", "isposinf", "isneginf", "signbit"})
 
 
+_LAYOUT_KEYWORDS = frozenset({"out", "dtype", "layout", "device"})  # keywords that decide the result's own kind
+
+
 def _pointwise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A pointwise operation on dense floating tensors of one shape, layout and dtype (scalars aside): in place,
     the tensor itself; else an empty tensor like the first (what torch's kernels give then). NotImplemented
-    otherwise (broadcasting, views, type promotion, an ``out=``, a ``memory_format`` or any keyword but
-    ``alpha``): torch's own meta kernel decides."""
+    otherwise (broadcasting, views, type promotion, an ``out=``, ``dtype=``, ``layout=`` or ``device=``): torch's
+    own meta kernel decides. A ``memory_format`` other than ``preserve_format`` (``clone`` into a contiguous or
+    channels-last layout, as ``reshape`` asks) gives that layout."""
     import torch
 
     name = func._schema.name.split("::")[-1]
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if (set(kwargs) - {"alpha"} or not tensors or name.rstrip("_") in _NOT_SAME_DTYPE
+    if (_LAYOUT_KEYWORDS & set(kwargs) or not tensors or name.rstrip("_") in _NOT_SAME_DTYPE
             or any(not isinstance(a, (torch.Tensor, int, float, bool)) for a in args)
             or any(isinstance(v, torch.Tensor) for v in kwargs.values())):
         return NotImplemented
@@ -182,6 +186,9 @@ def _pointwise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return NotImplemented
     if name.endswith("_"):
         return first
+    memory_format = kwargs.get("memory_format")
+    if memory_format is not None and memory_format != torch.preserve_format:
+        return torch.empty(tuple(first.shape), dtype=first.dtype, device="meta", memory_format=memory_format)
     if first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)):
         return _like(first)
     strides = [stride for stride in first.stride() if stride != 0]
