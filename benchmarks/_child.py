@@ -22,8 +22,9 @@ class Child:
     stdout: str
 
 
-def run_child(argv: list[str]) -> Child:
-    """Run ``argv`` in a fresh process; raise SystemExit naming the command when it exits non-zero."""
+def run_child(argv: list[str], expected_exit: int = 0) -> Child:
+    """Run ``argv`` in a fresh process; raise SystemExit naming the command when it exits otherwise than
+    ``expected_exit`` (a refusal's benchmark expects its documented exit code)."""
     with tempfile.TemporaryFile() as output:
         start = time.perf_counter()
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.DEVNULL)
@@ -32,7 +33,7 @@ def run_child(argv: list[str]) -> Child:
         process.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read().decode()
-    if process.returncode != 0:
+    if process.returncode != expected_exit:
         raise SystemExit(f"{' '.join(argv)} exited with {process.returncode}")
     # ru_maxrss is in KiB on Linux
     return Child(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, text)

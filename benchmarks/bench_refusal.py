@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 
-from _child import load_average, resnet_inspect_command
+from _child import load_average, resnet_inspect_command, run_child
 
 TARGET_RATIO = 1.3
 CASES = {
@@ -26,16 +24,6 @@ CASES = {
     "summary --fvcore": ["summary", "resnet50", "-i", "65536", "--fvcore"],
 }
 GUARD_EXIT = 2
-
-
-def timed(argv: list[str], expected_exit: int) -> float:
-    """Wall seconds of one fresh process, which must exit with ``expected_exit``."""
-    start = time.perf_counter()
-    finished = subprocess.run(argv, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if finished.returncode != expected_exit:
-        raise SystemExit(f"{' '.join(argv)} exited {finished.returncode}: {finished.stderr.strip()}")
-    return seconds
 
 
 def main() -> int:
@@ -51,7 +39,7 @@ def main() -> int:
         for round_number in range(args.rounds):
             runs = [(ours_s, resnet_inspect_command(*case), GUARD_EXIT), (reference_s, reference, 0)]
             for times, argv, expected in runs if round_number % 2 == 0 else runs[::-1]:
-                times.append(timed(argv, expected))
+                times.append(run_child(argv, expected).wall_s)
         ratio = statistics.median(ours_s) / statistics.median(reference_s)
         missed = missed or ratio > TARGET_RATIO
         print(f"{label}: refused in {statistics.median(ours_s):.2f} s, import torch "
