@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from resnet_inspect.limits import check_option, check_optional
 from resnet_inspect.records import Pair, Shape
@@ -41,7 +41,7 @@ class InputSpec:
     data: Any = None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -216,7 +216,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
                                 torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard)
 
 
-def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str) -> Any:
+def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str | torch.device) -> Any:
     """The training options, checked (``ValueError`` says what was expected)."""
     import re
 
@@ -255,7 +255,7 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
 
 
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
-                      dtype: Any, amp: str | None, shard: int, device: str, in_channels: int | None,
+                      dtype: Any, amp: str | None, shard: int, device: str | torch.device, in_channels: int | None,
                       num_classes: int | None, model_name: str | None) -> TrainingCapture:
     check_option("batch_size", batch_size)
     check_optional("in_channels", in_channels)

@@ -26,7 +26,7 @@ from resnet_inspect.analysis.receptive_field import (
     ancestors,
 )
 from resnet_inspect.errors import BadInputError, InspectError
-from resnet_inspect.ops.fields import Undefined
+from resnet_inspect.ops.fields import Number, Undefined
 from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.table import FieldState, ReplayCall
 from resnet_inspect.records import Capture, Pair
@@ -309,7 +309,7 @@ class ErfResult:
     r50: float | None  # None when the input gradient is zero everywhere: no mass, so no radius holds any share
     r90: float | None
     r99: float | None
-    field_size: Pair | None
+    field_size: tuple[Number, ...] | None  # the theoretical field (NodeField.size)
     ratio: float | None
     mass: tuple[tuple[float, ...], ...]  # per input pixel, summed over channels, normalised to a total of 1
 

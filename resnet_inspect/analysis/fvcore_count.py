@@ -122,7 +122,7 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
     except Exception as exc:  # TorchScript tracing rejects some models (data-dependent control flow, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"fvcore could not trace the model: {reason}"
-    counts = FvcoreCounts(
+    fvcore_counts = FvcoreCounts(
         total_flops=int(total_flops) * batch_size,
         by_module={name: int(flops) * batch_size for name, flops in by_module.items()},
         by_operator={name: int(flops) * batch_size for name, flops in by_operator.items()},
@@ -130,7 +130,7 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
         uncalled_modules=tuple(sorted(uncalled)),
         batch_size=batch_size,
     )
-    return counts, None
+    return fvcore_counts, None
 
 
 def flop_counter_flops(model: nn.Module, input_shape: Shape) -> int:

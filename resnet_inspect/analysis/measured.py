@@ -80,7 +80,7 @@ def linearised_copy(model: nn.Module, seed: int = MEASURE_SEED) -> nn.Module:
     for parent in list(working.modules()):
         for name, child in list(parent.named_children()):
             kind = type(child)
-            if kind in averages and not child.return_indices and _undilated(child.dilation):
+            if kind in averages and not child.return_indices and _undilated(getattr(child, "dilation", 1)):
                 setattr(parent, name, averages[kind](child.kernel_size, child.stride, child.padding, child.ceil_mode))
             elif kind in adaptive and not child.return_indices:
                 setattr(parent, name, adaptive[kind](child.output_size))
@@ -111,6 +111,9 @@ class _Support:
     last: tuple[int, ...]
 
 
+_Measured = tuple[tuple[int, ...], tuple[int, ...], list[_Support]]  # a map's grid, the unit measured, supports
+
+
 def _support(gradient: torch.Tensor) -> _Support:
     import torch
 
@@ -125,7 +128,7 @@ def _support(gradient: torch.Tensor) -> _Support:
 
 
 def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_size: tuple[int, ...],
-              seed: int) -> dict[int, tuple[tuple[int, ...], tuple[int, ...], list[_Support]] | str]:
+              seed: int) -> dict[int, _Measured | str]:
     """One forward pass at ``input_size``; per node, its map's size, the unit measured and the supports of that
     unit and of its neighbour on each axis (or why there are none)."""
     import torch
@@ -137,7 +140,7 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
     image = (torch.rand((1, capture.input_shape[1], *input_size), generator=generator, dtype=torch.float64)
              + 0.5).requires_grad_(True)
     owners: dict[int, tuple[Any, int]] = {}
-    results: dict[int, Any] = {}
+    results: dict[int, _Measured | str] = {}
     for node in nodes:
         try:
             owners[node] = module_returning(working, capture, node)
@@ -164,28 +167,33 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
         if not value.requires_grad:
             results[node] = "its value does not depend on the input through a differentiable path"
             continue
-        grid = tuple(value.shape[2:])
-        unit = tuple((size - 1) // 2 for size in grid)
-        units = [unit] + [tuple(u + (axis == a) for a, u in enumerate(unit)) for axis in range(rank)
-                          if grid[axis] > 1]
-        mix = torch.rand(value.shape[1], generator=generator, dtype=torch.float64) + 0.5
-        supports = []
-        for position in units:
-            target = (value[(0, slice(None), *position)] * mix).sum()
-            try:
-                (gradient,) = torch.autograd.grad(target, image, retain_graph=True, allow_unused=True)
-            except RuntimeError as exc:  # an in-place write autograd needed, a custom Function without backward
-                raise NotMeasured(f"the backward pass fails: {_first_line(exc)}") from exc
-            if gradient is None or not bool((gradient != 0).any()):
-                break
-            if not bool(torch.isfinite(gradient).all()):
-                raise NotMeasured("the linearised pass overflowed")
-            supports.append(_support(gradient))
-        if len(supports) != len(units):
-            results[node] = "its centre unit does not depend on the input through a differentiable path"
-            continue
-        results[node] = (grid, unit, supports)
+        results[node] = _unit_supports(value, image, generator)
     return results
+
+
+def _unit_supports(value: Any, image: Any, generator: Any) -> _Measured | str:
+    """The supports of a map's centre unit and of its next unit on each axis longer than one (a random channel mix
+    of each unit backpropagated to the input), or why the centre unit has none."""
+    import torch
+
+    grid = tuple(value.shape[2:])
+    unit = tuple((size - 1) // 2 for size in grid)
+    units: list[tuple[int, ...]] = [unit] + [tuple(u + (axis == a) for a, u in enumerate(unit))
+                                             for axis in range(len(grid)) if grid[axis] > 1]
+    mix = torch.rand(value.shape[1], generator=generator, dtype=torch.float64) + 0.5
+    supports = []
+    for position in units:
+        target = (value[(0, slice(None), *position)] * mix).sum()
+        try:
+            (gradient,) = torch.autograd.grad(target, image, retain_graph=True, allow_unused=True)
+        except RuntimeError as exc:  # an in-place write autograd needed, a custom Function without backward
+            raise NotMeasured(f"the backward pass fails: {_first_line(exc)}") from exc
+        if gradient is None or not bool((gradient != 0).any()):
+            return "its centre unit does not depend on the input through a differentiable path"
+        if not bool(torch.isfinite(gradient).all()):
+            raise NotMeasured("the linearised pass overflowed")
+        supports.append(_support(gradient))
+    return grid, unit, supports
 
 
 def _field(grid: tuple[int, ...], unit: tuple[int, ...], supports: list[_Support], input_size: tuple[int, ...],
@@ -239,7 +247,7 @@ def measure_fields(model: nn.Module, capture: Capture, nodes: Sequence[int], rea
     larger = tuple(side * LARGER_INPUT for side in nominal)
     spilled = [node for node, value in found.items() if not isinstance(value, str)
                and _touches_border(value[2], nominal)]
-    again: dict[int, Any] = {}
+    again: dict[int, _Measured | str] = {}
     if spilled:
         try:
             ensure_fits(int(per_input * math.prod(larger) / math.prod(nominal)),
@@ -251,11 +259,12 @@ def measure_fields(model: nn.Module, capture: Capture, nodes: Sequence[int], rea
         if isinstance(value, str):
             results[node] = value
             continue
-        size = nominal
+        measured, size = value, nominal
         retried = again.get(node)
         if retried is not None and not isinstance(retried, str):
-            value, size = retried, larger
-        results[node] = _field(*value, size, reasons.get(node, ""))
+            measured, size = retried, larger
+        grid, unit, supports = measured
+        results[node] = _field(grid, unit, supports, size, reasons.get(node, ""))
     return results
 
 

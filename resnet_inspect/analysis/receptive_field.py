@@ -307,11 +307,11 @@ def _resolution_runs(children: list[_Child]) -> list[tuple[str, list[LayerRecord
 
 def _declared_stages(capture: Capture) -> list[tuple[str, tuple[str, ...], int]]:
     """The model's own stages (timm's ``feature_info``): name, modules and output node of each."""
-    stages = []
+    stages: list[tuple[str, tuple[str, ...], int]] = []
     for name in capture.feature_modules:
-        calls = [layer for layer in capture.layers if layer.name == name and layer.output_node is not None]
-        if calls:
-            stages.append((name, (name,), calls[-1].output_node))
+        nodes = [node for layer in capture.layers if layer.name == name and (node := layer.output_node) is not None]
+        if nodes:
+            stages.append((name, (name,), nodes[-1]))
     return stages
 
 

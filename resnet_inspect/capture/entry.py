@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from resnet_inspect.capture.tensors import structural_copy, tensors_in
 from resnet_inspect.ops.registry import op_for_function, op_for_module
@@ -74,7 +74,7 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
     def fed(value: Any) -> bool:
         return any(id(tensor) in derived for tensor in tensors_in(value))
 
-    def stops_at(spec: OpSpec | None) -> bool:
+    def stops_at(spec: OpSpec | None) -> TypeGuard[OpSpec]:
         return spec is not None and spec.checked and (not convolutions_only or spec.kind.is_weighted)
 
     names = {id(module): name for name, module in model.named_modules()}

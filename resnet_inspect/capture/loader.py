@@ -223,7 +223,8 @@ def usable_module(model: Any, what: str, *, from_factory: bool = False) -> nn.Mo
             raise UnsupportedModelError(
                 f"{what}: {label} is a quantized module, whose packed integer weights cannot be analysed: {give} the "
                 "float model, before it is quantized")
-        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        # torch types the mixin's self as a private protocol that the narrowed module does not match
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():  # type: ignore[misc]
             remedy = ("in the factory before returning the model" if from_factory
                       else "on the model before passing it")
             raise UnsupportedModelError(

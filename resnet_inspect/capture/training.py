@@ -611,8 +611,9 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     modules = {call.index: names.get(id(call.module)) for call in recorder.calls}
     leaves = [layer for layer in capture.layers if layer.is_leaf and layer.params]
     largest = max(leaves, key=lambda layer: layer.params, default=None)
-    largest_bytes = 0 if largest is None else sum(
-        p.numel() * p.element_size() for p in {id(p): p for p in modules[largest.index].parameters()}.values())
+    largest_module = None if largest is None else modules[largest.index]
+    largest_bytes = 0 if largest_module is None else sum(
+        p.numel() * p.element_size() for p in {id(p): p for p in largest_module.parameters()}.values())
     return TrainingCapture(
         capture=capture, optimizer=options.optimizer, amp=amp, device=options.device,
         dtype=str(parameters[0].dtype).removeprefix("torch.") if parameters else capture.dtype,

@@ -65,14 +65,14 @@ def _torchvision_module_names(model: ResNet) -> dict[str, str]:
     """Our qualified module names -> torchvision's, for every module that owns tensors."""
     names = {"encoder.gate.conv": "conv1", "encoder.gate.bn": "bn1", "decoder.fc": "fc"}
     for stage_index, layer in enumerate(model.encoder.layers):
-        for block_index, block in enumerate(layer.blocks):
+        for block_index, block in enumerate(layer.get_submodule("blocks").children()):
             ours = f"encoder.layers.{stage_index}.blocks.{block_index}"
             theirs = f"layer{stage_index + 1}.{block_index}"
-            units = [name for name, module in block.blocks.named_children() if _is_conv_bn(module)]
+            units = [name for name, module in block.get_submodule("blocks").named_children() if _is_conv_bn(module)]
             for number, unit in enumerate(units, start=1):
                 names[f"{ours}.blocks.{unit}.conv"] = f"{theirs}.conv{number}"
                 names[f"{ours}.blocks.{unit}.bn"] = f"{theirs}.bn{number}"
-            if _is_conv_bn(block.shortcut):
+            if _is_conv_bn(block.get_submodule("shortcut")):
                 names[f"{ours}.shortcut.conv"] = f"{theirs}.downsample.0"
                 names[f"{ours}.shortcut.bn"] = f"{theirs}.downsample.1"
     return names

@@ -147,7 +147,7 @@ def shape_linear(call: Call) -> Any:
 
 def shape_matmul(call: Call) -> Any:
     """Batched matrix product with broadcast batch dimensions (1-D operands left to torch)."""
-    first, second = call.args[0], call.args[1] if len(call.args) > 1 else call.kwargs.get("other")
+    first, second = call.args[0], call.arg(1, "other")
     if first.dim() < 2 or second.dim() < 2 or first.shape[-1] != second.shape[-2] or first.dtype != second.dtype:
         return NotImplemented
     if call.name.strip("_") == "bmm" and (first.dim() != 3 or second.dim() != 3 or first.shape[0] != second.shape[0]):
@@ -189,7 +189,8 @@ def describe_norm_dims(call: Call) -> tuple[Geometry, dict[str, Any]]:
     if module is not None:
         from torch import nn
 
-        if isinstance(module, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
+        rms_norm: Any = getattr(nn, "RMSNorm", nn.LayerNorm)  # nn.RMSNorm came with torch 2.4
+        if isinstance(module, (nn.LayerNorm, rms_norm)):
             dims = tuple(range(-len(module.normalized_shape), 0))
         elif isinstance(module, nn.GroupNorm):
             dims = tuple(range(1, ndim))

@@ -209,8 +209,8 @@ def field_spans(field: NodeField, grid: Sequence[int]) -> Spans:
     """Every unit's (first, last) input position per axis, for a map of ``grid`` units."""
     if field.spans is not None and not field.position_independent:
         return field.spans
-    if field.position_independent:
-        return tuple(((-p, -p + r - 1),) * n for r, p, n in zip(field.size, field.padding, grid, strict=True))
+    if field.position_independent:  # every unit sees the same span: an affine field of stride 0
+        return spans.affine(field.size, (0,) * len(grid), field.padding, grid)
     if not all(isinstance(number(v), int) for v in (*field.stride, *field.padding, *field.size)):
         raise Undefined("positions between grid units (after upsampling) cannot be followed unit by unit")
     return spans.affine(field.size, field.stride, field.padding, grid)
@@ -255,6 +255,10 @@ class Piece:
     count: int
 
 
+DimEntry = int | Piece  # in a layout dimension: a spatial axis number, FEATURES (-1), or one digit of a split axis
+DimAxes = tuple[DimEntry, ...]  # what one tensor dimension holds, outermost first
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which tensor dimensions hold which spatial axes, and each axis's current size.
@@ -267,7 +271,7 @@ class Layout:
     per-unit intervals no longer hold.
     """
 
-    dims: tuple[tuple[int, ...], ...]
+    dims: tuple[DimAxes, ...]
     grid: tuple[int, ...]
     scrambled: bool = False
 
@@ -316,6 +320,17 @@ class Layout:
         return replace(self, grid=tuple(grid))
 
 
+def whole_axes(axes: DimAxes) -> list[int]:
+    """The spatial axes a dimension holds whole, features left out; a piece of a split axis is not one."""
+    spatial: list[int] = []
+    for entry in axes:
+        if isinstance(entry, Piece):
+            raise Undefined("cuts a split axis")
+        if entry != FEATURES:
+            spatial.append(entry)
+    return spatial
+
+
 def reshape_layout(layout: Layout, before: Sequence[int], after: Sequence[int]) -> Layout:
     """The layout after a view/reshape/flatten/unflatten/squeeze from shape ``before`` to ``after``.
 
@@ -327,7 +342,7 @@ def reshape_layout(layout: Layout, before: Sequence[int], after: Sequence[int]) 
         raise Undefined("reshapes to a different number of elements")
     kept_in = [d for d, size in enumerate(before) if size != 1]
     kept_out = [d for d, size in enumerate(after) if size != 1]
-    dims: list[tuple[int, ...]] = [()] * len(after)
+    dims: list[DimAxes] = [()] * len(after)
     i = j = 0
     while i < len(kept_in) or j < len(kept_out):
         block_in, block_out = [kept_in[i]], [kept_out[j]]
@@ -353,16 +368,15 @@ def reshape_layout(layout: Layout, before: Sequence[int], after: Sequence[int]) 
         for d, held in zip(block_out, dims_out, strict=True):
             dims[d] = held
     for d in range(len(before)):  # size-1 dims carrying an axis (a 1-wide map): the axis must not vanish silently
-        if before[d] == 1 and layout.dims[d] and all(layout.dims[d] != held for held in dims):
-            spatial = [a for a in layout.dims[d] if a != FEATURES and layout.grid[a] != 1]
-            if spatial:
-                raise Undefined("drops a spatial axis")
+        vanished = before[d] == 1 and layout.dims[d] and all(layout.dims[d] != held for held in dims)
+        if vanished and any(layout.grid[a] != 1 for a in whole_axes(layout.dims[d])):
+            raise Undefined("drops a spatial axis")
     return replace(layout, dims=tuple(dims))
 
 
-def _split_block(layout: Layout, axes: tuple[int, ...], sizes: list[int]) -> list[tuple[int, ...]]:
+def _split_block(layout: Layout, axes: DimAxes, sizes: list[int]) -> list[DimAxes]:
     """One dimension split into ``sizes``: channels stay channels; flattened axes come back one per dimension."""
-    spatial = [a for a in axes if a != FEATURES]
+    spatial = whole_axes(axes)
     if not spatial:
         return [()] * len(sizes)
     grid = [layout.grid[a] for a in spatial]
@@ -380,6 +394,8 @@ def permute_layout(layout: Layout, order: Sequence[int]) -> Layout:
 
 __all__ = [
     "FEATURES",
+    "DimAxes",
+    "DimEntry",
     "Layout",
     "NodeField",
     "Piece",
@@ -390,6 +406,7 @@ __all__ = [
     "number",
     "permute_layout",
     "reshape_layout",
+    "whole_axes",
     "whole_map",
     "window",
     "with_spans",

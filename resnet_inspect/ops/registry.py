@@ -104,7 +104,7 @@ def _stock_forward(module: Any, spec: OpSpec) -> bool:
     torch.nn defines."""
     for cls in type(module).__mro__:
         if cls in spec.modules or cls.__module__.startswith("torch.nn."):
-            return type(module).forward is cls.forward
+            return type(module).forward is getattr(cls, "forward", None)
     return True
 
 

@@ -14,12 +14,15 @@ from typing import Any
 
 from resnet_inspect.ops.fields import (
     FEATURES,
+    DimAxes,
+    DimEntry,
     Layout,
     Undefined,
     merge_fields,
     number,
     permute_layout,
     reshape_layout,
+    whole_axes,
     whole_map,
     window,
 )
@@ -31,7 +34,7 @@ def describe_op(node: OpNode) -> str:
     return f"{node.name} ({node.type})"
 
 
-def _spatial(axes: tuple[int, ...]) -> bool:
+def _spatial(axes: DimAxes) -> bool:
     return any(axis != FEATURES for axis in axes)
 
 
@@ -59,7 +62,7 @@ def _output_layout(node: OpNode, layout: Layout) -> Layout:
 # ------------------------------------------------------------------------------------------ position-wise
 
 
-def broadcast_dims(dims: tuple[tuple[int, ...], ...], ndim: int) -> tuple[tuple[int, ...], ...]:
+def broadcast_dims(dims: tuple[DimAxes, ...], ndim: int) -> tuple[DimAxes, ...]:
     """Broadcasting aligns shapes on the right: missing leading dimensions hold no axis."""
     return ((),) * (ndim - len(dims)) + dims if ndim >= len(dims) else dims[len(dims) - ndim:]
 
@@ -143,7 +146,7 @@ def adaptive(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     require_canonical(node, state, rank)
     sizes = input_grid(inputs)
     target = node.geometry.output_size or (None,) * rank
-    outputs = tuple(sizes[a] if target[a] is None else target[a] for a in range(rank))
+    outputs = tuple(size if wanted is None else wanted for size, wanted in zip(sizes, target, strict=True))
     layout = state.layout.with_grid(outputs)
     if all(o == 1 for o in outputs):
         return FieldState(layout, whole_map(state.field, sizes, reduced=True))
@@ -240,9 +243,9 @@ def indexed(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     dims, grid = list(state.layout.dims), list(state.layout.grid)
     shape = node.input_shapes[0]
     expanded = _expand_index(index, len(dims))
-    out_dims: list[tuple[int, ...]] = []
+    out_dims: list[DimAxes] = []
     stride, offset = [1] * len(grid), [0] * len(grid)
-    picked: list[int] = []
+    picked: list[DimEntry] = []
     position = 0
     for item in expanded:
         if item == "new":
@@ -261,16 +264,9 @@ def indexed(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
                 raise Undefined(f"not covered: {describe_op(node)} indexes a spatial axis with a tensor")
             out_dims.append(axes)
         else:
-            start, _, step = slice(*item).indices(size)
-            if spatial and (len(axes) != 1 or state.layout.scrambled):
-                if (start, step) != (0, 1):
-                    raise Undefined(f"not covered: {describe_op(node)} slices a dimension holding merged or "
-                                    "shifted positions")
-            elif spatial and not isinstance(spatial[0], int):
-                if (start, step) != (0, 1):
-                    raise Undefined(f"not covered: {describe_op(node)} slices a dimension holding part of a split axis")
-            elif spatial:
-                stride[spatial[0]], offset[spatial[0]] = step, start
+            sliced = _sliced_axis(node, state.layout, axes, slice(*item).indices(size))
+            if sliced is not None:
+                axis, stride[axis], offset[axis] = sliced
             out_dims.append(axes)
     field = state.field
     if picked:
@@ -283,6 +279,24 @@ def indexed(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
         field = window(field, (1,) * len(grid), stride, tuple(-o for o in offset))
     layout = Layout(tuple(out_dims), tuple(grid), state.layout.scrambled)
     return FieldState(_output_layout(node, layout), field)
+
+
+def _sliced_axis(node: OpNode, layout: Layout, axes: DimAxes,
+                 indices: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """A slice (start, stop, step) of a dimension holding ``axes``: (axis, step, start) when it subsamples one
+    whole spatial axis; None when the dimension holds none, or holds others and the slice keeps every position."""
+    start, _, step = indices
+    spatial = [a for a in axes if a != FEATURES]
+    if not spatial:
+        return None
+    alone = len(axes) == 1 and not layout.scrambled
+    first = spatial[0]
+    if alone and isinstance(first, int):
+        return first, step, start
+    if (start, step) != (0, 1):
+        held = "part of a split axis" if alone else "merged or shifted positions"
+        raise Undefined(f"not covered: {describe_op(node)} slices a dimension holding {held}")
+    return None
 
 
 def _expand_index(index: tuple[Any, ...], ndim: int) -> list[Any]:
@@ -335,7 +349,7 @@ def normalised(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
 # ------------------------------------------------------------------------------------------- token mixing
 
 
-def _mixed(node: OpNode, state: FieldState, dims: tuple[tuple[int, ...], ...]) -> FieldState:
+def _mixed(node: OpNode, state: FieldState, dims: tuple[DimAxes, ...]) -> FieldState:
     """Every position mixed with every other: the field becomes the union of all units' fields."""
     remaining = {a for axes in dims for a in axes if a != FEATURES}
     layout = Layout(dims, state.layout.grid, state.layout.scrambled)
@@ -356,7 +370,7 @@ def linear(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     return _mixed(node, state, (*state.layout.dims[:-1], last if keeps else ()))
 
 
-def _operand_dims(node: OpNode, inputs: Sequence[FieldState]) -> list[tuple[tuple[int, ...], ...] | None]:
+def _operand_dims(node: OpNode, inputs: Sequence[FieldState]) -> list[tuple[DimAxes, ...] | None]:
     """Each tensor operand's layout dimensions (None for one the input does not reach, such as a weight)."""
     return [None if (state := state_of(node, inputs, producer)) is None else state.layout.dims
             for producer in node.attrs.get("operands", ())]
@@ -376,7 +390,7 @@ def einsum_like(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     if equation is None or len(operands) != len(equation[0]):
         raise Undefined(f"not covered: {describe_op(node)} multiplies tensors in a way the tool cannot read")
     letters_in, letters_out = equation
-    axes_of: dict[str, tuple[int, ...]] = {}
+    axes_of: dict[str, DimAxes] = {}
     for letters, dims in zip(letters_in, operands, strict=True):
         if dims is None:
             continue
@@ -385,8 +399,8 @@ def einsum_like(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
                 axes_of[letter] = axes
     contracted = {letter for letters in letters_in for letter in letters} - set(letters_out)
     mixes = any(letter in axes_of for letter in contracted)
-    out_dims: list[tuple[int, ...]] = []
-    seen: set[int] = set()
+    out_dims: list[DimAxes] = []
+    seen: set[DimEntry] = set()
     for letter in letters_out:
         axes = axes_of.get(letter, ())
         if set(axes) & seen:
@@ -541,7 +555,8 @@ def replay_adaptive(call: ReplayCall) -> Any:
     (value,) = call.values
     rank = value.dim() - 2
     pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[rank - 1]
-    return pool(value, call.output.layout.grid)
+    # torch's stubs type output_size as a fixed-length tuple per rank; the grid has one entry per spatial axis
+    return pool(value, call.output.layout.grid)  # type: ignore[arg-type]
 
 
 def replay_pad(call: ReplayCall) -> Any:
@@ -557,7 +572,7 @@ def replay_pad(call: ReplayCall) -> Any:
     ndim = len(layout.dims)
     for pair_index in range(len(pads) // 2):
         dim = ndim - 1 - pair_index
-        axes = [a for a in layout.dims[dim] if a != FEATURES] if dim >= 0 else []
+        axes = whole_axes(layout.dims[dim]) if dim >= 0 else []
         if axes:
             axis_pads[axes[0]] = [pads[2 * pair_index], pads[2 * pair_index + 1]]
     flat = [p for axis in reversed(range(rank)) for p in axis_pads[axis]]

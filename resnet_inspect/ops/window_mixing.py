@@ -120,7 +120,7 @@ def _split_mixing(node: OpNode, letters_in: Sequence[str], out_letters: str, sta
             if members is None:
                 if not state.field.position_independent:
                     raise Undefined("mixes a tensor that has lost a spatial axis")
-                whole = (-state.field.padding[axis], -state.field.padding[axis] + state.field.size[axis] - 1)
+                whole = field_spans(state.field, (1,) * state.layout.rank)[axis][0]  # the same for every unit
                 for units in per_unit:
                     units.append(whole)
                 continue

@@ -16,11 +16,14 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 from resnet_inspect.ops import rules, spans
 from resnet_inspect.ops.fields import (
     FEATURES,
+    DimAxes,
+    DimEntry,
     Layout,
     NodeField,
     Piece,
@@ -45,7 +48,7 @@ class _Digit:
     opaque: tuple[Any, ...] | None = None  # the entries of a dimension that mixes features and axes in unknown order
 
 
-def piece_of(entry: Any, layout: Layout) -> Piece:
+def piece_of(entry: DimEntry, layout: Layout) -> Piece:
     return entry if isinstance(entry, Piece) else Piece(entry, 1, layout.grid[entry])
 
 
@@ -102,7 +105,7 @@ def _entries(digits: Sequence[_Digit], layout: Layout) -> tuple[Any, ...]:
     return tuple(entries)
 
 
-def _regroup(layout: Layout, before: Sequence[int], after: Sequence[int]) -> tuple[tuple[Any, ...], ...]:
+def _regroup(layout: Layout, before: Sequence[int], after: Sequence[int]) -> tuple[DimAxes, ...]:
     """The dims after reshaping ``before`` to ``after``, following every digit (split where the sizes cut it)."""
     if math.prod(before) != math.prod(after):
         raise Undefined("reshapes to a different number of elements")
@@ -154,10 +157,11 @@ def _absorbed(layout: Layout, field: NodeField | None = None) -> tuple[Layout, N
         kept.append(piece_of(entries[0], layout))
     absorbed: dict[int, list[Piece]] = {axis: [] for axis in range(rank)}
     for position, entries in enumerate(dims[:len(dims) - rank]):
-        pieces = [entry for entry in entries if entry != FEATURES]
-        if not pieces:
+        spatial = [entry for entry in entries if entry != FEATURES]
+        if not spatial:
             continue
-        if position == 0 or FEATURES not in entries or not all(isinstance(entry, Piece) for entry in pieces):
+        pieces = [entry for entry in spatial if isinstance(entry, Piece)]
+        if position == 0 or FEATURES not in entries or len(pieces) != len(spatial):
             return layout, field
         for piece in pieces:
             absorbed[piece.axis].append(piece)
@@ -204,9 +208,9 @@ def replay_reshaped(call: ReplayCall) -> Any:
     before, after = call.inputs[0].field, call.output.field
     if before.spans is not None or after.spans is not None:
         raise Undefined(f"the check does not cover {rules.describe_op(call.node)} after windowed attention")
-    stride = tuple(int(number(a / b)) for a, b in zip(after.stride, before.stride, strict=True))
-    kernel = tuple(int(number((a - b) / s)) + 1 for a, b, s in zip(after.size, before.size, before.stride,
-                                                                    strict=True))
+    stride = tuple(int(number(Fraction(a) / b)) for a, b in zip(after.stride, before.stride, strict=True))
+    kernel = tuple(int(number(Fraction(a - b) / s)) + 1 for a, b, s in zip(after.size, before.size, before.stride,
+                                                                             strict=True))
     rank = value.dim() - 2
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
     result = pool(value, kernel, stride) * math.prod(kernel)
@@ -318,9 +322,10 @@ def unfolded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     blocks = tuple((n - d * (k - 1) - 1) // s + 1 for n, k, d, s in zip(padded, kernel, dilation, stride, strict=True))
     channels = node.input_shapes[0][1]
     offsets = tuple(Piece(axis, dilation[axis], kernel[axis]) for axis in range(2))
-    dims = ((), ((FEATURES,) if channels > 1 else ()) + offsets,
-            tuple(Piece(axis, stride[axis], blocks[axis]) for axis in range(2)))
-    return FieldState(Layout(dims[len(dims) - len(node.output_shape):], padded, state.layout.scrambled), field)
+    out_dims: tuple[DimAxes, ...] = ((), ((FEATURES,) if channels > 1 else ()) + offsets,
+                                     tuple(Piece(axis, stride[axis], blocks[axis]) for axis in range(2)))
+    layout = Layout(out_dims[len(out_dims) - len(node.output_shape):], padded, state.layout.scrambled)
+    return FieldState(layout, field)
 
 
 def describe_fold(call: Call) -> tuple[Geometry, dict[str, Any]]:
@@ -352,8 +357,7 @@ def _fold_sources(node: OpNode, state: FieldState) -> list[list[list[int]]]:
         values = {}
         for position, role in homes.items():
             pieces = [piece_of(e, state.layout) for e in dims[position] if e != FEATURES]
-            pieces = [p for p in pieces if p.axis == axis] if all(p.axis == axis for p in pieces) else None
-            if pieces is None:
+            if any(p.axis != axis for p in pieces):
                 raise Undefined(f"not covered: {rules.describe_op(node)} folds a dimension holding several axes")
             values[role] = [sum(p.coeff * i for p, i in zip(pieces, combo, strict=True))
                             for combo in itertools.product(*(range(p.count) for p in pieces))]
@@ -441,6 +445,24 @@ def shape_cat(call: Call) -> Any:
     return meta_empty(shape, first)
 
 
+def _plain_index(index: Any, ndim: int) -> list[Any] | None:
+    """A basic index (ints, slices with int bounds, None, at most one Ellipsis) as one int or slice per dimension
+    and None per new dimension; None when the index is anything else or has too many entries."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(not (item is None or item is Ellipsis or isinstance(item, slice) or type(item) is int) for item in items):
+        return None
+    if any(isinstance(item, slice) and not all(v is None or type(v) is int for v in (item.start, item.stop, item.step))
+           for item in items) or items.count(Ellipsis) > 1:
+        return None
+    consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
+    if consumed > ndim:
+        return None
+    if Ellipsis in items:
+        position = items.index(Ellipsis)
+        items[position:position + 1] = [slice(None)] * (ndim - consumed)
+    return items + [slice(None)] * (ndim - sum(1 for item in items if item is not None))
+
+
 def shape_getitem(call: Call) -> Any:
     """``x[...]`` with ints, slices, None and Ellipsis, or ``table[index]`` with one integer index tensor."""
     import torch
@@ -454,19 +476,9 @@ def shape_getitem(call: Call) -> Any:
         if index.dtype not in (torch.int64, torch.int32):
             return NotImplemented
         return meta_empty((*index.shape, *x.shape[1:]), x)
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(not (item is None or item is Ellipsis or isinstance(item, slice) or type(item) is int) for item in items):
+    items = _plain_index(index, x.dim())
+    if items is None:
         return NotImplemented
-    if any(isinstance(item, slice) and not all(v is None or type(v) is int for v in (item.start, item.stop, item.step))
-           for item in items) or items.count(Ellipsis) > 1:
-        return NotImplemented
-    consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
-    if consumed > x.dim():
-        return NotImplemented
-    if Ellipsis in items:
-        position = items.index(Ellipsis)
-        items[position:position + 1] = [slice(None)] * (x.dim() - consumed)
-    items += [slice(None)] * (x.dim() - sum(1 for item in items if item is not None))
     shape, dim = [], 0
     for item in items:
         if item is None:

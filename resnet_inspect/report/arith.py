@@ -38,7 +38,7 @@ class ArithReport(ReportView):
 
     def document(self) -> Document:
         settings = ", ".join(f"{key}={value}" for key, value in self.inputs.items())
-        rows = (
+        rows: tuple[tuple[str, str], ...] = (
             ("output size", str(self.result.output)),
             ("relation", "adaptive" if self.result.relation is None else str(self.result.relation)),
             ("formula", self.result.formula),

@@ -146,7 +146,7 @@ class SummaryReport(SummaryView):
     fvcore_note: str | None = None
     layer_times_ms: dict[str, float] | None = None
     max_depth: int | None = None
-    layer_fields: dict[int, dict[str, list[int]] | None] = field(default_factory=dict)
+    layer_fields: dict[int, dict[str, Any] | None] = field(default_factory=dict)  # JSON objects
     torchinfo: TorchinfoCounts | None = None
     stage_rows: tuple[StageRow, ...] = ()  # the stem, each stage and the head (``stages``)
     padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare

@@ -75,9 +75,9 @@ class TimingReport(ReportView):
         precision = f"{self.dtype}, amp {self.amp}" if self.amp else self.dtype
         title = (f"{self.model} on {self.device} ({precision}, {self.threads} threads"
                  f"{', channels last' if self.channels_last else ''}): {self._what()}input Nx{shape}")
-        columns = (Column("batch", "right"), Column("median ms", "right"), Column("IQR ms", "right"),
-                   Column("images/s", "right"), Column("runs", "right"))
-        rows = tuple(
+        columns: tuple[Column, ...] = (Column("batch", "right"), Column("median ms", "right"),
+                                       Column("IQR ms", "right"), Column("images/s", "right"), Column("runs", "right"))
+        rows: tuple[tuple[str, ...], ...] = tuple(
             (str(r.batch_size), f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.images_per_s:,.1f}", str(r.runs))
             for r in self.results
         )
