@@ -205,53 +205,70 @@ def _function_mode(recorder: _Recorder) -> Any:
             call = Call(None, tuple(args), kwargs, name=raw_name)
             if not recorder.opaque_depth:
                 recorder.current_op, recorder.current_call = name, (args, kwargs)
-            result = NotImplemented if recorder.train else _fast_result(spec, call, recorder.exact_checked_shapes)
-            if result is NotImplemented and recorder.kernel is not None:
-                result = recorder.kernel(name, func, tuple(args), kwargs)
-            if result is NotImplemented:
-                if recorder.guard is not None:
-                    where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
-                    recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
-                result = func(*args, **kwargs)
-                if recorder.guard is not None:
-                    inputs = tensors_in(list(args)) + tensors_in(kwargs)
-                    recorder.held_bytes += new_storage_bytes(tensors_in(result), inputs)
+            result = _run_function(recorder, spec, call, name, func)
             recorder.current_op = ""
-            if recorder.opaque_depth:
-                return result
-            outputs = tensors_in(result)
-            reads_value = raw_name in _VALUE_READS
-            if not outputs and not reads_value:
-                return result
-            tensors = tensors_in(list(args)) + tensors_in(kwargs)
-            if spec is not None and name in spec.shape_donors:
-                tensors = tensors[:1]  # the others lend only their shape or dtype
-            tracked = [t for t in tensors if id(t) in recorder.producers]
-            if not tracked:
-                if outputs and spec is not None and spec.macs is not None:
-                    _constant_work(recorder, spec, call, name, tensors, outputs)
-                return result
-            if reads_value:
-                where = recorder.scope() or "the model's forward"
-                source = recorder.layer_behind(recorder.producers[id(tracked[0])])
-                recorder.warn(f"{where} reads the value of {source} ({raw_name or name}) to decide what to run; the "
-                              "pass used an all-zero input, so a branch taken only for other inputs is not in this "
-                              "report")
-            if not outputs or (spec is not None and spec.constant):
-                return result
-            spec = spec or get_op("unknown")
-            call.input_shapes = tuple(shape_of(t) for t in tensors)
-            call.output_shapes = tuple(shape_of(t) for t in outputs)
-            call.tensor_nodes = tuple(recorder.producers.get(id(t)) for t in tensors)
-            try:
-                geometry, attrs = spec.geometry(call)
-            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
-                spec, geometry, attrs = get_op("unknown"), Geometry(OpKind.UNKNOWN), {}
-            recorder.add_node(recorder.unique_op_name(name), name, geometry, tracked, outputs, op=spec.name,
-                              attrs=attrs, grads=requires_grads(tensors) if recorder.train else ())
+            if not recorder.opaque_depth:
+                _record_function(recorder, spec, call, name, result)
             return result
 
     return DataflowMode()
+
+
+def _run_function(recorder: _Recorder, spec: OpSpec | None, call: Call, name: str, func: Any) -> Any:
+    """The call's result: the table's shape rule on the fast path, else the recorder's kernel, else torch itself
+    (under the memory guard, which counts the storage it creates)."""
+    args, kwargs = call.args, call.kwargs
+    result = NotImplemented if recorder.train else _fast_result(spec, call, recorder.exact_checked_shapes)
+    if result is NotImplemented and recorder.kernel is not None:
+        result = recorder.kernel(name, func, tuple(args), kwargs)
+    if result is not NotImplemented:
+        return result
+    if recorder.guard is not None:
+        where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
+        recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
+    result = func(*args, **kwargs)
+    if recorder.guard is not None:
+        inputs = tensors_in(list(args)) + tensors_in(kwargs)
+        recorder.held_bytes += new_storage_bytes(tensors_in(result), inputs)
+    return result
+
+
+def _record_function(recorder: _Recorder, spec: OpSpec | None, call: Call, name: str, result: Any) -> None:
+    """A node for a functional call that reads a tracked tensor and returns one; a warning when it reads a tracked
+    value to decide what to run; a constant node for counted work on constants alone."""
+    outputs = tensors_in(result)
+    reads_value = call.name in _VALUE_READS
+    if not outputs and not reads_value:
+        return
+    tensors = tensors_in(list(call.args)) + tensors_in(call.kwargs)
+    if spec is not None and name in spec.shape_donors:
+        tensors = tensors[:1]  # the others lend only their shape or dtype
+    tracked = [t for t in tensors if id(t) in recorder.producers]
+    if not tracked:
+        if outputs and spec is not None and spec.macs is not None:
+            _constant_work(recorder, spec, call, name, tensors, outputs)
+        return
+    if reads_value:
+        where = recorder.scope() or "the model's forward"
+        source = recorder.layer_behind(recorder.producers[id(tracked[0])])
+        recorder.warn(f"{where} reads the value of {source} ({call.name or name}) to decide what to run; the "
+                      "pass used an all-zero input, so a branch taken only for other inputs is not in this report")
+    if outputs and (spec is None or not spec.constant):
+        _function_node(recorder, spec or get_op("unknown"), call, name, tensors, tracked, outputs)
+
+
+def _function_node(recorder: _Recorder, spec: OpSpec, call: Call, name: str, tensors: list[Any], tracked: list[Any],
+                   outputs: list[Any]) -> None:
+    """Add the node of a functional call; an entry whose geometry rule fails on it counts as unknown."""
+    call.input_shapes = tuple(shape_of(t) for t in tensors)
+    call.output_shapes = tuple(shape_of(t) for t in outputs)
+    call.tensor_nodes = tuple(recorder.producers.get(id(t)) for t in tensors)
+    try:
+        geometry, attrs = spec.geometry(call)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+        spec, geometry, attrs = get_op("unknown"), Geometry(OpKind.UNKNOWN), {}
+    recorder.add_node(recorder.unique_op_name(name), name, geometry, tracked, outputs, op=spec.name,
+                      attrs=attrs, grads=requires_grads(tensors) if recorder.train else ())
 
 
 def _declared_geometry(module: Any, args: Any, kwargs: Any, inputs: list[Any]) -> Geometry | None:
@@ -281,6 +298,24 @@ def _constant_work(recorder: _Recorder, spec: OpSpec, call: Call, name: str, ten
     recorder.add_node(recorder.unique_op_name(name), name, geometry, tensors, outputs, op=spec.name, attrs=attrs)
 
 
+def _module_geometry(recorder: _Recorder, module: Any, args: Any, kwargs: Any, inputs: list[Any]
+                     ) -> tuple[OpSpec | None, Geometry | None, dict[str, Any], Geometry | None]:
+    """A module call's table entry, geometry and attributes (no entry inside a module the table already covers, or
+    when its geometry rule fails on the call); else what a windowed class declares."""
+    if recorder.opaque_depth:
+        return None, None, {}, None
+    spec = op_for_module(module)
+    if spec is None:
+        return None, None, {}, _declared_geometry(module, args, kwargs, inputs)
+    call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
+                tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))
+    try:
+        geometry, attrs = spec.geometry(call)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return None, None, {}, None
+    return spec, geometry, attrs, None
+
+
 def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
     """Pre/post hook factories in torchinfo's manner: small closures over one shared recorder."""
 
@@ -291,18 +326,7 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                 if id(tensor) not in recorder.producers:
                     recorder.add_node(INPUT_OP, INPUT_OP, Geometry(OpKind.ELEMENTWISE), [], [tensor], op=INPUT_OP)
             return
-        spec = op_for_module(module) if not recorder.opaque_depth else None
-        geometry, declared = None, None
-        attrs: dict[str, Any] = {}
-        if spec is not None:
-            call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
-                        tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))
-            try:
-                geometry, attrs = spec.geometry(call)
-            except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
-                spec = None
-        elif not recorder.opaque_depth:
-            declared = _declared_geometry(module, args, kwargs, inputs)
+        spec, geometry, attrs, declared = _module_geometry(recorder, module, args, kwargs, inputs)
         parent = recorder.stack[-1] if recorder.stack else None
         call_record = _Call(
             index=len(recorder.calls), module=module, name=recorder.names.get(id(module), type(module).__name__),
