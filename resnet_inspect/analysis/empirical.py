@@ -29,7 +29,7 @@ from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.ops.fields import Number, Undefined
 from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.table import FieldState, ReplayCall
-from resnet_inspect.records import Capture, Pair
+from resnet_inspect.records import Capture, OpNode, Pair
 
 if TYPE_CHECKING:
     import torch
@@ -149,19 +149,9 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
             failures[node.id] = failed[0]
             continue
         inputs = [result.states[i] for i in node.inputs]
-        local = [values[i] for i, s in zip(node.inputs, inputs, strict=True) if not s.field.reduced]
         grid = _output_grid(state)
         try:
-            if not local:  # values that depend on the whole map, however they are combined
-                value = sum(values[i].sum() for i in node.inputs).reshape((1, 1) + (1,) * len(grid))
-            else:
-                merged = local[0]
-                for other in local[1:]:
-                    merged = merged + other  # add, multiply, concatenation: the union of the supports
-                spec = get_op(node.op)
-                if spec.replay is None:
-                    raise Undefined(f"the check does not cover {node.name} ({node.type})")
-                value = spec.replay(ReplayCall(node, [merged], inputs, state))
+            value = _replay_node(node, inputs, state, values, grid)
         except (Undefined, RuntimeError, ValueError) as exc:
             failures[node.id] = str(exc).splitlines()[0]
             continue
@@ -171,6 +161,22 @@ def replay_one_channel(capture: Capture, result: ReceptiveFieldResult, targets: 
             continue
         values[node.id] = value
     return image, values, failures
+
+
+def _replay_node(node: OpNode, inputs: list[FieldState], state: FieldState, values: dict[int, Any],
+                 grid: tuple[int, ...]) -> Any:
+    """One node's one-channel value from its inputs' values: the sum of the local ones through the entry's replay,
+    or, when every input is spatially reduced, their total as a single unit."""
+    local = [values[i] for i, s in zip(node.inputs, inputs, strict=True) if not s.field.reduced]
+    if not local:  # values that depend on the whole map, however they are combined
+        return sum(values[i].sum() for i in node.inputs).reshape((1, 1) + (1,) * len(grid))
+    merged = local[0]
+    for other in local[1:]:
+        merged = merged + other  # add, multiply, concatenation: the union of the supports
+    spec = get_op(node.op)
+    if spec.replay is None:
+        raise Undefined(f"the check does not cover {node.name} ({node.type})")
+    return spec.replay(ReplayCall(node, [merged], inputs, state))
 
 
 def centre_unit(field: NodeField | None, output_size: Sequence[int], input_size: Sequence[int]) -> tuple[int, ...]:
