@@ -517,7 +517,7 @@ def _module_grad_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in unique.values())
 
 
-def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptions, model_name: str = ""
+def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptions, model_name: str = ""  # noqa: C901 (being split into forward, backward, optimizer and assembly)
                       ) -> TrainingCapture:
     """One training step of a meta copy of ``model`` on ``inputs``: what the forward saves, the requires-grad
     flags of every operation, and every allocation and release of the step (see the module's docstring)."""

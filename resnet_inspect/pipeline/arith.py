@@ -13,7 +13,7 @@ from resnet_inspect.ops.arithmetic import (
 from resnet_inspect.report.arith import ArithReport
 
 
-def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bool = False, ceil_mode: bool = False,
+def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bool = False, ceil_mode: bool = False,  # noqa: C901 (being reworked with the pipeline)
                  transposed: bool = False, output_padding: int = 0, solve: bool = False) -> ArithReport:
     """Compute one axis of a convolution, pooling or transposed convolution."""
     if pool and transposed:
