@@ -154,6 +154,7 @@ TOP = {"cli", "api", "__main__"}
 FORBIDDEN: dict[str, set[str]] = {
     "records": {"capture", "analysis", "ops", "report", "render", "pipeline", *TOP},
     "errors": {"capture", "analysis", "ops", "report", "render", "pipeline", "models", *TOP},
+    "units": {"records", "errors", "capture", "analysis", "ops", "report", "render", "pipeline", "models", *TOP},
     "models": {"capture", "analysis", "ops", "report", "render", "pipeline", *TOP},
     "capture": {"analysis", "report", "render", "pipeline", *TOP},
     "analysis": {"report", "render", "pipeline", *TOP},

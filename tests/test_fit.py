@@ -98,7 +98,7 @@ def test_even_batch_one_over_the_budget_exits_3_with_one_line():
     assert result.exit_code == 3
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: resnet18 does not fit: an inference pass at batch size 1")
-    assert "9.5 MiB (--memory 10.0 MiB less 0.5 MiB reserve)" in lines[0] and result.stdout == ""
+    assert "9.5 MiB (--memory 10.0 MiB less 512.0 KiB reserve)" in lines[0] and result.stdout == ""
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from resnet_inspect.records import Capture, Shape
+from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,8 +99,8 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
     needed_bytes = batch1_memory_bytes(capture, counts)
     ensure_fits(needed_bytes, "--fvcore (a real batch-1 forward pass)", "lower --input-size, or leave out --fvcore")
     if needed_bytes > memory_budget_bytes:
-        return None, (f"fvcore skipped: a real batch-1 forward needs about {needed_bytes / 1024**3:.1f} GiB, "
-                      f"over the {memory_budget_bytes / 1024**3:.1f} GiB budget")
+        return None, (f"fvcore skipped: a real batch-1 forward needs about {bytes_text(needed_bytes)}, "
+                      f"over the {bytes_text(memory_budget_bytes)} budget")
     batch_size = capture.input_shape[0]
     real = materialize(model, "cpu")
     if real is model:  # fvcore's hooks and the eval switch must not touch the caller's model

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from resnet_inspect.errors import InspectError
 from resnet_inspect.records import Capture
+from resnet_inspect.units import bytes_text
 
 PROC_MEMINFO = Path("/proc/meminfo")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -23,12 +24,6 @@ FLOAT64_BYTES = 8
 
 class MemoryGuardError(InspectError):
     """A run whose estimated peak exceeds the memory available (exit code 2, nothing allocated)."""
-
-
-def gib(size_bytes: float) -> str:
-    """'12.3 GiB' (two significant decimals below 1 GiB)."""
-    value = size_bytes / 1024**3
-    return f"{value:.1f} GiB" if value >= 1 else f"{value:.2f} GiB"
 
 
 def _read_int(path: Path) -> int | None:
@@ -123,7 +118,8 @@ def ensure_fits(needed_bytes: int, what: str, lower_with: str, device: str = "cp
     available = available_bytes if available_bytes is not None else available_memory_bytes(device)
     if available is not None and needed_bytes > available:
         where = "" if device == "cpu" else f" on {device}"
-        raise MemoryGuardError(f"{what} needs about {gib(needed_bytes)} but only {gib(available)} is available"
+        raise MemoryGuardError(f"{what} needs about {bytes_text(needed_bytes)} but only {bytes_text(available)} is "
+                               "available"
                                f"{where}: {lower_with}")
 
 

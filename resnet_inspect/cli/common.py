@@ -25,6 +25,7 @@ from resnet_inspect.limits import (  # noqa: F401  (MAX_COUNT and the others are
     check_optional,
 )
 from resnet_inspect.names import first_line, printable, strip_controls
+from resnet_inspect.render.text import bytes_text
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -154,7 +155,7 @@ def _is_allocation_failure(exc: Exception) -> bool:
 def _requested_bytes(exc: Exception) -> str:
     """' (tried to allocate 48.0 GiB)' when the allocator's message says how much, else ''."""
     match = re.search(r"allocate (\d+) bytes", str(exc))
-    return f" (tried to allocate {int(match.group(1)) / 1024**3:.1f} GiB)" if match else ""
+    return f" (tried to allocate {bytes_text(int(match.group(1)))})" if match else ""
 
 
 class OneLineUsageErrors(TyperGroup):

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
 from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.report.fit import FitReport, budget_source, size_text
+from resnet_inspect.report.fit import FitReport, budget_source
+from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -149,7 +150,6 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
-    from resnet_inspect.analysis.memory import gib
     from resnet_inspect.analysis.timing import DTYPES, resolve_device
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
@@ -161,7 +161,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     memory, source = device_memory(device, memory_bytes)
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
     if reserve >= memory:
-        raise BadInputError(f"the reserve ({gib(reserve)}) leaves nothing of the {gib(memory)} budget "
+        raise BadInputError(f"the reserve ({bytes_text(reserve)}) leaves nothing of the {bytes_text(memory)} budget "
                             f"({source}): lower --reserve")
     if isinstance(spec, str):
         model, name = load_model(spec, in_channels=in_channels, num_classes=num_classes, device="meta")
@@ -188,7 +188,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         lower = "lower --input-size" + (", use --amp, --optimizer sgd or --shard" if train else "")
         raise DoesNotFitError(
             f"{name} does not fit: {what} at batch size 1 and input {'x'.join(map(str, size))} needs about "
-            f"{size_text(error.peak_bytes)}, more than the budget of {size_text(budget)} "
+            f"{bytes_text(error.peak_bytes)}, more than the budget of {bytes_text(budget)} "
             f"({budget_source(source, memory, reserve)}): {lower}", error.peak_bytes,
         ) from error
     return FitReport(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resnet_inspect.render.document import Cell
+from resnet_inspect.units import bytes_text as bytes_text  # the one byte formatter, beside the other text forms
 
 
 def shape_text(shape: Sequence[int] | None) -> str:
@@ -49,11 +50,3 @@ def yes_no(value: bool | None) -> Cell:
     return Cell("yes", "green") if value else Cell("no")
 
 
-def bytes_text(count: int) -> str:
-    """Binary units: '512 B', '3.1 MiB', '1.2 GiB'."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.records import Shape
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.render.text import field_size_text, measured_note, pair_text, shape_text, yes_no
-from resnet_inspect.report.view import ReportView
+from resnet_inspect.report.view import ReportView, TableColumn, column_table
 from resnet_inspect.schemas import SCHEMA_VERSION
+from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.receptive_field import NodeField
@@ -27,9 +28,9 @@ InputSize = int | tuple[int, ...]  # every spatial axis, or one size per axis
 
 BEST = "bold green"  # style of the best value in a column
 
-# Column units: the largest value in a column picks one unit for the whole column, so rows line up.
+# Count units: the largest value in a column picks one unit for the whole column, so rows line up (bytes take
+# the one byte formatter's unit, row by row, so that a figure reads as it does in every other command).
 COUNT_UNITS = ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""))
-BYTE_UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
 
 
 # ------------------------------------------------------------------------------------------------- rows
@@ -100,6 +101,30 @@ def _ratio(value: float, first: float) -> str:
         return ""
     ratio = value / first
     return f"x{ratio:.2f}" if ratio < 100 else f"x{ratio:,.0f}"
+
+
+def _measure_cells(values: Sequence[int | None], digits: int | None, ratios: bool) -> list[Cell]:
+    """A column of counts (``digits`` decimals in the unit its largest value picks) or, with ``digits`` None, of
+    bytes (the one byte formatter); '-' where a row has no value, the ratio to the first row, the lowest in bold."""
+    if digits is None:
+        texts = ["-" if value is None else bytes_text(value) for value in values]
+    else:
+        unit = _unit([value for value in values if value is not None], COUNT_UNITS)
+        texts = ["-" if value is None else _scaled(value, unit, digits) for value in values]
+    first = (values[0] or 0) if values else 0
+    ratio_texts = (["", *("" if value is None else _ratio(value, first) for value in values[1:])]
+                   if ratios and len(values) > 1 else None)
+    cells = _best_cells(texts, list(values), True, ratio_texts)
+    return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]  # exact, for CSV
+
+
+def _field_stride(row: ModelRow) -> tuple[Any, ...] | None:
+    return row.field.stride if row.field else None
+
+
+def _cells_column(column: Column, cells: Sequence[Cell | str]) -> TableColumn[int]:
+    """A column whose cells were made together (they compare the rows): row ``position`` takes its own."""
+    return TableColumn(column, lambda position: cells[position])
 
 
 def _best_cells(texts: list[str], values: list[float | None], lowest: bool, ratios: list[str] | None) -> list[Cell]:
@@ -190,61 +215,8 @@ class CompareReport(ReportView):
             tables.append(self._stage_table())
         return Document(tuple(tables), self._notes())
 
-    def _column(self, values: list[float], units: tuple[tuple[float, str], ...], digits: int, lowest: bool,
-                ratios: bool) -> list[Cell]:
-        unit = _unit(values, units)
-        texts = [_scaled(value, unit, digits) for value in values]
-        first = values[0] if values else 0
-        ratio_texts = ["", *(_ratio(value, first) for value in values[1:])] if ratios and len(values) > 1 else None
-        cells = _best_cells(texts, list(values), lowest, ratio_texts)
-        return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]  # exact, for CSV
-
     def _main_table(self) -> Table:
         rows = self.rows
-        several = len(rows) > 1
-        params = self._column([row.params for row in rows], COUNT_UNITS, 2, True, several)
-        macs = self._column([row.macs for row in rows], COUNT_UNITS, 3, True, several)
-        memory = self._column([row.activation_bytes for row in rows], BYTE_UNITS, 1, True, several)
-        field_sizes = [math.prod(float(v) for v in row.field.size) if row.field else None for row in rows]
-        fields = _best_cells([field_size_text(row.field) for row in rows], field_sizes,
-                             False, None)
-        columns = [
-            Column("model"), Column("input", "right"), Column("depth", "right"), Column("blocks", "right"),
-            Column("params", "right"), Column("MACs", "right"), Column("act. memory", "right", unit="bytes"),
-            Column("RF", "right"), Column("stride", "right"), Column("RF/input", "right"), Column("output", "right"),
-        ]
-        table_rows: list[list[Cell | str]] = [
-            [
-                row.model, pair_text(row.input_size), str(row.depth),
-                _blocks_text(row.stages) if row.residual_stages else "-",
-                params[position], macs[position], memory[position], fields[position],
-                pair_text(row.field.stride if row.field else None), pair_text(row.field_input_ratio, ".2f"),
-                shape_text(row.output_shape),
-            ]
-            for position, row in enumerate(rows)
-        ]
-        if self.timed:
-            columns += [Column(f"ms ({self.device})", "right"), Column("images/s", "right")]
-            latencies = [row.latency.median_ms if row.latency else None for row in rows]
-            first = latencies[0]
-            ratio_texts = ["", *("" if value is None else _ratio(value, first or 0) for value in latencies[1:])]
-            milliseconds = _best_cells(["-" if value is None else f"{value:,.2f}" for value in latencies], latencies,
-                                       True, ratio_texts)
-            rates = [row.latency.images_per_s if row.latency else None for row in rows]
-            throughput = _best_cells(["-" if value is None else f"{value:,.1f}" for value in rates], rates, False,
-                                     None)
-            for position, table_row in enumerate(table_rows):
-                table_row += [milliseconds[position], throughput[position]]
-        if self.trained:
-            columns += [Column("bwd MACs", "right"), Column("saved", "right", unit="bytes"),
-                        Column("train peak", "right", unit="bytes")]
-            backward = self._optional_column([row.backward_macs for row in rows], COUNT_UNITS, 3, several)
-            saved = self._optional_column([row.step.saved_bytes if row.step else None for row in rows], BYTE_UNITS,
-                                          1, several)
-            peaks = self._optional_column([row.step.peak_bytes if row.step else None for row in rows], BYTE_UNITS, 1,
-                                          several)
-            for position, table_row in enumerate(table_rows):
-                table_row += [backward[position], saved[position], peaks[position]]
         footer = [
             "depth: convolutions and linear layers on the longest input-to-output path (shortcut projections "
             "excluded); blocks: residual blocks per stage",
@@ -253,7 +225,7 @@ class CompareReport(ReportView):
             "RF, stride: receptive field and effective stride at the encoder output; RF/input: field size over "
             "input size; output: encoder output feature map",
         ]
-        if several:
+        if len(rows) > 1:
             footer.append(f"xN: ratio to the first row ({rows[0].label}); best value of each column in bold green")
         if self.timed:
             footer.append(f"ms: median latency of one forward pass on {self.device} with random weights "
@@ -261,19 +233,56 @@ class CompareReport(ReportView):
         if self.trained:
             footer.append(self._training_footer())
         title = "Comparison of " + ", ".join(dict.fromkeys(row.model for row in rows))
-        return Table(title, tuple(columns), tuple(tuple(row) for row in table_rows), tuple(footer))
+        return column_table(title, self._columns(), range(len(rows)), tuple(footer))
 
-    def _optional_column(self, values: list[int | None], units: tuple[tuple[float, str], ...], digits: int,
-                         ratios: bool) -> list[Cell]:
-        """A column where some rows may have no value ('-'): a model whose backward cannot run on meta."""
-        defined = [value for value in values if value is not None]
-        unit = _unit(defined, units)
-        first = values[0] or 0
-        texts = ["-" if value is None else _scaled(value, unit, digits) for value in values]
-        ratio_texts = (["", *("" if value is None else _ratio(value, first) for value in values[1:])]
-                       if ratios and len(values) > 1 else None)
-        cells = _best_cells(texts, list(values), True, ratio_texts)
-        return [replace(cell, data=value) for cell, value in zip(cells, values, strict=True)]
+    def _columns(self) -> list[TableColumn[int]]:
+        """The main table's columns, each with the rule for its cell in row ``position``; the measures set every
+        row beside the first (ratios, the best value), so their cells are made a column at a time."""
+        rows = self.rows
+        several = len(rows) > 1
+        fields = _best_cells([field_size_text(row.field) for row in rows],
+                             [math.prod(float(v) for v in row.field.size) if row.field else None for row in rows],
+                             False, None)
+        columns: list[TableColumn[int]] = [
+            TableColumn(Column("model"), lambda position: rows[position].model),
+            TableColumn(Column("input", "right"), lambda position: pair_text(rows[position].input_size)),
+            TableColumn(Column("depth", "right"), lambda position: str(rows[position].depth)),
+            TableColumn(Column("blocks", "right"), lambda position: _blocks_text(rows[position].stages)
+                        if rows[position].residual_stages else "-"),
+            _cells_column(Column("params", "right"), _measure_cells([row.params for row in rows], 2, several)),
+            _cells_column(Column("MACs", "right"), _measure_cells([row.macs for row in rows], 3, several)),
+            _cells_column(Column("act. memory", "right", unit="bytes"),
+                          _measure_cells([row.activation_bytes for row in rows], None, several)),
+            _cells_column(Column("RF", "right"), fields),
+            TableColumn(Column("stride", "right"), lambda position: pair_text(_field_stride(rows[position]))),
+            TableColumn(Column("RF/input", "right"), lambda position: pair_text(rows[position].field_input_ratio,
+                                                                                ".2f")),
+            TableColumn(Column("output", "right"), lambda position: shape_text(rows[position].output_shape)),
+        ]
+        if self.timed:
+            columns += self._latency_columns()
+        if self.trained:
+            steps = [row.step for row in rows]
+            columns += [
+                _cells_column(Column("bwd MACs", "right"),
+                              _measure_cells([row.backward_macs for row in rows], 3, several)),
+                _cells_column(Column("saved", "right", unit="bytes"),
+                              _measure_cells([step.saved_bytes if step else None for step in steps], None, several)),
+                _cells_column(Column("train peak", "right", unit="bytes"),
+                              _measure_cells([step.peak_bytes if step else None for step in steps], None, several)),
+            ]
+        return columns
+
+    def _latency_columns(self) -> list[TableColumn[int]]:
+        latencies = [row.latency.median_ms if row.latency else None for row in self.rows]
+        first = latencies[0]
+        ratio_texts = ["", *("" if value is None else _ratio(value, first or 0) for value in latencies[1:])]
+        milliseconds = _best_cells(["-" if value is None else f"{value:,.2f}" for value in latencies], latencies,
+                                   True, ratio_texts)
+        rates = [row.latency.images_per_s if row.latency else None for row in self.rows]
+        throughput = _best_cells(["-" if value is None else f"{value:,.1f}" for value in rates], rates, False, None)
+        return [_cells_column(Column(f"ms ({self.device})", "right"), milliseconds),
+                _cells_column(Column("images/s", "right"), throughput)]
 
     def _training_footer(self) -> str:
         step = next(row.step for row in self.rows if row.step is not None)

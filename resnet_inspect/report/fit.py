@@ -8,23 +8,20 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.render.document import Cell, Column, Document, Table
 from resnet_inspect.report.view import ReportView
 from resnet_inspect.schemas import SCHEMA_VERSION
+from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.fit import FitSearch
 
 
-def size_text(size_bytes: float) -> str:
-    """'1.95 GiB' from 1 GiB up, else '123.4 MiB'."""
-    if abs(size_bytes) >= 2**30:
-        return f"{size_bytes / 2**30:,.2f} GiB"
-    return f"{size_bytes / 2**20:,.1f} MiB"
+PEAK_DECIMALS = 2  # the peaks and the budget they are held against: an answer can turn on a few MiB of GiBs
 
 
 def budget_source(source: str, memory_bytes: int, reserve_bytes: int) -> str:
-    """'--memory' or '--memory 24.00 GiB less 1.70 GiB reserve' (the same for a CUDA device's free memory)."""
+    """'--memory' or '--memory 24.0 GiB less 1.2 GiB reserve' (the same for a CUDA device's free memory)."""
     if not reserve_bytes:
         return source
-    return f"{source} {size_text(memory_bytes)} less {size_text(reserve_bytes)} reserve"
+    return f"{source} {bytes_text(memory_bytes)} less {bytes_text(reserve_bytes)} reserve"
 
 
 @dataclass(frozen=True, repr=False)
@@ -95,16 +92,17 @@ class FitReport(ReportView):
     def document(self) -> Document:
         search = self.search
         source = budget_source(self.memory_source, self.memory_bytes, self.reserve_bytes)
-        budget = f"{size_text(self.budget_bytes)} ({source})"
+        budget = f"{bytes_text(self.budget_bytes, PEAK_DECIMALS)} ({source})"
         rows: list[tuple[Cell | str, ...]] = [
             ("largest batch size", Cell(str(search.batch_size), "bold green", search.batch_size)),
-            ("estimated peak", Cell(size_text(search.peak_bytes), None, search.peak_bytes)),
+            ("estimated peak", Cell(bytes_text(search.peak_bytes, PEAK_DECIMALS), None, search.peak_bytes)),
             ("budget", Cell(budget, None, self.budget_bytes)),
         ]
         if search.next_peak_bytes is not None:
             rows.append((f"peak at batch {search.batch_size + 1}",
-                         Cell(f"{size_text(search.next_peak_bytes)} (over)", None, search.next_peak_bytes)))
-        rows += [(f"  {part}", Cell(size_text(size), None, size)) for part, size in self.breakdown]
+                         Cell(f"{bytes_text(search.next_peak_bytes, PEAK_DECIMALS)} (over)", None,
+                              search.next_peak_bytes)))
+        rows += [(f"  {part}", Cell(bytes_text(size), None, size)) for part, size in self.breakdown]
         per_device = " per device" if self.shard > 1 else ""
         table = Table(f"{self.model} on {self.device}: {self._what()}",
                       (Column("at the largest batch"), Column(f"memory{per_device}", "right", unit="bytes")),
@@ -116,7 +114,7 @@ class FitReport(ReportView):
         notes = []
         if self.peak_at:
             notes.append(f"the peak falls in {self.peak_at}")
-        line = f"{size_text(search.fixed_bytes)} + {size_text(search.bytes_per_sample)} per sample"
+        line = f"{bytes_text(search.fixed_bytes)} + {bytes_text(search.bytes_per_sample)} per sample"
         if search.method == "line":  # SearchMethod.line
             confirmed = "confirmed at the answer" if search.affine else "checked at the next batch"
             notes.append(f"memory is affine in the batch size near the answer ({line}), {confirmed}: "
@@ -131,4 +129,4 @@ class FitReport(ReportView):
         return notes
 
 
-__all__ = ["FitReport", "budget_source", "size_text"]
+__all__ = ["PEAK_DECIMALS", "FitReport", "budget_source"]

@@ -16,7 +16,7 @@ from resnet_inspect.render.text import (
     pair_text,
     shape_text,
 )
-from resnet_inspect.report.view import ReportView, SummaryView
+from resnet_inspect.report.view import ReportView, SummaryView, TableColumn, column_table
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -131,6 +131,24 @@ class VerifyReport(ReportView):
                   f"{self.failed} failed — {verdict}",)
         title = f"Convolution arithmetic of {self.model} (Dumoulin & Visin relations)"
         return Document((Table(title, columns, tuple(rows), footer),), notes=self.warnings)
+
+
+def _count_text(value: int | None) -> str:
+    """'1,234'; empty for none or zero (the table leaves such cells blank)."""
+    return f"{value:,}" if value else ""
+
+
+def _bytes_text(value: int | None) -> str:
+    return bytes_text(value) if value else ""
+
+
+def _geometry_cell(layer: LayerRecord, run: PaddingRun | None) -> Cell | str:
+    """Kernel, stride and padding; what the padding run starting at this layer says, when one does."""
+    return geometry_text(layer.geometry) if run is None else run.cell
+
+
+def _milliseconds_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -269,59 +287,55 @@ class SummaryReport(SummaryView):
                 "grad_bytes": training.grad_bytes, "train_peak_bytes": training.memory.peak_bytes}
 
     def document(self) -> Document:
-        capture, counts = self.capture, self.counts
-        show_fvcore = self.fvcore is not None
-        show_time = self.layer_times_ms is not None
-        columns = [
-            Column("layer"), Column("type"), Column("input", "right"), Column("output", "right"),
-            Column("kernel/stride/pad"), Column("check", "center"), Column("RF", "right"),
-            Column("params", "right"), Column("MACs", "right"),
-        ]
-        if show_fvcore:
-            columns.append(Column("fvcore", "right"))
-        if self.torchinfo is not None:
-            columns += [Column("torchinfo params", "right"), Column("torchinfo Mult-Adds", "right")]
-        if self.training is not None:
-            columns += [Column("bwd MACs", "right"), Column("saved", "right"), Column("grads", "right")]
-        if show_time:
-            columns.append(Column("ms", "right"))
+        capture = self.capture
+        shown = [layer for layer in capture.layers if self.max_depth is None or layer.depth <= self.max_depth]
+        table = column_table(f"{self.model}: input {shape_text(capture.input_shape)}", self._columns(), shown,
+                             self._footer())
+        return Document((table,), notes=self._notes())
+
+    def _columns(self) -> list[TableColumn[LayerRecord]]:
+        """The layer table's columns, each beside the rule for its cell; the options add theirs."""
+        layer_macs = self.counts.layer_macs
         runs = {run.record: run for run in self.padding_runs}
-        rows = []
-        for layer in capture.layers:
-            if self.max_depth is not None and layer.depth > self.max_depth:
-                continue
-            run = runs.get(layer.index)
-            geometry = geometry_text(layer.geometry) if run is None else run.cell
-            field_json = self.layer_fields.get(layer.index)
-            rf_text = "" if not field_json else "constant" if field_json.get("constant") else pair_text(
-                field_json["size"]) + (MEASURED_MARK if field_json.get("method") == "measured" else "")
-            macs = counts.layer_macs.get(layer.index, 0)
-            row: list[Cell | str] = [
-                Cell("  " * (layer.depth - 1) + self._relative_name(layer), data=layer.name), layer.type,
-                shape_text(layer.input_shape), shape_text(layer.output_shape), geometry,
-                check_cell(self._layer_check(layer)), rf_text, f"{layer.params:,}" if layer.params else "",
-                f"{macs:,}" if macs else "",
+        columns: list[TableColumn[LayerRecord]] = [
+            TableColumn(Column("layer"), lambda layer: Cell("  " * (layer.depth - 1) + self._relative_name(layer),
+                                                            data=layer.name)),
+            TableColumn(Column("type"), lambda layer: layer.type),
+            TableColumn(Column("input", "right"), lambda layer: shape_text(layer.input_shape)),
+            TableColumn(Column("output", "right"), lambda layer: shape_text(layer.output_shape)),
+            TableColumn(Column("kernel/stride/pad"), lambda layer: _geometry_cell(layer, runs.get(layer.index))),
+            TableColumn(Column("check", "center"), lambda layer: check_cell(self._layer_check(layer))),
+            TableColumn(Column("RF", "right"), self._field_text),
+            TableColumn(Column("params", "right"), lambda layer: _count_text(layer.params)),
+            TableColumn(Column("MACs", "right"), lambda layer: _count_text(layer_macs.get(layer.index, 0))),
+        ]
+        if self.fvcore is not None:
+            columns.append(TableColumn(Column("fvcore", "right"), lambda layer: _count_text(self._fvcore_layer(layer))))
+        if self.torchinfo is not None:
+            params, mult_adds = self.torchinfo.params_by_module, self.torchinfo.by_module
+            columns += [
+                TableColumn(Column("torchinfo params", "right"), lambda layer: _count_text(params.get(layer.name))),
+                TableColumn(Column("torchinfo Mult-Adds", "right"),
+                            lambda layer: _count_text(mult_adds.get(layer.name))),
             ]
-            if show_fvcore:
-                value = self._fvcore_layer(layer)
-                row.append(f"{value:,}" if value else "")
-            if self.torchinfo is not None:
-                params, mult_adds = (self.torchinfo.params_by_module.get(layer.name),
-                                     self.torchinfo.by_module.get(layer.name))
-                row += [f"{params:,}" if params else "", f"{mult_adds:,}" if mult_adds else ""]
-            if self.training is not None:
-                backward, saved, grads = self._train_values(layer)
-                row += [f"{backward:,}" if backward else "", bytes_text(saved) if saved else "",
-                        bytes_text(grads) if grads else ""]
-            if show_time:
-                time_ms = (self.layer_times_ms or {}).get(layer.name)
-                row.append("" if time_ms is None else f"{time_ms:.3f}")
-            rows.append(tuple(row))
-        return Document(
-            (Table(f"{self.model}: input {shape_text(capture.input_shape)}", tuple(columns), tuple(rows),
-                   self._footer()),),
-            notes=self._notes(),
-        )
+        if self.training is not None:
+            columns += [
+                TableColumn(Column("bwd MACs", "right"), lambda layer: _count_text(self._train_values(layer)[0])),
+                TableColumn(Column("saved", "right"), lambda layer: _bytes_text(self._train_values(layer)[1])),
+                TableColumn(Column("grads", "right"), lambda layer: _bytes_text(self._train_values(layer)[2])),
+            ]
+        if self.layer_times_ms is not None:
+            times = self.layer_times_ms
+            columns.append(TableColumn(Column("ms", "right"), lambda layer: _milliseconds_text(times.get(layer.name))))
+        return columns
+
+    def _field_text(self, layer: LayerRecord) -> str:
+        field_json = self.layer_fields.get(layer.index)
+        if not field_json:
+            return ""
+        if field_json.get("constant"):
+            return "constant"
+        return pair_text(field_json["size"]) + (MEASURED_MARK if field_json.get("method") == "measured" else "")
 
     def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """One self-contained HTML page: the layer tree (every layer, expanded down to ``max_depth``), the totals,

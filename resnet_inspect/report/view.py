@@ -8,10 +8,30 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
+from resnet_inspect.render.document import Cell, Column, Document, Table, cell_style, cell_text
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class TableColumn(Generic[Row]):
+    """A column as torchinfo declares one: its header beside the rule that fills its cell from a row, so that an
+    option adding a column adds both at once."""
+
+    column: Column
+    cell: Callable[[Row], Cell | str]
+
+
+def column_table(title: str, columns: Sequence[TableColumn[Row]], rows: Iterable[Row],
+                 footer: tuple[str, ...] = ()) -> Table:
+    """The table of ``rows`` with one cell per column, in the columns' order."""
+    return Table(title, tuple(column.column for column in columns),
+                 tuple(tuple(column.cell(row) for column in columns) for row in rows), footer)
 
 # Rich style words -> CSS, for the cells the tables colour (check marks, best values).
 _CSS = {"green": "color: green", "red": "color: #c00", "yellow": "color: #a60", "bold": "font-weight: bold"}
