@@ -5,6 +5,9 @@ total is a little above our MACs (4,111,512,576 against 4,089,184,256 for ResNet
 with TorchScript, which needs real tensors: it runs at batch 1 on a real copy of the model and is scaled by
 the batch size (every operator it counts is linear in the batch). FlopCounterMode counts 2 FLOPs per MAC
 of mm/addmm/convolution and works on the meta device.
+
+fvcore is imported inside ``fvcore_count``, only when a report asks for its count: its import alone takes most
+of a second.
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from resnet_inspect.analysis.counting import Counts, count
+from resnet_inspect.analysis.memory import ensure_fits
+from resnet_inspect.capture.trace import structural_copy
 from resnet_inspect.records import Capture, Shape
 from resnet_inspect.units import bytes_text
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from resnet_inspect.analysis.counting import Counts
 
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 # fvcore operator names that are convolutions or matrix products: the share every counter agrees on.
@@ -51,8 +55,6 @@ def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
     weights do not change any count or timing); buffers without a rule are zeroed.
     """
 
-    import torch
-
     target = torch.device(device)
     tensors = [*model.parameters(), *model.buffers()]
     if all(t.device.type == target.type and target.index in (None, t.device.index) for t in tensors):
@@ -75,8 +77,6 @@ def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
 
 def batch1_memory_bytes(capture: Capture, counts: Counts | None = None) -> int:
     """Memory a batch-1 real forward needs, estimated from the capture: weights, buffers, all activations."""
-    from resnet_inspect.analysis.counting import count
-
     counts = counts or count(capture)
     batch_size = max(capture.input_shape[0], 1) if capture.input_shape else 1
     return counts.param_bytes + counts.buffer_bytes + (counts.input_bytes + counts.activation_bytes) // batch_size
@@ -92,10 +92,6 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
     fvcore's log warnings are silenced; the operators it could not count are returned in
     ``unsupported_ops`` so the report can list them.
     """
-    import torch
-
-    from resnet_inspect.analysis.memory import ensure_fits
-
     needed_bytes = batch1_memory_bytes(capture, counts)
     ensure_fits(needed_bytes, "--fvcore (a real batch-1 forward pass)", "lower --input-size, or leave out --fvcore")
     if needed_bytes > memory_budget_bytes:
@@ -136,11 +132,6 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
 
 def flop_counter_flops(model: nn.Module, input_shape: Shape) -> int:
     """torch.utils.flop_counter's total (2 FLOPs per MAC of mm/addmm/convolution), run on the meta device."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from resnet_inspect.capture.trace import structural_copy
-
     working = structural_copy(model, "meta").eval()
     sample = torch.empty(tuple(input_shape), device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -19,17 +19,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+from torch.nn.modules import pooling
+
+from resnet_inspect.analysis.counting import element_bytes
 from resnet_inspect.analysis.empirical import module_returning
+from resnet_inspect.analysis.memory import MemoryGuardError, ensure_fits, gradient_bytes
 from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
+from resnet_inspect.capture.tensors import structural_copy, tensors_in
 from resnet_inspect.errors import InspectError
 from resnet_inspect.ops.fields import NodeField
 from resnet_inspect.records import Capture
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 MEASURE_SEED = 0
 LARGER_INPUT = 2  # the factor by which a support that reaches the input's border is measured again
@@ -63,11 +66,6 @@ class NotMeasured(Exception):
 
 def linearised_copy(model: nn.Module, seed: int = MEASURE_SEED) -> nn.Module:
     """A float64 CPU copy in eval mode: positive weights scaled by fan-in, max pools as average pools."""
-    import torch
-    from torch.nn.modules import pooling
-
-    from resnet_inspect.capture.tensors import structural_copy
-
     working = structural_copy(model, "cpu").double().eval()
     averages: dict[type, Any] = {
         pooling.MaxPool1d: torch.nn.AvgPool1d, pooling.MaxPool2d: torch.nn.AvgPool2d,
@@ -115,8 +113,6 @@ _Measured = tuple[tuple[int, ...], tuple[int, ...], list[_Support]]  # a map's g
 
 
 def _support(gradient: torch.Tensor) -> _Support:
-    import torch
-
     touched = gradient[0].abs().sum(0) != 0
     firsts, lasts = [], []
     for axis in range(touched.dim()):
@@ -131,10 +127,6 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
               seed: int) -> dict[int, _Measured | str]:
     """One forward pass at ``input_size``; per node, its map's size, the unit measured and the supports of that
     unit and of its neighbour on each axis (or why there are none)."""
-    import torch
-
-    from resnet_inspect.capture.tensors import tensors_in
-
     rank = len(input_size)
     generator = torch.Generator().manual_seed(seed + 1)
     image = (torch.rand((1, capture.input_shape[1], *input_size), generator=generator, dtype=torch.float64)
@@ -174,8 +166,6 @@ def _supports(working: nn.Module, capture: Capture, nodes: Sequence[int], input_
 def _unit_supports(value: Any, image: Any, generator: Any) -> _Measured | str:
     """The supports of a map's centre unit and of its next unit on each axis longer than one (a random channel mix
     of each unit backpropagated to the input), or why the centre unit has none."""
-    import torch
-
     grid = tuple(value.shape[2:])
     unit = tuple((size - 1) // 2 for size in grid)
     units: list[tuple[int, ...]] = [unit] + [tuple(u + (axis == a) for a, u in enumerate(unit))
@@ -226,9 +216,6 @@ def measure_fields(model: nn.Module, capture: Capture, nodes: Sequence[int], rea
                    seed: int = MEASURE_SEED) -> dict[int, MeasuredField | str]:
     """Measure the fields of ``nodes`` (module outputs, or the model's output) on ``model``; per node the field,
     or why it could not be measured. ``reasons`` says why each analytic rule ran out."""
-    from resnet_inspect.analysis.counting import element_bytes
-    from resnet_inspect.analysis.memory import MemoryGuardError, ensure_fits, gradient_bytes
-
     if len(capture.input_shapes) != 1 or len(capture.input_shape) < 3:
         return dict.fromkeys(nodes, "the model does not take one (N, C, *spatial) input")
     nominal = tuple(capture.input_shape[2:])

@@ -15,15 +15,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+
+from resnet_inspect.analysis.memory import ensure_fits
 from resnet_inspect.analysis.timing import LatencyResult, Progress, make_input, measure_callable, prepare_model
+from resnet_inspect.analysis.training import step_memory
+from resnet_inspect.capture.trace import size_inputs
+from resnet_inspect.capture.training import AMP_DTYPES, TrainOptions, run_training_pass
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.records import Shape
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 DEFAULT_OPTIMIZER = "adamw"
 LEARNING_RATE, MOMENTUM = 1e-3, 0.9  # as capture.training.optimizer_step
@@ -32,15 +35,11 @@ LEARNING_RATE, MOMENTUM = 1e-3, 0.9  # as capture.training.optimizer_step
 def check_training_options(optimizer: str, amp: str | None, dtype: str) -> None:
     """An unknown optimizer or amp mode, or ``amp`` with weights already in half precision: BadInputError (the
     training options' own checks, ``capture.training.TrainOptions``)."""
-    from resnet_inspect.capture.training import TrainOptions
-
     TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp)
 
 
 def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
     """torch.optim's optimizer ``name`` over ``parameters`` (None for ``none``: forward and backward only)."""
-    import torch
-
     if name == "none":
         return None
     if name in ("sgd", "momentum"):
@@ -52,8 +51,6 @@ def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.opt
 
 def _tensors(output: Any) -> Iterator[torch.Tensor]:
     """Every tensor in a model's output: a tensor, or tuples, lists and dicts of them (nested)."""
-    import torch
-
     if isinstance(output, torch.Tensor):
         yield output
     elif isinstance(output, dict):
@@ -79,10 +76,6 @@ def output_loss(output: Any) -> torch.Tensor:
 def training_step(model: nn.Module, x: torch.Tensor, optimizer: str = DEFAULT_OPTIMIZER, amp: str | None = None,
                   device: str = "cpu") -> Callable[[], None]:
     """One training step of ``model`` (already on ``device``, in train mode) on the batch ``x``, as a function."""
-    import torch
-
-    from resnet_inspect.capture.training import AMP_DTYPES
-
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not parameters:
         raise BadInputError("the model has no trainable parameters: there is nothing to train (time it without "
@@ -117,11 +110,6 @@ def ensure_training_step_fits(model: nn.Module, input_shape: Shape, device: str 
 
     The estimate is the step's own, from one training pass on the meta device (``analysis.training``).
     """
-    from resnet_inspect.analysis.memory import ensure_fits
-    from resnet_inspect.analysis.training import step_memory
-    from resnet_inspect.capture.trace import size_inputs
-    from resnet_inspect.capture.training import TrainOptions, run_training_pass
-
     if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
         return
     inputs = size_inputs(model, tuple(input_shape[2:]), input_shape[0], input_shape[1])

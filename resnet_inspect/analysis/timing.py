@@ -15,14 +15,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import benchmark
+
+from resnet_inspect.analysis.counting import element_bytes
+from resnet_inspect.analysis.fvcore_count import materialize
+from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
+from resnet_inspect.capture.trace import capture
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.ops.registry import op_for_module
 from resnet_inspect.records import Shape
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 DTYPES = ("float32", "float16", "bfloat16")
 _DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda(:\d+)?)")
@@ -68,8 +74,6 @@ class LayerProfile:
 
 def available_devices() -> list[str]:
     """The devices this machine can run on: cpu, each cuda:N, and mps."""
-    import torch
-
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
@@ -93,9 +97,6 @@ def resolve_device(text: str | torch.device) -> str:
 
 def check_dtype(device: str, dtype: str) -> None:
     """Run a tiny conv/BN/pool/linear in ``dtype`` on ``device``; BadInputError if the device cannot."""
-    import torch
-    import torch.nn.functional as F
-
     if dtype not in DTYPES:
         raise BadInputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, dtype)
@@ -113,8 +114,6 @@ def check_dtype(device: str, dtype: str) -> None:
 
 def synchronizer(device: str) -> Callable[[], None]:
     """A function that waits for the device's queued work (a no-op on the CPU)."""
-    import torch
-
     if device.startswith("cuda"):
         return lambda: torch.cuda.synchronize(device)
     if device == "mps":
@@ -128,10 +127,6 @@ def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channel
     A model already on ``device`` in ``dtype`` (and, for ``channels_last``, in that memory format) is returned
     itself, switched to eval mode; any other is copied, so the caller's weights keep their dtype and format.
     """
-    import torch
-
-    from resnet_inspect.analysis.fvcore_count import materialize
-
     torch_dtype = getattr(torch, dtype)
     prepared = materialize(model, device)
     if prepared is model and _needs_conversion(model, torch_dtype, channels_last):
@@ -145,8 +140,6 @@ def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channel
 
 def _needs_conversion(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> bool:
     """Whether ``.to(dtype)`` or ``.to(channels_last)`` would change one of ``model``'s tensors in place."""
-    import torch
-
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.is_floating_point() and tensor.dtype != dtype:
             return True
@@ -174,10 +167,6 @@ def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu"
     The estimate comes from a batch-1 capture (on the meta device, or on real tensors at batch 1 for
     data-dependent code, as the capture decides); a forward pass that fails raises ForwardError naming the layer.
     """
-    from resnet_inspect.analysis.counting import element_bytes
-    from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
-    from resnet_inspect.capture.trace import capture
-
     if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
         return
     captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1])
@@ -188,8 +177,6 @@ def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu"
 
 
 def make_input(input_shape: Shape, device: str, dtype: str = "float32", channels_last: bool = False) -> torch.Tensor:
-    import torch
-
     x = torch.randn(tuple(input_shape), device=device, dtype=getattr(torch, dtype))
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
@@ -197,8 +184,6 @@ def make_input(input_shape: Shape, device: str, dtype: str = "float32", channels
 @contextmanager
 def thread_count(threads: int | None) -> Iterator[int]:
     """Set torch's intra-op thread count for a block (None keeps it); yields the count in force."""
-    import torch
-
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -226,9 +211,6 @@ def measure_callable(run: Callable[[], Any], batch_size: int, device: str, warmu
                      threads: int | None = None, progress: Progress | None = None) -> LatencyResult:
     """Time ``run()`` (one forward pass, or one training step) as it is: warm-up calls, then about ``repeat``
     timed calls in ``torch.utils.benchmark`` blocks, each waiting for the device; the peak memory on CUDA."""
-    import torch
-    from torch.utils import benchmark
-
     synchronize = synchronizer(device)
 
     def device_timer() -> float:
@@ -259,8 +241,6 @@ def measure_callable(run: Callable[[], Any], batch_size: int, device: str, warmu
 def measure(model: nn.Module, x: torch.Tensor, device: str, warmup: int = 10, repeat: int = 50,
             threads: int | None = None, progress: Progress | None = None) -> LatencyResult:
     """Time ``model(x)`` as it is, under ``torch.inference_mode`` (see ``measure_callable``)."""
-    import torch
-
     with torch.inference_mode():  # the timer calls ``run`` in this thread, so the mode holds for every pass
         return measure_callable(lambda: model(x), x.shape[0] if x.dim() else 1, device, warmup, repeat, threads,
                                 progress)
@@ -277,8 +257,6 @@ def time_model(model: nn.Module, input_shape: Shape, device: str = "cpu", dtype:
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules timed one by one: known layers (conv, BN, ...) and modules without children."""
-    from resnet_inspect.ops.registry import op_for_module
-
     leaves: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(parent + ".") for parent, _ in leaves):
@@ -300,8 +278,6 @@ class _LayerClock:
 
     def _now(self) -> Any:
         if self.use_events:
-            import torch
-
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
@@ -333,8 +309,6 @@ def profile_layers(model: nn.Module, input_shape: Shape, device: str = "cpu", dt
                    warmup: int = 10, repeat: int = 50, threads: int | None = None, channels_last: bool = False,
                    progress: Progress | None = None) -> LayerProfile:
     """Per-layer medians over ``repeat`` hooked forward passes (after ``warmup`` untimed ones)."""
-    import torch
-
     with _timed_model(model, input_shape, device, dtype, channels_last) as prepared:
         x = make_input(input_shape, device, dtype, channels_last)
         leaves = leaf_modules(prepared)

@@ -11,13 +11,15 @@ torchinfo runs on a meta-device copy of the model: nothing is allocated and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+import torch
+import torchinfo
+from torch import nn
 
-    from resnet_inspect.analysis.counting import Counts
-    from resnet_inspect.records import Capture
+from resnet_inspect.analysis.counting import Counts
+from resnet_inspect.capture.trace import structural_copy
+from resnet_inspect.records import Capture
 
 # Differences between torchinfo's Mult-Adds and our MACs, in the order the footer explains them.
 BATCHNORM = "BatchNorm parameters"
@@ -66,14 +68,10 @@ class TorchinfoCounts:
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
-    from torch import nn
-
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def _reason(module: nn.Module, input_dims: int) -> str:
-    from torch import nn
-
     if _is_batchnorm(module):
         return BATCHNORM
     if isinstance(module, nn.Linear) and input_dims > 2:
@@ -85,11 +83,6 @@ def _reason(module: nn.Module, input_dims: int) -> str:
 
 def torchinfo_count(model: nn.Module, capture: Capture, counts: Counts, input_data: Any = None) -> TorchinfoCounts:
     """Run torchinfo.summary on a meta copy of ``model`` at the capture's input and explain its Mult-Adds."""
-    import torch
-    import torchinfo
-
-    from resnet_inspect.capture.trace import structural_copy
-
     copy = structural_copy(model, "meta")
     names = {id(module): name for name, module in copy.named_modules()}
     modules = dict(copy.named_modules())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind
 from resnet_inspect.render.document import Cell, Column, Document, Table
+from resnet_inspect.render.html import summary_html
 from resnet_inspect.render.text import (
     MEASURED_MARK,
     bytes_text,
@@ -16,7 +17,8 @@ from resnet_inspect.render.text import (
     pair_text,
     shape_text,
 )
-from resnet_inspect.report.view import ReportView, SummaryView, TableColumn, column_table
+from resnet_inspect.report.rf import RfReport
+from resnet_inspect.report.view import ReportView, SummaryView, TableColumn, column_table, written
 from resnet_inspect.schemas import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -341,12 +343,6 @@ class SummaryReport(SummaryView):
         """One self-contained HTML page: the layer tree (every layer, expanded down to ``max_depth``), the totals,
         the receptive-field picture and MACs and parameters per stage; also written to ``path`` as ``-o`` writes
         it, when one is given."""
-        from dataclasses import replace
-
-        from resnet_inspect.render.html import summary_html
-        from resnet_inspect.report.rf import RfReport
-        from resnet_inspect.report.view import written
-
         rf = RfReport(self.model, self.capture.input_shape, self.fields).to_dict() if self.fields else None
         return written(summary_html(self.to_dict(), replace(self, max_depth=None).document(), rf, self.max_depth),
                        path)

@@ -2,10 +2,13 @@
 
 ``ReportView`` is a mixin for every report class (they keep ``to_dict()`` and ``document()``); it adds nothing
 to what the report holds, only ways to read it. ``SummaryView`` adds the queries of the summary report.
+
+pandas is imported inside ``to_dataframe`` alone: it is optional, and its import takes more than a second.
 """
 
 from __future__ import annotations
 
+import difflib
 import html
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -13,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from rich.console import Group
+
+from resnet_inspect.render import render_csv, render_json, render_markdown, render_table, rich_renderables
 from resnet_inspect.render.document import Cell, Column, Document, Table, cell_style, cell_text
+from resnet_inspect.render.files import write_output
 
 Row = TypeVar("Row")
 
@@ -74,8 +81,6 @@ def written(text: str, path: str | os.PathLike[str] | None) -> str:
     """``text``, also written to ``path`` when one is given, exactly as the command line's ``-o`` writes it: whole
     or not at all, through links, never replacing a device (see ``render.files.write_output``)."""
     if path is not None:
-        from resnet_inspect.render.files import write_output
-
         write_output(path if path == "-" else Path(path), text)  # "-" is standard output, as for -o
     return text
 
@@ -96,18 +101,12 @@ class ReportView:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        from resnet_inspect.render import render_table
-
         return "\n".join(line.rstrip() for line in render_table(self, width=self.TEXT_WIDTH).splitlines())
 
     def __str__(self) -> str:
         return self.__repr__()
 
     def __rich__(self) -> Any:
-        from rich.console import Group
-
-        from resnet_inspect.render import rich_renderables
-
         return Group(*rich_renderables(self))
 
     def _repr_html_(self) -> str:
@@ -115,20 +114,14 @@ class ReportView:
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The JSON of ``--format json``; also written to ``path`` as ``-o`` writes it, when one is given."""
-        from resnet_inspect.render import render_json
-
         return written(render_json(self), path)
 
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
         """The CSV of ``--format csv``; also written to ``path`` as ``-o`` writes it, when one is given."""
-        from resnet_inspect.render import render_csv
-
         return written(render_csv(self), path)
 
     def to_markdown(self, path: str | os.PathLike[str] | None = None) -> str:
         """The Markdown of ``--format markdown``; also written to ``path`` as ``-o`` writes it, when one is given."""
-        from resnet_inspect.render import render_markdown
-
         return written(render_markdown(self), path)
 
     def records(self) -> list[dict[str, Any]]:
@@ -167,8 +160,6 @@ class SummaryView(ReportView):
         for entry in layers:
             if entry["name"] == name:
                 return entry
-        import difflib
-
         close = difflib.get_close_matches(name, [entry["name"] for entry in layers], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"no layer named {name!r}{hint}")
