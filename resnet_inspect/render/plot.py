@@ -244,7 +244,7 @@ def rf_figure(rf: Mapping[str, Any], mass: Sequence[Sequence[float]] | None = No
         _fields_panel_1d(panels[0], rf, boxes)
     else:
         _fields_panel_2d(panels[0], rf, boxes)
-    if with_erf:
+    if with_erf and mass is not None:
         _erf_panel(figure, panels[1], rf, mass)
     return figure
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
+from resnet_inspect.names import shown
 from resnet_inspect.render.document import Cell
+
+
+def escape(text: str) -> str:
+    """Text for HTML and SVG, shown as it is: without control sequences or bidirectional formatting
+    (``names.shown``), then with ``& < > " '`` escaped."""
+    return html.escape(shown(text))
 
 
 def shape_text(shape: Sequence[int] | None) -> str:

@@ -282,7 +282,8 @@ class SummaryReport(SummaryView):
         if self.torchinfo is not None:
             columns += [Column("torchinfo params", "right"), Column("torchinfo Mult-Adds", "right")]
         if self.training is not None:
-            columns += [Column("bwd MACs", "right"), Column("saved", "right"), Column("grads", "right")]
+            columns += [Column("bwd MACs", "right"), Column("saved", "right", unit="bytes"),
+                        Column("grads", "right", unit="bytes")]
         if show_time:
             columns.append(Column("ms", "right"))
         runs = {run.record: run for run in self.padding_runs}
@@ -311,8 +312,9 @@ class SummaryReport(SummaryView):
                 row += [f"{params:,}" if params else "", f"{mult_adds:,}" if mult_adds else ""]
             if self.training is not None:
                 backward, saved, grads = self._train_values(layer)
-                row += [f"{backward:,}" if backward else "", bytes_text(saved) if saved else "",
-                        bytes_text(grads) if grads else ""]
+                row += [f"{backward:,}" if backward else "",
+                        Cell(bytes_text(saved), data=saved) if saved else "",
+                        Cell(bytes_text(grads), data=grads) if grads else ""]
             if show_time:
                 time_ms = (self.layer_times_ms or {}).get(layer.name)
                 row.append("" if time_ms is None else f"{time_ms:.3f}")

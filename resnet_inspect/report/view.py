@@ -6,12 +6,12 @@ to what the report holds, only ways to read it. ``SummaryView`` adds the queries
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import Any
 
 from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
+from resnet_inspect.render.text import escape
 
 # Rich style words -> CSS, for the cells the tables colour (check marks, best values).
 _CSS = {"green": "color: green", "red": "color: #c00", "yellow": "color: #a60", "bold": "font-weight: bold"}
@@ -25,7 +25,7 @@ def _css(style: str | None) -> str:
 
 def _html_cell(tag: str, cell: Cell | str, justify: str) -> str:
     css = "; ".join(part for part in (f"text-align: {justify}", "white-space: pre", _css(cell_style(cell))) if part)
-    return f'<{tag} style="{css}">{html.escape(cell_text(cell))}</{tag}>'
+    return f'<{tag} style="{css}">{escape(cell_text(cell))}</{tag}>'
 
 
 def document_html(document: Document) -> str:
@@ -40,10 +40,10 @@ def document_html(document: Document) -> str:
                                                                                                strict=True)) + "</tr>"
             for row in table.rows
         )
-        foot = "".join(f'<tr><td colspan="{span}" style="text-align: left">{html.escape(line)}</td></tr>'
+        foot = "".join(f'<tr><td colspan="{span}" style="text-align: left">{escape(line)}</td></tr>'
                        for line in lines)
         parts.append(
-            f'<table class="resnet-inspect"><caption style="text-align: left">{html.escape(table.title)}</caption>'
+            f'<table class="resnet-inspect"><caption style="text-align: left">{escape(table.title)}</caption>'
             f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody>"
             + (f"<tfoot>{foot}</tfoot>" if foot else "") + "</table>"
         )
@@ -123,8 +123,10 @@ class ReportView:
 
     def to_dataframe(self) -> Any:
         """``records()`` as a pandas DataFrame, nested objects flattened (``arithmetic.relation``); needs pandas."""
+        import importlib
+
         try:
-            import pandas
+            pandas = importlib.import_module("pandas")  # optional, and typed here as what it returns: Any
         except ImportError:
             raise ImportError("to_dataframe() needs pandas, which resnet-inspect does not install: "
                               "pip install pandas") from None
