@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.receptive_field import (
@@ -309,7 +310,7 @@ class ErfResult:
     r50: float | None  # None when the input gradient is zero everywhere: no mass, so no radius holds any share
     r90: float | None
     r99: float | None
-    field_size: Pair | None
+    field_size: tuple[int | Fraction, ...] | None  # fractional after upsampling
     ratio: float | None
     mass: tuple[tuple[float, ...], ...]  # per input pixel, summed over channels, normalised to a total of 1
 
@@ -348,6 +349,28 @@ def _radius(mass: Any, centre: tuple[float, float], level: float) -> float:
     cumulative = torch.cumsum(mass.flatten()[order], dim=0)
     position = int(torch.searchsorted(cumulative, torch.tensor(level * float(cumulative[-1]), dtype=torch.float64)))
     return float(distance[order][min(position, len(order) - 1)])
+
+
+def _input_gradient(model: nn.Module, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """d target / d image; zeros where the backward pass never reaches the input (the model detaches its features,
+    or computes them without gradients): the field is then undefined, as for a gradient that is zero everywhere.
+    A gradient that is not finite (NaN or inf weights, or an overflow) is refused in one line."""
+    import torch
+
+    gradient = None
+    if target.requires_grad:
+        (gradient,) = torch.autograd.grad(target, image, allow_unused=True)
+    if gradient is None:
+        return torch.zeros_like(image)
+    if not bool(torch.isfinite(gradient).all()):
+        broken = [name for name, parameter in model.named_parameters() if not bool(torch.isfinite(parameter).all())]
+        if broken:
+            more = f" (and {len(broken) - 1} more parameters)" if len(broken) > 1 else ""
+            cause = f"the model's parameter {broken[0]}{more} holds NaN or inf, so the input gradient does too"
+        else:
+            cause = "the input gradient holds NaN or inf (the forward or backward pass overflows)"
+        raise BadInputError(f"the effective receptive field cannot be measured: {cause}")
+    return gradient
 
 
 def effective_receptive_field(model: nn.Module, capture: Capture, result: ReceptiveFieldResult, samples: int = 8,
@@ -391,8 +414,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
             features = tensors_in(seen[call] if owner is not None else output)[0]
             unit = ((features.shape[axis_dims[0]] - 1) // 2, (features.shape[axis_dims[1]] - 1) // 2)
             picked = features[0].select(axis_dims[1] - 1, unit[1]).select(axis_dims[0] - 1, unit[0])
-            (gradient,) = torch.autograd.grad(picked.sum(), image)
-            total += gradient[0].abs().sum(dim=0).double()
+            total += _input_gradient(model, picked.sum(), image)[0].abs().sum(dim=0).double()
     finally:
         if handle is not None:
             handle.remove()

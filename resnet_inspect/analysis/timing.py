@@ -8,7 +8,6 @@ as the hook overhead.
 
 from __future__ import annotations
 
-import copy
 import re
 import statistics
 import time
@@ -17,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.tensors import private_copy
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.records import Shape
 
@@ -135,10 +135,10 @@ def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channel
     torch_dtype = getattr(torch, dtype)
     prepared = materialize(model, device)
     if prepared is model and _needs_conversion(model, torch_dtype, channels_last):
-        prepared = copy.deepcopy(model)
+        prepared = private_copy(model)
     prepared = prepared.to(dtype=torch_dtype).eval()
     if channels_last:
-        prepared = prepared.to(memory_format=torch.channels_last)
+        prepared = prepared.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
     return prepared
 
 
@@ -245,7 +245,8 @@ def measure_callable(run: Callable[[], Any], batch_size: int, device: str, warmu
             if progress is not None:
                 progress(number)
 
-        measurement = timer.blocked_autorange(callback=on_block, min_run_time=max(repeat, 1) * per_call_s)
+        measurement = timer.blocked_autorange(callback=on_block,  # type: ignore[arg-type]  # torch types it as Never
+                                              min_run_time=max(repeat, 1) * per_call_s)
     return LatencyResult(
         batch_size=batch_size, median_ms=measurement.median * 1e3, iqr_ms=measurement.iqr * 1e3,
         images_per_s=batch_size / measurement.median, runs=len(measurement.raw_times) * measurement.number_per_run,
