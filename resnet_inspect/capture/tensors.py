@@ -82,7 +82,7 @@ def is_callers_hook(hook: Any) -> bool:
     """Whether a module hook acts on the caller's objects, not on the model's: a function or a builtin (through
     any ``functools.partial``), which a deep copy of the model shares with the original, so that the copy's
     tensors (meta ones, in a meta pass) would reach the caller's lists. A hook that is an object or a bound method
-    (torch's weight norm, spectral norm and pruning, timm's feature hooks) is copied with the model and acts on
+    (torch's spectral norm, timm's feature hooks) is copied with the model and acts on
     the copy's own state: it is part of the model."""
     while isinstance(hook, functools.partial):
         hook = hook.func
