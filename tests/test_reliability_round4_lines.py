@@ -220,6 +220,16 @@ def test_a_compare_label_is_neutralised_in_csv_and_markdown():
         assert not FORBIDDEN.search(text) and "net1" in text, text
 
 
+def test_the_progress_bar_shows_a_models_name_without_control_or_bidi_characters():
+    from resnet_inspect.cli.common import progress_bar
+
+    progress, _task = progress_bar("timing \x1b]0;owned\x07net\u202e.py:model", 3)
+    try:
+        assert progress.tasks[0].description == "timing net.py:model"
+    finally:
+        progress.stop()
+
+
 # ------------------------------------------------------------------ item 14: CSV holds exact bytes, no placeholders
 
 
