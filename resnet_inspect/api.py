@@ -304,10 +304,12 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
 
 
 def _rank(model: nn.Module | str) -> int:
-    """The model's number of spatial axes (2 for a name, which is not built here)."""
+    """The model's number of spatial axes (2 for a name, which is not built here); a module the tool cannot
+    inspect (TorchScript, quantized, lazy) is refused first, in one line."""
+    from resnet_inspect.capture.loader import usable_module
     from resnet_inspect.capture.trace import spatial_rank
 
-    return 2 if isinstance(model, str) else spatial_rank(model)
+    return 2 if isinstance(model, str) else spatial_rank(usable_module(model, type(model).__name__))
 
 
 def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
@@ -351,9 +353,9 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
     else:
         network, name = _model(model, in_channels, None, model_name)
         if weights is not None:  # loading them must not overwrite the caller's own
-            import copy
+            from resnet_inspect.capture.tensors import private_copy
 
-            network = copy.deepcopy(network)
+            network = private_copy(network)
     report = rf_report(network, name, size, channels, check, wants_erf, erf_samples,
                        Path(weights) if weights is not None else None, label)
     if png is not None and report.erf is not None:
@@ -454,10 +456,10 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     check_optional("in_channels", in_channels)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if not isinstance(model, str):  # a module the tool cannot inspect is refused before its input is read
+        model, _ = _model(model, in_channels, None, model_name)
     size = _spatial(input_size, model)
     device = _device(device)
-    if not isinstance(model, str):
-        model, _ = _model(model, in_channels, None, model_name)
     return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,
                          in_channels, model_name=model_name, train=train, optimizer=optimizer, amp=amp)
 

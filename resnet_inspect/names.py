@@ -10,6 +10,9 @@ import re
 
 # ESC-introduced sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL or ESC \`, other two-byte escapes), the C1
 # CSI and OSC introducers with their bodies, then any other C0 or C1 control and DEL. Tab and newline stay.
+# Then Unicode's bidirectional formatting characters (embeddings, overrides, isolates and marks: U+202A-U+202E,
+# U+2066-U+2069, U+200E, U+200F, U+061C), which reorder the text around them: a name holding U+202E shows its
+# tail reversed and pulls the next cells of a table row with it.
 _CONTROL_SEQUENCES = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, ended by BEL or ST
@@ -17,6 +20,7 @@ _CONTROL_SEQUENCES = re.compile(
     r"|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # C1 OSC
     r"|\x1b[@-_]?"  # any other escape
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+    r"|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"  # bidirectional formatting
 )
 
 
@@ -28,8 +32,15 @@ def printable(text: str) -> str:
 
 def strip_controls(text: str) -> str:
     """``text`` without terminal control sequences (ESC, CSI, OSC, BEL and every other C0 or C1 control but tab and
-    newline): a name can colour, retitle or rewrite a terminal with them."""
+    newline) and without bidirectional formatting characters: a name can colour, retitle or rewrite a terminal
+    with the first, and reverse the text that follows it with the second."""
     return _CONTROL_SEQUENCES.sub("", text)
+
+
+def shown(text: str) -> str:
+    """``text`` as every output shows it: valid UTF-8 (``printable``), without control sequences or bidirectional
+    formatting (``strip_controls``)."""
+    return strip_controls(printable(text))
 
 
 def first_line(text: str) -> str:
@@ -45,4 +56,4 @@ def first_line(text: str) -> str:
     return lines[0]
 
 
-__all__ = ["first_line", "printable", "strip_controls"]
+__all__ = ["first_line", "printable", "shown", "strip_controls"]

@@ -356,6 +356,28 @@ def _radius(mass: Any, centre: tuple[float, float], level: float) -> float:
     return float(distance[order][min(position, len(order) - 1)])
 
 
+def _input_gradient(model: nn.Module, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """d target / d image; zeros where the backward pass never reaches the input (the model detaches its features,
+    or computes them without gradients): the field is then undefined, as for a gradient that is zero everywhere.
+    A gradient that is not finite (NaN or inf weights, or an overflow) is refused in one line."""
+    import torch
+
+    gradient = None
+    if target.requires_grad:
+        (gradient,) = torch.autograd.grad(target, image, allow_unused=True)
+    if gradient is None:
+        return torch.zeros_like(image)
+    if not bool(torch.isfinite(gradient).all()):
+        broken = [name for name, parameter in model.named_parameters() if not bool(torch.isfinite(parameter).all())]
+        if broken:
+            more = f" (and {len(broken) - 1} more parameters)" if len(broken) > 1 else ""
+            cause = f"the model's parameter {broken[0]}{more} holds NaN or inf, so the input gradient does too"
+        else:
+            cause = "the input gradient holds NaN or inf (the forward or backward pass overflows)"
+        raise BadInputError(f"the effective receptive field cannot be measured: {cause}")
+    return gradient
+
+
 def effective_receptive_field(model: nn.Module, capture: Capture, result: ReceptiveFieldResult, samples: int = 8,
                               seed: int = 0, weights: str = "random") -> ErfResult:
     """Mean |d centre unit / d input| over ``samples`` standard-normal inputs; the real model, eval mode, float32.
@@ -397,8 +419,7 @@ def effective_receptive_field(model: nn.Module, capture: Capture, result: Recept
             features = tensors_in(seen[call] if owner is not None else output)[0]
             unit = ((features.shape[axis_dims[0]] - 1) // 2, (features.shape[axis_dims[1]] - 1) // 2)
             picked = features[0].select(axis_dims[1] - 1, unit[1]).select(axis_dims[0] - 1, unit[0])
-            (gradient,) = torch.autograd.grad(picked.sum(), image)
-            total += gradient[0].abs().sum(dim=0).double()
+            total += _input_gradient(model, picked.sum(), image)[0].abs().sum(dim=0).double()
     finally:
         if handle is not None:
             handle.remove()

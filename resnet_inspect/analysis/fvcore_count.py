@@ -12,7 +12,6 @@ of a second.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnet_inspect.analysis.counting import Counts, count
 from resnet_inspect.analysis.memory import ensure_fits
+from resnet_inspect.capture.tensors import private_copy
 from resnet_inspect.capture.trace import structural_copy
 from resnet_inspect.records import Capture, Shape
 from resnet_inspect.units import bytes_text
@@ -60,8 +60,8 @@ def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
     if all(t.device.type == target.type and target.index in (None, t.device.index) for t in tensors):
         return model
     if not any(tensor.is_meta for tensor in tensors):
-        return copy.deepcopy(model).to(device)
-    real = copy.deepcopy(model).to_empty(device=device)
+        return private_copy(model).to(device)
+    real = private_copy(model).to_empty(device=device)
     with torch.no_grad():
         for tensor in real.buffers():
             tensor.zero_()
@@ -100,7 +100,7 @@ def fvcore_count(model: nn.Module, capture: Capture, *, memory_budget_bytes: int
     batch_size = capture.input_shape[0]
     real = materialize(model, "cpu")
     if real is model:  # fvcore's hooks and the eval switch must not touch the caller's model
-        real = copy.deepcopy(model)
+        real = private_copy(model)
     real.eval()
     dtype = next((parameter.dtype for parameter in real.parameters()), getattr(torch, capture.dtype))
     sample = torch.zeros((1, *capture.input_shape[1:]), dtype=dtype)

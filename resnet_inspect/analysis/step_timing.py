@@ -12,7 +12,6 @@ change.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from resnet_inspect.analysis.memory import ensure_fits
 from resnet_inspect.analysis.timing import LatencyResult, Progress, make_input, measure_callable, prepare_model
 from resnet_inspect.analysis.training import step_memory
+from resnet_inspect.capture.tensors import private_copy
 from resnet_inspect.capture.trace import size_inputs
 from resnet_inspect.capture.training import AMP_DTYPES, TrainOptions, run_training_pass
 from resnet_inspect.errors import BadInputError
@@ -133,7 +133,7 @@ def time_training_step(model: nn.Module, input_shape: Shape, device: str = "cpu"
     try:
         prepared = prepare_model(model, device, dtype, channels_last)
         if prepared is model:  # the step changes the weights: never the caller's
-            prepared = copy.deepcopy(model)
+            prepared = private_copy(model)
         prepared.train()
         x = make_input(input_shape, device, dtype, channels_last)
         step = training_step(prepared, x, optimizer, amp, device)

@@ -8,7 +8,6 @@ as the hook overhead.
 
 from __future__ import annotations
 
-import copy
 import re
 import statistics
 import time
@@ -25,6 +24,7 @@ from torch.utils import benchmark
 from resnet_inspect.analysis.counting import element_bytes
 from resnet_inspect.analysis.fvcore_count import materialize
 from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
+from resnet_inspect.capture.tensors import private_copy
 from resnet_inspect.capture.trace import capture
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.ops.registry import op_for_module
@@ -130,7 +130,7 @@ def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channel
     torch_dtype = getattr(torch, dtype)
     prepared = materialize(model, device)
     if prepared is model and _needs_conversion(model, torch_dtype, channels_last):
-        prepared = copy.deepcopy(model)
+        prepared = private_copy(model)
     prepared = prepared.to(dtype=torch_dtype).eval()
     if channels_last:
         # Module.to takes memory_format (torch documents it), but its typed overloads leave it out

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,10 +66,65 @@ def structural_copy(model: nn.Module, device: str = "meta") -> nn.Module:
     for buffer in model.buffers():
         if id(buffer) not in memo:
             memo[id(buffer)] = copied(buffer)
-    return copy.deepcopy(model, memo).to(device)
+    return without_callers_hooks(copy.deepcopy(model, memo)).to(device)
 
 
-__all__ = ["named_tensors", "shape_of", "structural_copy", "tensors_in"]
+# A module's hooks that run around its calls (forward, pre-forward, backward, pre-backward), and the dicts that say
+# how each one is called, keyed by the same hook id.
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+# What copy.deepcopy shares instead of copying, among callables: functions (def, lambda, closure), builtins and
+# their bound forms (``features.append``), classes.
+_SHARED_BY_DEEPCOPY = (types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def is_callers_hook(hook: Any) -> bool:
+    """Whether a module hook acts on the caller's objects, not on the model's: a function or a builtin (through
+    any ``functools.partial``), which a deep copy of the model shares with the original, so that the copy's
+    tensors (meta ones, in a meta pass) would reach the caller's lists. A hook that is an object or a bound method
+    (torch's spectral norm, timm's feature hooks) is copied with the model and acts on
+    the copy's own state: it is part of the model."""
+    while isinstance(hook, functools.partial):
+        hook = hook.func
+    return isinstance(hook, _SHARED_BY_DEEPCOPY)
+
+
+def _take_callers_hooks(module: nn.Module, attribute: str) -> dict[int, dict[str, bool]]:
+    """Remove the caller's hooks from one of ``module``'s hook dicts; what each one's flags were, by hook id."""
+    hooks = getattr(module, attribute, {})
+    taken = {}
+    for key in [key for key, hook in hooks.items() if is_callers_hook(hook)]:
+        del hooks[key]
+        taken[key] = {flags: getattr(module, flags).pop(key) for flags in _HOOK_FLAGS
+                      if key in getattr(module, flags, {})}
+    return taken
+
+
+def without_callers_hooks(model: nn.Module) -> nn.Module:
+    """``model`` (a copy the tool made) without the caller's hooks (``is_callers_hook``); returns it.
+
+    Global hooks (``torch.nn.modules.module.register_module_forward_hook``) belong to the process, not to a
+    module, and are not touched."""
+    for module in model.modules():
+        for attribute in _HOOKS:
+            _take_callers_hooks(module, attribute)
+    return model
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` for a pass the tool runs (real weights and all), without the caller's hooks."""
+    return without_callers_hooks(copy.deepcopy(model))
+
+
+__all__ = [
+    "is_callers_hook",
+    "named_tensors",
+    "private_copy",
+    "shape_of",
+    "structural_copy",
+    "tensors_in",
+    "without_callers_hooks",
+]
 
 
 def on_meta(value: Any) -> Any:

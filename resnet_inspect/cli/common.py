@@ -384,6 +384,6 @@ def progress_bar(description: str, total: int) -> Any:
         console=console, transient=True, disable=not console.is_terminal,  # else it leaves a blank line on stderr
     )
     progress.start()
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(strip_controls(printable(description)), total=total)  # it names the model
     return progress, task
 

@@ -3,7 +3,6 @@ size, and per layer when asked."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,6 +48,7 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
         time_model,
     )
     from resnet_inspect.capture.loader import load_model
+    from resnet_inspect.capture.tensors import private_copy
     from resnet_inspect.capture.trace import input_shape_for
 
     if train:
@@ -60,7 +60,7 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     if isinstance(spec, str):
         model, name = load_model(spec, in_channels=in_channels, device=device)
     else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
-        model, name = copy.deepcopy(spec), type(spec).__name__
+        model, name = private_copy(spec), type(spec).__name__  # its hooks: docs/api.md
     name = model_name or name
     channels = in_channels or 3
     input_size = input_shape_for(model, input_size, 1, channels)[2:]  # an int: every spatial axis of the model

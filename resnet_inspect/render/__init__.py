@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import re
 from collections.abc import Callable
+from html import escape as html_escape
 from typing import Any, Protocol
 
-from resnet_inspect.names import printable, strip_controls
+from resnet_inspect.names import shown
 from resnet_inspect.render.document import Cell, Document, cell_style, cell_text
 
 PASS_MARK, FAIL_MARK = "✓", "✗"  # the check marks of the tables
@@ -36,20 +36,26 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+PLACEHOLDER = "-"  # what a table shows for a value that does not exist; CSV leaves that cell empty
+
+
 def csv_text(text: str) -> str:
-    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading ``'``; numbers (-1)
-    stay numbers."""
+    """A text cell a spreadsheet shows as text: control sequences and bidirectional formatting removed first
+    (``names.shown``), then one starting like a formula gets a leading ``'``; numbers (-1) stay numbers."""
+    text = shown(text)
     if text.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(text):
         return f"'{text}"
     return text
 
 
 def csv_value(cell: Cell | str) -> Any:
-    """A cell as CSV holds it: numbers without thousands separators, check marks as ok / failed, text that a
-    spreadsheet would run as a formula neutralised."""
+    """A cell as CSV holds it: numbers without thousands separators, check marks as ok / failed, the placeholder
+    of a missing value as an empty cell, text that a spreadsheet would run as a formula neutralised."""
     if isinstance(cell, Cell) and cell.data is not None:
         return csv_text(cell.data) if isinstance(cell.data, str) else cell.data
-    text = _RATIO_SUFFIX.sub("", cell_text(cell))
+    text = _RATIO_SUFFIX.sub("", shown(cell_text(cell)))
+    if text == PLACEHOLDER:
+        return ""
     if text[:1] in _CHECK_WORDS:
         return _CHECK_WORDS[text[0]]
     return text.replace(",", "") if _GROUPED_NUMBER.fullmatch(text) else csv_text(text)
@@ -65,7 +71,7 @@ def render_csv(report: Report) -> str:
         if len(tables) > 1:
             if position:
                 buffer.write("\n")
-            buffer.write(f"# {table.title}\n")
+            buffer.write(f"# {' '.join(shown(table.title).splitlines())}\n")
         writer.writerow([csv_text(f"{column.header} ({column.unit})" if column.unit else column.header)
                          for column in table.columns])
         for row in table.rows:
@@ -74,9 +80,9 @@ def render_csv(report: Report) -> str:
 
 
 def _markdown_escape(text: str) -> str:
-    """Text as Markdown shows it literally: raw HTML escaped, ``|`` (a new table cell) escaped, each line break
-    a ``<br>`` (a newline would end the table row)."""
-    escaped = html.escape(text, quote=False).replace("|", "\\|")
+    """Text as Markdown shows it literally: control sequences and bidirectional formatting removed, raw HTML
+    escaped, ``|`` (a new table cell) escaped, each line break a ``<br>`` (a newline would end the table row)."""
+    escaped = html_escape(shown(text), quote=False).replace("|", "\\|")
     return "<br>".join(escaped.splitlines())
 
 
@@ -99,8 +105,8 @@ def render_markdown(report: Report) -> str:
 
 
 def terminal_text(text: str) -> str:
-    """Text a terminal shows as it is: no control sequences, valid UTF-8."""
-    return strip_controls(printable(text))
+    """Text a terminal shows as it is: no control sequences or bidirectional formatting, valid UTF-8."""
+    return shown(text)
 
 
 def rich_renderables(report: Report) -> list[Any]:

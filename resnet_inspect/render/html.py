@@ -9,13 +9,13 @@ the bytes each stage saves for the backward), as inline SVG written by ``svg.py`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from html import escape
 from typing import Any
 
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.render.document import Document, Table, cell_style, cell_text
 from resnet_inspect.render.fields import undefined_stages
 from resnet_inspect.render.svg import bar_chart_svg, fields_legend, fields_svg, saved_chart_svg
+from resnet_inspect.render.text import escape
 
 STYLE = """
 :root { color-scheme: light; }

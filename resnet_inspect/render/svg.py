@@ -8,10 +8,10 @@ browser. Strokes keep their width whatever the scale (``vector-effect``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from html import escape
 from typing import Any
 
 from resnet_inspect.render.fields import BOX_COLOURS, FieldBox, drawable_axes, input_size, stage_boxes, view_extent
+from resnet_inspect.render.text import escape
 
 DISPLAY_WIDTH = 520  # CSS pixels the picture is drawn at
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
+from resnet_inspect.names import shown
 from resnet_inspect.render.document import Cell
 from resnet_inspect.units import bytes_text as bytes_text  # the one byte formatter, beside the other text forms
+
+
+def escape(text: str) -> str:
+    """Text for HTML and SVG, shown as it is: without control sequences or bidirectional formatting
+    (``names.shown``), then with ``& < > " '`` escaped."""
+    return html.escape(shown(text))
 
 
 def shape_text(shape: Sequence[int] | None) -> str:

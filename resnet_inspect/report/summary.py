@@ -140,8 +140,9 @@ def _count_text(value: int | None) -> str:
     return f"{value:,}" if value else ""
 
 
-def _bytes_text(value: int | None) -> str:
-    return bytes_text(value) if value else ""
+def _bytes_cell(value: int | None) -> Cell | str:
+    """Rounded units for people; the exact bytes as the cell's data, for CSV."""
+    return Cell(bytes_text(value), data=value) if value else ""
 
 
 def _geometry_cell(layer: LayerRecord, run: PaddingRun | None) -> Cell | str:
@@ -323,8 +324,10 @@ class SummaryReport(SummaryView):
         if self.training is not None:
             columns += [
                 TableColumn(Column("bwd MACs", "right"), lambda layer: _count_text(self._train_values(layer)[0])),
-                TableColumn(Column("saved", "right"), lambda layer: _bytes_text(self._train_values(layer)[1])),
-                TableColumn(Column("grads", "right"), lambda layer: _bytes_text(self._train_values(layer)[2])),
+                TableColumn(Column("saved", "right", unit="bytes"),
+                            lambda layer: _bytes_cell(self._train_values(layer)[1])),
+                TableColumn(Column("grads", "right", unit="bytes"),
+                            lambda layer: _bytes_cell(self._train_values(layer)[2])),
             ]
         if self.layer_times_ms is not None:
             times = self.layer_times_ms

@@ -9,7 +9,6 @@ pandas is imported inside ``to_dataframe`` alone: it is optional, and its import
 from __future__ import annotations
 
 import difflib
-import html
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rich.console import Group
 from resnet_inspect.render import render_csv, render_json, render_markdown, render_table, rich_renderables
 from resnet_inspect.render.document import Cell, Column, Document, Table, cell_style, cell_text
 from resnet_inspect.render.files import write_output
+from resnet_inspect.render.text import escape
 
 Row = TypeVar("Row")
 
@@ -52,7 +52,7 @@ def _css(style: str | None) -> str:
 
 def _html_cell(tag: str, cell: Cell | str, justify: str) -> str:
     css = "; ".join(part for part in (f"text-align: {justify}", "white-space: pre", _css(cell_style(cell))) if part)
-    return f'<{tag} style="{css}">{html.escape(cell_text(cell))}</{tag}>'
+    return f'<{tag} style="{css}">{escape(cell_text(cell))}</{tag}>'
 
 
 def document_html(document: Document) -> str:
@@ -67,10 +67,10 @@ def document_html(document: Document) -> str:
                                                                                                strict=True)) + "</tr>"
             for row in table.rows
         )
-        foot = "".join(f'<tr><td colspan="{span}" style="text-align: left">{html.escape(line)}</td></tr>'
+        foot = "".join(f'<tr><td colspan="{span}" style="text-align: left">{escape(line)}</td></tr>'
                        for line in lines)
         parts.append(
-            f'<table class="resnet-inspect"><caption style="text-align: left">{html.escape(table.title)}</caption>'
+            f'<table class="resnet-inspect"><caption style="text-align: left">{escape(table.title)}</caption>'
             f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody>"
             + (f"<tfoot>{foot}</tfoot>" if foot else "") + "</table>"
         )
@@ -136,8 +136,10 @@ class ReportView:
 
     def to_dataframe(self) -> Any:
         """``records()`` as a pandas DataFrame, nested objects flattened (``arithmetic.relation``); needs pandas."""
+        import importlib
+
         try:
-            import pandas
+            pandas = importlib.import_module("pandas")  # optional, and typed here as what it returns: Any
         except ImportError:
             raise ImportError("to_dataframe() needs pandas, which resnet-inspect does not install: "
                               "pip install pandas") from None
