@@ -280,6 +280,7 @@ def hooked_model() -> tuple[nn.Module, list[object]]:
     return model, kept
 
 
+@pytest.mark.slow  # seven analyses, two of them timed
 def test_the_callers_hooks_never_run_on_the_tools_copies():
     model, kept = hooked_model()
     hooks_before = [dict(module._forward_hooks) | dict(module._forward_pre_hooks) | dict(module._backward_hooks)

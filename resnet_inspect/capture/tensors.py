@@ -82,22 +82,20 @@ def is_callers_hook(hook: Any) -> bool:
     """Whether a module hook acts on the caller's objects, not on the model's: a function or a builtin (through
     any ``functools.partial``), which a deep copy of the model shares with the original, so that the copy's
     tensors (meta ones, in a meta pass) would reach the caller's lists. A hook that is an object or a bound method
-    (torch's spectral norm, timm's feature hooks) is copied with the model and acts on
-    the copy's own state: it is part of the model."""
+    (torch's spectral norm, timm's feature hooks) is copied with the model and acts on the copy's own state: it is
+    part of the model."""
     while isinstance(hook, functools.partial):
         hook = hook.func
     return isinstance(hook, _SHARED_BY_DEEPCOPY)
 
 
-def _take_callers_hooks(module: nn.Module, attribute: str) -> dict[int, dict[str, bool]]:
-    """Remove the caller's hooks from one of ``module``'s hook dicts; what each one's flags were, by hook id."""
+def _drop_callers_hooks(module: nn.Module, attribute: str) -> None:
+    """Remove the caller's hooks from one of ``module``'s hook dicts, with the flags kept for them."""
     hooks = getattr(module, attribute, {})
-    taken = {}
     for key in [key for key, hook in hooks.items() if is_callers_hook(hook)]:
         del hooks[key]
-        taken[key] = {flags: getattr(module, flags).pop(key) for flags in _HOOK_FLAGS
-                      if key in getattr(module, flags, {})}
-    return taken
+        for flags in _HOOK_FLAGS:
+            getattr(module, flags, {}).pop(key, None)
 
 
 def without_callers_hooks(model: nn.Module) -> nn.Module:
@@ -107,7 +105,7 @@ def without_callers_hooks(model: nn.Module) -> nn.Module:
     module, and are not touched."""
     for module in model.modules():
         for attribute in _HOOKS:
-            _take_callers_hooks(module, attribute)
+            _drop_callers_hooks(module, attribute)
     return model
 
 

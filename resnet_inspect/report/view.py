@@ -136,10 +136,8 @@ class ReportView:
 
     def to_dataframe(self) -> Any:
         """``records()`` as a pandas DataFrame, nested objects flattened (``arithmetic.relation``); needs pandas."""
-        import importlib
-
         try:
-            pandas = importlib.import_module("pandas")  # optional, and typed here as what it returns: Any
+            import pandas  # type: ignore[import-untyped]  # optional, and without type stubs
         except ImportError:
             raise ImportError("to_dataframe() needs pandas, which resnet-inspect does not install: "
                               "pip install pandas") from None
