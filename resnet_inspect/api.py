@@ -302,6 +302,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
         labels.add(candidate.name)
         candidates.append(candidate)
     options = train_options(TrainRequest(train, optimizer, amp), "cpu", Caller.api)
+    device = _device(device)  # a typo is refused with or without time=True
     resolved = available_device(device, Caller.api) if time else None
     rows = compare_rows(candidates, batch_size)
     if options is not None:

@@ -111,8 +111,9 @@ def compare_command(
         specs = [*(models or []), *parse_families(family or [])]
         if not specs:
             raise BadInputError("nothing to compare: name at least one MODEL or use --family")
-        from resnet_inspect.pipeline.options import Caller, available_device
+        from resnet_inspect.pipeline.options import Caller, available_device, device_name
 
+        device = device_name(device, Caller.cli)  # a typo is refused with or without --time
         resolved = available_device(device, Caller.cli) if time else None
         candidates = load_candidates(specs, sizes)
         rows = compare_rows(candidates, batch)

@@ -117,7 +117,7 @@ def summary_report(request: SummaryRequest, caller: Caller) -> SummaryReport:
     from that one step (see the module's docstring)."""
     check_counts(caller, batch_size=request.batch_size, depth=request.depth)
     dtype = dtype_name(request.dtype, caller)
-    device = device_name(request.device, caller, meta=not request.time)
+    device = device_name(request.device, caller, meta=caller is Caller.api and not request.time)
     options = train_options(TrainRequest(request.train.train, request.train.optimizer, request.train.amp,
                                          request.train.shard, dtype), "cpu" if device == "meta" else device, caller)
     if request.time or request.run_on_device:  # an unavailable device fails before the capture, not after it
