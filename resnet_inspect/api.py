@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from resnet_inspect.pipeline.summary import StepMemory
-    from resnet_inspect.records import Pair, TrainingCapture
+    from resnet_inspect.records import TrainingCapture
     from resnet_inspect.report.compare import CompareReport
     from resnet_inspect.report.fit import FitReport
     from resnet_inspect.report.rf import RfReport
@@ -312,7 +312,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
 
 
-def _sizes(input_sizes: Any) -> list[int | Pair] | None:
+def _sizes(input_sizes: Any) -> list[int | tuple[int, ...]] | None:
     if input_sizes is None:
         return None
     if _is_int(input_sizes) or (isinstance(input_sizes, tuple) and len(input_sizes) == 2
@@ -320,7 +320,7 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
         input_sizes = [input_sizes]
     if not isinstance(input_sizes, (list, tuple)) or not input_sizes:
         raise ValueError(f"input_sizes must be a size (224 or (224, 320)) or a list of them, got {input_sizes!r}")
-    sizes = []
+    sizes: list[int | tuple[int, ...]] = []
     for size in input_sizes:
         spec = parse_input(size)
         if spec.size is None:
@@ -342,7 +342,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     from resnet_inspect.pipeline.options import dtype_name, train_options
     from resnet_inspect.pipeline.timing import timing_report
 
-    batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
+    batches: list[int] = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
     if not batches:
         raise ValueError("batch_sizes must hold at least one batch size")
     for batch in batches:

@@ -74,14 +74,14 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
     def fed(value: Any) -> bool:
         return any(id(tensor) in derived for tensor in tensors_in(value))
 
-    def stops_at(spec: OpSpec | None) -> bool:
-        return spec is not None and spec.checked and (not convolutions_only or spec.kind.is_weighted)
+    def stops_at(spec: OpSpec) -> bool:
+        return spec.checked and (not convolutions_only or spec.kind.is_weighted)
 
     names = {id(module): name for name, module in model.named_modules()}
 
     def pre_hook(module: Any, args: Any, kwargs: Any) -> None:
         spec = op_for_module(module)
-        if stops_at(spec) and fed(list(args)[:1]):
+        if spec is not None and stops_at(spec) and fed(list(args)[:1]):
             entry = _entry(spec, Call(module, tuple(args), kwargs), names.get(id(module), type(module).__name__))
             if entry is not None:
                 raise _Reached(entry)
@@ -90,7 +90,7 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             spec = op_for_function(function_name(func))
-            if stops_at(spec) and args and fed(args[0]):
+            if spec is not None and stops_at(spec) and args and fed(args[0]):
                 entry = _entry(spec, Call(None, tuple(args), kwargs), function_name(func))
                 if entry is not None:
                     raise _Reached(entry)

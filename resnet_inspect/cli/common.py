@@ -30,7 +30,7 @@ from resnet_inspect.names import first_line, printable, strip_controls
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import UsageError
+    from click.exceptions import UsageError  # type: ignore[import-not-found,no-redef]
 
 DEBUG_VARIABLE = "RESNET_INSPECT_DEBUG"
 DEBUG_VALUES = ("1", "true", "yes", "on")
@@ -132,6 +132,8 @@ def _silence_stdout() -> None:
     with suppress(OSError):
         sys.stdout.flush()
     stream = report_stream() or sys.__stdout__
+    if stream is None:
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())

@@ -220,7 +220,8 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     return SummaryReport(
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
-        max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
+        max_depth=max_depth, layer_fields=layer_fields(capture, fields),  # type: ignore[arg-type]
+        torchinfo=torchinfo_counts,
         stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
         training=training_counts_of(training, shard), training_capture=training,
     )

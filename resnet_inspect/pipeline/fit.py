@@ -49,7 +49,7 @@ def budget_bytes(size: int | str | None, what: str, caller: Caller, allow_zero: 
     option as ``caller`` spells it."""
     from resnet_inspect.analysis.fit import parse_bytes
 
-    name = caller.name(what)
+    name = caller.spell(what)
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool):
@@ -65,14 +65,14 @@ def device_memory(device: str, memory_bytes: int | None, caller: Caller = Caller
     """The budget before the reserve, and where it comes from: ``--memory`` (the API's ``memory``), or the free
     memory of a CUDA device."""
     if memory_bytes is not None:
-        return memory_bytes, caller.name("memory")
+        return memory_bytes, caller.spell("memory")
     if device.startswith("cuda"):
         import torch
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"free memory of {device}"
     example = "--memory 16GiB" if caller is Caller.cli else "memory='16GiB'"
-    raise BadInputError(f"fit needs {caller.name('memory')} on {device} (for example {example}); only a CUDA device "
+    raise BadInputError(f"fit needs {caller.spell('memory')} on {device} (for example {example}); only a CUDA device "
                         "says how much memory it has free")
 
 
@@ -144,8 +144,9 @@ class TrainingEstimate:
         """What the peak holds: what is resident through the step, and what the step itself had allocated."""
         step = self.memory(batch_size)
         assert step.peak_bytes is not None
-        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
-                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
+        resident: tuple[tuple[str, int], ...] = (
+            ("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
+            ("buffers", step.buffer_bytes), ("input", step.input_bytes))
         if step.gathered_bytes:
             resident += (("largest layer gathered", step.gathered_bytes),)
         allocated = step.peak_bytes - sum(size for _part, size in resident)
@@ -176,7 +177,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
     if reserve >= memory:
         raise BadInputError(f"the reserve ({bytes_text(reserve)}) leaves nothing of the {bytes_text(memory)} budget "
-                            f"({source}): lower {caller.name('reserve')}")
+                            f"({source}): lower {caller.spell('reserve')}")
     if isinstance(spec, str):
         model, name = load_model(spec, in_channels=in_channels, num_classes=num_classes, device="meta")
     else:
@@ -215,10 +216,10 @@ def _advice(peak_bytes: int, memory_bytes: int, train: bool, caller: Caller) -> 
     """What lowers the need: the reserve when batch size 1 fits the memory before it, else the input (and for a
     training step, the precision, the optimizer or sharding)."""
     if peak_bytes <= memory_bytes:
-        return (f"lower {caller.name('reserve')} (batch size 1 fits the {bytes_text(memory_bytes)} before the "
+        return (f"lower {caller.spell('reserve')} (batch size 1 fits the {bytes_text(memory_bytes)} before the "
                 "reserve)")
-    steps = f", use {caller.name('amp')}, {caller.name('optimizer')} sgd or {caller.name('shard')}" if train else ""
-    return f"lower {caller.name('input_size')}{steps}"
+    steps = f", use {caller.spell('amp')}, {caller.spell('optimizer')} sgd or {caller.spell('shard')}" if train else ""
+    return f"lower {caller.spell('input_size')}{steps}"
 
 
 __all__ = ["budget_bytes", "default_reserve_bytes", "fit_report"]

@@ -35,7 +35,7 @@ class Caller(StrEnum):
     cli = "cli"
     api = "api"
 
-    def name(self, option: str) -> str:
+    def spell(self, option: str) -> str:
         """``--input-size`` for the command line, ``input_size`` for the API."""
         return f"--{option.replace('_', '-')}" if self is Caller.cli else option
 
@@ -49,7 +49,7 @@ def device_name(device: Any, caller: Caller, *, meta: bool = False) -> str:
     import torch
 
     if not isinstance(device, (str, torch.device)):
-        raise BadInputError(f"{caller.name('device')} must be a device name ({DEVICES}) or a torch.device, got "
+        raise BadInputError(f"{caller.spell('device')} must be a device name ({DEVICES}) or a torch.device, got "
                             f"{type(device).__name__}")
     name = str(device).strip().lower()
     if not (_DEVICE_PATTERN.fullmatch(name) or (meta and name == "meta")):
@@ -100,18 +100,18 @@ def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOp
                                           ("shard", request.shard)) if value is not None]
     if not request.train:
         if given:
-            raise BadInputError(f"{caller.name(given[0])} applies to a training step: {caller.needs_train()}")
+            raise BadInputError(f"{caller.spell(given[0])} applies to a training step: {caller.needs_train()}")
         return None
-    check_optional("shard", request.shard, caller.name("shard"))
+    check_optional("shard", request.shard, caller.spell("shard"))
     optimizer = (request.optimizer or DEFAULT_OPTIMIZER).strip().lower()
     if optimizer not in OPTIMIZERS:
         raise BadInputError(f"unknown optimizer {request.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     amp = request.amp.strip().lower() if request.amp is not None else None
     if amp is not None and amp not in AMP_DTYPES:
-        raise BadInputError(f"unknown {caller.name('amp')} {request.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
+        raise BadInputError(f"unknown {caller.spell('amp')} {request.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
     if amp is not None and request.dtype not in (None, "float32"):
-        raise BadInputError(f"{caller.name('amp')} {amp} keeps float32 master weights: it cannot be combined with "
-                            f"{caller.name('dtype')} {request.dtype} (use one or the other)")
+        raise BadInputError(f"{caller.spell('amp')} {amp} keeps float32 master weights: it cannot be combined with "
+                            f"{caller.spell('dtype')} {request.dtype} (use one or the other)")
     return TrainOptions(optimizer=optimizer, dtype=request.dtype, amp=amp, device=device)
 
 
@@ -124,7 +124,7 @@ def check_counts(caller: Caller, **counts: int | None) -> None:
     """Counts (``batch_size``, ``in_channels``, ``depth`` ...) within their limits, named as ``caller`` spells
     them; None is left out. ``batch_size`` is spelt "batch size" on the command line, which takes it as text."""
     for option, value in counts.items():
-        name = "batch size" if option == "batch_size" and caller is Caller.cli else caller.name(option)
+        name = "batch size" if option == "batch_size" and caller is Caller.cli else caller.spell(option)
         check_optional(option, value, name)
 
 

@@ -81,7 +81,7 @@ def load(request: ModelRequest, caller: Caller) -> tuple[nn.Module, str, int]:
         built, name = load_model(request.model, in_channels=request.in_channels, num_classes=request.num_classes)
         return built, request.model_name or name, default_input_size(request.model)
     if request.num_classes is not None:
-        raise BadInputError(f"{caller.name('num_classes')} applies to models given by name; this one is already "
+        raise BadInputError(f"{caller.spell('num_classes')} applies to models given by name; this one is already "
                             "built")
     label = request.model_name or type(request.model).__name__
     return usable_module(request.model, label), label, 224
