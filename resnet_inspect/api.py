@@ -360,7 +360,7 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     return timing_report(model, batches, size, device, name, warmup, repeat, threads, channels_last, per_layer,
                          in_channels, model_name=model_name, train=train,
                          optimizer=options.optimizer if options else DEFAULT_OPTIMIZER,
-                         amp=options.amp if options else None)
+                         amp=options.amp if options else None, caller=Caller.api)
 
 
 def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,

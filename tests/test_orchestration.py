@@ -205,6 +205,7 @@ API_REFUSALS = {
     "compare optimizer": lambda: resnet_inspect.compare(["resnet20"], optimizer="sgd"),
     "time_model optimizer": lambda: resnet_inspect.time_model("resnet20", optimizer="sgd"),
     "time_model amp": lambda: resnet_inspect.time_model("resnet20", amp="bf16"),
+    "time_model per_layer": lambda: resnet_inspect.time_model("resnet20", train=True, per_layer=True),
     "fit optimizer": lambda: resnet_inspect.fit("resnet20", "1GiB", optimizer="sgd"),
     "fit shard": lambda: resnet_inspect.fit("resnet20", "1GiB", shard=2),
     "fit without memory": lambda: resnet_inspect.fit("resnet20"),

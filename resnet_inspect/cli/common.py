@@ -247,7 +247,7 @@ def check_train_options(train: bool, optimizer: str | None, amp: str | None, dty
     from resnet_inspect.pipeline.options import Caller, TrainRequest, train_options
 
     options = train_options(TrainRequest(train, optimizer, amp, None, dtype), "cpu", Caller.cli)
-    if train and per_layer:
+    if train and per_layer:  # before the progress bar; pipeline.timing refuses it too, for the API's own words
         raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
     return (options.optimizer, options.amp) if options is not None else (DEFAULT_OPTIMIZER, None)
 
