@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import resnet_inspect
 from resnet_inspect.analysis.fit import DoesNotFitError
 from resnet_inspect.cli.app import app
-from resnet_inspect.errors import BadInputError
+from resnet_inspect.errors import BadInputError, ForwardError
 from resnet_inspect.limits import (
     DEFAULT_DEPTH,
     DEFAULT_OPTIMIZER,
@@ -288,3 +288,43 @@ def test_the_depth_help_states_the_depth_the_table_shows() -> None:
     group = typer.main.get_command(app)
     depth = next(param for param in group.commands["summary"].params if "--depth" in param.opts)  # type: ignore
     assert depth.default == DEFAULT_DEPTH and depth.show_default
+
+
+# ------------------------------------------------------- a fallback decided by what the pass reports (item 2)
+
+FORWARD_CALLS: list[str] = []
+
+
+class SaysMetaButIsBroken(nn.Module):
+    """A model whose own bug is worded with "meta": the pass did not stop for want of values, so no real pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        FORWARD_CALLS.append(x.device.type)
+        raise RuntimeError("the metadata of this model is wrong")
+
+
+class ReadsAValue(nn.Module):
+    """A model that reads a value: the meta pass says it needs values, and the real CPU pass runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        FORWARD_CALLS.append(x.device.type)
+        x = self.conv(x)
+        return x * 2 if x.abs().max().item() >= 0 else x
+
+
+def test_the_real_pass_runs_when_the_meta_pass_needed_values_not_when_an_error_says_meta() -> None:
+    FORWARD_CALLS.clear()
+    with pytest.raises(ForwardError, match="the metadata of this model is wrong"):
+        resnet_inspect.summary(SaysMetaButIsBroken(), 16)
+    assert FORWARD_CALLS and set(FORWARD_CALLS) == {"meta"}  # the meta pass (and the channels probe), never CPU
+    FORWARD_CALLS.clear()
+    report = resnet_inspect.summary(ReadsAValue(), 16)
+    assert FORWARD_CALLS == ["meta", "cpu"] and report.total("macs") == 4 * 3 * 9 * 14 * 14
