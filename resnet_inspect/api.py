@@ -127,7 +127,9 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
-    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``): per layer ``backward_macs``,
+    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``, refused without it), and the whole
+    report then comes from that step's train-mode pass (a layer that runs only in training has its row): per
+    layer ``backward_macs``,
     ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
     ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
     ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).

@@ -127,13 +127,13 @@ def summary_report(request: SummaryRequest, caller: Caller) -> SummaryReport:
     network, name, default = load(request.model, caller)
     inputs = input_spec(request.inputs, network)
     network = in_dtype(network, dtype)
-    size = (network, inputs, default, request.batch_size, request.model.in_channels, name)
+    what = (network, inputs, default, request.batch_size, request.model.in_channels, name)  # what one pass runs
     training = None
-    if options is not None:
-        training = training_spec(*size, options=options)
+    if options is not None:  # the training step's own train-mode forward is the capture: one pass, every figure
+        training = training_spec(*what, options=options)
         captured = training.capture
     else:
-        captured = capture_spec(*size, device=device if request.run_on_device else "meta")
+        captured = capture_spec(*what, device=device if request.run_on_device else "meta")
     layer_times_ms = None
     if request.time:
         from resnet_inspect.analysis.timing import time_layers
