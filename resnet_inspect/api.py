@@ -9,17 +9,17 @@ what was expected.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from resnet_inspect.limits import check_option, check_optional
-from resnet_inspect.records import Pair, Shape
+from resnet_inspect.limits import DEFAULT_DEPTH, DEFAULT_OPTIMIZER, check_option, check_optional
+from resnet_inspect.pipeline.build import InputSpec
+from resnet_inspect.pipeline.options import Caller, TrainRequest
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from resnet_inspect.analysis.training import StepMemory
+    from resnet_inspect.pipeline.summary import StepMemory
     from resnet_inspect.records import TrainingCapture
     from resnet_inspect.report.compare import CompareReport
     from resnet_inspect.report.fit import FitReport
@@ -27,18 +27,8 @@ if TYPE_CHECKING:
     from resnet_inspect.report.summary import SummaryReport, VerifyReport
     from resnet_inspect.report.timing import TimingReport
 
-DEFAULT_DEPTH = 4  # the table's depth in the API: a ResNet's blocks (the JSON and the queries keep every layer)
 SIZE_EXPECTED = ("input_size must be a spatial size (224 or (224, 320)), a full shape such as (1, 3, 224, 224), "
                  "or a list of full shapes for a model with several inputs")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What to feed the model: a spatial size (with batch and channels), full shapes, or the caller's tensors."""
-
-    size: int | Pair | None = None  # an int: every spatial axis the model has
-    shapes: tuple[Shape, ...] | None = None
-    data: Any = None
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -80,7 +70,7 @@ def parse_input(input_size: Any = None, input_data: Any = None, rank: int = 2) -
         return InputSpec(shapes=shapes)
     if isinstance(input_size, (tuple, list)) and all(_is_int(value) for value in input_size):
         if len(input_size) == rank:
-            return InputSpec(size=_positive_shape(input_size, "size"))  # type: ignore[arg-type]
+            return InputSpec(size=_positive_shape(input_size, "size"))
         if len(input_size) > rank:
             return InputSpec(shapes=(_positive_shape(input_size, "shape"),))
     raise ValueError(f"{SIZE_EXPECTED}; got {input_size!r}")
@@ -97,86 +87,35 @@ def _check_input_data(input_data: Any) -> Any:
     return tuple(input_data) if isinstance(input_data, list) else input_data
 
 
-def _dtype(dtype: Any) -> torch.dtype | None:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    candidate = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(candidate, torch.dtype):
-        raise ValueError(f"dtype must be a torch.dtype or its name (float32, float16, bfloat16), got {dtype!r}")
-    return candidate
-
-
 def _model(model: nn.Module | str, in_channels: int | None, num_classes: int | None,
-           model_name: str | None, device: str | None = "meta") -> tuple[nn.Module, str]:
+           model_name: str | None) -> tuple[nn.Module, str]:
     """An ``nn.Module`` as given (labelled by its class; a compiled one through the module it wraps), or the model
-    a name stands for."""
-    from torch import nn
+    a name stands for (built on the meta device)."""
+    from resnet_inspect.pipeline.summary import ModelRequest, load
 
-    if isinstance(model, str):
-        from resnet_inspect.capture.loader import load_model
-
-        built, name = load_model(model, in_channels=in_channels, num_classes=num_classes, device=device)
-        return built, model_name or name
-    from resnet_inspect.capture.loader import usable_module
-
-    if num_classes is not None and isinstance(model, nn.Module):
-        raise ValueError("num_classes applies to models given by name; this one is already built")
-    label = model_name or type(model).__name__
-    return usable_module(model, label), label
+    network, name, _default = load(ModelRequest(model, in_channels, num_classes, model_name), Caller.api)
+    return network, name
 
 
 def _device(device: Any) -> str:
     """A device name from a name or a ``torch.device`` (``torch.device("cuda", 1)`` -> ``"cuda:1"``)."""
-    import torch
+    from resnet_inspect.pipeline.options import device_name
 
-    if isinstance(device, torch.device):
-        return str(device)
-    if not isinstance(device, str):
-        raise ValueError(f"device must be a device name (cpu, cuda, cuda:N, mps, meta) or a torch.device, "
-                         f"got {type(device).__name__}")
-    return device
+    return device_name(device, Caller.api)
 
 
 def _default_size(model: nn.Module | str) -> int:
     """The model's own input side on every spatial axis: 32 for the CIFAR ResNets, else 224."""
-    from resnet_inspect.capture.loader import default_input_size
+    from resnet_inspect.pipeline.summary import own_input_size
 
-    return default_input_size(model) if isinstance(model, str) else 224
-
-
-def _capture(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
-             name: str, exact_checked_shapes: bool = False, device: str = "meta") -> Any:
-    """One capture: the CLI's own call for a size, else the model's forward fed full shapes or tensors.
-
-    ``exact_checked_shapes`` (verify) takes every checked layer's output size from torch's own kernels."""
-    from resnet_inspect.pipeline.build import capture_model
-
-    if spec.data is not None:
-        return capture_model(network, model_name=name, input_data=spec.data,
-                             exact_checked_shapes=exact_checked_shapes, device=device)
-    if spec.shapes is not None:
-        return capture_model(network, model_name=name, input_shapes=spec.shapes,
-                             exact_checked_shapes=exact_checked_shapes, device=device)
-    return capture_model(network, spec.size or default, batch_size, in_channels, name,
-                         exact_checked_shapes=exact_checked_shapes, device=device)
-
-
-def _in_dtype(network: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """The model as it would be in ``dtype``: a meta copy converted (nothing allocated, the model untouched)."""
-    if dtype is None:
-        return network
-    from resnet_inspect.capture.trace import structural_copy
-
-    return structural_copy(network, "meta").to(dtype)
+    return own_input_size(model)
 
 
 def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
             depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
             in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
-            fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str = "adamw",
-            amp: str | None = None, shard: int = 1) -> SummaryReport:
+            fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str | None = None,
+            amp: str | None = None, shard: int | None = None) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -188,50 +127,30 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
-    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``): per layer ``backward_macs``,
+    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``, refused without it), and the whole
+    report then comes from that step's train-mode pass (a layer that runs only in training has its row): per
+    layer ``backward_macs``,
     ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
     ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
     ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).
     """
-    from resnet_inspect.pipeline.build import summary_from_capture
+    from resnet_inspect.pipeline.summary import ModelRequest, SummaryRequest, summary_report
 
-    check_option("batch_size", batch_size)
-    check_optional("depth", depth)
-    check_optional("in_channels", in_channels)
-    check_optional("num_classes", num_classes)
-    dtype = _dtype(dtype)
-    device = _device(device)
-    network, name = _model(model, in_channels, num_classes, model_name)
-    spec = parse_input(input_size, input_data, _rank(network))
-    network = _in_dtype(network, dtype)
-    training = None
-    if train:
-        options = _train_options(optimizer, dtype, amp, shard, "cpu" if device == "meta" else device)
-        training = _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
-        device = "meta"
-    elif amp is not None or shard != 1:
-        raise ValueError("amp and shard describe a training step: pass train=True")
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
-    return summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
-                                torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard)
+    request = SummaryRequest(
+        ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
+        batch_size=batch_size, depth=DEFAULT_DEPTH if depth is None else depth, device=device,
+        run_on_device=str(device) != "meta", dtype=dtype, fvcore=fvcore, torchinfo=torchinfo,
+        train=TrainRequest(train, optimizer, amp, shard))
+    return summary_report(request, Caller.api)
 
 
-def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str | torch.device) -> Any:
-    """The training options, checked (``ValueError`` says what was expected)."""
-    import re
-
-    from resnet_inspect.capture.training import TrainOptions
-
-    check_option("shard", shard)
-    device = _device(device)
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
-    name = None if dtype is None else str(dtype).removeprefix("torch.")
-    return TrainOptions(optimizer=optimizer, dtype=name, amp=amp, device=device)
+def _inputs(input_size: Any, input_data: Any) -> Any:
+    """The API's input, read once the model's number of spatial axes is known (see ``parse_input``)."""
+    return lambda rank: parse_input(input_size, input_data, rank)
 
 
 def training_memory(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
-                    optimizer: str = "adamw", dtype: Any = None, amp: str | None = None, shard: int = 1,
+                    optimizer: str | None = None, dtype: Any = None, amp: str | None = None, shard: int | None = None,
                     device: str | torch.device = "cpu", in_channels: int | None = None,
                     num_classes: int | None = None,
                     model_name: str | None = None) -> StepMemory:
@@ -248,32 +167,19 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
     of a fully sharded run (FSDP2, ZeRO-3): per-device figures, ``batch_size`` per device. ``device``: whose
     kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
     """
-    from resnet_inspect.analysis.training import step_memory
+    from resnet_inspect.pipeline.summary import step_memory_of
 
-    return step_memory(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
-                                         device, in_channels, num_classes, model_name), shard)
-
-
-def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
-                      dtype: Any, amp: str | None, shard: int, device: str | torch.device, in_channels: int | None,
-                      num_classes: int | None, model_name: str | None) -> TrainingCapture:
-    check_option("batch_size", batch_size)
-    check_optional("in_channels", in_channels)
-    options = _train_options(optimizer, dtype, amp, shard, device)
-    network, name = _model(model, in_channels, num_classes, model_name)
-    spec = parse_input(input_size, input_data, _rank(network))
-    return _train_from_spec(network, spec, _default_size(model), batch_size, in_channels, name, options)
+    return step_memory_of(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
+                                            device, in_channels, num_classes, model_name), shard or 1)
 
 
-def _train_from_spec(network: nn.Module, spec: InputSpec, default: int, batch_size: int, in_channels: int | None,
-                     name: str, options: Any) -> TrainingCapture:
-    from resnet_inspect.pipeline.build import training_capture
+def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int,
+                      optimizer: str | None, dtype: Any, amp: str | None, shard: int | None, device: Any,
+                      in_channels: int | None, num_classes: int | None, model_name: str | None) -> TrainingCapture:
+    from resnet_inspect.pipeline.summary import ModelRequest, training_step
 
-    if spec.data is not None:
-        return training_capture(network, model_name=name, options=options, input_data=spec.data)
-    if spec.shapes is not None:
-        return training_capture(network, model_name=name, options=options, input_shapes=spec.shapes)
-    return training_capture(network, spec.size or default, batch_size, in_channels, name, options=options)
+    return training_step(ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
+                         batch_size, TrainRequest(True, optimizer, amp, shard, dtype), device, Caller.api)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -291,25 +197,17 @@ def verify(model: nn.Module | str, input_size: Any = None, *, input_data: Any = 
            in_channels: int | None = None, num_classes: int | None = None,
            model_name: str | None = None) -> VerifyReport:
     """Check every convolution and pooling layer's output size against its own geometry (``.failed`` counts)."""
-    from resnet_inspect.pipeline.build import verify_from_capture
+    from resnet_inspect.pipeline.summary import ModelRequest, verify_report
 
-    check_option("batch_size", batch_size)
-    check_optional("in_channels", in_channels)
-    check_optional("num_classes", num_classes)
-    network, name = _model(model, in_channels, num_classes, model_name)
-    spec = parse_input(input_size, input_data, _rank(network))
-    captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name,
-                        exact_checked_shapes=True)
-    return verify_from_capture(captured)
+    return verify_report(ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
+                         batch_size, Caller.api)
 
 
 def _rank(model: nn.Module | str) -> int:
-    """The model's number of spatial axes (2 for a name, which is not built here); a module the tool cannot
-    inspect (TorchScript, quantized, lazy) is refused first, in one line."""
-    from resnet_inspect.capture.loader import usable_module
-    from resnet_inspect.capture.trace import spatial_rank
+    """The model's number of spatial axes (2 for a name, which is not built here)."""
+    from resnet_inspect.pipeline.summary import model_rank
 
-    return 2 if isinstance(model, str) else spatial_rank(usable_module(model, type(model).__name__))
+    return model_rank(model)
 
 
 def _spatial(input_size: Any, model: nn.Module | str) -> int | tuple[int, ...]:
@@ -352,12 +250,8 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
             label = weights_label(model, channels, None, network)
     else:
         network, name = _model(model, in_channels, None, model_name)
-        if weights is not None:  # loading them must not overwrite the caller's own
-            from resnet_inspect.capture.tensors import private_copy
-
-            network = private_copy(network)
     report = rf_report(network, name, size, channels, check, wants_erf, erf_samples,
-                       Path(weights) if weights is not None else None, label)
+                       Path(weights) if weights is not None else None, label, callers_model=not isinstance(model, str))
     if png is not None and report.erf is not None:
         from dataclasses import replace
 
@@ -371,7 +265,7 @@ def receptive_field(model: nn.Module | str, input_size: Any = None, *, in_channe
 
 def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], input_sizes: Any = None, *,
             batch_size: int = 1, stages: bool = False, time: bool = False, device: str | torch.device = "cpu",
-            warmup: int = 3, repeat: int = 10, train: bool = False, optimizer: str = "adamw",
+            warmup: int = 3, repeat: int = 10, train: bool = False, optimizer: str | None = None,
             amp: str | None = None) -> CompareReport:
     """Models side by side: depth, blocks per stage, parameters, MACs, activation memory, receptive field.
 
@@ -380,6 +274,7 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
     ``train`` adds one training step per row (``optimizer``, ``amp``): backward MACs, saved bytes and the step's peak.
     """
     from resnet_inspect.pipeline.compare import Candidate, compare_rows, load_candidates, time_rows, train_rows
+    from resnet_inspect.pipeline.options import available_device, train_options
     from resnet_inspect.report.compare import CompareReport
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, item) for item in models]
@@ -404,19 +299,18 @@ def compare(models: Sequence[nn.Module | str] | Mapping[str, nn.Module | str], i
                                   candidate.sizes)
         labels.add(candidate.name)
         candidates.append(candidate)
+    options = train_options(TrainRequest(train, optimizer, amp), "cpu", Caller.api)
+    device = _device(device)  # a typo is refused with or without time=True
+    resolved = available_device(device, Caller.api) if time else None
     rows = compare_rows(candidates, batch_size)
-    if train:
-        rows = train_rows(candidates, rows, optimizer, amp)
-    resolved = None
-    if time:
-        from resnet_inspect.analysis.timing import resolve_device
-
-        resolved = resolve_device(_device(device))
+    if options is not None:
+        rows = train_rows(candidates, rows, options.optimizer, options.amp)
+    if resolved is not None:
         rows = time_rows(candidates, rows, resolved, warmup, repeat)
     return CompareReport(tuple(rows), stages, resolved, warmup if time else None, repeat if time else None)
 
 
-def _sizes(input_sizes: Any) -> list[int | Pair] | None:
+def _sizes(input_sizes: Any) -> list[int | tuple[int, ...]] | None:
     if input_sizes is None:
         return None
     if _is_int(input_sizes) or (isinstance(input_sizes, tuple) and len(input_sizes) == 2
@@ -424,7 +318,7 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
         input_sizes = [input_sizes]
     if not isinstance(input_sizes, (list, tuple)) or not input_sizes:
         raise ValueError(f"input_sizes must be a size (224 or (224, 320)) or a list of them, got {input_sizes!r}")
-    sizes = []
+    sizes: list[int | tuple[int, ...]] = []
     for size in input_sizes:
         spec = parse_input(size)
         if spec.size is None:
@@ -434,18 +328,19 @@ def _sizes(input_sizes: Any) -> list[int | Pair] | None:
 
 
 def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, input_size: Any = None, *,
-               device: str | torch.device = "cpu", dtype: str = "float32", warmup: int = 10, repeat: int = 50,
+               device: str | torch.device = "cpu", dtype: Any = "float32", warmup: int = 10, repeat: int = 50,
                threads: int | None = None, channels_last: bool = False, per_layer: bool = False,
                in_channels: int | None = None, model_name: str | None = None, train: bool = False,
-               optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
+               optimizer: str | None = None, amp: str | None = None) -> TimingReport:
     """Median latency, IQR and images/s per batch size on ``device``; a name gets random weights, a module keeps
     its own (it is copied to ``device`` and ``dtype`` when it is not there already).
 
     ``train=True`` times one training step instead (forward in train mode, backward, ``optimizer`` step: none,
     sgd, momentum, adam or adamw), under autocast when ``amp`` is ``"bf16"`` or ``"fp16"``; always on a copy."""
+    from resnet_inspect.pipeline.options import dtype_name, train_options
     from resnet_inspect.pipeline.timing import timing_report
 
-    batches = [batch_sizes] if _is_int(batch_sizes) else list(batch_sizes)  # type: ignore[arg-type]
+    batches: list[int] = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
     if not batches:
         raise ValueError("batch_sizes must hold at least one batch size")
     for batch in batches:
@@ -454,18 +349,20 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
     check_option("repeat", repeat)
     check_optional("threads", threads)
     check_optional("in_channels", in_channels)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    name = dtype_name(dtype, Caller.api) or "float32"
+    options = train_options(TrainRequest(train, optimizer, amp, None, name), "cpu", Caller.api)
     if not isinstance(model, str):  # a module the tool cannot inspect is refused before its input is read
         model, _ = _model(model, in_channels, None, model_name)
     size = _spatial(input_size, model)
     device = _device(device)
-    return timing_report(model, batches, size, device, dtype, warmup, repeat, threads, channels_last, per_layer,
-                         in_channels, model_name=model_name, train=train, optimizer=optimizer, amp=amp)
+    return timing_report(model, batches, size, device, name, warmup, repeat, threads, channels_last, per_layer,
+                         in_channels, model_name=model_name, train=train,
+                         optimizer=options.optimizer if options else DEFAULT_OPTIMIZER,
+                         amp=options.amp if options else None, caller=Caller.api)
 
 
 def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
-        optimizer: str | None = None, dtype: str = "float32", amp: str | None = None, shard: int | None = None,
+        optimizer: str | None = None, dtype: Any = "float32", amp: str | None = None, shard: int | None = None,
         reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
         num_classes: int | None = None, model_name: str | None = None) -> FitReport:
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
@@ -476,33 +373,18 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
     otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
     networks. Not even batch 1 fitting raises ``DoesNotFitError``.
     """
-    from resnet_inspect.pipeline.fit import fit_report
+    from resnet_inspect.pipeline.fit import budget_bytes, fit_report
+    from resnet_inspect.pipeline.options import dtype_name
 
-    memory_bytes = _bytes(memory, "memory")
-    reserve_bytes = _bytes(reserve, "reserve", allow_zero=True)
-    if shard is not None:
-        check_option("shard", shard)
+    memory_bytes = budget_bytes(memory, "memory", Caller.api)
+    reserve_bytes = budget_bytes(reserve, "reserve", Caller.api, allow_zero=True)
     device = _device(device)
     if not isinstance(model, str):
         model, _ = _model(model, in_channels, num_classes, model_name)
-    return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer, dtype=dtype,
-                      amp=amp, shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
-                      num_classes=num_classes, model_name=model_name)
-
-
-def _bytes(size: int | str | None, what: str, allow_zero: bool = False) -> int | None:
-    """A size in bytes from an int or a text such as ``"24GiB"``; ``ValueError`` when it is neither."""
-    from resnet_inspect.analysis.fit import parse_bytes
-
-    if size is None:
-        return None
-    if _is_int(size):
-        if size < 0 or (size == 0 and not allow_zero):
-            raise ValueError(f"{what} must be a positive number of bytes, got {size!r}")
-        return int(size)
-    if isinstance(size, str):
-        return parse_bytes(size, what, allow_zero)
-    raise ValueError(f"{what} must be bytes (an int) or a size such as '24GiB', got {size!r}")
+    return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer,
+                      dtype=dtype_name(dtype, Caller.api) or "float32", amp=amp, shard=shard,
+                      reserve_bytes=reserve_bytes, device=device, in_channels=in_channels, num_classes=num_classes,
+                      model_name=model_name, caller=Caller.api)
 
 
 __all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",

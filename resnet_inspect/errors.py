@@ -22,7 +22,15 @@ class UnsupportedModelError(FactoryError, ValueError):
 
 
 class ForwardError(InspectError):
-    """The model's forward pass raised; the message names the layer that was running."""
+    """The model's forward pass raised; the message names the layer that was running.
+
+    ``needs_values`` is set by a pass on the meta device that stopped where torch needs the tensors' values (a
+    value read such as ``.item()``, an operation with no meta kernel or whose output size depends on the data):
+    the pass itself says so, and the caller may run it again on real tensors. ``recorded_bytes`` is what the
+    pass had produced until then."""
+
+    needs_values: bool = False
+    recorded_bytes: int = 0
 
 
 class InputTooSmallError(ForwardError):

@@ -1,4 +1,4 @@
-"""The limits on numeric options, in one place for the command line and the Python API.
+"""The limits on numeric options, the choices and the defaults, in one place for the command line and the API.
 
 A count beyond these would never finish (``--warmup``, ``--repeat``, ``--erf-samples``) or asks torch for
 something it answers obscurely (a ``Conv2d(0, 64)``, ``set_num_threads(0)``). The command line passes the
@@ -18,6 +18,17 @@ MAX_WARMUP = 10_000  # untimed passes
 MAX_REPEAT = 100_000  # timed passes
 MAX_ERF_SAMPLES = 1_000  # each is a forward and a backward pass
 MAX_THREADS = 4096
+
+# The choices and defaults that both the code and the command line's help texts read (this module imports
+# nothing heavy, so `resnet-inspect --help` stays fast).
+OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")  # of a training step: torch.optim's
+DEFAULT_OPTIMIZER = "adamw"
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # --amp: autocast to this dtype
+DTYPES = ("float32", "bfloat16", "float16")  # what --dtype converts a model to
+DEFAULT_DEPTH = 4  # summary's table: a ResNet's blocks (the JSON and the queries keep every layer)
+# fit: what the reserve leaves out of the memory budget by default (see pipeline/fit.py for why)
+RESERVE_SHARE = 0.05
+GPU_RESERVE_FIXED_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,11 @@ def check_optional(option: str, value: Any, name: str | None = None) -> int | No
 
 
 __all__ = [
+    "AMP_DTYPES",
+    "DEFAULT_DEPTH",
+    "DEFAULT_OPTIMIZER",
+    "DTYPES",
+    "GPU_RESERVE_FIXED_BYTES",
     "LIMITS",
     "MAX_COUNT",
     "MAX_ERF_SAMPLES",
@@ -72,6 +88,8 @@ __all__ = [
     "MAX_REPEAT",
     "MAX_THREADS",
     "MAX_WARMUP",
+    "OPTIMIZERS",
+    "RESERVE_SHARE",
     "Limit",
     "check_option",
     "check_optional",

@@ -67,13 +67,13 @@ def test_inference_fit_is_the_largest_batch_within_the_budget():
 def test_fit_takes_three_meta_passes(monkeypatch: pytest.MonkeyPatch):
     """Two passes give the line, a third confirms it at the answer; the breakdown reuses that third pass."""
     batches: list[int] = []
-    original = trace.capture
+    original = trace.capture_inputs  # the capture layer's one entry point (meta first, real tensors if needed)
 
-    def counted(model, input_size, batch_size=1, *args, **kwargs):
-        batches.append(batch_size)
-        return original(model, input_size, batch_size, *args, **kwargs)
+    def counted(model, inputs, *args, **kwargs):
+        batches.append(inputs.shapes[0][0])
+        return original(model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(trace, "capture", counted)
+    monkeypatch.setattr(trace, "capture_inputs", counted)
     report = fit_report("resnet18", 2 << 30, 224)
     assert batches == [1, 2, report.batch_size] and report.search.passes == 3
     assert report.search.affine is True

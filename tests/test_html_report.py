@@ -55,7 +55,7 @@ def pages(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     (folder / "failing.py").write_text(FAILING)
     made = {}
     failing = [f"{folder / 'failing.py'}:failing_cnn", "-i", "16", "--depth", "1"]
-    for name, args in (("resnet18", ["resnet18"]), ("failing", failing)):
+    for name, args in (("resnet18", ["resnet18", "--depth", "2"]), ("failing", failing)):
         target = folder / f"{name}.html"
         summary(*args, "--format", "html", "-o", str(target))
         made[name] = (target, json.loads(summary(*args, "--format", "json")))

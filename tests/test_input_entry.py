@@ -11,8 +11,7 @@ from fixtures import family_models
 from typer.testing import CliRunner
 
 import resnet_inspect
-from resnet_inspect.capture.entry import input_entry
-from resnet_inspect.capture.trace import input_channels, spatial_rank
+from resnet_inspect.capture.entry import input_channels, input_entry, spatial_rank
 from resnet_inspect.cli.app import app
 
 runner = CliRunner()

@@ -81,7 +81,7 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
 
     def pre_hook(module: Any, args: Any, kwargs: Any) -> None:
         spec = op_for_module(module)
-        if stops_at(spec) and fed(list(args)[:1]):
+        if spec is not None and stops_at(spec) and fed(list(args)[:1]):
             entry = _entry(spec, Call(module, tuple(args), kwargs), names.get(id(module), type(module).__name__))
             if entry is not None:
                 raise _Reached(entry)
@@ -90,7 +90,7 @@ def _following_the_input(model: nn.Module, derived: dict[int, Any], convolutions
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             spec = op_for_function(function_name(func))
-            if stops_at(spec) and args and fed(args[0]):
+            if spec is not None and stops_at(spec) and args and fed(args[0]):
                 entry = _entry(spec, Call(None, tuple(args), kwargs), function_name(func))
                 if entry is not None:
                     raise _Reached(entry)
@@ -130,4 +130,52 @@ def input_entry(model: nn.Module, rank: int, channels: int = 3, size: int = 224,
     return None
 
 
-__all__ = ["Entry", "input_entry"]
+__all__ = ["Entry", "input_channels", "input_entry", "spatial_rank"]
+
+
+def _windowed_modules(model: nn.Module) -> Iterator[tuple[Any, OpSpec]]:
+    """The model's convolution and pooling modules, in definition order, with their table entries."""
+    for module in model.modules():
+        spec = op_for_module(module)
+        if spec is not None and spec.checked:
+            yield module, spec
+
+
+def _module_ranks(model: nn.Module) -> list[int]:
+    """The spatial rank of each convolution and pooling module, in definition order."""
+    ranks = []
+    for module, spec in _windowed_modules(model):
+        try:
+            geometry, _ = spec.geometry(Call(module, (), {}))
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+            continue
+        ranks.append(geometry.rank)
+    return ranks
+
+
+def spatial_rank(model: nn.Module, default: int = 2) -> int:
+    """How many spatial axes the model's input has: that of the first convolution or pooling the input meets
+    (Conv1d: 1, Conv3d: 3), else ``default``.
+
+    When every such module has one rank, that is it; when they differ (an ECA gate's Conv1d in a 2-D network),
+    or the model has none (functional convolutions), a meta pass finds the one the input meets first.
+    """
+    ranks = _module_ranks(model)
+    if len(set(ranks)) == 1:
+        return ranks[0]
+    entry = input_entry(model, ranks[0] if ranks else default)
+    if entry is not None:
+        return entry.rank
+    return ranks[0] if ranks else default
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """The channels taken by the first convolution the input meets (``default`` when it meets none)."""
+    entry = input_entry(model, spatial_rank(model), default, convolutions_only=True)
+    if entry is not None and entry.channels is not None:
+        return entry.channels
+    for module, _ in _windowed_modules(model):
+        channels = getattr(module, "in_channels", None)
+        if isinstance(channels, int):
+            return channels
+    return default

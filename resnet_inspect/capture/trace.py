@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.entry import spatial_rank
 from resnet_inspect.capture.failure import MODEL_FORWARD, forward_failure
 from resnet_inspect.capture.tensors import (
     named_tensors,
@@ -34,8 +35,10 @@ from resnet_inspect.records import Capture, Geometry, LayerRecord, OpKind, OpNod
 if TYPE_CHECKING:
     from torch import nn
 
-# Errors a meta-device forward raises for data-dependent code; the capture then retries on real tensors.
-_META_LIMITATIONS = ("meta", "data-dependent", "item()", "Cannot copy out of", "not implemented for")
+# Operations whose output size depends on the input's values: the meta device cannot run them (some raise a
+# plain RuntimeError there, not NotImplementedError), so a pass that stops at one needs real tensors.
+_DATA_DEPENDENT = frozenset({"nonzero", "masked_select", "unique", "unique_consecutive", "bincount",
+                             "repeat_interleave", "argwhere"})
 # Tensor metadata: answered at once, never recorded.
 _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "stride", "element_size", "is_contiguous",
                        "is_floating_point", "is_complex", "data_ptr", "__len__", "get_device", "__hash__",
@@ -97,6 +100,7 @@ class _Recorder:
     held_bytes: int = 0
     train: bool = False  # a training pass: torch's own kernels (autograd records them), requires-grad flags kept
     kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
+    needs_values: bool = False  # an operation failed because the meta device holds no values (see ForwardError)
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -189,6 +193,35 @@ def meta_result(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     return _fast_result(spec, Call(None, tuple(args), dict(kwargs), name=getattr(func, "__name__", "")))
 
 
+def _needs_values(raw_name: str, args: Any, kwargs: Any, exc: Exception) -> bool:
+    """Whether an operation on meta tensors failed because the meta device has no values: it reads one, has no
+    meta kernel (NotImplementedError, which includes copying a meta tensor out), or sizes its output by them."""
+    if isinstance(exc, InspectError) or not any(t.is_meta for t in tensors_in(list(args)) + tensors_in(kwargs)):
+        return False
+    return (raw_name in _VALUE_READS or raw_name.strip("_") in _DATA_DEPENDENT
+            or isinstance(exc, NotImplementedError))
+
+
+def _run(recorder: _Recorder, func: Any, name: str, raw_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
+    """An operation the table's shape rules do not answer: the pass's own kernel (a training step's), else torch's,
+    guarded on real tensors. A failure notes whether the meta device's want of values caused it."""
+    try:
+        result = NotImplemented if recorder.kernel is None else recorder.kernel(name, func, tuple(args), kwargs)
+        if result is not NotImplemented:
+            return result
+        if recorder.guard is not None:
+            where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
+            recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
+        result = func(*args, **kwargs)
+    except Exception as exc:
+        recorder.needs_values = recorder.needs_values or _needs_values(raw_name, args, kwargs, exc)
+        raise
+    if recorder.guard is not None:
+        inputs = tensors_in(list(args)) + tensors_in(kwargs)
+        recorder.held_bytes += new_storage_bytes(tensors_in(result), inputs)
+    return result
+
+
 def _function_mode(recorder: _Recorder) -> Any:
     from torch.overrides import TorchFunctionMode
 
@@ -215,21 +248,10 @@ def _function_mode(recorder: _Recorder) -> Any:
 
 
 def _run_function(recorder: _Recorder, spec: OpSpec | None, call: Call, name: str, func: Any) -> Any:
-    """The call's result: the table's shape rule on the fast path, else the recorder's kernel, else torch itself
-    (under the memory guard, which counts the storage it creates)."""
-    args, kwargs = call.args, call.kwargs
+    """The call's result: the table's shape rule on the fast path, else the recorder's kernel or torch (``_run``)."""
     result = NotImplemented if recorder.train else _fast_result(spec, call, recorder.exact_checked_shapes)
-    if result is NotImplemented and recorder.kernel is not None:
-        result = recorder.kernel(name, func, tuple(args), kwargs)
-    if result is not NotImplemented:
-        return result
-    if recorder.guard is not None:
-        where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
-        recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
-    result = func(*args, **kwargs)
-    if recorder.guard is not None:
-        inputs = tensors_in(list(args)) + tensors_in(kwargs)
-        recorder.held_bytes += new_storage_bytes(tensors_in(result), inputs)
+    if result is NotImplemented:
+        result = _run(recorder, func, name, call.name, call.args, call.kwargs)
     return result
 
 
@@ -488,7 +510,8 @@ def instrumented_forward(working: nn.Module, recorder: _Recorder, placed: ModelI
         raise
     except Exception as exc:  # the model's own code may raise anything
         error = forward_failure(recorder, exc, working, placed.shapes)
-        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes  # type: ignore[attr-defined]
+        error.needs_values = recorder.needs_values
+        error.recorded_bytes = sum(math.prod(shape) * element_size for node in recorder.nodes
                                    for shape in node.output_shapes)
         raise error from exc
     finally:
@@ -548,58 +571,6 @@ def assemble_capture(model: nn.Module, recorder: _Recorder, inputs: ModelInputs,
     )
 
 
-def _windowed_modules(model: nn.Module) -> Iterator[tuple[Any, OpSpec]]:
-    """The model's convolution and pooling modules, in definition order, with their table entries."""
-    for module in model.modules():
-        spec = op_for_module(module)
-        if spec is not None and spec.checked:
-            yield module, spec
-
-
-def _module_ranks(model: nn.Module) -> list[int]:
-    """The spatial rank of each convolution and pooling module, in definition order."""
-    ranks = []
-    for module, spec in _windowed_modules(model):
-        try:
-            geometry, _ = spec.geometry(Call(module, (), {}))
-        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError):
-            continue
-        ranks.append(geometry.rank)
-    return ranks
-
-
-def spatial_rank(model: nn.Module, default: int = 2) -> int:
-    """How many spatial axes the model's input has: that of the first convolution or pooling the input meets
-    (Conv1d: 1, Conv3d: 3), else ``default``.
-
-    When every such module has one rank, that is it; when they differ (an ECA gate's Conv1d in a 2-D network),
-    or the model has none (functional convolutions), a meta pass finds the one the input meets first.
-    """
-    from resnet_inspect.capture.entry import input_entry
-
-    ranks = _module_ranks(model)
-    if len(set(ranks)) == 1:
-        return ranks[0]
-    entry = input_entry(model, ranks[0] if ranks else default)
-    if entry is not None:
-        return entry.rank
-    return ranks[0] if ranks else default
-
-
-def input_channels(model: nn.Module, default: int = 3) -> int:
-    """The channels taken by the first convolution the input meets (``default`` when it meets none)."""
-    from resnet_inspect.capture.entry import input_entry
-
-    entry = input_entry(model, spatial_rank(model), default, convolutions_only=True)
-    if entry is not None and entry.channels is not None:
-        return entry.channels
-    for module, _ in _windowed_modules(model):
-        channels = getattr(module, "in_channels", None)
-        if isinstance(channels, int):
-            return channels
-    return default
-
-
 def input_shape_for(model: nn.Module, input_size: int | Sequence[int], batch_size: int = 1,
                     in_channels: int | None = None) -> Shape:
     """(N, C, *spatial): an int gives every spatial axis that size (their number taken from the model); three
@@ -625,12 +596,12 @@ def capture_inputs(model: nn.Module, inputs: ModelInputs, model_name: str = "", 
     except InputTooSmallError:
         raise
     except ForwardError as error:
-        if not any(marker in str(error) for marker in _META_LIMITATIONS):
+        if not error.needs_values:  # the pass says why it stopped: only a want of values is worth a real pass
             raise
         if real_pass_guard is not None:
             weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
             given = sum(t.numel() * t.element_size() for t in tensors_in(list(inputs.args)) + tensors_in(inputs.kwargs))
-            real_pass_guard(weights + given, getattr(error, "recorded_bytes", 0), "")
+            real_pass_guard(weights + given, error.recorded_bytes, "")
         return run_capture(model, inputs, model_name, device="cpu", exact_checked_shapes=exact_checked_shapes,
                            guard=real_pass_guard)
 

@@ -25,14 +25,12 @@ from resnet_inspect.capture.trace import (
     tensors_in,
 )
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.limits import AMP_DTYPES, DTYPES, OPTIMIZERS
 from resnet_inspect.records import MemoryEvent, TrainingCapture
 
 if TYPE_CHECKING:
     from torch import nn
 
-OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
-AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-DTYPES = ("float32", "bfloat16", "float16")
 FORWARD, BACKWARD, OPTIMIZER = "forward", "backward", "optimizer"
 ACTIVATION, GRADIENT, STATE = "activation", "gradient", "state"
 # torch.nn.attention.SDPBackend values that torch._fused_sdp_choice returns

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from resnet_inspect.errors import BadInputError, InspectError
 from resnet_inspect.limits import (  # noqa: F401  (MAX_COUNT and the others are part of this module's interface)
+    DEFAULT_OPTIMIZER,
     MAX_COUNT,
     MAX_ERF_SAMPLES,
     MAX_INPUT_SIZE,
@@ -222,9 +223,9 @@ def parse_batch_size(text: str) -> int:
 
 def resolve_size(model: str, input_size: str | None) -> int | tuple[int, ...]:
     """--input-size if given, else the model's own default (224, or 32 for CIFAR) on every spatial axis."""
-    from resnet_inspect.capture.loader import default_input_size
+    from resnet_inspect.pipeline.summary import own_input_size
 
-    return parse_input_size(input_size) if input_size is not None else default_input_size(model)
+    return parse_input_size(input_size) if input_size is not None else own_input_size(model)
 
 
 def check_model_options(in_channels: int | None, num_classes: int | None) -> None:
@@ -242,19 +243,14 @@ def check_timing_options(warmup: int, repeat: int, threads: int | None = None) -
 
 def check_train_options(train: bool, optimizer: str | None, amp: str | None, dtype: str,
                         per_layer: bool = False) -> tuple[str, str | None]:
-    """--optimizer (default: DEFAULT_OPTIMIZER) and --amp, normalised to lower case; both belong to --train, and
-    --per-layer does not."""
-    from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER, check_training_options
+    """--optimizer (default: DEFAULT_OPTIMIZER) and --amp, checked as every command checks them (see
+    ``pipeline.options.train_options``); --per-layer times forward passes, not a --train step."""
+    from resnet_inspect.pipeline.options import Caller, TrainRequest, train_options
 
-    for value, option in ((optimizer, "--optimizer"), (amp, "--amp")):
-        if value is not None and not train:
-            raise BadInputError(f"{option} applies to a training step: add --train")
-    optimizer = (optimizer or DEFAULT_OPTIMIZER).strip().lower()
-    amp = amp.strip().lower() if amp is not None else None
-    check_training_options(optimizer, amp, dtype)
-    if train and per_layer:
+    options = train_options(TrainRequest(train, optimizer, amp, None, dtype), "cpu", Caller.cli)
+    if train and per_layer:  # before the progress bar; pipeline.timing refuses it too, for the API's own words
         raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
-    return optimizer, amp
+    return (options.optimizer, options.amp) if options is not None else (DEFAULT_OPTIMIZER, None)
 
 
 def check_output_path(output: Path | None) -> None:

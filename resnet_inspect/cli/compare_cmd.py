@@ -22,6 +22,7 @@ from resnet_inspect.cli.common import (
 )
 from resnet_inspect.cli.options import MODEL_HELP, BatchOption, FormatOption, OutputOption
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.limits import AMP_DTYPES, DEFAULT_OPTIMIZER, OPTIMIZERS
 from resnet_inspect.render.files import write_output
 
 if TYPE_CHECKING:
@@ -45,9 +46,9 @@ WarmupOption = typer.Option(3, "--warmup", help="Untimed forward passes before e
 RepeatOption = typer.Option(10, "--repeat", help="About how many forward passes to time per row (--time).")
 TrainOption = typer.Option(False, "--train", help="Add one training step per row, on the meta device: backward "
                            "MACs, bytes saved for backward, and the step's estimated peak at --batch-size.")
-OptimizerOption = typer.Option(None, "--optimizer", metavar="none|sgd|momentum|adam|adamw", show_default=False,
-                               help="The optimizer of the --train step (default adamw).")
-AmpOption = typer.Option(None, "--amp", metavar="bf16|fp16", show_default=False,
+OptimizerOption = typer.Option(None, "--optimizer", metavar="|".join(OPTIMIZERS), show_default=False,
+                               help=f"The optimizer of the --train step (default {DEFAULT_OPTIMIZER}).")
+AmpOption = typer.Option(None, "--amp", metavar="|".join(AMP_DTYPES), show_default=False,
                          help="Mixed precision for --train: autocast to bfloat16 or float16 (float32 weights).")
 PlotOption = typer.Option(None, "--plot", help="Draw parameters, MACs, activation memory and receptive field against "
                           "depth, one panel each (against input size when a model is given several -i sizes); "
@@ -110,11 +111,10 @@ def compare_command(
         specs = [*(models or []), *parse_families(family or [])]
         if not specs:
             raise BadInputError("nothing to compare: name at least one MODEL or use --family")
-        resolved = None
-        if time:
-            from resnet_inspect.analysis.timing import resolve_device
+        from resnet_inspect.pipeline.options import Caller, available_device, device_name
 
-            resolved = resolve_device(device)
+        device = device_name(device, Caller.cli)  # a typo is refused with or without --time
+        resolved = available_device(device, Caller.cli) if time else None
         candidates = load_candidates(specs, sizes)
         rows = compare_rows(candidates, batch)
         if train:

@@ -23,14 +23,15 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.cli.time_cmd import AmpOption, DType, DTypeOption, OptimizerOption
+from resnet_inspect.limits import GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
 
 MemoryOption = typer.Option(None, "--memory", "-m", show_default=False,
                             help="The memory budget: 24GiB, 24GB, 1.5GiB, 512MiB or bytes (default: the free memory "
                             "of a CUDA --device).")
 ReserveOption = typer.Option(None, "--reserve", show_default=False,
                              help="Left out of --memory for what the estimate does not hold: the CUDA context, "
-                             "library workspaces and the allocator's slack (default on a GPU: 512MiB plus 5% of "
-                             "--memory; on the CPU: 0).")
+                             "library workspaces and the allocator's slack (default: "
+                             f"{RESERVE_SHARE:.0%} of --memory, plus {GPU_RESERVE_FIXED_BYTES >> 20}MiB on a GPU).")
 TrainOption = typer.Option(False, "--train", help="Fit a training step (forward, backward, optimizer step) instead "
                            "of an inference forward pass.")
 ShardOption = typer.Option(None, "--shard", show_default=False,
@@ -60,19 +61,12 @@ def fit_command(
     Nothing is allocated: every estimate is a meta-device pass (three for most networks)."""
     with user_errors():
         check_output_path(output)
-        from resnet_inspect.analysis.fit import parse_bytes
-
-        memory_bytes = parse_bytes(memory, "--memory") if memory is not None else None
-        reserve_bytes = parse_bytes(reserve, "--reserve", allow_zero=True) if reserve is not None else None
-        size = resolve_size(model, input_size)
         check_model_options(in_channels, num_classes)
-        if optimizer is not None or amp is not None:
-            from resnet_inspect.cli.common import check_train_options
+        from resnet_inspect.pipeline.fit import budget_bytes, fit_report
+        from resnet_inspect.pipeline.options import Caller
 
-            optimizer, amp = check_train_options(train, optimizer, amp, dtype.value)
-        from resnet_inspect.pipeline.fit import fit_report
-
-        report = fit_report(model, memory_bytes, size, train=train, optimizer=optimizer, dtype=dtype.value, amp=amp,
-                            shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
-                            num_classes=num_classes)
+        report = fit_report(model, budget_bytes(memory, "memory", Caller.cli), resolve_size(model, input_size),
+                            train=train, optimizer=optimizer, dtype=dtype.value, amp=amp, shard=shard,
+                            reserve_bytes=budget_bytes(reserve, "reserve", Caller.cli, allow_zero=True),
+                            device=device, in_channels=in_channels, num_classes=num_classes)
         emit(report, fmt, output)

@@ -10,7 +10,6 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     OutputFormat,
     SummaryFormat,
-    check_model_options,
     check_output_path,
     emit,
     parse_batch_size,
@@ -19,6 +18,7 @@ from resnet_inspect.cli.common import (
     user_errors,
 )
 from resnet_inspect.cli.options import (
+    OPTIMIZER_CHOICES,
     BatchOption,
     ChannelsOption,
     ClassesOption,
@@ -29,7 +29,7 @@ from resnet_inspect.cli.options import (
     SummaryFormatOption,
 )
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.limits import MAX_INPUT_SIZE, check_optional
+from resnet_inspect.limits import DEFAULT_DEPTH, DEFAULT_OPTIMIZER, DTYPES, MAX_INPUT_SIZE
 
 
 def summary_command(
@@ -38,8 +38,8 @@ def summary_command(
     batch_size: str = BatchOption,
     in_channels: int | None = ChannelsOption,
     num_classes: int | None = ClassesOption,
-    depth: int | None = typer.Option(None, "--depth", "-d", help="Show layers down to this depth (JSON keeps all).",
-                                     show_default=False),
+    depth: int = typer.Option(DEFAULT_DEPTH, "--depth", "-d", help="Show layers down to this depth (JSON keeps "
+                              "all)."),
     device: str = typer.Option("cpu", "--device", help="Device for --time, and whose kernels --train models "
                                "(cpu, cuda, cuda:N, mps)."),
     time: bool = typer.Option(False, "--time", help="Add a column with each layer's time on --device."),
@@ -49,13 +49,15 @@ def summary_command(
                                    help="Add torchinfo's parameters and Mult-Adds beside ours, differences explained."),
     train: bool = typer.Option(False, "--train", help="Add one training step: backward MACs, bytes saved for "
                                "backward, gradient bytes per layer; the step's memory and its peak."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="With --train: none, sgd, momentum, adam or adamw."),
-    dtype: str | None = typer.Option(None, "--dtype", help="Analyse the model converted to float32, bfloat16 or "
-                                     "float16 (default: its own).", show_default=False),
+    optimizer: str | None = typer.Option(None, "--optimizer", help=f"With --train: {OPTIMIZER_CHOICES} (default "
+                                         f"{DEFAULT_OPTIMIZER}).", show_default=False),
+    dtype: str | None = typer.Option(None, "--dtype", help=f"Analyse the model converted to {', '.join(DTYPES)} "
+                                     "(default: its own).", show_default=False),
     amp: str | None = typer.Option(None, "--amp", help="With --train: autocast to bf16 or fp16 (float32 weights "
                                    "and optimizer state).", show_default=False),
-    shard: str = typer.Option("1", "--shard", help="With --train: fully sharded over N devices (FSDP, ZeRO-3); "
-                              "figures per device, --batch-size per device."),
+    shard: str | None = typer.Option(None, "--shard", help="With --train: fully sharded over N devices (FSDP, "
+                                     "ZeRO-3); figures per device, --batch-size per device (default 1).",
+                                     show_default=False),
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -63,45 +65,15 @@ def summary_command(
     field; totals below."""
     with user_errors():
         check_output_path(output)
-        size = resolve_size(model, input_size)
-        batch = parse_batch_size(batch_size)
-        check_model_options(in_channels, num_classes)
-        check_optional("depth", depth, "--depth")
-        shards = parse_count(shard, "shard", "--shard")
-        if not train and (amp is not None or shards != 1 or optimizer != "adamw"):
-            raise BadInputError("--optimizer, --amp and --shard describe a training step: add --train")
-        from resnet_inspect.capture.training import TrainOptions
+        from resnet_inspect.pipeline.options import Caller, TrainRequest
+        from resnet_inspect.pipeline.summary import InputSpec, ModelRequest, SummaryRequest, summary_report
 
-        options = TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp, device=device)
-        if time:  # an unavailable device fails before the capture, not after it
-            from resnet_inspect.analysis.timing import resolve_device
-
-            device = resolve_device(device)
-        from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.pipeline.build import capture_model, summary_from_capture
-
-        network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        if dtype is not None:
-            import torch
-
-            network = network.to(getattr(torch, dtype))
-        capture = capture_model(network, size, batch, in_channels, name)
-        training = None
-        if train:
-            from resnet_inspect.pipeline.build import training_capture
-
-            training = training_capture(network, size, batch, in_channels, name, options=options)
-        layer_times_ms = None
-        if time:
-            from resnet_inspect.analysis.timing import time_layers
-
-            # time_layers gives the meta-built model real (random) weights on the device itself
-            timings = time_layers(network, capture.input_shape, device, warmup=3, repeat=10)
-            layer_times_ms = {timing.name: timing.median_ms for timing in timings}
-        report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
-                                      layer_times_ms=layer_times_ms, torchinfo=torchinfo, training=training,
-                                      shard=shards)
-        emit(report, fmt, output)
+        request = SummaryRequest(
+            ModelRequest(model, in_channels, num_classes), InputSpec(size=resolve_size(model, input_size)),
+            batch_size=parse_batch_size(batch_size), depth=depth, device=device, dtype=dtype, fvcore=fvcore,
+            torchinfo=torchinfo, train=TrainRequest(train, optimizer, amp, parse_count(shard, "shard", "--shard")
+                                                    if shard is not None else None), time=time)
+        emit(summary_report(request, Caller.cli), fmt, output)
 
 
 def verify_command(
@@ -117,14 +89,12 @@ def verify_command(
     1 when any disagrees, 2 on bad input."""
     with user_errors():
         check_output_path(output)
-        size = resolve_size(model, input_size)
-        batch = parse_batch_size(batch_size)
-        check_model_options(in_channels, num_classes)
-        from resnet_inspect.capture.loader import load_model
-        from resnet_inspect.pipeline.build import verify
+        from resnet_inspect.pipeline.options import Caller
+        from resnet_inspect.pipeline.summary import InputSpec, ModelRequest, verify_report
 
-        network, name = load_model(model, in_channels=in_channels, num_classes=num_classes)
-        report = verify(network, size, batch, in_channels, model_name=name)
+        report = verify_report(ModelRequest(model, in_channels, num_classes),
+                               InputSpec(size=resolve_size(model, input_size)), parse_batch_size(batch_size),
+                               Caller.cli)
         emit(report, fmt, output)
     if report.failed:
         raise typer.Exit(EXIT_CHECK_FAILED)

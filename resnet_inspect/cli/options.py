@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from resnet_inspect.cli.common import OutputFormat, SummaryFormat
+from resnet_inspect.limits import OPTIMIZERS
+
+OPTIMIZER_CHOICES = ", ".join(OPTIMIZERS[:-1]) + f" or {OPTIMIZERS[-1]}"  # "none, sgd, momentum, adam or adamw"
 
 MODEL_HELP = ("A registry name (see `resnet-inspect list`), torchvision:NAME, timm:NAME, path/to/file.py:factory or "
               "package.module:factory. A spec imports and runs that code, like `python file.py`: never take one "

@@ -20,6 +20,7 @@ from resnet_inspect.cli.common import (
     user_errors,
 )
 from resnet_inspect.cli.options import ChannelsOption, FormatOption, InputSizeOption, ModelArgument, OutputOption
+from resnet_inspect.limits import AMP_DTYPES, DEFAULT_OPTIMIZER, OPTIMIZERS
 
 
 class DType(StrEnum):
@@ -39,10 +40,10 @@ ChannelsLastOption = typer.Option(False, "--channels-last", help="Use the channe
 PerLayerOption = typer.Option(False, "--per-layer", help="Also time each layer (forward hooks), at the first batch.")
 TrainOption = typer.Option(False, "--train", help="Time one training step instead of a forward pass: forward in "
                            "train mode, backward, optimizer step.")
-OptimizerOption = typer.Option(None, "--optimizer", metavar="none|sgd|momentum|adam|adamw", show_default=False,
-                               help="The optimizer of the --train step (default adamw; none: forward and backward "
-                               "only).")
-AmpOption = typer.Option(None, "--amp", metavar="bf16|fp16", show_default=False,
+OptimizerOption = typer.Option(None, "--optimizer", metavar="|".join(OPTIMIZERS), show_default=False,
+                               help=f"The optimizer of the --train step (default {DEFAULT_OPTIMIZER}; none: forward "
+                               "and backward only).")
+AmpOption = typer.Option(None, "--amp", metavar="|".join(AMP_DTYPES), show_default=False,
                          help="Mixed precision for --train: autocast to bfloat16 or float16 (float32 weights; fp16 "
                          "scales the loss).")
 
@@ -74,11 +75,10 @@ def time_command(
         check_timing_options(warmup, repeat, threads)
         check_model_options(in_channels, None)
         optimizer, amp = check_train_options(train, optimizer, amp, dtype.value, per_layer)
-        from resnet_inspect.analysis.timing import check_dtype, resolve_device
+        from resnet_inspect.pipeline.options import Caller, available_device
         from resnet_inspect.pipeline.timing import phase_runs, timing_report
 
-        resolved = resolve_device(device)
-        check_dtype(resolved, dtype.value)
+        resolved = available_device(device, Caller.cli)
         progress, task = progress_bar(f"timing {model}", phase_runs(batches, warmup, repeat, per_layer))
         try:
             report = timing_report(

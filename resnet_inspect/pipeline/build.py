@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from resnet_inspect.analysis.checks import check_nodes
 from resnet_inspect.errors import BadInputError, ForwardError, InputTooSmallError
+from resnet_inspect.records import Shape
 from resnet_inspect.report.summary import SummaryReport, VerifyReport
 
 if TYPE_CHECKING:
@@ -18,6 +20,33 @@ if TYPE_CHECKING:
     from resnet_inspect.records import Capture, TrainingCapture
 
 InputSize = int | Sequence[int]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What to feed the model: a spatial size (with batch and channels), full shapes, or the caller's tensors."""
+
+    size: int | tuple[int, ...] | None = None  # an int: every spatial axis the model has
+    shapes: tuple[Shape, ...] | None = None
+    data: Any = None
+
+
+def capture_spec(model: nn.Module, spec: InputSpec, default_size: int, batch_size: int = 1,
+                 in_channels: int | None = None, model_name: str = "", *, exact_checked_shapes: bool = False,
+                 device: str = "meta") -> Capture:
+    """``capture_model`` fed what ``spec`` says: the caller's tensors, full shapes, or a size (``default_size``
+    when it gives none)."""
+    return capture_model(model, spec.size or default_size, batch_size, in_channels, model_name,
+                         input_shapes=spec.shapes, input_data=spec.data, exact_checked_shapes=exact_checked_shapes,
+                         device=device)
+
+
+def training_spec(model: nn.Module, spec: InputSpec, default_size: int, batch_size: int = 1,
+                  in_channels: int | None = None, model_name: str = "", *,
+                  options: TrainOptions | None = None) -> TrainingCapture:
+    """``training_capture`` fed what ``spec`` says (see ``capture_spec``)."""
+    return training_capture(model, spec.size or default_size, batch_size, in_channels, model_name, options=options,
+                            input_shapes=spec.shapes, input_data=spec.data)
 
 
 def _size(input_size: InputSize) -> int | tuple[int, ...]:
@@ -70,7 +99,7 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
     On ``device="meta"`` (the default) nothing is allocated. Another device runs the pass for real on a copy of
     the model there, once the meta pass has shown that its peak memory fits.
     """
-    from resnet_inspect.capture.trace import capture_inputs, input_channels, run_capture, smallest_input_size
+    from resnet_inspect.capture.trace import capture_inputs, run_capture
 
     if device != "meta":
         from resnet_inspect.analysis.counting import count
@@ -86,11 +115,26 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
                               input_shapes=input_shapes, input_data=input_data)
         return run_capture(model, inputs, model_name, device=device, exact_checked_shapes=exact_checked_shapes)
 
-    inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
-                          input_data=input_data)
-    given = input_shapes is not None or input_data is not None
-    try:
+    def run(channels: int | None) -> Capture:
+        inputs = model_inputs(model, input_size, batch_size, channels, input_shapes=input_shapes,
+                              input_data=input_data)
         return capture_inputs(model, inputs, model_name, exact_checked_shapes, _real_pass_guard())
+
+    return _planned(model, in_channels, input_shapes is not None or input_data is not None, run)
+
+
+Result = TypeVar("Result")
+
+
+def _planned(model: nn.Module, in_channels: int | None, given: bool, run: Callable[[int | None], Result]) -> Result:
+    """One pass (``run`` with the input's channels), with what both passes, the forward and the training step, do
+    when it fails on an input they chose: an input too small says the smallest that works; three channels that
+    do not fit are replaced by those the model's first convolution takes."""
+    from resnet_inspect.capture.entry import input_channels
+    from resnet_inspect.capture.trace import smallest_input_size
+
+    try:
+        return run(in_channels)
     except InputTooSmallError as error:
         if given:
             raise
@@ -102,25 +146,28 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
         channels = input_channels(model)
         if in_channels is not None or given or channels == 3:
             raise
-        return capture_model(model, input_size, batch_size, channels, model_name,
-                             exact_checked_shapes=exact_checked_shapes)
+        return run(channels)
 
 
 def training_capture(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
                      in_channels: int | None = None, model_name: str = "", *, options: TrainOptions | None = None,
                      input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None) -> TrainingCapture:
-    """One training step of a meta copy of ``model`` (see capture/training.py); the inputs as ``model_inputs``."""
+    """One training step of a meta copy of ``model`` (see capture/training.py); the inputs as ``model_inputs``,
+    and the same fallbacks as ``capture_model``."""
     from resnet_inspect.capture.training import TrainOptions, run_training_pass
 
-    inputs = model_inputs(model, input_size, batch_size, in_channels, input_shapes=input_shapes,
-                          input_data=input_data)
-    try:
-        return run_training_pass(model, inputs, options or TrainOptions(), model_name)
-    except ForwardError as error:
-        if "meta" in str(error) or "data-dependent" in str(error) or "item()" in str(error):
+    def run(channels: int | None) -> TrainingCapture:
+        inputs = model_inputs(model, input_size, batch_size, channels, input_shapes=input_shapes,
+                              input_data=input_data)
+        try:
+            return run_training_pass(model, inputs, options or TrainOptions(), model_name)
+        except ForwardError as error:
+            if not error.needs_values:
+                raise
             raise ForwardError(f"{error} (the training step runs on the meta device, and this model's forward "
                                "needs tensor values)") from error
-        raise
+
+    return _planned(model, in_channels, input_shapes is not None or input_data is not None, run)
 
 
 def _real_pass_guard() -> Callable[[int, int, str], None]:
@@ -174,7 +221,8 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
     return SummaryReport(
         model=capture.model_name, capture=capture, checks=check_nodes(capture), counts=counts,
         fields=fields, fvcore=fvcore_counts, fvcore_note=fvcore_note, layer_times_ms=layer_times_ms,
-        max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
+        max_depth=max_depth, layer_fields=layer_fields(capture, fields),
+        torchinfo=torchinfo_counts,
         stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
         training=training_counts_of(training, shard), training_capture=training,
     )

@@ -9,10 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
-from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.limits import GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
+from resnet_inspect.pipeline.options import (
+    Caller,
+    TrainRequest,
+    available_device,
+    device_name,
+    dtype_name,
+    train_options,
+)
+from resnet_inspect.render.text import bytes_text
 from resnet_inspect.report.fit import FitReport, budget_source
-from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -22,13 +30,12 @@ if TYPE_CHECKING:
     from resnet_inspect.capture.training import TrainOptions
     from resnet_inspect.records import Capture, TrainingCapture
 
-# What --reserve leaves out of the memory by default. Everywhere, a share for what the estimate does not follow:
-# the kernels' workspaces (oneDNN, cuDNN, cuBLAS) and the allocator's rounding and fragmentation (on a GPU, what
-# torch.cuda.max_memory_reserved exceeds max_memory_allocated by; on the CPU, a resnet18 training step at batch 89
-# measured 0.9% above its estimate). On a GPU also a fixed part: the CUDA context and the libraries' handles, a few
+# What --reserve leaves out of the memory by default (RESERVE_SHARE and GPU_RESERVE_FIXED_BYTES, in limits, where
+# the help text reads them too). Everywhere, a share for what the estimate does not follow: the kernels'
+# workspaces (oneDNN, cuDNN, cuBLAS) and the allocator's rounding and fragmentation (on a GPU, what
+# torch.cuda.max_memory_reserved exceeds max_memory_allocated by; on the CPU, a resnet18 training step at batch
+# 89 measured 0.9% above its estimate). On a GPU also a fixed part: the CUDA context and the libraries' handles, a few
 # hundred MiB of device memory that no tensor accounts for.
-RESERVE_SHARE = 0.05
-GPU_RESERVE_FIXED_BYTES = 512 << 20
 
 
 def default_reserve_bytes(device: str, memory_bytes: int) -> int:
@@ -37,17 +44,36 @@ def default_reserve_bytes(device: str, memory_bytes: int) -> int:
     return fixed + int(RESERVE_SHARE * memory_bytes)
 
 
-def device_memory(device: str, memory_bytes: int | None) -> tuple[int, str]:
-    """The budget before the reserve, and where it comes from: ``--memory``, or the free memory of a CUDA device."""
+def budget_bytes(size: int | str | None, what: str, caller: Caller, allow_zero: bool = False) -> int | None:
+    """A size in bytes (``memory``, ``reserve``) from an int or a text such as ``"24GiB"``; BadInputError names the
+    option as ``caller`` spells it."""
+    from resnet_inspect.analysis.fit import parse_bytes
+
+    name = caller.spell(what)
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 0 or (size == 0 and not allow_zero):
+            raise BadInputError(f"{name} must be a positive number of bytes, got {size!r}")
+        return size
+    if isinstance(size, str):
+        return parse_bytes(size, name, allow_zero)
+    raise BadInputError(f"{name} must be bytes (an int) or a size such as '24GiB', got {size!r}")
+
+
+def device_memory(device: str, memory_bytes: int | None, caller: Caller = Caller.cli) -> tuple[int, str]:
+    """The budget before the reserve, and where it comes from: ``--memory`` (the API's ``memory``), or the free
+    memory of a CUDA device."""
     if memory_bytes is not None:
-        return memory_bytes, "--memory"
+        return memory_bytes, caller.spell("memory")
     if device.startswith("cuda"):
         import torch
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"free memory of {device}"
-    raise BadInputError(f"fit needs --memory on {device} (for example --memory 16GiB); only a CUDA device says "
-                        "how much memory it has free")
+    example = "--memory 16GiB" if caller is Caller.cli else "memory='16GiB'"
+    raise BadInputError(f"fit needs {caller.spell('memory')} on {device} (for example {example}); only a CUDA device "
+                        "says how much memory it has free")
 
 
 class InferenceEstimate:
@@ -60,10 +86,10 @@ class InferenceEstimate:
 
     def _counted(self, batch_size: int) -> tuple[Capture, Counts]:
         from resnet_inspect.analysis.counting import count
-        from resnet_inspect.capture.trace import capture
+        from resnet_inspect.pipeline.build import capture_model
 
         if batch_size not in self.counted:
-            captured = capture(self.model, self.input_size, batch_size, self.in_channels)
+            captured = capture_model(self.model, self.input_size, batch_size, self.in_channels)
             self.counted[batch_size] = captured, count(captured)
         return self.counted[batch_size]
 
@@ -133,36 +159,25 @@ class TrainingEstimate:
         return self.memory(batch_size).to_dict()
 
 
-def check_fit_options(train: bool, optimizer: str | None, amp: str | None, shard: int | None) -> None:
-    """--optimizer, --amp and --shard describe a training step: each needs --train."""
-    for value, option in ((optimizer, "--optimizer"), (amp, "--amp"), (shard, "--shard")):
-        if value is not None and not train:
-            raise BadInputError(f"{option} applies to a training step: add --train")
-    if shard is not None and shard < 1:
-        raise BadInputError(f"--shard must be a positive number of devices, got {shard}")
-
-
 def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_size: int | tuple[int, ...] = 224, *,
                train: bool = False, optimizer: str | None = None, dtype: str = "float32", amp: str | None = None,
                shard: int | None = None, reserve_bytes: int | None = None, device: str = "cpu",
                in_channels: int | None = None, num_classes: int | None = None,
-               model_name: str | None = None) -> FitReport:
+               model_name: str | None = None, caller: Caller = Caller.cli) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
-    from resnet_inspect.analysis.timing import DTYPES, resolve_device
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
-    check_fit_options(train, optimizer, amp, shard)
-    device = resolve_device(device)
-    if dtype not in DTYPES:  # the estimate runs on the meta device: any device's dtype can be estimated
-        raise BadInputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
-    memory, source = device_memory(device, memory_bytes)
+    dtype = dtype_name(dtype, caller) or "float32"  # the estimate runs on meta: any device's dtype can be estimated
+    options = train_options(TrainRequest(train, optimizer, amp, shard, dtype), device_name(device, caller), caller)
+    device = available_device(device, caller)
+    memory, source = device_memory(device, memory_bytes, caller)
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
     if reserve >= memory:
         raise BadInputError(f"the reserve ({bytes_text(reserve)}) leaves nothing of the {bytes_text(memory)} budget "
-                            f"({source}): lower --reserve")
+                            f"({source}): lower {caller.spell('reserve')}")
     if isinstance(spec, str):
         model, name = load_model(spec, in_channels=in_channels, num_classes=num_classes, device="meta")
     else:
@@ -171,10 +186,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     channels = in_channels or 3
     size = tuple(input_shape_for(model, input_size, 1, channels)[2:])
     estimate: InferenceEstimate | TrainingEstimate
-    if train:
-        from resnet_inspect.capture.training import TrainOptions
-
-        options = TrainOptions(optimizer or DEFAULT_OPTIMIZER, dtype, amp, device)
+    if options is not None:
         estimate = TrainingEstimate(model, size, channels, options, shard or 1)
     else:
         import torch
@@ -185,19 +197,29 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         search = largest_batch(estimate, budget)
     except DoesNotFitError as error:
         what = "a training step" if train else "an inference pass"
-        lower = "lower --input-size" + (", use --amp, --optimizer sgd or --shard" if train else "")
         raise DoesNotFitError(
             f"{name} does not fit: {what} at batch size 1 and input {'x'.join(map(str, size))} needs about "
             f"{bytes_text(error.peak_bytes)}, more than the budget of {bytes_text(budget)} "
-            f"({budget_source(source, memory, reserve)}): {lower}", error.peak_bytes,
+            f"({budget_source(source, memory, reserve)}): {_advice(error.peak_bytes, memory, train, caller)}",
+            error.peak_bytes,
         ) from error
     return FitReport(
         model=name, device=device, input_shape=(channels, *size), train=train,
-        optimizer=(optimizer or DEFAULT_OPTIMIZER) if train else None, dtype=dtype, amp=amp if train else None,
+        optimizer=options.optimizer if options else None, dtype=dtype, amp=options.amp if options else None,
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
         step=estimate.details(search.batch_size),
     )
 
 
-__all__ = ["default_reserve_bytes", "fit_report"]
+def _advice(peak_bytes: int, memory_bytes: int, train: bool, caller: Caller) -> str:
+    """What lowers the need: the reserve when batch size 1 fits the memory before it, else the input (and for a
+    training step, the precision, the optimizer or sharding)."""
+    if peak_bytes <= memory_bytes:
+        return (f"lower {caller.spell('reserve')} (batch size 1 fits the {bytes_text(memory_bytes)} before the "
+                "reserve)")
+    steps = f", use {caller.spell('amp')}, {caller.spell('optimizer')} sgd or {caller.spell('shard')}" if train else ""
+    return f"lower {caller.spell('input_size')}{steps}"
+
+
+__all__ = ["budget_bytes", "default_reserve_bytes", "fit_report"]

@@ -155,11 +155,12 @@ def _size_text(sizes: tuple[int, ...]) -> str:
 
 def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in_channels: int | None = None,
               check: bool = False, erf: bool = False, erf_samples: int = 8,
-              weights_path: Path | None = None, weights: str = OWN_WEIGHTS) -> RfReport:
+              weights_path: Path | None = None, weights: str = OWN_WEIGHTS, callers_model: bool = False) -> RfReport:
     """Analyse ``model``'s receptive fields at ``input_size``; check them with gradients and measure the ERF.
 
     ``weights`` says what the model's weights are for the ERF's label (``weights_label`` for a model this tool
-    built); a ``weights_path`` loaded into it names itself instead.
+    built); a ``weights_path`` loaded into it names itself instead, and loads into a private copy of a
+    ``callers_model`` (the caller's own weights are never overwritten).
 
     Pictures are the renderers' work (``render/heatmap.py``, ``render/plot.py``): the report only holds the mass map.
     Before the check or the ERF allocates anything, the memory guard compares its estimated peak with the
@@ -186,6 +187,10 @@ def rf_report(model: nn.Module, name: str, input_size: int | tuple[int, ...], in
     erf_result = None
     if wants_erf:
         if weights_path is not None:
+            if callers_model:
+                from resnet_inspect.capture.tensors import private_copy
+
+                model = private_copy(model)
             weights = load_weights(model, weights_path)
         erf_result = effective_receptive_field(model, captured, result, erf_samples, ERF_SEED, weights)
     result = with_measured_fields(model, captured, result, stages=True)  # where the rules ran out

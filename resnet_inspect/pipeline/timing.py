@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.pipeline.options import Caller, TrainRequest, train_options
 from resnet_inspect.report.timing import TimingReport
 
 if TYPE_CHECKING:
@@ -33,14 +34,15 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
                   dtype: str = "float32", warmup: int = 10, repeat: int = 50, threads: int | None = None,
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
                   progress: Callable[[int], None] | None = None, model_name: str | None = None,
-                  train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
+                  train: bool = False, optimizer: str = "adamw", amp: str | None = None,
+                  caller: Caller = Caller.cli) -> TimingReport:
     """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
 
     ``train`` times a training step (``analysis.step_timing``) with ``optimizer`` and ``amp`` instead of a
     forward pass; ``per_layer`` is for forward passes only. ``progress`` is advanced by forward passes (or
     steps); the total is ``phase_runs(...)``.
     """
-    from resnet_inspect.analysis.step_timing import check_training_options, time_training_step
+    from resnet_inspect.analysis.step_timing import time_training_step
     from resnet_inspect.analysis.timing import (
         check_dtype,
         profile_layers,
@@ -51,10 +53,13 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     from resnet_inspect.capture.tensors import private_copy
     from resnet_inspect.capture.trace import input_shape_for
 
-    if train:
-        check_training_options(optimizer, amp, dtype)
+    options = train_options(TrainRequest(train, optimizer if train else None, amp if train else None, None, dtype),
+                            "cpu", caller)
+    if options is not None:
+        optimizer, amp = options.optimizer, options.amp
         if per_layer:
-            raise BadInputError("--per-layer times forward passes: it cannot be used with --train")
+            raise BadInputError(f"{caller.spell('per_layer')} times forward passes: it cannot be used with "
+                                f"{caller.spell('train')}")
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):

@@ -137,7 +137,7 @@ class ReportView:
     def to_dataframe(self) -> Any:
         """``records()`` as a pandas DataFrame, nested objects flattened (``arithmetic.relation``); needs pandas."""
         try:
-            import pandas  # type: ignore[import-untyped]  # optional, and without type stubs
+            import pandas  # optional
         except ImportError:
             raise ImportError("to_dataframe() needs pandas, which resnet-inspect does not install: "
                               "pip install pandas") from None
