@@ -176,7 +176,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
             depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
             in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
             fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str = "adamw",
-            amp: str | None = None, shard: int = 1) -> SummaryReport:
+            amp: str | None = None, shard: int = 1, shard_units: str = "block") -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -188,10 +188,11 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
-    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``): per layer ``backward_macs``,
-    ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
-    ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``; the breakdown in
-    ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled (``"meta"``: the CPU's).
+    costs (see ``training_memory`` for ``optimizer``, ``amp``, ``shard`` and ``shard_units``): per layer
+    ``backward_macs``, ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``;
+    ``total("backward_macs")``, ``total("saved_bytes")``, ``total("grad_bytes")``, ``total("train_peak_bytes")``;
+    the breakdown in ``to_dict()["training"]``. ``device`` is then the device whose kernels are modelled
+    (``"meta"``: the CPU's).
     """
     from resnet_inspect.pipeline.build import summary_from_capture
 
@@ -213,7 +214,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
         raise ValueError("amp and shard describe a training step: pass train=True")
     captured = _capture(network, spec, _default_size(model), batch_size, in_channels, name, device=device)
     return summary_from_capture(captured, model=network, fvcore=fvcore, max_depth=depth or DEFAULT_DEPTH,
-                                torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard)
+                                torchinfo=torchinfo, input_data=spec.data, training=training, shard=shard,
+                                shard_units=shard_units)
 
 
 def _train_options(optimizer: str, dtype: Any, amp: str | None, shard: int, device: str) -> Any:
@@ -234,7 +236,7 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
                     optimizer: str = "adamw", dtype: Any = None, amp: str | None = None, shard: int = 1,
                     device: str | torch.device = "cpu", in_channels: int | None = None,
                     num_classes: int | None = None,
-                    model_name: str | None = None) -> StepMemory:
+                    model_name: str | None = None, shard_units: str = "block") -> StepMemory:
     """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
     device (nothing is allocated, the model is not changed)::
 
@@ -245,13 +247,15 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
     ``input_size`` and ``input_data`` as in ``summary``. ``optimizer``: none, sgd, momentum, adam or adamw
     (torch.optim's, run on meta tensors). ``dtype``: float32, bfloat16 or float16 (the model and its input
     converted); ``amp``: "bf16" or "fp16" (autocast, float32 weights and state). ``shard``: the number of devices
-    of a fully sharded run (FSDP2, ZeRO-3): per-device figures, ``batch_size`` per device. ``device``: whose
+    of a fully sharded run (FSDP2): per-device figures, ``batch_size`` per device; ``shard_units``: the modules
+    ``fully_shard`` is applied to before the model itself ("block", "layer", module types or names,
+    comma-separated; see docs/training.md, "FSDP as it is wrapped"). ``device``: whose
     kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
     """
     from resnet_inspect.analysis.training import step_memory
 
     return step_memory(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
-                                         device, in_channels, num_classes, model_name), shard)
+                                         device, in_channels, num_classes, model_name), shard, shard_units)
 
 
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int, optimizer: str,
@@ -465,12 +469,13 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
 def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
         optimizer: str | None = None, dtype: str = "float32", amp: str | None = None, shard: int | None = None,
         reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
-        num_classes: int | None = None, model_name: str | None = None) -> FitReport:
+        num_classes: int | None = None, model_name: str | None = None, shard_units: str = "block") -> FitReport:
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
 
     ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
     defaults to the free memory of a CUDA ``device``, ``reserve`` to 5% of ``memory`` (plus 512 MiB on a GPU).
-    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard`` as for ``summary(train=True)``);
+    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard``, ``shard_units`` as for
+    ``summary(train=True)``);
     otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
     networks. Not even batch 1 fitting raises ``DoesNotFitError``.
     """
@@ -485,7 +490,7 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
         model, _ = _model(model, in_channels, num_classes, model_name)
     return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer, dtype=dtype,
                       amp=amp, shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
-                      num_classes=num_classes, model_name=model_name)
+                      num_classes=num_classes, model_name=model_name, shard_units=shard_units)
 
 
 def _bytes(size: int | str | None, what: str, allow_zero: bool = False) -> int | None:

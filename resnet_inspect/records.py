@@ -184,6 +184,17 @@ class MemoryEvent:
     kind: str  # "activation" (anything the step makes and drops: outputs, temporaries), "gradient", "state"
     phase: str  # "forward", "backward", "optimizer"
     layer: str  # the innermost layer running (its backward, in the backward phase)
+    allocation: int = 0  # the storage's allocation number, shared by its allocation and its release (0: unknown)
+
+
+@dataclass(frozen=True)
+class ParameterRecord:
+    """One parameter of the trained model, as the step holds it (after any dtype conversion)."""
+
+    module: str  # the module that owns it directly ("" for the model itself)
+    shape: tuple[int, ...]
+    itemsize: int  # bytes per element
+    trainable: bool
 
 
 @dataclass(frozen=True)
@@ -210,3 +221,4 @@ class TrainingCapture:
     largest_layer_bytes: int
     events: tuple[MemoryEvent, ...]  # the step's allocations and releases
     backward_error: str | None = None  # why the backward could not run on meta (then no step memory)
+    parameters: tuple[ParameterRecord, ...] = ()  # each parameter once, with the module that owns it

@@ -286,13 +286,13 @@ def test_estimated_peak_matches_cuda_max_memory_allocated(optimizer: str) -> Non
     assert estimate.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.10)
 
 
-def test_sharding_divides_model_states_and_gathers_the_largest_layer() -> None:
+def test_sharding_divides_model_states_and_holds_fsdp_units_at_the_peak() -> None:
     captured = training(get_model("resnet18"), torch.zeros(BATCH, 3, 64, 64))
     one, eight = step_memory(captured), step_memory(captured, shard=8)
-    assert eight.weights_bytes == -(-captured.weight_bytes // 8)
-    assert eight.optimizer_state_bytes == -(-captured.state_bytes // 8)
-    assert eight.gathered_bytes == 2 * captured.largest_layer_bytes == 2 * 512 * 512 * 9 * 4
-    assert one.gathered_bytes == 0
+    assert eight.weights_bytes >= -(-captured.weight_bytes // 8)  # padded shards (tests/test_sharding.py)
+    assert eight.largest_unit_bytes >= 8 * 512 * 512 * 9 * 4 // 8  # a block holds its 3x3 512-channel convs
+    assert eight.gathered_bytes >= eight.largest_unit_bytes // 2
+    assert one.gathered_bytes == 0 and one.shard_units == ""
     resident_one = one.weights_bytes + one.optimizer_state_bytes + one.buffer_bytes + one.input_bytes
     resident_eight = eight.weights_bytes + eight.optimizer_state_bytes + eight.buffer_bytes + eight.input_bytes
     assert eight.peak_bytes - eight.gathered_bytes - resident_eight <= one.peak_bytes - resident_one

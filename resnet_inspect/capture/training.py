@@ -25,7 +25,7 @@ from resnet_inspect.capture.trace import (
     tensors_in,
 )
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.records import MemoryEvent, TrainingCapture
+from resnet_inspect.records import MemoryEvent, ParameterRecord, TrainingCapture
 
 if TYPE_CHECKING:
     from torch import nn
@@ -517,6 +517,19 @@ def _module_grad_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in unique.values())
 
 
+def parameter_records(model: Any) -> tuple[ParameterRecord, ...]:
+    """Each parameter of ``model`` once, with the module that owns it directly (what FSDP's units are made of)."""
+    seen: set[int] = set()
+    records = []
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) not in seen:
+                seen.add(id(parameter))
+                records.append(ParameterRecord(name, tuple(parameter.shape), parameter.element_size(),
+                                               parameter.requires_grad))
+    return tuple(records)
+
+
 def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptions, model_name: str = ""
                       ) -> TrainingCapture:
     """One training step of a meta copy of ``model`` on ``inputs``: what the forward saves, the requires-grad
@@ -597,7 +610,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         for parameter in trainable:  # zero_grad(set_to_none=True)
             parameter.grad = None
     kinds = {number: GRADIENT for number in gradient_numbers} | {number: STATE for number in state_numbers}
-    events = tuple(MemoryEvent(size, kinds.get(number, ACTIVATION), phase, layer)
+    events = tuple(MemoryEvent(size, kinds.get(number, ACTIVATION), phase, layer, number)
                    for number, size, phase, layer in tracker.events)
     state_bytes = sum(event.bytes for event in events if event.kind == STATE and event.bytes > 0)
     gradient_bytes = sum(event.bytes for event in events if event.kind == GRADIENT and event.bytes > 0)
@@ -626,6 +639,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         input_bytes=sum(t.untyped_storage().nbytes() for t in {id(t): t for t in given}.values()),
         gradient_bytes=gradient_bytes, state_bytes=state_bytes, largest_layer=largest.name if largest else "",
         largest_layer_bytes=largest_bytes, events=events, backward_error=backward_error,
+        parameters=parameter_records(working),
     )
 
 

@@ -36,6 +36,8 @@ TrainOption = typer.Option(False, "--train", help="Fit a training step (forward,
 ShardOption = typer.Option(None, "--shard", show_default=False,
                            help="Fully sharded data parallel over N devices (FSDP, ZeRO-3): the answer is the batch "
                            "per device (--train).")
+ShardUnitsOption = typer.Option("block", "--shard-units", help="With --shard: the modules fully_shard is applied to: "
+                                "block, layer, module types or names, comma-separated.")
 DeviceOption = typer.Option("cpu", "--device", help="The device to fit: cpu, cuda, cuda:N or mps.")
 
 
@@ -48,6 +50,7 @@ def fit_command(
     dtype: DType = DTypeOption,
     amp: str | None = AmpOption,
     shard: int | None = ShardOption,
+    shard_units: str = ShardUnitsOption,
     device: str = DeviceOption,
     input_size: str | None = InputSizeOption,
     in_channels: int | None = ChannelsOption,
@@ -70,9 +73,13 @@ def fit_command(
             from resnet_inspect.cli.common import check_train_options
 
             optimizer, amp = check_train_options(train, optimizer, amp, dtype.value)
+        if shard_units != "block" and (shard or 1) == 1:
+            from resnet_inspect.errors import BadInputError
+
+            raise BadInputError("--shard-units names the units of a sharded step: add --shard N (N > 1)")
         from resnet_inspect.pipeline.fit import fit_report
 
         report = fit_report(model, memory_bytes, size, train=train, optimizer=optimizer, dtype=dtype.value, amp=amp,
                             shard=shard, reserve_bytes=reserve_bytes, device=device, in_channels=in_channels,
-                            num_classes=num_classes)
+                            num_classes=num_classes, shard_units=shard_units)
         emit(report, fmt, output)

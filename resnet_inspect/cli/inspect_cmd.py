@@ -56,6 +56,8 @@ def summary_command(
                                    "and optimizer state).", show_default=False),
     shard: str = typer.Option("1", "--shard", help="With --train: fully sharded over N devices (FSDP, ZeRO-3); "
                               "figures per device, --batch-size per device."),
+    shard_units: str = typer.Option("block", "--shard-units", help="With --shard: the modules fully_shard is "
+                                    "applied to: block, layer, module types or names, comma-separated."),
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -70,6 +72,8 @@ def summary_command(
         shards = parse_count(shard, "shard", "--shard")
         if not train and (amp is not None or shards != 1 or optimizer != "adamw"):
             raise BadInputError("--optimizer, --amp and --shard describe a training step: add --train")
+        if shard_units != "block" and shards == 1:
+            raise BadInputError("--shard-units names the units of a sharded step: add --shard N (N > 1)")
         from resnet_inspect.capture.training import TrainOptions
 
         options = TrainOptions(optimizer=optimizer, dtype=dtype, amp=amp, device=device)
@@ -100,7 +104,7 @@ def summary_command(
             layer_times_ms = {timing.name: timing.median_ms for timing in timings}
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms, torchinfo=torchinfo, training=training,
-                                      shard=shards)
+                                      shard=shards, shard_units=shard_units)
         emit(report, fmt, output)
 
 

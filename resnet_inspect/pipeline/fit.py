@@ -87,9 +87,9 @@ class TrainingEstimate:
     from one training pass on the meta device per batch size, kept for the breakdown at the answer."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
-                 shard: int) -> None:
+                 shard: int, shard_units: str = "block") -> None:
         self.model, self.input_size, self.in_channels = model, input_size, in_channels
-        self.options, self.shard = options, shard
+        self.options, self.shard, self.shard_units = options, shard, shard_units
         self.steps: dict[int, TrainingCapture] = {}
 
     def _step(self, batch_size: int) -> TrainingCapture:
@@ -106,12 +106,12 @@ class TrainingEstimate:
         step = self._step(batch_size)
         if step.backward_error:
             raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
-        return step_timeline(step, self.shard)
+        return step_timeline(step, self.shard, self.shard_units)
 
     def memory(self, batch_size: int) -> StepMemory:
         from resnet_inspect.analysis.training import step_memory
 
-        return step_memory(self._step(batch_size), self.shard)
+        return step_memory(self._step(batch_size), self.shard, self.shard_units)
 
     def breakdown(self, batch_size: int) -> tuple[tuple[str, int], ...]:
         """What the peak holds: what is resident through the step, and what the step itself had allocated."""
@@ -120,7 +120,8 @@ class TrainingEstimate:
         resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
                     ("buffers", step.buffer_bytes), ("input", step.input_bytes))
         if step.gathered_bytes:
-            resident += (("largest layer gathered", step.gathered_bytes),)
+            held = "FSDP's gathered units and buffers" if step.shard_units else "largest layer gathered"
+            resident += ((held, step.gathered_bytes),)
         allocated = step.peak_bytes - sum(size for _part, size in resident)
         return (*resident, ("activations, gradients and temporaries at the peak", allocated))
 
@@ -144,7 +145,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                train: bool = False, optimizer: str | None = None, dtype: str = "float32", amp: str | None = None,
                shard: int | None = None, reserve_bytes: int | None = None, device: str = "cpu",
                in_channels: int | None = None, num_classes: int | None = None,
-               model_name: str | None = None) -> FitReport:
+               model_name: str | None = None, shard_units: str = "block") -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
@@ -174,7 +175,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         from resnet_inspect.capture.training import TrainOptions
 
         options = TrainOptions(optimizer or DEFAULT_OPTIMIZER, dtype, amp, device)
-        estimate = TrainingEstimate(model, size, channels, options, shard or 1)
+        estimate = TrainingEstimate(model, size, channels, options, shard or 1, shard_units)
     else:
         import torch
 

@@ -391,7 +391,11 @@ class SummaryReport(SummaryView):
                      f"optimizer state {bytes_text(memory.optimizer_state_bytes)} + input "
                      f"{bytes_text(memory.input_bytes)}")
         if memory.gathered_bytes:
-            breakdown += f" + gathered layer {bytes_text(memory.gathered_bytes)}"
+            held = "FSDP's gathered units and buffers" if memory.shard_units else "gathered layer"
+            breakdown += f" + {held} {bytes_text(memory.gathered_bytes)}"
+        if memory.shard_units:
+            lines.append(f"fully_shard units: {memory.shard_units}; the largest, "
+                         f"{memory.largest_unit}, gathers {bytes_text(memory.largest_unit_bytes)}")
         if memory.peak_bytes is None:
             lines.append(f"training step memory{per}: {memory.note}")
         else:
