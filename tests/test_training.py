@@ -399,7 +399,7 @@ def test_fast_meta_results_match_torch_cpu_kernels(case: tuple, layout: str) -> 
     strides and dtypes as torch's CPU kernels give them for the same arguments."""
     from torch.utils._pytree import tree_leaves, tree_map
 
-    from resnet_inspect.capture.training import _fast_meta, _pointwise
+    from resnet_inspect.capture.training.meta_kernels import fast_meta, pointwise
 
     x = torch.empty(2, 4, 5, 6, device="meta")
     if layout == "channels_last":
@@ -407,8 +407,8 @@ def test_fast_meta_results_match_torch_cpu_kernels(case: tuple, layout: str) -> 
     args = case[1](x, torch.empty(4, device="meta"))
     name, _, overload = case[0].partition(".")
     func = getattr(getattr(torch.ops.aten, name), overload or "default")
-    rule = _fast_meta("cpu").get(func)
-    ours = rule(*args) if rule is not None else _pointwise(func, args, {})
+    rule = fast_meta("cpu").get(func)
+    ours = rule(*args) if rule is not None else pointwise(func, args, {})
     if ours is NotImplemented:  # a layout the rule leaves to torch: it must say so, never guess
         assert not all(a.is_contiguous() for a in args if isinstance(a, torch.Tensor))
         return

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from resnet_inspect.analysis.counting import enclosing_records
 from resnet_inspect.analysis.receptive_field import is_residual_merge
 from resnet_inspect.errors import BadInputError
-from resnet_inspect.records import MemoryEvent, ParameterRecord, TrainingCapture
+from resnet_inspect.records import MemoryEvent, MemoryKind, ParameterRecord, StepPhase, TrainingCapture
 
 BLOCK, LAYER = "block", "layer"
 DEFAULT_UNITS = BLOCK
-GATHERED, REDUCE_SCATTER = "gathered", "reduce-scatter"  # MemoryEvent kinds FSDP adds
-_FORWARD, _BACKWARD, _OPTIMIZER = "forward", "backward", "optimizer"
+GATHERED, REDUCE_SCATTER = MemoryKind.GATHERED, MemoryKind.REDUCE_SCATTER  # the kinds FSDP adds
+_FORWARD, _BACKWARD, _OPTIMIZER = StepPhase.FORWARD, StepPhase.BACKWARD, StepPhase.OPTIMIZER
 
 
 def _ceil_div(value: int, parts: int) -> int:
@@ -197,14 +197,14 @@ class _Replay:
     unsharded_grads: dict[str, int] = field(default_factory=dict)
     sharded_grads: int = 0
     post_forward_order: list[str] = field(default_factory=list)
-    phase: str = _FORWARD
+    phase: StepPhase = _FORWARD
     layer: str = ""
 
     def __post_init__(self) -> None:
         self.units = {unit.name: unit for unit in self.plan.units}
         self.names = [unit.name for unit in self.plan.units if unit.name]
 
-    def emit(self, size: int, kind: str, allocation: int = 0) -> None:
+    def emit(self, size: int, kind: MemoryKind, allocation: int = 0) -> None:
         if size:
             self.events.append(MemoryEvent(size, kind, self.phase, self.layer, allocation))
 
@@ -254,8 +254,8 @@ class _Replay:
         if grads:
             unit = self.units[name]
             self.emit(unit.reduce_bytes, REDUCE_SCATTER)
-            self.emit(-grads, "gradient")
-            self.emit(unit.sharded_grad_bytes, "gradient")
+            self.emit(-grads, MemoryKind.GRADIENT)
+            self.emit(unit.sharded_grad_bytes, MemoryKind.GRADIENT)
             self.reduce_buffers.append(unit.reduce_bytes)
             self.sharded_grads += unit.sharded_grad_bytes
 
@@ -297,7 +297,7 @@ class _Replay:
         if self.phase != _OPTIMIZER:
             self.move_to(event.layer)
         size = event.bytes
-        if event.kind == "gradient":
+        if event.kind == MemoryKind.GRADIENT:
             if size < 0:  # the shards' gradients are let go at the end instead
                 return
             unit = _unit_of(self.names, event.layer)
@@ -314,14 +314,14 @@ def sharded_events(training: TrainingCapture, plan: ShardPlan) -> list[MemoryEve
     if "" in replay.units:
         replay.gather("")
     for event in training.events:
-        if event.kind != "state":
+        if event.kind != MemoryKind.STATE:
             replay.replay(event)
     if replay.phase == _FORWARD:
         replay.end_forward()
     if replay.phase == _BACKWARD:
         replay.layer = "the optimizer step"
         replay.end_backward()
-    replay.emit(-replay.sharded_grads, "gradient")  # zero_grad(set_to_none=True)
+    replay.emit(-replay.sharded_grads, MemoryKind.GRADIENT)  # zero_grad(set_to_none=True)
     return replay.events
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from resnet_inspect.analysis.sharding import DEFAULT_UNITS, GATHERED, REDUCE_SCATTER
 from resnet_inspect.analysis.training import device_events, step_memory
-from resnet_inspect.records import MemoryEvent, TrainingCapture
+from resnet_inspect.records import MemoryEvent, MemoryKind, TrainingCapture
 
 KINDS = ("weights", "input", "optimizer_state", "gradients", "activations", "temporaries", "fsdp")
 _FORWARD, _BACKWARD = "forward", "backward"
@@ -77,7 +77,7 @@ def _resident(training: TrainingCapture, shard: int, units: str) -> dict[str, in
 
 def _kind_of(event: MemoryEvent, allocated: dict[int, str]) -> str:
     """The timeline kind of an event: a release takes the kind of its allocation."""
-    if event.kind == "gradient":
+    if event.kind == MemoryKind.GRADIENT:
         return "gradients"
     if event.kind in (GATHERED, REDUCE_SCATTER):
         return "fsdp"

@@ -23,15 +23,13 @@ from typing import Any
 from resnet_inspect.analysis.counting import enclosing_records
 from resnet_inspect.analysis.sharding import (
     DEFAULT_UNITS,
-    GATHERED,
-    REDUCE_SCATTER,
     ShardPlan,
     shard_plan,
     sharded_events,
     sharded_resident_bytes,
 )
 from resnet_inspect.ops.registry import get_op
-from resnet_inspect.records import Capture, MemoryEvent, OpNode, TrainingCapture
+from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, OpNode, StepPhase, TrainingCapture
 
 
 def node_backward_macs(node: OpNode) -> int:
@@ -63,7 +61,7 @@ class StepMemory:
     input_bytes: int  # the batch
     saved_bytes: int  # activations kept for the backward at the end of the forward
     gathered_bytes: int  # sharded: FSDP's gathered parameters and all-gather / reduce-scatter buffers at the peak
-    peak_phase: str  # "forward", "backward" or "optimizer"
+    peak_phase: StepPhase
     peak_layer: str  # the layer running at the peak (whose backward, in the backward phase)
     optimizer: str
     dtype: str
@@ -79,7 +77,7 @@ class StepMemory:
         """'the backward of layer1.0.conv1', 'the forward of fc', 'the optimizer step'."""
         if self.peak_bytes is None:
             return "unknown"
-        if self.peak_phase == "optimizer":
+        if self.peak_phase == StepPhase.OPTIMIZER:
             return "the optimizer step"
         return f"the {self.peak_phase} of {self.peak_layer or 'the model'}"
 
@@ -98,7 +96,7 @@ class StepMemory:
 def _step_events(training: TrainingCapture) -> list[MemoryEvent]:
     """The events that change what the step holds (the optimizer's state is resident from the start of a step
     once the optimizer has run once)."""
-    return [event for event in training.events if event.kind != "state"]
+    return [event for event in training.events if event.kind != MemoryKind.STATE]
 
 
 def _plan(training: TrainingCapture, shard: int, units: str) -> ShardPlan | None:
@@ -123,7 +121,7 @@ def device_events(training: TrainingCapture, shard: int = 1, units: str = DEFAUL
         return sharded_resident_bytes(training, plan), sharded_events(training, plan)
     events = []
     for event in _step_events(training):
-        if event.kind == "gradient" and shard > 1:  # each device keeps its shard of every gradient
+        if event.kind == MemoryKind.GRADIENT and shard > 1:  # each device keeps its shard of every gradient
             size = _ceil_div(event.bytes, shard) if event.bytes > 0 else -_ceil_div(-event.bytes, shard)
             event = MemoryEvent(size, event.kind, event.phase, event.layer, event.allocation)
         events.append(event)
@@ -159,10 +157,10 @@ def step_memory(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_
     plan = _plan(training, shard, units)
     resident, events = device_events(training, shard, units)
     highest, live, fsdp_live, fsdp_at_peak = 0, 0, 0, 0
-    phase, layer = "forward", ""
+    phase, layer = StepPhase.FORWARD, ""
     for event in events:
         live += event.bytes
-        if event.kind in (GATHERED, REDUCE_SCATTER):
+        if event.kind in (MemoryKind.GATHERED, MemoryKind.REDUCE_SCATTER):
             fsdp_live += event.bytes
         if live > highest:
             highest, phase, layer, fsdp_at_peak = live, event.phase, event.layer, fsdp_live
