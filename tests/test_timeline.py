@@ -47,3 +47,39 @@ def test_sharded_timeline_reaches_the_sharded_peak(resnet50_step) -> None:
     timeline = memory_timeline(captured, shard=8)
     assert timeline.peak.total == step_memory(captured, shard=8).peak_bytes
     assert timeline.peak.bytes["fsdp"] > 0
+
+
+def test_summary_json_plot_and_html_carry_the_timeline(tmp_path) -> None:
+    import json
+    import re
+    import xml.dom.minidom
+
+    from typer.testing import CliRunner
+
+    from resnet_inspect.cli.app import app
+
+    runner = CliRunner()
+    args = ["summary", "resnet18", "-i", "32", "-b", "2", "--train"]
+    picture = tmp_path / "step.svg"
+    result = runner.invoke(app, [*args, "--format", "json", "--plot", str(picture)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    timeline = summary["memory_timeline"]
+    assert timeline["peak_bytes"] == summary["training"]["peak_bytes"]
+    assert max(point["total_bytes"] for point in timeline["points"]) == timeline["peak_bytes"]
+    assert f"in {timeline['peak']}" in picture.read_text()  # the peak named on the picture
+    page = tmp_path / "report.html"
+    assert runner.invoke(app, [*args, "--format", "html", "-o", str(page)]).exit_code == 0
+    svg = re.findall(r"<svg.*?</svg>", page.read_text(), re.S)[-1]
+    xml.dom.minidom.parseString(svg)
+    assert "peak" in svg and "Memory of the step" in page.read_text()
+
+
+def test_plot_without_train_is_one_line_and_exit_2(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from resnet_inspect.cli.app import app
+
+    result = CliRunner().invoke(app, ["summary", "resnet18", "--plot", str(tmp_path / "step.png")])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --plot draws the memory of a training step: add --train"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,8 +11,10 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     OutputFormat,
     SummaryFormat,
+    check_distinct_outputs,
     check_model_options,
     check_output_path,
+    check_plot_path,
     emit,
     parse_batch_size,
     parse_count,
@@ -30,6 +33,10 @@ from resnet_inspect.cli.options import (
 )
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.limits import MAX_INPUT_SIZE, check_optional
+
+TimelinePlotOption = typer.Option(None, "--plot", show_default=False, help="With --train: draw the step's memory "
+                                  "over time by kind, module by module, the peak marked (.png, .svg or .pdf; needs "
+                                  "matplotlib).")
 
 
 def summary_command(
@@ -58,6 +65,7 @@ def summary_command(
                               "figures per device, --batch-size per device."),
     shard_units: str = typer.Option("block", "--shard-units", help="With --shard: the modules fully_shard is "
                                     "applied to: block, layer, module types or names, comma-separated."),
+    plot: Path | None = TimelinePlotOption,
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -65,6 +73,10 @@ def summary_command(
     field; totals below."""
     with user_errors():
         check_output_path(output)
+        if plot is not None and not train:
+            raise BadInputError("--plot draws the memory of a training step: add --train")
+        check_distinct_outputs(output, plot=plot)
+        check_plot_path(plot)
         size = resolve_size(model, input_size)
         batch = parse_batch_size(batch_size)
         check_model_options(in_channels, num_classes)
@@ -105,7 +117,20 @@ def summary_command(
         report = summary_from_capture(capture, model=network, fvcore=fvcore, max_depth=depth,
                                       layer_times_ms=layer_times_ms, torchinfo=torchinfo, training=training,
                                       shard=shards, shard_units=shard_units)
+        if plot is not None:
+            _write_timeline(report, plot)
         emit(report, fmt, output)
+
+
+def _write_timeline(report: Any, plot: Path) -> None:
+    """The step's memory timeline drawn into ``plot`` (one line when the backward could not run on meta)."""
+    from resnet_inspect.render.files import write_output
+    from resnet_inspect.render.plot import plot_format
+    from resnet_inspect.render.timeline_plot import timeline_picture
+
+    if report.memory_timeline is None:
+        raise BadInputError(f"--plot: {report.training.memory.note}")
+    write_output(plot, timeline_picture(report, plot_format(plot)))
 
 
 def verify_command(

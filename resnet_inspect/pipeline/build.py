@@ -12,6 +12,7 @@ from resnet_inspect.report.summary import SummaryReport, VerifyReport
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.analysis.timeline import MemoryTimeline
     from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.capture.trace import ModelInputs
     from resnet_inspect.capture.training import TrainOptions
@@ -177,7 +178,18 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         max_depth=max_depth, layer_fields=layer_fields(capture, fields), torchinfo=torchinfo_counts,
         stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
         training=training_counts_of(training, shard, shard_units), training_capture=training,
+        memory_timeline=timeline_of(training, shard, shard_units),
     )
+
+
+def timeline_of(training: TrainingCapture | None, shard: int = 1, shard_units: str = "block"
+                ) -> MemoryTimeline | None:
+    """The memory timeline of one training pass (None for none, or when its backward could not run)."""
+    if training is None:
+        return None
+    from resnet_inspect.analysis.timeline import memory_timeline
+
+    return memory_timeline(training, shard, shard_units)
 
 
 def training_counts_of(training: TrainingCapture | None, shard: int = 1, shard_units: str = "block"

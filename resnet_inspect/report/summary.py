@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.padding import PaddingRun
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
     from resnet_inspect.analysis.stages import StageRow
+    from resnet_inspect.analysis.timeline import MemoryTimeline
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
     from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.ops.arithmetic import LayerArithmetic
@@ -152,6 +153,7 @@ class SummaryReport(SummaryView):
     padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
     training: TrainingCounts | None = None  # summary --train: backward MACs, saved and gradient bytes, step memory
     training_capture: TrainingCapture | None = None
+    memory_timeline: MemoryTimeline | None = None  # summary --train: the step's memory over time, by kind
 
     def _by_stage(self, key: str) -> dict[str, int]:
         """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
@@ -254,6 +256,7 @@ class SummaryReport(SummaryView):
                 **self._training_totals(),
             },
             "training": None if self.training is None else self.training.memory.to_dict(),
+            "memory_timeline": None if self.memory_timeline is None else self.memory_timeline.to_dict(),
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,
             "layers": layers,
