@@ -65,6 +65,8 @@ def test_sharded_peak_divides_model_states_and_gradients_and_gathers_the_largest
     resident = 500 + 1000 + 30 + 400 + 2 * 60  # halved weights and state, buffers, input, the gathered layer
     assert memory.peak_bytes == resident + 100 + 50 + 300 + 100  # the gradient of b halved
     assert memory.gathered_bytes == 120
+    # each device steps its shard of the parameters: the optimizer's temporary of 300 is 150 per device
+    assert step_timeline(hand_written, shard=2)[-3:] == [resident + 140, resident + 290, resident + 140]
 
 
 def test_a_step_without_a_backward_has_no_peak(hand_written: TrainingCapture) -> None:
