@@ -11,8 +11,9 @@ The step's memory is read off the allocations and releases the step really made 
 
 Sharded over N devices (PyTorch FSDP2), the step is replayed per device with ``fully_shard`` applied to units
 (each block by default): padded shards, each unit gathered while it runs, the prefetched next unit, the
-reduce-scatter buffer, the per-device batch's activations (analysis/sharding.py). Without the parameters' records
-the older bound stands: weights, gradients and state divided by N, ``+ 2 x largest layer's weights``.
+reduce-scatter buffer, the per-device batch's activations, the optimizer step's temporaries (the foreach kernels'
+on a GPU) divided by N (analysis/sharding.py). Without the parameters' records the older bound stands: weights,
+gradients, state and the optimizer's temporaries divided by N, ``+ 2 x largest layer's weights``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def _resident_bytes(training: TrainingCapture, shard: int) -> int:
             + training.input_bytes + gathered)
 
 
+def _sharded(event: MemoryEvent) -> bool:
+    """Each device holds its shard of every gradient, and its optimizer step (the foreach or fused kernels'
+    temporaries included) runs over its shard of the parameters."""
+    return event.kind == MemoryKind.GRADIENT or event.phase == StepPhase.OPTIMIZER
+
+
 def device_events(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS
                   ) -> tuple[int, list[MemoryEvent]]:
     """What one device holds before the step, and its allocations and releases over the step: the meta step's own
@@ -121,7 +128,7 @@ def device_events(training: TrainingCapture, shard: int = 1, units: str = DEFAUL
         return sharded_resident_bytes(training, plan), sharded_events(training, plan)
     events = []
     for event in _step_events(training):
-        if event.kind == MemoryKind.GRADIENT and shard > 1:  # each device keeps its shard of every gradient
+        if _sharded(event) and shard > 1:
             size = _ceil_div(event.bytes, shard) if event.bytes > 0 else -_ceil_div(-event.bytes, shard)
             event = MemoryEvent(size, event.kind, event.phase, event.layer, event.allocation)
         events.append(event)
