@@ -110,3 +110,49 @@ def test_peak_per_device_matches_fsdp_mem_tracker(model: str, units: str, oracle
     measured = oracle_fsdp.measure_sharded(model, shape, 8, oracle_units)
     estimate = step_memory(capture(model, shape), shard=8, units=units)
     assert estimate.peak_bytes == pytest.approx(measured, rel=0.02)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.lin(x)
+
+
+def test_fsdp_replay_of_hand_written_events_is_worked_out_by_hand() -> None:
+    """Two blocks (each 8x8 + 8 parameters: 288 bytes, the units) and a head (4x8 + 4: 144 bytes, the root unit)
+    over 2 devices; the step's events written out, FSDP2's added as worked out in the comments."""
+    import dataclasses
+
+    from resnet_inspect.analysis.training import step_timeline
+    from resnet_inspect.records import MemoryEvent, MemoryKind, StepPhase
+
+    activation, gradient = MemoryKind.ACTIVATION, MemoryKind.GRADIENT
+    forward, backward, optimizer = StepPhase.FORWARD, StepPhase.BACKWARD, StepPhase.OPTIMIZER
+    events = (
+        MemoryEvent(100, activation, forward, "0.lin"),  # root gathered (288 with its buffer), 0 gathered: 820
+        MemoryEvent(100, activation, forward, "1.lin"),  # 0 let go, 1 gathered: 920
+        MemoryEvent(10, activation, forward, "2"),  # 1 let go: 642
+        MemoryEvent(144, gradient, backward, "2"),  # buffer freed, 1 prefetched: 642; the head's gradient: 786
+        MemoryEvent(50, activation, backward, "1.lin"),  # 1 copied out, 0 prefetched: 1074; 1124
+        MemoryEvent(288, gradient, backward, "1.lin"),  # 1412
+        MemoryEvent(-50, activation, backward, "1.lin"),  # 1362
+        MemoryEvent(288, gradient, backward, "0.lin"),  # 1 reduce-scattered (1218), 0 copied out (peak 1506)
+        MemoryEvent(-200, activation, backward, "0.lin"),  # 1306
+        MemoryEvent(40, activation, optimizer, "the optimizer step"),  # 0 and the root reduce-scattered: 370; 390
+        MemoryEvent(-40, activation, optimizer, "the optimizer step"),  # 370
+    )
+    real = capture(nn.Sequential(Residual(), Residual(), nn.Linear(8, 4)), (2, 8))
+    written = dataclasses.replace(real, events=events, state_bytes=0, buffer_bytes=0, input_bytes=0)
+    memory = step_memory(written, shard=2)
+    shards = 144 // 2 + 2 * 288 // 2
+    assert memory.shard_units.startswith("each block (2 Residual)")
+    assert memory.weights_bytes == shards and memory.gradient_bytes == shards
+    assert memory.peak_bytes == shards + 1506
+    assert (memory.peak_phase, memory.peak_layer) == ("backward", "0.lin")
+    assert memory.gathered_bytes == 144 + 288 + 288 + 288  # root, 1's reduce-scatter buffer, 0's all-gather and 0
+    timeline = step_timeline(written, shard=2)
+    assert max(timeline) == shards + 1506
+    assert timeline[-1] == shards + 10  # the gradients' shards let go: what the events left (the output)

@@ -43,7 +43,8 @@ def hand_written() -> TrainingCapture:
     """A real TrainingCapture whose byte counts and events are replaced by the hand-written ones."""
     captured = _training_capture(nn.Linear(2, 2), (1, 2), None, 1, "adamw", None, None, 1, "cpu", None, None, None)
     return dataclasses.replace(captured, weight_bytes=1000, state_bytes=2000, buffer_bytes=30, input_bytes=400,
-                               gradient_bytes=280, largest_layer_bytes=60, events=EVENTS, backward_error=None)
+                               gradient_bytes=280, largest_layer_bytes=60, events=EVENTS, backward_error=None,
+                               parameters=())  # no parameter records: sharded, the whole-model bound applies
 
 
 def test_peak_is_resident_bytes_plus_the_highest_live_bytes(hand_written: TrainingCapture) -> None:
