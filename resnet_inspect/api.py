@@ -115,7 +115,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
             depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
             in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
             fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str | None = None,
-            amp: str | None = None, shard: int | None = None) -> SummaryReport:
+            amp: str | None = None, shard: int | None = None, shard_units: str | None = None) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -127,7 +127,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
-    costs (see ``training_memory`` for ``optimizer``, ``amp`` and ``shard``, refused without it), and the whole
+    costs (see ``training_memory`` for ``optimizer``, ``amp``, ``shard`` and ``shard_units``, refused without it),
+    and the whole
     report then comes from that step's train-mode pass (a layer that runs only in training has its row): per
     layer ``backward_macs``,
     ``saved_bytes`` (activations kept for the backward) and ``grad_bytes``; ``total("backward_macs")``,
@@ -140,7 +141,7 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
         ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
         batch_size=batch_size, depth=DEFAULT_DEPTH if depth is None else depth, device=device,
         run_on_device=str(device) != "meta", dtype=dtype, fvcore=fvcore, torchinfo=torchinfo,
-        train=TrainRequest(train, optimizer, amp, shard))
+        train=TrainRequest(train, optimizer, amp, shard, shard_units=shard_units))
     return summary_report(request, Caller.api)
 
 
@@ -153,7 +154,7 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
                     optimizer: str | None = None, dtype: Any = None, amp: str | None = None, shard: int | None = None,
                     device: str | torch.device = "cpu", in_channels: int | None = None,
                     num_classes: int | None = None,
-                    model_name: str | None = None) -> StepMemory:
+                    model_name: str | None = None, shard_units: str | None = None) -> StepMemory:
     """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
     device (nothing is allocated, the model is not changed)::
 
@@ -164,22 +165,27 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
     ``input_size`` and ``input_data`` as in ``summary``. ``optimizer``: none, sgd, momentum, adam or adamw
     (torch.optim's, run on meta tensors). ``dtype``: float32, bfloat16 or float16 (the model and its input
     converted); ``amp``: "bf16" or "fp16" (autocast, float32 weights and state). ``shard``: the number of devices
-    of a fully sharded run (FSDP2, ZeRO-3): per-device figures, ``batch_size`` per device. ``device``: whose
+    of a fully sharded run (FSDP2): per-device figures, ``batch_size`` per device; ``shard_units``: the modules
+    ``fully_shard`` is applied to before the model itself ("block", the default, "layer", module types or
+    names, comma-separated; see docs/training.md, "FSDP as it is wrapped"). ``device``: whose
     kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
     """
     from resnet_inspect.pipeline.summary import step_memory_of
 
+    request = TrainRequest(True, optimizer, amp, shard, dtype, shard_units)
     return step_memory_of(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
-                                            device, in_channels, num_classes, model_name), shard or 1)
+                                            device, in_channels, num_classes, model_name, shard_units), request)
 
 
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int,
                       optimizer: str | None, dtype: Any, amp: str | None, shard: int | None, device: Any,
-                      in_channels: int | None, num_classes: int | None, model_name: str | None) -> TrainingCapture:
+                      in_channels: int | None, num_classes: int | None, model_name: str | None,
+                      shard_units: str | None = None) -> TrainingCapture:
+    """One training step on the meta device, its options checked as ``summary``'s are."""
     from resnet_inspect.pipeline.summary import ModelRequest, training_step
 
     return training_step(ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
-                         batch_size, TrainRequest(True, optimizer, amp, shard, dtype), device, Caller.api)
+                         batch_size, TrainRequest(True, optimizer, amp, shard, dtype, shard_units), device, Caller.api)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -364,12 +370,13 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
 def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
         optimizer: str | None = None, dtype: Any = "float32", amp: str | None = None, shard: int | None = None,
         reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
-        num_classes: int | None = None, model_name: str | None = None) -> FitReport:
+        num_classes: int | None = None, model_name: str | None = None, shard_units: str | None = None) -> FitReport:
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
 
     ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
     defaults to the free memory of a CUDA ``device``, ``reserve`` to 5% of ``memory`` (plus 512 MiB on a GPU).
-    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard`` as for ``summary(train=True)``);
+    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard``, ``shard_units`` as for
+    ``summary(train=True)``);
     otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
     networks. Not even batch 1 fitting raises ``DoesNotFitError``.
     """
@@ -384,7 +391,7 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
     return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer,
                       dtype=dtype_name(dtype, Caller.api) or "float32", amp=amp, shard=shard,
                       reserve_bytes=reserve_bytes, device=device, in_channels=in_channels, num_classes=num_classes,
-                      model_name=model_name, caller=Caller.api)
+                      model_name=model_name, caller=Caller.api, shard_units=shard_units)
 
 
 __all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",

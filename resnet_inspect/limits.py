@@ -25,6 +25,7 @@ OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")  # of a training step:
 DEFAULT_OPTIMIZER = "adamw"
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # --amp: autocast to this dtype
 DTYPES = ("float32", "bfloat16", "float16")  # what --dtype converts a model to
+DEFAULT_SHARD_UNITS = "block"  # --shard-units: fully_shard on each residual block, then the model
 DEFAULT_DEPTH = 4  # summary's table: a ResNet's blocks (the JSON and the queries keep every layer)
 # fit: what the reserve leaves out of the memory budget by default (see pipeline/fit.py for why)
 RESERVE_SHARE = 0.05
@@ -79,6 +80,7 @@ __all__ = [
     "AMP_DTYPES",
     "DEFAULT_DEPTH",
     "DEFAULT_OPTIMIZER",
+    "DEFAULT_SHARD_UNITS",
     "DTYPES",
     "GPU_RESERVE_FIXED_BYTES",
     "LIMITS",

@@ -176,14 +176,43 @@ class Capture:
         return tuple(layer for layer in self.layers if layer.is_leaf)
 
 
+class MemoryKind(StrEnum):
+    """What a storage allocated during a training step is (a string, so JSON and old comparisons keep working)."""
+
+    ACTIVATION = "activation"  # anything the step makes and drops: outputs, saved tensors, temporaries
+    GRADIENT = "gradient"  # a parameter's gradient
+    STATE = "state"  # the optimizer's state (resident from the second step on)
+    GATHERED = "gathered"  # sharded (FSDP2): a unit's parameters gathered whole, or an all-gather buffer
+    REDUCE_SCATTER = "reduce-scatter"  # sharded (FSDP2): a unit's gradients copied in to be reduce-scattered
+
+
+class StepPhase(StrEnum):
+    """The part of a training step that runs."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
 @dataclass(frozen=True)
 class MemoryEvent:
     """One allocation (``bytes`` > 0) or release (< 0) during a training step, in the order they happened."""
 
     bytes: int
-    kind: str  # "activation" (anything the step makes and drops: outputs, temporaries), "gradient", "state"
-    phase: str  # "forward", "backward", "optimizer"
+    kind: MemoryKind
+    phase: StepPhase
     layer: str  # the innermost layer running (its backward, in the backward phase)
+    allocation: int = 0  # the storage's allocation number, shared by its allocation and its release (0: unknown)
+
+
+@dataclass(frozen=True)
+class ParameterRecord:
+    """One parameter of the trained model, as the step holds it (after any dtype conversion)."""
+
+    module: str  # the module that owns it directly ("" for the model itself)
+    shape: tuple[int, ...]
+    itemsize: int  # bytes per element
+    trainable: bool
 
 
 @dataclass(frozen=True)
@@ -210,3 +239,4 @@ class TrainingCapture:
     largest_layer_bytes: int
     events: tuple[MemoryEvent, ...]  # the step's allocations and releases
     backward_error: str | None = None  # why the backward could not run on meta (then no step memory)
+    parameters: tuple[ParameterRecord, ...] = ()  # each parameter once, with the module that owns it

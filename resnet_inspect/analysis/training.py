@@ -9,10 +9,11 @@ The step's memory is read off the allocations and releases the step really made 
     peak = weights + buffers + optimizer state + input        (resident before the step starts)
            + max over the step of (live activations and temporaries + gradients allocated so far)
 
-Sharded over N devices (PyTorch FSDP2, DeepSpeed ZeRO-3), weights, gradients and optimizer state are divided by N,
-activations are those of the per-device batch, and the largest layer is gathered whole while it runs, with its
-whole gradient before it is scattered: ``+ 2 x largest layer's weights`` (DeepSpeed's
-``estimate_zero3_model_states_mem_needs`` has the same term: ``4 x largest_layer_params`` bytes in fp16).
+Sharded over N devices (PyTorch FSDP2), the step is replayed per device with ``fully_shard`` applied to units
+(each block by default): padded shards, each unit gathered while it runs, the prefetched next unit, the
+reduce-scatter buffer, the per-device batch's activations, the optimizer step's temporaries (the foreach kernels'
+on a GPU) divided by N (analysis/sharding.py). Without the parameters' records the older bound stands: weights,
+gradients, state and the optimizer's temporaries divided by N, ``+ 2 x largest layer's weights``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_inspect.analysis.counting import enclosing_records
+from resnet_inspect.analysis.sharding import (
+    DEFAULT_UNITS,
+    ShardPlan,
+    shard_plan,
+    sharded_events,
+    sharded_resident_bytes,
+)
 from resnet_inspect.ops.registry import get_op
-from resnet_inspect.records import Capture, MemoryEvent, OpNode, TrainingCapture
+from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, OpNode, StepPhase, TrainingCapture
 
 
 def node_backward_macs(node: OpNode) -> int:
@@ -53,21 +61,24 @@ class StepMemory:
     optimizer_state_bytes: int  # (divided over the shards)
     input_bytes: int  # the batch
     saved_bytes: int  # activations kept for the backward at the end of the forward
-    gathered_bytes: int  # sharded: the largest layer's weights and gradient, whole while it runs
-    peak_phase: str  # "forward", "backward" or "optimizer"
+    gathered_bytes: int  # sharded: FSDP's gathered parameters and all-gather / reduce-scatter buffers at the peak
+    peak_phase: StepPhase
     peak_layer: str  # the layer running at the peak (whose backward, in the backward phase)
     optimizer: str
     dtype: str
     amp: str | None
     shard: int = 1
     note: str | None = None
+    shard_units: str = ""  # sharded: the units fully_shard is applied to, as chosen
+    largest_unit: str = ""  # sharded: the unit with the most parameter bytes ("the model itself": the root unit)
+    largest_unit_bytes: int = 0  # its parameters whole, padded as FSDP2 pads them
 
     @property
     def where(self) -> str:
         """'the backward of layer1.0.conv1', 'the forward of fc', 'the optimizer step'."""
         if self.peak_bytes is None:
             return "unknown"
-        if self.peak_phase == "optimizer":
+        if self.peak_phase == StepPhase.OPTIMIZER:
             return "the optimizer step"
         return f"the {self.peak_phase} of {self.peak_layer or 'the model'}"
 
@@ -78,65 +89,110 @@ class StepMemory:
             "gradient_bytes": self.gradient_bytes, "optimizer_state_bytes": self.optimizer_state_bytes,
             "input_bytes": self.input_bytes, "saved_bytes": self.saved_bytes, "gathered_bytes": self.gathered_bytes,
             "optimizer": self.optimizer, "dtype": self.dtype, "amp": self.amp, "shard": self.shard,
-            "note": self.note,
+            "note": self.note, "shard_units": self.shard_units, "largest_unit": self.largest_unit,
+            "largest_unit_bytes": self.largest_unit_bytes,
         }
 
 
 def _step_events(training: TrainingCapture) -> list[MemoryEvent]:
     """The events that change what the step holds (the optimizer's state is resident from the start of a step
     once the optimizer has run once)."""
-    return [event for event in training.events if event.kind != "state"]
+    return [event for event in training.events if event.kind != MemoryKind.STATE]
+
+
+def _plan(training: TrainingCapture, shard: int, units: str) -> ShardPlan | None:
+    """FSDP2's units when sharded and the parameters are known (else the older whole-model approximation)."""
+    return shard_plan(training, shard, units) if shard > 1 and training.parameters else None
 
 
 def _resident_bytes(training: TrainingCapture, shard: int) -> int:
-    """Held throughout the step: weights, optimizer state, buffers, the input; sharded, the gathered layer too."""
+    """Held throughout the step without units: weights, optimizer state, buffers, the input; sharded, the largest
+    layer gathered with its gradient."""
     gathered = 2 * training.largest_layer_bytes if shard > 1 else 0
     return (_ceil_div(training.weight_bytes, shard) + _ceil_div(training.state_bytes, shard) + training.buffer_bytes
             + training.input_bytes + gathered)
 
 
-def live_bytes(training: TrainingCapture, shard: int = 1) -> list[int]:
-    """What the step has allocated beyond the resident bytes after each of its events (gradients divided over the
-    shards)."""
-    live, timeline = 0, []
+def _sharded(event: MemoryEvent) -> bool:
+    """Each device holds its shard of every gradient, and its optimizer step (the foreach or fused kernels'
+    temporaries included) runs over its shard of the parameters."""
+    return event.kind == MemoryKind.GRADIENT or event.phase == StepPhase.OPTIMIZER
+
+
+def device_events(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS
+                  ) -> tuple[int, list[MemoryEvent]]:
+    """What one device holds before the step, and its allocations and releases over the step: the meta step's own
+    on one device; sharded, FSDP2's replay over its units (analysis/sharding.py)."""
+    plan = _plan(training, shard, units)
+    if plan is not None:
+        return sharded_resident_bytes(training, plan), sharded_events(training, plan)
+    events = []
     for event in _step_events(training):
-        size = event.bytes
-        if event.kind == "gradient":  # each device keeps its shard of every gradient
-            size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
-        live += size
+        if _sharded(event) and shard > 1:
+            size = _ceil_div(event.bytes, shard) if event.bytes > 0 else -_ceil_div(-event.bytes, shard)
+            event = MemoryEvent(size, event.kind, event.phase, event.layer, event.allocation)
+        events.append(event)
+    return _resident_bytes(training, shard), events
+
+
+def live_bytes(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS) -> list[int]:
+    """What the step has allocated beyond the resident bytes after each of its events."""
+    live, timeline = 0, []
+    for event in device_events(training, shard, units)[1]:
+        live += event.bytes
         timeline.append(live)
     return timeline
 
 
-def step_timeline(training: TrainingCapture, shard: int = 1) -> list[int]:
+def step_timeline(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS) -> list[int]:
     """The bytes the step holds at each of its moments (before the first event, then after each); the peak is the
     largest. Empty when the backward could not run on meta."""
     if training.backward_error:
         return []
-    resident = _resident_bytes(training, shard)
-    return [resident, *(resident + live for live in live_bytes(training, shard))]
+    resident, events = device_events(training, shard, units)
+    timeline = [resident]
+    for event in events:
+        timeline.append(timeline[-1] + event.bytes)
+    return timeline
 
 
-def step_memory(training: TrainingCapture, shard: int = 1) -> StepMemory:
-    """The step's peak and breakdown, on one device or per device of ``shard`` (see the module docstring)."""
+def step_memory(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS) -> StepMemory:
+    """The step's peak and breakdown, on one device or per device of ``shard`` with ``fully_shard`` applied to
+    ``units`` (see the module docstring and analysis/sharding.py)."""
     if shard < 1:
         raise ValueError(f"shard must be at least 1, got {shard}")
-    weights = _ceil_div(training.weight_bytes, shard)
-    state = _ceil_div(training.state_bytes, shard)
-    highest = 0
-    phase, layer = "forward", ""
-    for event, live in zip(_step_events(training), live_bytes(training, shard), strict=True):
+    plan = _plan(training, shard, units)
+    resident, events = device_events(training, shard, units)
+    highest, live, fsdp_live, fsdp_at_peak = 0, 0, 0, 0
+    phase, layer = StepPhase.FORWARD, ""
+    for event in events:
+        live += event.bytes
+        if event.kind in (MemoryKind.GATHERED, MemoryKind.REDUCE_SCATTER):
+            fsdp_live += event.bytes
         if live > highest:
-            highest, phase, layer = live, event.phase, event.layer
-    peak = None if training.backward_error else _resident_bytes(training, shard) + highest
+            highest, phase, layer, fsdp_at_peak = live, event.phase, event.layer, fsdp_live
+    peak = None if training.backward_error else resident + highest
+    weights, gradients, state = _model_states(training, shard, plan)
+    largest = plan.largest if plan is not None else None
     return StepMemory(
-        peak_bytes=peak, weights_bytes=weights, buffer_bytes=training.buffer_bytes,
-        gradient_bytes=_ceil_div(training.gradient_bytes, shard), optimizer_state_bytes=state,
-        input_bytes=training.input_bytes, saved_bytes=training.saved_bytes,
-        gathered_bytes=2 * training.largest_layer_bytes if shard > 1 else 0,
+        peak_bytes=peak, weights_bytes=weights, buffer_bytes=training.buffer_bytes, gradient_bytes=gradients,
+        optimizer_state_bytes=state, input_bytes=training.input_bytes, saved_bytes=training.saved_bytes,
+        gathered_bytes=fsdp_at_peak if plan is not None else 2 * training.largest_layer_bytes if shard > 1 else 0,
         peak_phase=phase, peak_layer=layer, optimizer=training.optimizer, dtype=training.dtype, amp=training.amp,
-        shard=shard, note=training.backward_error,
+        shard=shard, note=training.backward_error, shard_units=plan.description if plan else "",
+        largest_unit=(largest.name or "the model itself") if largest else "",
+        largest_unit_bytes=largest.gathered_bytes if largest else 0,
     )
+
+
+def _model_states(training: TrainingCapture, shard: int, plan: ShardPlan | None) -> tuple[int, int, int]:
+    """One device's weights, gradients and optimizer state (padded shards under FSDP2's units)."""
+    if plan is None:
+        return (_ceil_div(training.weight_bytes, shard), _ceil_div(training.gradient_bytes, shard),
+                _ceil_div(training.state_bytes, shard))
+    weights = sum(unit.sharded_bytes for unit in plan.units)
+    state = sharded_resident_bytes(training, plan) - weights - training.buffer_bytes - training.input_bytes
+    return weights, sum(unit.sharded_grad_bytes for unit in plan.units), state
 
 
 @dataclass(frozen=True)
@@ -166,7 +222,7 @@ def _inclusive(capture: Capture, own: dict[int, int]) -> dict[int, int]:
     return totals
 
 
-def training_counts(training: TrainingCapture, shard: int = 1) -> TrainingCounts:
+def training_counts(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_UNITS) -> TrainingCounts:
     """Backward MACs per operation and per layer, saved and gradient bytes per layer, and the step's memory."""
     capture = training.capture
     macs_by_node = {node.id: node_backward_macs(node) for node in capture.nodes}
@@ -183,11 +239,11 @@ def training_counts(training: TrainingCapture, shard: int = 1) -> TrainingCounts
         layer_grad_bytes=dict(training.layer_grad_bytes), backward_macs=total, backward_flops=2 * total,
         saved_bytes=training.saved_bytes, saved_tensors=training.saved_tensors,
         grad_bytes=training.gradient_bytes,
-        memory=step_memory(training, shard),
+        memory=step_memory(training, shard, units),
     )
 
 
 __all__ = [
-    "StepMemory", "TrainingCounts", "live_bytes", "node_backward_macs", "step_memory", "step_timeline",
+    "StepMemory", "TrainingCounts", "device_events", "live_bytes", "node_backward_macs", "step_memory", "step_timeline",
     "training_counts",
 ]

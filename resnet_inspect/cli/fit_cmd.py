@@ -23,7 +23,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.cli.time_cmd import AmpOption, DType, DTypeOption, OptimizerOption
-from resnet_inspect.limits import GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
+from resnet_inspect.limits import DEFAULT_SHARD_UNITS, GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
 
 MemoryOption = typer.Option(None, "--memory", "-m", show_default=False,
                             help="The memory budget: 24GiB, 24GB, 1.5GiB, 512MiB or bytes (default: the free memory "
@@ -37,6 +37,9 @@ TrainOption = typer.Option(False, "--train", help="Fit a training step (forward,
 ShardOption = typer.Option(None, "--shard", show_default=False,
                            help="Fully sharded data parallel over N devices (FSDP, ZeRO-3): the answer is the batch "
                            "per device (--train).")
+ShardUnitsOption = typer.Option(None, "--shard-units", show_default=False,
+                                help="With --shard: the modules fully_shard is applied to: block, layer, module types "
+                                f"or names, comma-separated (default: {DEFAULT_SHARD_UNITS}).")
 DeviceOption = typer.Option("cpu", "--device", help="The device to fit: cpu, cuda, cuda:N or mps.")
 
 
@@ -49,6 +52,7 @@ def fit_command(
     dtype: DType = DTypeOption,
     amp: str | None = AmpOption,
     shard: int | None = ShardOption,
+    shard_units: str | None = ShardUnitsOption,
     device: str = DeviceOption,
     input_size: str | None = InputSizeOption,
     in_channels: int | None = ChannelsOption,
@@ -68,5 +72,5 @@ def fit_command(
         report = fit_report(model, budget_bytes(memory, "memory", Caller.cli), resolve_size(model, input_size),
                             train=train, optimizer=optimizer, dtype=dtype.value, amp=amp, shard=shard,
                             reserve_bytes=budget_bytes(reserve, "reserve", Caller.cli, allow_zero=True),
-                            device=device, in_channels=in_channels, num_classes=num_classes)
+                            device=device, in_channels=in_channels, num_classes=num_classes, shard_units=shard_units)
         emit(report, fmt, output)

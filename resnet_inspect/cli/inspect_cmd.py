@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,13 +11,16 @@ from resnet_inspect.cli.common import (
     EXIT_CHECK_FAILED,
     OutputFormat,
     SummaryFormat,
+    check_distinct_outputs,
     check_output_path,
+    check_plot_path,
     emit,
     parse_batch_size,
     parse_count,
     resolve_size,
     user_errors,
 )
+from resnet_inspect.cli.fit_cmd import ShardUnitsOption
 from resnet_inspect.cli.options import (
     OPTIMIZER_CHOICES,
     BatchOption,
@@ -30,6 +34,10 @@ from resnet_inspect.cli.options import (
 )
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.limits import DEFAULT_DEPTH, DEFAULT_OPTIMIZER, DTYPES, MAX_INPUT_SIZE
+
+TimelinePlotOption = typer.Option(None, "--plot", show_default=False, help="With --train: draw the step's memory "
+                                  "over time by kind, module by module, the peak marked (.png, .svg or .pdf; needs "
+                                  "matplotlib).")
 
 
 def summary_command(
@@ -58,6 +66,8 @@ def summary_command(
     shard: str | None = typer.Option(None, "--shard", help="With --train: fully sharded over N devices (FSDP, "
                                      "ZeRO-3); figures per device, --batch-size per device (default 1).",
                                      show_default=False),
+    shard_units: str | None = ShardUnitsOption,
+    plot: Path | None = TimelinePlotOption,
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
 ) -> None:
@@ -65,6 +75,10 @@ def summary_command(
     field; totals below."""
     with user_errors():
         check_output_path(output)
+        if plot is not None and not train:
+            raise BadInputError("--plot draws the memory of a training step: add --train")
+        check_distinct_outputs(output, plot=plot)
+        check_plot_path(plot)
         from resnet_inspect.pipeline.options import Caller, TrainRequest
         from resnet_inspect.pipeline.summary import InputSpec, ModelRequest, SummaryRequest, summary_report
 
@@ -72,8 +86,23 @@ def summary_command(
             ModelRequest(model, in_channels, num_classes), InputSpec(size=resolve_size(model, input_size)),
             batch_size=parse_batch_size(batch_size), depth=depth, device=device, dtype=dtype, fvcore=fvcore,
             torchinfo=torchinfo, train=TrainRequest(train, optimizer, amp, parse_count(shard, "shard", "--shard")
-                                                    if shard is not None else None), time=time)
-        emit(summary_report(request, Caller.cli), fmt, output)
+                                                    if shard is not None else None, shard_units=shard_units),
+            time=time)
+        report = summary_report(request, Caller.cli)
+        if plot is not None:
+            _write_timeline(report, plot)
+        emit(report, fmt, output)
+
+
+def _write_timeline(report: Any, plot: Path) -> None:
+    """The step's memory timeline drawn into ``plot`` (one line when the backward could not run on meta)."""
+    from resnet_inspect.render.files import write_output
+    from resnet_inspect.render.plot import plot_format
+    from resnet_inspect.render.timeline_plot import timeline_picture
+
+    if report.memory_timeline is None:
+        raise BadInputError(f"--plot: {report.training.memory.note}")
+    write_output(plot, timeline_picture(report, plot_format(plot)))
 
 
 def verify_command(

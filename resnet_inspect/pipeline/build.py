@@ -14,6 +14,7 @@ from resnet_inspect.report.summary import SummaryReport, VerifyReport
 if TYPE_CHECKING:
     from torch import nn
 
+    from resnet_inspect.analysis.timeline import MemoryTimeline
     from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.capture.trace import ModelInputs
     from resnet_inspect.capture.training import TrainOptions
@@ -192,7 +193,7 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
                          fvcore_memory_budget_bytes: int | None = None, max_depth: int | None = None,
                          layer_times_ms: dict[str, float] | None = None, torchinfo: bool = False,
                          input_data: Any = None, training: TrainingCapture | None = None,
-                         shard: int = 1) -> SummaryReport:
+                         shard: int = 1, shard_units: str = "block") -> SummaryReport:
     """Run the analyses over one capture; fvcore (real tensors, batch 1) and torchinfo (fed ``input_data`` when
     given) only when asked and a model is given; the training analyses over ``training`` (a training pass of the
     same model) when given."""
@@ -224,17 +225,29 @@ def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fv
         max_depth=max_depth, layer_fields=layer_fields(capture, fields),
         torchinfo=torchinfo_counts,
         stage_rows=stage_rows(capture, fields, counts), padding_runs=padding_runs(capture),
-        training=training_counts_of(training, shard), training_capture=training,
+        training=training_counts_of(training, shard, shard_units), training_capture=training,
+        memory_timeline=timeline_of(training, shard, shard_units),
     )
 
 
-def training_counts_of(training: TrainingCapture | None, shard: int = 1) -> TrainingCounts | None:
+def timeline_of(training: TrainingCapture | None, shard: int = 1, shard_units: str = "block"
+                ) -> MemoryTimeline | None:
+    """The memory timeline of one training pass (None for none, or when its backward could not run)."""
+    if training is None:
+        return None
+    from resnet_inspect.analysis.timeline import memory_timeline
+
+    return memory_timeline(training, shard, shard_units)
+
+
+def training_counts_of(training: TrainingCapture | None, shard: int = 1, shard_units: str = "block"
+                       ) -> TrainingCounts | None:
     """The training analyses of one training pass (None for none)."""
     if training is None:
         return None
     from resnet_inspect.analysis.training import training_counts
 
-    return training_counts(training, shard)
+    return training_counts(training, shard, shard_units)
 
 
 def verify_from_capture(capture: Capture) -> VerifyReport:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
-from resnet_inspect.errors import BadInputError
+from resnet_inspect.errors import BadInputError, ForwardError
 from resnet_inspect.limits import GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
 from resnet_inspect.pipeline.options import (
     Caller,
@@ -17,6 +17,8 @@ from resnet_inspect.pipeline.options import (
     available_device,
     device_name,
     dtype_name,
+    shard_count,
+    shard_units_of,
     train_options,
 )
 from resnet_inspect.render.text import bytes_text
@@ -76,6 +78,37 @@ def device_memory(device: str, memory_bytes: int | None, caller: Caller = Caller
                         "says how much memory it has free")
 
 
+def fit_device(text: Any, memory_bytes: int | None, caller: Caller = Caller.cli) -> str:
+    """The device whose kernels and memory are planned for. Every estimate runs on the meta device, so a CUDA
+    device (``cuda``, ``cuda:N``) may be planned for on a machine without one, given ``--memory``."""
+    from resnet_inspect.analysis.timing import available_devices
+
+    device = device_name(text, caller)
+    cuda_here = any(name.startswith("cuda") for name in available_devices())
+    if device.split(":")[0] == "cuda" and not cuda_here:
+        if memory_bytes is None:
+            example = "--memory 80GiB" if caller is Caller.cli else "memory='80GiB'"
+            raise BadInputError(f"fit --device {device} on a machine without CUDA needs {caller.spell('memory')} "
+                                f"(for example {example}): the device's memory cannot be read here")
+        return device
+    return available_device(device, caller)
+
+
+def first_batch(estimate: InferenceEstimate | TrainingEstimate, train: bool) -> tuple[int, str | None]:
+    """Where the search starts: batch 1, or 2 when the model cannot run at batch 1 and can at 2 (batch norm
+    in training needs more than one value per channel, as after global pooling), with a note that says so."""
+    try:
+        estimate(1)
+    except ForwardError as error:
+        try:
+            estimate(2)
+        except ForwardError:
+            raise error from None
+        what = "a training step" if train else "a forward pass"
+        return 2, f"{what} cannot run at batch size 1 ({error}): the search starts at batch size 2"
+    return 1, None
+
+
 class InferenceEstimate:
     """Batch size -> the estimated peak of one inference forward pass: weights, buffers and the largest set of
     live activations. One meta capture per batch size, kept, so that the breakdown at the answer costs no pass."""
@@ -114,9 +147,9 @@ class TrainingEstimate:
     from one training pass on the meta device per batch size, kept for the breakdown at the answer."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
-                 shard: int) -> None:
+                 shard: int, shard_units: str = "block") -> None:
         self.model, self.input_size, self.in_channels = model, input_size, in_channels
-        self.options, self.shard = options, shard
+        self.options, self.shard, self.shard_units = options, shard, shard_units
         self.steps: dict[int, TrainingCapture] = {}
 
     def _step(self, batch_size: int) -> TrainingCapture:
@@ -133,12 +166,12 @@ class TrainingEstimate:
         step = self._step(batch_size)
         if step.backward_error:
             raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
-        return step_timeline(step, self.shard)
+        return step_timeline(step, self.shard, self.shard_units)
 
     def memory(self, batch_size: int) -> StepMemory:
         from resnet_inspect.analysis.training import step_memory
 
-        return step_memory(self._step(batch_size), self.shard)
+        return step_memory(self._step(batch_size), self.shard, self.shard_units)
 
     def breakdown(self, batch_size: int) -> tuple[tuple[str, int], ...]:
         """What the peak holds: what is resident through the step, and what the step itself had allocated."""
@@ -148,7 +181,8 @@ class TrainingEstimate:
             ("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
             ("buffers", step.buffer_bytes), ("input", step.input_bytes))
         if step.gathered_bytes:
-            resident += (("largest layer gathered", step.gathered_bytes),)
+            held = "FSDP's gathered units and buffers" if step.shard_units else "largest layer gathered"
+            resident += ((held, step.gathered_bytes),)
         allocated = step.peak_bytes - sum(size for _part, size in resident)
         return (*resident, ("activations, gradients and temporaries at the peak", allocated))
 
@@ -163,7 +197,8 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                train: bool = False, optimizer: str | None = None, dtype: str = "float32", amp: str | None = None,
                shard: int | None = None, reserve_bytes: int | None = None, device: str = "cpu",
                in_channels: int | None = None, num_classes: int | None = None,
-               model_name: str | None = None, caller: Caller = Caller.cli) -> FitReport:
+               model_name: str | None = None, caller: Caller = Caller.cli,
+               shard_units: str | None = None) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
@@ -171,8 +206,9 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
     dtype = dtype_name(dtype, caller) or "float32"  # the estimate runs on meta: any device's dtype can be estimated
-    options = train_options(TrainRequest(train, optimizer, amp, shard, dtype), device_name(device, caller), caller)
-    device = available_device(device, caller)
+    request = TrainRequest(train, optimizer, amp, shard, dtype, shard_units)
+    options = train_options(request, device_name(device, caller), caller)
+    device = fit_device(device, memory_bytes, caller)
     memory, source = device_memory(device, memory_bytes, caller)
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
     if reserve >= memory:
@@ -187,18 +223,19 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     size = tuple(input_shape_for(model, input_size, 1, channels)[2:])
     estimate: InferenceEstimate | TrainingEstimate
     if options is not None:
-        estimate = TrainingEstimate(model, size, channels, options, shard or 1)
+        estimate = TrainingEstimate(model, size, channels, options, shard_count(request), shard_units_of(request))
     else:
         import torch
 
         estimate = InferenceEstimate(structural_copy(model, "meta").to(getattr(torch, dtype)), size, channels)
     budget = memory - reserve
+    start, start_note = first_batch(estimate, train)
     try:
-        search = largest_batch(estimate, budget)
+        search = largest_batch(estimate, budget, first_batch=start)
     except DoesNotFitError as error:
         what = "a training step" if train else "an inference pass"
         raise DoesNotFitError(
-            f"{name} does not fit: {what} at batch size 1 and input {'x'.join(map(str, size))} needs about "
+            f"{name} does not fit: {what} at batch size {start} and input {'x'.join(map(str, size))} needs about "
             f"{bytes_text(error.peak_bytes)}, more than the budget of {bytes_text(budget)} "
             f"({budget_source(source, memory, reserve)}): {_advice(error.peak_bytes, memory, train, caller)}",
             error.peak_bytes,
@@ -208,7 +245,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         optimizer=options.optimizer if options else None, dtype=dtype, amp=options.amp if options else None,
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
-        step=estimate.details(search.batch_size),
+        step=estimate.details(search.batch_size), first_batch_note=start_note,
     )
 
 

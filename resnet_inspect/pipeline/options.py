@@ -19,6 +19,7 @@ from resnet_inspect.limits import (
     AMP_DTYPES,
     DEFAULT_DEPTH,
     DEFAULT_OPTIMIZER,
+    DEFAULT_SHARD_UNITS,
     DTYPES,
     OPTIMIZERS,
     check_option,
@@ -88,6 +89,7 @@ class TrainRequest:
     amp: str | None = None
     shard: int | None = None
     dtype: str | None = None
+    shard_units: str | None = None  # the modules fully_shard wraps (None: each block)
 
 
 def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOptions | None:
@@ -97,12 +99,16 @@ def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOp
     ignored. The optimizer and amp mode are case-blind; amp keeps float32 master weights, so it cannot be
     combined with a half-precision ``dtype``; ``shard`` has the limits of a count."""
     given = [option for option, value in (("optimizer", request.optimizer), ("amp", request.amp),
-                                          ("shard", request.shard)) if value is not None]
+                                          ("shard", request.shard), ("shard_units", request.shard_units))
+             if value is not None]
     if not request.train:
         if given:
             raise BadInputError(f"{caller.spell(given[0])} applies to a training step: {caller.needs_train()}")
         return None
     check_optional("shard", request.shard, caller.spell("shard"))
+    if request.shard_units is not None and (request.shard or 1) == 1:
+        raise BadInputError(f"{caller.spell('shard_units')} names the units of a sharded step: add "
+                            f"{caller.spell('shard')} N (N > 1)")
     optimizer = (request.optimizer or DEFAULT_OPTIMIZER).strip().lower()
     if optimizer not in OPTIMIZERS:
         raise BadInputError(f"unknown optimizer {request.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -120,6 +126,11 @@ def shard_count(request: TrainRequest) -> int:
     return request.shard or 1
 
 
+def shard_units_of(request: TrainRequest) -> str:
+    """The modules fully_shard is applied to: each block unless given."""
+    return request.shard_units or DEFAULT_SHARD_UNITS
+
+
 def check_counts(caller: Caller, **counts: int | None) -> None:
     """Counts (``batch_size``, ``in_channels``, ``depth`` ...) within their limits, named as ``caller`` spells
     them; None is left out. ``batch_size`` is spelt "batch size" on the command line, which takes it as text."""
@@ -129,4 +140,4 @@ def check_counts(caller: Caller, **counts: int | None) -> None:
 
 
 __all__ = ["DEFAULT_DEPTH", "DEFAULT_OPTIMIZER", "Caller", "TrainRequest", "available_device", "check_counts",
-           "check_option", "device_name", "dtype_name", "shard_count", "train_options"]
+           "check_option", "device_name", "dtype_name", "shard_count", "shard_units_of", "train_options"]

@@ -9,7 +9,7 @@ its row, its MACs and its backward figures, and no figure is matched between two
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.pipeline.build import (
@@ -27,6 +27,7 @@ from resnet_inspect.pipeline.options import (
     device_name,
     dtype_name,
     shard_count,
+    shard_units_of,
     train_options,
 )
 
@@ -120,8 +121,7 @@ def summary_report(request: SummaryRequest, caller: Caller) -> SummaryReport:
     check_counts(caller, batch_size=request.batch_size, depth=request.depth)
     dtype = dtype_name(request.dtype, caller)
     device = device_name(request.device, caller, meta=caller is Caller.api and not request.time)
-    options = train_options(TrainRequest(request.train.train, request.train.optimizer, request.train.amp,
-                                         request.train.shard, dtype), "cpu" if device == "meta" else device, caller)
+    options = train_options(replace(request.train, dtype=dtype), "cpu" if device == "meta" else device, caller)
     if request.time or request.run_on_device:  # an unavailable device fails before the capture, not after it
         from resnet_inspect.analysis.timing import resolve_device
 
@@ -146,7 +146,7 @@ def summary_report(request: SummaryRequest, caller: Caller) -> SummaryReport:
     return summary_from_capture(captured, model=network, fvcore=request.fvcore, max_depth=request.depth,
                                 layer_times_ms=layer_times_ms, torchinfo=request.torchinfo,
                                 input_data=inputs.data, training=training,
-                                shard=shard_count(request.train))
+                                shard=shard_count(request.train), shard_units=shard_units_of(request.train))
 
 
 def training_step(model: ModelRequest, inputs: Inputs, batch_size: int, train: TrainRequest, device: Any,
@@ -155,19 +155,18 @@ def training_step(model: ModelRequest, inputs: Inputs, batch_size: int, train: T
     ``summary``'s are."""
     check_counts(caller, batch_size=batch_size)
     dtype = dtype_name(train.dtype, caller)
-    options = train_options(TrainRequest(True, train.optimizer, train.amp, train.shard, dtype),
-                            device_name(device, caller), caller)
+    options = train_options(replace(train, train=True, dtype=dtype), device_name(device, caller), caller)
     assert options is not None
     network, name, default = load(model, caller)
     return training_spec(network, input_spec(inputs, network), default, batch_size, model.in_channels, name,
                          options=options)
 
 
-def step_memory_of(training: TrainingCapture, shard: int = 1) -> StepMemory:
-    """The memory of one training step, per device of ``shard``."""
+def step_memory_of(training: TrainingCapture, train: TrainRequest) -> StepMemory:
+    """The memory of one training step, per device of the step's ``shard`` (FSDP units: ``shard_units``)."""
     from resnet_inspect.analysis.training import step_memory
 
-    return step_memory(training, shard)
+    return step_memory(training, shard_count(train), shard_units_of(train))
 
 
 def input_spec(inputs: Inputs, network: nn.Module) -> InputSpec:

@@ -153,6 +153,18 @@ def _saved_section(summary: Mapping[str, Any]) -> str:
     return f"<h2>Saved for backward per stage</h2><p>{escape(explanation)}</p><figure>{chart}</figure>"
 
 
+def _timeline_section(summary: Mapping[str, Any]) -> str:
+    """`summary --train`: the step's memory over time by kind, module by module, the peak marked."""
+    timeline = summary.get("memory_timeline")
+    if not timeline:
+        return ""
+    from resnet_inspect.render.timeline_svg import timeline_svg
+
+    explanation = ("Live bytes through one training step (forward, backward, optimizer step), stacked by kind: each "
+                   "column is one module's stretch at its highest moment.")
+    return f"<h2>Memory of the step</h2><p>{escape(explanation)}</p><figure>{timeline_svg(timeline)}</figure>"
+
+
 def _parents(depths: Sequence[int]) -> list[int | None]:
     """Each row's enclosing row: the nearest row above it with a smaller depth (rows are in tree order)."""
     parents: list[int | None] = []
@@ -268,6 +280,7 @@ def summary_html(summary: Mapping[str, Any], document: Document, rf: Mapping[str
         f"{_fields_section(rf)}"
         f'<h2>MACs and parameters per stage</h2><figure>{chart}</figure>'
         f"{_saved_section(summary)}"
+        f"{_timeline_section(summary)}"
         f'<h2>Layers</h2><p class="controls">Expand to: {controls}</p>'
         f"{_layer_table(table, layers, depth_limit)}"
         f"<script>{SCRIPT}</script></body></html>\n"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from resnet_inspect.analysis.padding import PaddingRun
     from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
     from resnet_inspect.analysis.stages import StageRow
+    from resnet_inspect.analysis.timeline import MemoryTimeline
     from resnet_inspect.analysis.torchinfo_count import TorchinfoCounts
     from resnet_inspect.analysis.training import TrainingCounts
     from resnet_inspect.ops.arithmetic import LayerArithmetic
@@ -173,6 +174,7 @@ class SummaryReport(SummaryView):
     padding_runs: tuple[PaddingRun, ...] = ()  # modules whose forward pads other than they declare
     training: TrainingCounts | None = None  # summary --train: backward MACs, saved and gradient bytes, step memory
     training_capture: TrainingCapture | None = None
+    memory_timeline: MemoryTimeline | None = None  # summary --train: the step's memory over time, by kind
 
     def _by_stage(self, key: str) -> dict[str, int]:
         """Stage name -> MACs or parameters; rows with one name (a module called again) add up."""
@@ -275,6 +277,7 @@ class SummaryReport(SummaryView):
                 **self._training_totals(),
             },
             "training": None if self.training is None else self.training.memory.to_dict(),
+            "memory_timeline": None if self.memory_timeline is None else self.memory_timeline.to_dict(),
             "arithmetic": {"checked": len(self.checks), "failed": self.failed},
             "receptive_field": self.fields.to_json() if self.fields is not None else None,
             "layers": layers,
@@ -404,7 +407,11 @@ class SummaryReport(SummaryView):
                      f"optimizer state {bytes_text(memory.optimizer_state_bytes)} + input "
                      f"{bytes_text(memory.input_bytes)}")
         if memory.gathered_bytes:
-            breakdown += f" + gathered layer {bytes_text(memory.gathered_bytes)}"
+            held = "FSDP's gathered units and buffers" if memory.shard_units else "gathered layer"
+            breakdown += f" + {held} {bytes_text(memory.gathered_bytes)}"
+        if memory.shard_units:
+            lines.append(f"fully_shard units: {memory.shard_units}; the largest, "
+                         f"{memory.largest_unit}, gathers {bytes_text(memory.largest_unit_bytes)}")
         if memory.peak_bytes is None:
             lines.append(f"training step memory{per}: {memory.note}")
         else:
