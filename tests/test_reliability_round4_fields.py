@@ -128,3 +128,99 @@ def test_an_antialiased_interpolation_holds_what_torchs_kernel_reads(before: int
 
 def rows_of(reads: torch.Tensor, unit: int) -> list[int]:
     return torch.nonzero(reads[:, :, unit, unit].any(1)).flatten().tolist()
+
+
+class BackboneOut(nn.Module):
+    """A segmentation model's backbone output ``out`` (layer4), as ``forward_features`` for the gradient oracle."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)["out"]
+
+
+@pytest.mark.parametrize("factory", [round4_models.fcn_resnet50, round4_models.deeplabv3_resnet50])
+def test_a_backbone_wrapper_keeps_the_four_stages_of_its_dilated_resnet(factory) -> None:
+    """torchvision's segmentation models wrap a dilated ResNet-50 in an IntermediateLayerGetter that returns layer3
+    (aux) and layer4 (out): each stage container is still a stage, and the backbone's outputs are not its end."""
+    model = factory(aux_loss=True).eval()
+    report = resnet_inspect.receptive_field(model, 64).to_dict()
+    names = [stage["name"] for stage in report["stages"]]
+    stages = [f"backbone.layer{i}" for i in range(1, 5)]
+    assert names == ["stem", *stages, "classifier", "output"]
+    fields = {stage["name"]: stage["size"] for stage in report["stages"]}
+    assert [fields[name] for name in stages] == [[35, 35], [91, 91], [267, 267], [427, 427]]
+    [row] = resnet_inspect.compare({"model": model}, 64).to_dict()
+    details = row["stage_details"]
+    assert [stage["name"] for stage in details] == ["stem", *stages, "classifier", "head"]
+    assert [stage["blocks"] for stage in details] == [0, 3, 4, 6, 3, 0, 0]
+    assert sum(stage["macs"] for stage in details) == row["macs"]
+
+
+@pytest.mark.slow
+def test_the_dilated_resnet50_field_at_layer4_is_the_input_gradient_support() -> None:
+    """Layer4 of DeepLab's dilated ResNet-50 sees 427 pixels: on an 8x448 input, the width of the input-gradient
+    support of the centre column's unit, and the interval the analysis gives that unit."""
+    model = round4_models.fcn_resnet50(aux_loss=True).eval()
+    report = resnet_inspect.receptive_field(model, (8, 448)).to_dict()
+    layer4 = next(stage for stage in report["stages"] if stage["name"] == "backbone.layer4")
+    assert layer4["output_size"] == [1, 56]
+    support = oracle_torch.gradient_support(BackboneOut(model), (1, 3, 8, 448), (0, 28), (2, 3))
+    assert support.last[1] - support.first[1] + 1 == 427
+    assert unit_interval(layer4, 1, 28) == (support.first[1], support.last[1])
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class StageTwice(nn.Module):
+    """One residual stage run twice on its own output (weights shared)."""
+
+    def __init__(self, calls: int = 2) -> None:
+        super().__init__()
+        self.calls = calls
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.stage = nn.Sequential(ResidualBlock(8), ResidualBlock(8))
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for _ in range(self.calls):
+            x = self.stage(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.forward_features(x)).flatten(1))
+
+
+def test_a_stage_called_twice_is_checked_and_counted_at_each_call() -> None:
+    """Each call is a row of its own: its field is checked against its own measurement (the input-gradient support
+    of that call's centre unit), and each call has its blocks and its MACs (FlopCounterMode on the stage alone)."""
+    model = StageTwice().eval()
+    report = resnet_inspect.receptive_field(model, 64, check=True).to_dict()
+    names = [stage["name"] for stage in report["stages"]]
+    assert names == ["stem", "stage", "stage (call 2)", "output"]
+    checks = {check["name"]: check for check in report["empirical"]["stages"]}
+    for calls, name in [(1, "stage"), (2, "stage (call 2)")]:
+        unit = tuple(checks[name]["unit"])
+        support = oracle_torch.gradient_support(StageTwice(calls).eval(), (1, 3, 64, 64), unit, (2, 3))
+        assert not support.touches_border
+        assert checks[name]["size"] == list(support.size), name
+        assert checks[name]["agrees"] is True
+        stage = next(stage for stage in report["stages"] if stage["name"] == name)
+        assert stage["size"] == list(support.size)
+    [row] = resnet_inspect.compare({"twice": model}, 64).to_dict()
+    details = {stage["name"]: stage for stage in row["stage_details"]}
+    stage_macs = oracle_torch.flop_counter_macs(model.stage, torch.zeros(1, 8, 32, 32))
+    for name in ("stage", "stage (call 2)"):
+        assert details[name]["blocks"] == 2
+        assert details[name]["macs"] == stage_macs
