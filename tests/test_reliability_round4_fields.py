@@ -75,6 +75,16 @@ def test_timm_swin_stages_are_read_on_their_spatial_axes() -> None:
             assert reported == measured, (stage["name"], unit)
 
 
+def test_timm_swin_tiny_layout_at_224_has_the_published_stage_grids() -> None:
+    """swin_tiny_patch4_window7_224's layout (patch 4, window 7, four stages; narrow here): feature_info's reductions
+    4, 8, 16, 32 are the strides, and the stage grids are 56, 28, 14 and 7 units on each side."""
+    model = round4_models.TimmSwin(image=224, window=7, depths=(2, 2, 2, 2)).eval()
+    stages = resnet_inspect.receptive_field(model, 224).to_dict()["stages"][:-1]
+    assert [stage["name"] for stage in stages] == [info["module"] for info in model.feature_info]
+    assert [stage["output_size"] for stage in stages] == [[56, 56], [28, 28], [14, 14], [7, 7]]
+    assert [stage["stride"] for stage in stages] == [[info["reduction"]] * 2 for info in model.feature_info]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shifted_only", [True, False])
 def test_padding_added_to_fill_the_last_window_is_not_image(shifted_only: bool) -> None:
