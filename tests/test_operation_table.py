@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -452,6 +452,8 @@ def test_the_number_of_spatial_axes_comes_from_the_first_convolution():
 @settings(max_examples=120, deadline=None, database=None)
 @given(st.integers(1, 12), st.integers(0, 30), st.sampled_from(["nearest", "nearest-exact", "linear", "cubic"]),
        st.booleans())
+@example(12, 25, "nearest-exact", False)  # x = 18.5 x 12 / 37 = 6 exactly, computed in floating point just below
+@example(2, 80, "nearest", False)  # x = 41 x 2 / 82 = 1 likewise
 def test_an_upsampled_interval_holds_every_input_unit_the_output_reads(before, extra, mode, align):
     """Against F.interpolate itself: one-hot inputs show which input units each output unit reads."""
     from resnet_inspect.ops.rules import _source_span, _source_step

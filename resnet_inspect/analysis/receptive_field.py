@@ -44,6 +44,8 @@ class StageField:
     field: NodeField | None
     covers_input: bool | None
     reason: str | None = None  # why the field is undefined (or, for an inexact field, what it is)
+    records: tuple[int, ...] = ()  # the module calls (record indices) that make up this row: a module run twice
+    # is two rows, each of its own call
 
     @property
     def size(self) -> tuple[object, ...] | None:
@@ -243,7 +245,8 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
                     states: dict[int, FieldState]) -> list[_Child]:
     """The trunk's children on the way to the encoder output, with their residual merges and resolution."""
     path = ancestors(capture, encoder_output)
-    children = [layer for layer in _children(capture, trunk)
+    merges = [node for node in capture.nodes if is_residual_merge(node)]
+    children = [layer for layer in _stage_level(capture, _children(capture, trunk), merges)
                 if layer.output_node is not None and layer.output_node in path]
     result, start = [], 0
     for child in children:
@@ -255,6 +258,28 @@ def _stage_children(capture: Capture, trunk: LayerRecord | None, encoder_output:
         result.append(_Child(child, len(merges), any(node.geometry.kind.is_weighted for node in inside), grid,
                              any(node.scope.startswith(f"{child.name}.") for node in merges)))
         start = max(start, end)
+    return result
+
+
+def _holds_blocks(layer: LayerRecord, merges: list[OpNode]) -> bool:
+    """A stage container: a module whose residual merges ran inside its own children (its blocks)."""
+    return not layer.is_leaf and any(node.scope.startswith(f"{layer.name}.") for node in merges)
+
+
+def _stage_level(capture: Capture, children: list[LayerRecord], merges: list[OpNode]) -> list[LayerRecord]:
+    """The children, with every module that holds several stage containers replaced by its own children,
+    recursively.
+
+    A backbone wrapper (torchvision's ``IntermediateLayerGetter`` in DeepLabV3 and FCN) holds the stem and the
+    stages: its stages are the rows, and the outputs it returns are not its end. A module around one stage
+    container (a stage that keeps its blocks in a ``blocks`` list) is that stage."""
+    result: list[LayerRecord] = []
+    for child in children:
+        grandchildren = _children(capture, child)
+        if sum(_holds_blocks(grandchild, merges) for grandchild in grandchildren) > 1:
+            result += _stage_level(capture, grandchildren, merges)
+        else:
+            result.append(child)
     return result
 
 
@@ -305,18 +330,34 @@ def _resolution_runs(children: list[_Child]) -> list[tuple[str, list[LayerRecord
     return [(f"stage{number}", run) for number, run in enumerate(runs, start=1) if run]
 
 
-def _declared_stages(capture: Capture) -> list[tuple[str, tuple[str, ...], int]]:
-    """The model's own stages (timm's ``feature_info``): name, modules and output node of each."""
-    stages: list[tuple[str, tuple[str, ...], int]] = []
+_Row = tuple[str, tuple[str, ...], int, tuple[int, ...]]  # name, modules, output node, module calls
+
+
+def _declared_stages(capture: Capture) -> list[_Row]:
+    """The model's own stages (timm's ``feature_info``): name, modules, output node and last call of each."""
+    stages: list[_Row] = []
     for name in capture.feature_modules:
-        nodes = [node for layer in capture.layers if layer.name == name and (node := layer.output_node) is not None]
-        if nodes:
-            stages.append((name, (name,), nodes[-1]))
+        calls = [(layer.index, layer.output_node) for layer in capture.layers
+                 if layer.name == name and layer.output_node is not None]
+        if calls:
+            index, node = calls[-1]
+            stages.append((name, (name,), node, (index,)))
     return stages
 
 
-def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fields: dict[int, NodeField | None],
-           undefined: dict[int, str], states: dict[int, FieldState]) -> StageField:
+def _distinct_names(rows: list[_Row]) -> list[_Row]:
+    """A stage module called again gives another row, named for its call: ``stage (call 2)``."""
+    seen: dict[str, int] = {}
+    result = []
+    for name, modules, node, records in rows:
+        seen[name] = seen.get(name, 0) + 1
+        result.append((name if seen[name] == 1 else f"{name} (call {seen[name]})", modules, node, records))
+    return result
+
+
+def _stage(capture: Capture, row: _Row, fields: dict[int, NodeField | None], undefined: dict[int, str],
+           states: dict[int, FieldState]) -> StageField:
+    name, modules, node, records = row
     input_size = tuple(capture.input_shape[2:]) or (1,)
     state = states.get(node)
     output_size = state.layout.grid if state is not None else tuple(capture.nodes[node].output_shape[2:])
@@ -329,7 +370,7 @@ def _stage(capture: Capture, name: str, modules: tuple[str, ...], node: int, fie
     if field is not None and not field.exact:
         reason = ("after upsampling the field varies from pixel to pixel: size, stride and padding (with a rational "
                   "stride) give an interval that holds every pixel's field, up to about one input stride wider")
-    return StageField(name, modules, node, output_size, field, covers, reason)
+    return StageField(name, modules, node, output_size, field, covers, reason, records)
 
 
 def _remarks(capture: Capture, fields: dict[int, NodeField | None]) -> tuple[str, ...]:
@@ -366,10 +407,10 @@ def analyze_receptive_field(capture: Capture) -> ReceptiveFieldResult:
             trunk = _trunk(capture, encoder_output)
             prefix = f"{trunk.name}." if trunk else ""
             groups, residual = _groups(_stage_children(capture, trunk, encoder_output, states), prefix)
-            rows = [(name, tuple(m.name for m in members), members[-1].output_node) for name, members in groups
-                    if members[-1].output_node is not None]
-        stages = [_stage(capture, name, modules, node, fields, undefined, states) for name, modules, node in rows]
-        stages.append(_stage(capture, "output", (), encoder_output, fields, undefined, states))
+            rows = [(name, tuple(m.name for m in members), members[-1].output_node, tuple(m.index for m in members))
+                    for name, members in groups if members[-1].output_node is not None]
+        stages = [_stage(capture, row, fields, undefined, states) for row in _distinct_names(rows)]
+        stages.append(_stage(capture, ("output", (), encoder_output, ()), fields, undefined, states))
     input_size = tuple(capture.input_shape[2:]) or (1,)
     return ReceptiveFieldResult(
         input_size=input_size, states=states, fields=fields, undefined=undefined, aligned=aligned, union=union,

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.counting import enclosing_records
 from resnet_inspect.analysis.receptive_field import is_residual_merge
-from resnet_inspect.records import Capture, Shape
+from resnet_inspect.records import Capture, LayerRecord, Shape
 
 if TYPE_CHECKING:
     from resnet_inspect.analysis.counting import Counts
-    from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult
+    from resnet_inspect.analysis.receptive_field import ReceptiveFieldResult, StageField
     from resnet_inspect.ops.fields import NodeField
 
 
@@ -53,7 +53,13 @@ class StageRow:
         }
 
 
-def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) -> dict[int, int]:
+def _is_stage_call(layer: LayerRecord, stage: StageField) -> bool:
+    """Whether ``layer`` is one of the module calls that make up the stage (its own call, when the stage module
+    runs several times)."""
+    return layer.index in stage.records if stage.records else layer.name in stage.modules
+
+
+def _stage_of_records(capture: Capture, stages: list[StageField]) -> dict[int, int]:
     """Record index -> position of the stage whose module call encloses it (records outside every stage omitted)."""
     owner: dict[int, int] = {}
     for layer in capture.layers:
@@ -61,8 +67,8 @@ def _stage_of_records(capture: Capture, stage_modules: list[tuple[str, ...]]) ->
         if parent is not None and parent.index in owner:
             owner[layer.index] = owner[parent.index]
             continue
-        for position, modules in enumerate(stage_modules):
-            if layer.name in modules:
+        for position, stage in enumerate(stages):
+            if _is_stage_call(layer, stage):
                 owner[layer.index] = position
     return owner
 
@@ -85,7 +91,7 @@ def _stage_params(capture: Capture, stage_modules: list[tuple[str, ...]]) -> lis
 def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -> tuple[StageRow, ...]:
     """The stem, every stage of the receptive-field analysis, then the head (whatever runs after them)."""
     stages = [stage for stage in fields.stages if stage.name != "output"]
-    owner = _stage_of_records(capture, [stage.modules for stage in stages])
+    owner = _stage_of_records(capture, stages)
     blocks = [0] * len(stages)
     enclosing = enclosing_records(capture)
     for node in capture.nodes:
@@ -95,15 +101,17 @@ def stage_rows(capture: Capture, fields: ReceptiveFieldResult, counts: Counts) -
     stage_macs = [0] * len(stages)
     for layer in capture.layers:
         position = owner.get(layer.index)
-        if position is not None and layer.name in stages[position].modules:  # the stage's own call: inclusive MACs
+        if position is not None and _is_stage_call(layer, stages[position]):  # the stage's own call: inclusive MACs
             stage_macs[position] += counts.layer_macs.get(layer.index, 0)
     params = _stage_params(capture, [stage.modules for stage in stages])
-    rows = [
-        StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
-                 stage.covers_input, stage_macs[position], stage.output_size, params[position],
-                 stage.modules[0] if len(stage.modules) == 1 and stage.name != STEM else "")
-        for position, stage in enumerate(stages)
-    ]
+    keys: set[str] = set()  # a module run again as a later stage is keyed by that row's name
+    rows = []
+    for position, stage in enumerate(stages):
+        module = stage.modules[0] if len(stage.modules) == 1 and stage.name != STEM else ""
+        module = "" if module in keys else module
+        keys.add(module)
+        rows.append(StageRow(stage.name, blocks[position], capture.nodes[stage.node].output_shape, stage.field,
+                             stage.covers_input, stage_macs[position], stage.output_size, params[position], module))
     rows.append(StageRow(HEAD, 0, capture.output_shape, None, None, counts.macs - sum(stage_macs),
                          params=max(0, counts.params - sum(params))))
     return tuple(rows)

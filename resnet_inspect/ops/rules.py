@@ -12,12 +12,15 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+from resnet_inspect.ops import spans
 from resnet_inspect.ops.fields import (
     FEATURES,
     DimAxes,
     DimEntry,
     Layout,
+    NodeField,
     Undefined,
+    field_spans,
     merge_fields,
     number,
     permute_layout,
@@ -26,6 +29,7 @@ from resnet_inspect.ops.fields import (
     whole_map,
     window,
 )
+from resnet_inspect.ops.resampling import _source_span, _source_step
 from resnet_inspect.ops.table import FieldState, ReplayCall
 from resnet_inspect.records import OpNode
 
@@ -164,7 +168,7 @@ def padded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     pads = tuple(node.attrs.get("pads", ()))
     mode = node.attrs.get("mode", "constant")
     ndim = len(state.layout.dims)
-    before = [0] * state.layout.rank
+    before, after = [0] * state.layout.rank, [0] * state.layout.rank
     for pair_index in range(len(pads) // 2):
         dim = ndim - 1 - pair_index
         axes = [a for a in state.layout.dims[dim] if a != FEATURES] if dim >= 0 else []
@@ -173,10 +177,34 @@ def padded(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
             continue
         if len(axes) != 1 or len(state.layout.dims[dim]) != 1 or not isinstance(axes[0], int):
             raise Undefined(f"not covered: {describe_op(node)} pads a dimension holding several spatial axes")
-        before[axes[0]] = start
+        before[axes[0]], after[axes[0]] = start, end
+    layout = _output_layout(node, state.layout)
+    field = state.field
+    # Units added to a map whose units have their own spans, or to a channels-last or token map (where Swin cuts
+    # its windows; a convolution's NCHW map keeps Distill's convention that padding extends the field), read
+    # nothing: a window holding them sees only its real units.
+    own_spans = field.spans is not None or not state.layout.canonical
+    if own_spans and not field.position_independent and mode == "constant" and (any(before) or any(after)):
+        return FieldState(layout, _padded_spans(node, field, input_grid(inputs), before, after))
     padding_mode = "zeros" if mode == "constant" else str(mode)
-    field = window(state.field, (1,) * len(before), (1,) * len(before), before, padding_mode)
-    return FieldState(_output_layout(node, state.layout), field)
+    field = window(field, (1,) * len(before), (1,) * len(before), before, padding_mode)
+    return FieldState(layout, field)
+
+
+def _padded_spans(node: OpNode, field: NodeField, grid: Sequence[int], before: Sequence[int],
+                  after: Sequence[int]) -> NodeField:
+    """Constant padding, unit by unit: the new units read no input position (Swin's map padded to a multiple of
+    the window), so the windows that hold them see only their real units."""
+    if any(p < 0 for p in (*before, *after)):
+        raise Undefined(f"not covered: {describe_op(node)} crops a map whose units have their own fields")
+    try:
+        current = field_spans(field, grid)
+    except Undefined as exc:
+        raise Undefined(f"not covered: {describe_op(node)}: {exc}") from exc
+    unit_spans = tuple((spans.EMPTY,) * start + tuple(axis_spans) + (spans.EMPTY,) * end
+                       for axis_spans, start, end in zip(current, before, after, strict=True))
+    padding = tuple(number(P + p * S) for P, p, S in zip(field.padding, before, field.stride, strict=True))
+    return replace(field, padding=padding, spans=unit_spans)
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -445,6 +473,7 @@ def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     after = tuple(node.output_shape[len(node.output_shape) - rank:])
     mode = node.attrs.get("mode", "nearest")
     align = bool(node.attrs.get("align_corners"))
+    antialias = bool(node.attrs.get("antialias"))
     reach = {"nearest": 0, "nearest-exact": 0, "linear": 1, "bilinear": 1, "trilinear": 1, "bicubic": 3}.get(mode)
     if reach is None:
         raise Undefined(f"not covered: {describe_op(node)} interpolates with mode {mode!r}")
@@ -459,36 +488,13 @@ def upsampled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
     size, stride, padding = [], [], []
     for axis in range(rank):
         S, P, r = Fraction(field.stride[axis]), Fraction(field.padding[axis]), field.size[axis]
-        low, high = _source_span(before[axis], after[axis], mode, reach, align)
+        low, high = _source_span(before[axis], after[axis], mode, reach, align, antialias)
         size.append(number(r + (high - low) * S))
         stride.append(number(steps[axis] * S))
         padding.append(number(P - low * S))
     exact = field.exact and all(o == i for i, o in zip(before, after, strict=True)) and reach == 0
     return FieldState(layout, replace(field, size=tuple(size), stride=tuple(stride), padding=tuple(padding),
                                       exact=exact))
-
-
-def _source_step(before: int, after: int, align: bool) -> Fraction:
-    """How far the source coordinate moves per output unit, in input units."""
-    if align:
-        return Fraction(before - 1, after - 1) if after > 1 else Fraction(0)
-    return Fraction(before, after)
-
-
-def _source_span(before: int, after: int, mode: str, reach: int, align: bool) -> tuple[Fraction, Fraction]:
-    """(low, high): for output unit u, the input units read lie in [u step + low, u step + high].
-
-    The source coordinate x = u step + offset is a multiple of 1 / grain, so floor(x) >= x - (grain - 1) / grain.
-    """
-    step = _source_step(before, after, align and reach > 0)
-    if reach == 0:
-        offset = Fraction(1, 2) * step if mode == "nearest-exact" else Fraction(0)
-        grain = (2 * step.denominator) if mode == "nearest-exact" else step.denominator
-        return offset - Fraction(grain - 1, grain), offset
-    offset = Fraction(0) if align else Fraction(1, 2) * step - Fraction(1, 2)
-    grain = step.denominator if align else 2 * step.denominator
-    extra = reach // 2  # bicubic reads one more unit on each side
-    return offset - Fraction(grain - 1, grain) - extra, offset + 1 + extra
 
 
 def unshuffled(node: OpNode, inputs: Sequence[FieldState]) -> FieldState:
@@ -618,7 +624,8 @@ def replay_upsample(call: ReplayCall) -> Any:
     rank = value.dim() - 2
     if mode == "linear":
         mode = ("linear", "bilinear", "trilinear")[rank - 1]
-    options = {} if mode.startswith("nearest") else {"align_corners": bool(call.node.attrs.get("align_corners"))}
+    options = {} if mode.startswith("nearest") else {"align_corners": bool(call.node.attrs.get("align_corners")),
+                                                     "antialias": bool(call.node.attrs.get("antialias"))}
     return F.interpolate(value, size=call.output.layout.grid, mode=mode, **options)
 
 

@@ -14,6 +14,11 @@ from fractions import Fraction
 
 Span = tuple[int, int]  # first and last input position
 Spans = tuple[tuple[Span, ...], ...]  # per axis, per unit
+EMPTY: Span = (0, -1)  # a unit that reads no input position (explicit padding added to a map)
+
+
+def is_empty(span: Span) -> bool:
+    return span[1] < span[0]
 
 
 def _integer(value: int | Fraction) -> int:
@@ -35,8 +40,10 @@ def affine(size: Sequence[int | Fraction], stride: Sequence[int | Fraction], pad
 
 
 def hull(spans: Iterable[Span]) -> Span:
-    """The smallest interval that holds every span."""
-    spans = list(spans)
+    """The smallest interval that holds every span (empty spans hold nothing; all empty gives an empty one)."""
+    spans = [span for span in spans if not is_empty(span)]
+    if not spans:
+        return EMPTY
     return min(first for first, _ in spans), max(last for _, last in spans)
 
 
@@ -91,10 +98,13 @@ def fit(spans: Spans, grid: Sequence[int]) -> Spans:
     for axis_spans, n in zip(spans, grid, strict=True):
         units = list(axis_spans[:n])
         while len(units) < n:
+            if is_empty(units[-1]) or (len(units) > 1 and is_empty(units[-2])):
+                units.append(EMPTY)
+                continue
             step = units[-1][0] - units[-2][0] if len(units) > 1 else 0
             units.append((units[-1][0] + step, units[-1][1] + step))
         result.append(tuple(units))
     return tuple(result)
 
 
-__all__ = ["Span", "Spans", "affine", "fit", "hull", "merge", "summary", "window"]
+__all__ = ["EMPTY", "Span", "Spans", "affine", "fit", "hull", "is_empty", "merge", "summary", "window"]

@@ -16,7 +16,8 @@ def describe_interpolate(call: Call) -> tuple[Geometry, dict[str, Any]]:
         mode = getattr(module, "mode", "nearest")
         return Geometry(OpKind.UPSAMPLE), {"mode": mode, "align_corners": getattr(module, "align_corners", None)}
     return Geometry(OpKind.UPSAMPLE), {"mode": call.arg(3, "mode", "nearest"),
-                                       "align_corners": call.arg(4, "align_corners")}
+                                       "align_corners": call.arg(4, "align_corners"),
+                                       "antialias": bool(call.arg(6, "antialias", False))}
 
 
 def describe_upsample_bilinear(call: Call) -> tuple[Geometry, dict[str, Any]]:

@@ -140,41 +140,44 @@ def _regroup(layout: Layout, before: Sequence[int], after: Sequence[int]) -> tup
 
 
 def _absorbed(layout: Layout, field: NodeField | None = None) -> tuple[Layout, NodeField | None]:
-    """Pieces among the channels while the rest of their axis forms the map (space-to-depth): the channels
-    take them, and each unit of the new map gathers a window ``k = s = block``.
+    """Pieces among the channels while the rest of their axis forms the map (space-to-depth, Swin's patch merging
+    by reshape and permute): the channels take them, and each unit of the new map gathers a window
+    ``k = s = block``.
 
-    Applies only when the trailing dimensions, one per axis in order, then hold a single piece each and every
-    other piece sits in a channel dimension with features (never the batch dimension 0)."""
+    Applies only when each axis keeps exactly one dimension holding a single piece of it and nothing else (the
+    map's dimension, wherever it is: NCHW or NHWC), and every other piece sits in a dimension with features, never
+    the batch dimension 0."""
     rank = layout.rank
     dims = layout.dims
-    if not layout.split or len(dims) < rank + 1:
+    if not layout.split:
         return layout, field
-    trailing = dims[len(dims) - rank:]
-    kept: list[Piece] = []
-    for axis, entries in enumerate(trailing):
-        if len(entries) != 1 or entries[0] == FEATURES or piece_of(entries[0], layout).axis != axis:
-            return layout, field
-        kept.append(piece_of(entries[0], layout))
+    kept: dict[int, tuple[int, Piece]] = {}  # axis -> (dimension, piece)
     absorbed: dict[int, list[Piece]] = {axis: [] for axis in range(rank)}
-    for position, entries in enumerate(dims[:len(dims) - rank]):
-        spatial = [entry for entry in entries if entry != FEATURES]
-        if not spatial:
+    for position, entries in enumerate(dims):
+        pieces = [piece_of(entry, layout) for entry in entries if entry != FEATURES]
+        if not pieces:
             continue
-        pieces = [entry for entry in spatial if isinstance(entry, Piece)]
-        if position == 0 or FEATURES not in entries or len(pieces) != len(spatial):
+        if position == 0:
             return layout, field
+        if FEATURES not in entries:
+            if len(entries) != 1 or pieces[0].axis in kept:
+                return layout, field
+            kept[pieces[0].axis] = (position, pieces[0])
+            continue
         for piece in pieces:
             absorbed[piece.axis].append(piece)
+    if len(kept) != rank:
+        return layout, field
     kernel, stride = [], []
     for axis in range(rank):
         offsets = [0]
         for piece in absorbed[axis]:
             offsets = [offset + piece.coeff * index for offset in offsets for index in range(piece.count)]
         kernel.append(max(offsets) + 1)
-        stride.append(kept[axis].coeff)
-    lead = ((),) * (len(dims) - rank)  # channels only: the absorbed pieces are channels now
-    result = Layout(lead + tuple((axis,) for axis in range(rank)), tuple(piece.count for piece in kept),
-                    layout.scrambled)
+        stride.append(kept[axis][1].coeff)
+    where = {position: axis for axis, (position, _) in kept.items()}
+    result_dims = tuple((where[position],) if position in where else () for position in range(len(dims)))
+    result = Layout(result_dims, tuple(kept[axis][1].count for axis in range(rank)), layout.scrambled)
     if field is not None:
         field = window(field, kernel, stride, (0,) * rank)
     return result, field
