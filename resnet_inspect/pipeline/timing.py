@@ -1,5 +1,5 @@
-"""`time`: build the model with random weights on the device (or copy the module given) and time it per batch
-size, and per layer when asked."""
+"""`time`: build the model on the meta device (or copy the module given), then time it with random weights on
+the device per batch size, and per layer when asked, each after its memory guard."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
                   channels_last: bool = False, per_layer: bool = False, in_channels: int | None = None,
                   progress: Callable[[int], None] | None = None, model_name: str | None = None,
                   train: bool = False, optimizer: str = "adamw", amp: str | None = None) -> TimingReport:
-    """Build MODEL with random weights on ``device`` (or time a copy of the module given) at each batch size.
+    """Time MODEL with random weights on ``device`` (or a copy of the module given) at each batch size.
 
     ``train`` times a training step (``analysis.step_timing``) with ``optimizer`` and ``amp`` instead of a
     forward pass; ``per_layer`` is for forward passes only. ``progress`` is advanced by forward passes (or
@@ -58,7 +58,8 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):
-        model, name = load_model(spec, in_channels=in_channels, device=device)
+        # on the meta device: each measurement gives it real weights once its memory guard has passed
+        model, name = load_model(spec, in_channels=in_channels)
     else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
         model, name = copy.deepcopy(spec), type(spec).__name__
     name = model_name or name
