@@ -109,65 +109,6 @@ def new_storage_bytes(tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> int
     return total
 
 
-def _meta_call(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """``func`` with every tensor argument an empty meta tensor of its shape, and the meta device as its ``device``
-    (a factory such as ``empty`` or ``randn``, a copy such as ``_to_copy``)."""
-    import torch
-
-    meta_kwargs = on_meta(kwargs)
-    if any(argument.name == "device" for argument in func._schema.arguments):
-        meta_kwargs["device"] = torch.device("meta")
-    return func(*on_meta(list(args)), **meta_kwargs)
-
-
-def new_result_bytes(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    """The bytes of new storage an aten operator returns for these arguments, worked out on the meta device: 0 for
-    a view or an in-place operator (its result is an input's storage), and for one whose result size depends on
-    values."""
-    if any(result.alias_info is not None for result in func._schema.returns):
-        return 0
-    try:
-        result = _meta_call(func, args, kwargs)
-    except Exception:  # data-dependent (nonzero, item) or not implemented on meta
-        return 0
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
-
-
-# A build on the meta device keeps real only the small tensors whose values a constructor may read (timm's
-# drop-path rates, ``[x.item() for x in torch.linspace(0, rate, depth)]``; a window's relative position index):
-# each at most SMALL_TENSOR_BYTES, and all together at most SMALL_TENSORS_TOTAL_BYTES.
-SMALL_TENSOR_BYTES = 1 << 20
-SMALL_TENSORS_TOTAL_BYTES = 64 << 20
-
-
-@contextmanager
-def meta_except_small(tensor_bytes: int = SMALL_TENSOR_BYTES,
-                      total_bytes: int = SMALL_TENSORS_TOTAL_BYTES) -> Iterator[None]:
-    """Run the body with every tensor it makes on the meta device, except small ones (each at most
-    ``tensor_bytes``, all of them together at most ``total_bytes``), which are real so that the body can read
-    their values. An operator with a meta tensor among its inputs runs on the meta device (its real inputs
-    stand in by their shapes; an in-place one leaves a real tensor's values as they were). Reading the value of
-    a meta tensor raises, as on the meta device."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class MetaExceptSmall(TorchDispatchMode):
-        real_bytes = 0
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            kwargs = kwargs or {}
-            inputs = tensors_in(list(args)) + tensors_in(kwargs)
-            if not any(tensor.is_meta for tensor in inputs):
-                size = new_result_bytes(func, args, kwargs)
-                if size <= tensor_bytes and self.real_bytes + size <= total_bytes:
-                    result = func(*args, **kwargs)
-                    self.real_bytes += new_storage_bytes(tensors_in(result), inputs)
-                    return result
-            return _meta_call(func, args, kwargs)
-
-    with MetaExceptSmall():
-        yield
-
-
 def _call_result_bytes(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     """The bytes a torch function or tensor method returns, worked out on the meta device (a factory through its
     ``device``): an upper bound of its new storage (a view counts its size); 0 for an in-place method."""
@@ -181,6 +122,58 @@ def _call_result_bytes(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -
     except Exception:  # not a factory: no tensor comes out of tensors that are not there
         return 0
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
+
+
+# A build on the meta device keeps real only the small tensors whose values a constructor may read (timm's
+# drop-path rates, ``[x.item() for x in torch.linspace(0, rate, depth)]``; a window's relative position index):
+# each at most SMALL_TENSOR_BYTES, and all together at most SMALL_TENSORS_TOTAL_BYTES.
+SMALL_TENSOR_BYTES = 1 << 20
+SMALL_TENSORS_TOTAL_BYTES = 64 << 20
+
+
+def _on_meta_call(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """``func`` with every tensor argument an empty meta tensor of its shape; a factory (no tensor argument) is
+    asked for its result on the meta device."""
+    if not (tensors_in(list(args)) or tensors_in(kwargs)):
+        return func(*args, **{**kwargs, "device": "meta"})
+    meta_kwargs = on_meta(kwargs)
+    if "device" in meta_kwargs:
+        meta_kwargs["device"] = "meta"
+    return func(*on_meta(list(args)), **meta_kwargs)
+
+
+@contextmanager
+def meta_except_small(tensor_bytes: int = SMALL_TENSOR_BYTES,
+                      total_bytes: int = SMALL_TENSORS_TOTAL_BYTES) -> Iterator[None]:
+    """Run the body with every tensor it makes on the meta device, except small ones (each at most
+    ``tensor_bytes``, all of them together at most ``total_bytes``), which are real so that the body can read
+    their values. A call with meta and real tensors among its arguments runs on the meta device (the real ones
+    stand in by their shapes; an in-place one leaves a real tensor's values as they were). Reading the value of
+    a meta tensor raises, as on the meta device. (A function mode: a dispatch mode would import torch._dynamo.)"""
+    from torch.overrides import TorchFunctionMode
+
+    class MetaExceptSmall(TorchFunctionMode):
+        real_bytes = 0
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") == "__get__":  # .shape, .data, .device: nothing is made
+                return func(*args, **kwargs)
+            inputs = tensors_in(list(args)) + tensors_in(kwargs)
+            on_meta_device = [tensor.is_meta for tensor in inputs]
+            if all(on_meta_device) and inputs:
+                return func(*args, **kwargs)
+            if not any(on_meta_device):
+                size = _call_result_bytes(func, args, kwargs)
+                if size <= tensor_bytes and self.real_bytes + size <= total_bytes:
+                    result = func(*args, **kwargs)
+                    self.real_bytes += new_storage_bytes([tensor for tensor in tensors_in(result)
+                                                          if not tensor.is_meta], inputs)
+                    return result
+            return _on_meta_call(func, args, kwargs)
+
+    with MetaExceptSmall():
+        yield
 
 
 @contextmanager
@@ -205,5 +198,5 @@ def guarded_allocations(guard: Callable[[int, int], None]) -> Iterator[None]:
     with AllocationGuard():
         yield
 
-__all__ = ["guarded_allocations", "meta_except_small", "named_tensors", "new_result_bytes", "new_storage_bytes",
+__all__ = ["guarded_allocations", "meta_except_small", "named_tensors", "new_storage_bytes",
            "on_meta", "shape_of", "structural_copy", "tensors_in"]
