@@ -251,3 +251,50 @@ def test_fit_guards_its_real_passes(models, tmp_path):
         r"error: the forward pass on real tensors up to .+ needs about [\d.]+ GiB but only 2\.0 GiB is available: "
         r"lower --input-size or --memory", stderr.strip()), stderr
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------------------------ real weights
+
+
+WEIGHTED = """
+    import torch
+    from torch import nn
+
+
+    def model() -> nn.Module:
+        depth = int(torch.tensor(3).item())  # a value read in the constructor, as before
+        layers = [nn.Conv2d(3, 8, 3, padding=1)]
+        for _ in range(depth - 1):
+            layers += [nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)]
+        return nn.Sequential(*layers)
+    """
+
+
+def test_rf_weights_are_loaded_into_a_factory_model_built_for_real(tmp_path):
+    """`rf --weights` builds the factory on real tensors and loads the file: its effective field is that of a
+    module holding those very weights, measured as given (not the seeded random weights of the build)."""
+    import resnet_inspect
+
+    path = tmp_path / "weighted.py"
+    path.write_text(textwrap.dedent(WEIGHTED))
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(WEIGHTED), namespace)  # the same factory, built here with weights of our own
+    own = namespace["model"]()
+    with torch.no_grad():  # each convolution sees only its centre tap: the unit sees its own pixel alone
+        for layer in own:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.weight[:, :, 1, 1] = 0.5
+                layer.bias.fill_(0.1)
+    weights = tmp_path / "weights.pth"
+    torch.save(own.state_dict(), weights)
+    result = runner.invoke(app, ["rf", f"{path}:model", "-i", "24", "--weights", str(weights), "--erf-samples", "1",
+                                 "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    loaded = json.loads(result.stdout)["erf"]
+    given = resnet_inspect.receptive_field(own, 24, erf=True, erf_samples=1).to_dict()["erf"]
+    seeded = json.loads(runner.invoke(app, ["rf", f"{path}:model", "-i", "24", "--erf", "--erf-samples", "1",
+                                            "-f", "json"]).stdout)["erf"]
+    figures = ("r50", "r90", "r99")
+    assert [loaded[key] for key in figures] == [given[key] for key in figures] == [0.0, 0.0, 0.0]
+    assert seeded["r99"] > 0.0  # the seeded random weights spread the field over the 3x3 kernels' reach
