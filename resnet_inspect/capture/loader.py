@@ -199,14 +199,14 @@ def _run_build(spec: str, build: Callable[[], Any], *contexts: AbstractContextMa
 
 
 # What a build on real tensors is told to do when it would not fit: the analyses need no weights.
-_REAL_BUILD_ADVICE = ("the model can be analysed without its weights (summary, verify, rf without --erf or --check, "
-                      "fit), but not built for real here")
+_REAL_BUILD_ADVICE = ("the model can be analysed without its weights (summary, verify, rf without --erf, fit), but "
+                      "not built for real here")
 _META_BUILD_ADVICE = ("compute the values the constructor reads from Python numbers, not from tensors, so that it "
                       "can be built on the meta device")
 
 
 def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta_failure: str | None) -> Any:
-    """``build()`` on real tensors on ``device`` (the CPU for None), refused before any operator whose result would
+    """``build()`` on real tensors on ``device`` (the CPU for None), refused before any torch call whose result would
     take what it has made beyond the memory available when it started (``MemoryGuardError``, exit code 2).
 
     ``meta_failure`` is why the meta device could not build it (None: real weights were asked for)."""
@@ -219,7 +219,7 @@ def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta
     if meta_failure is None:
         what, advice = f"building {spec} with real weights", _REAL_BUILD_ADVICE
     else:
-        what = (f"building {spec} on real tensors (on the meta device its constructor raised: {meta_failure})")
+        what = f"building {spec} on real tensors (on the meta device its constructor raised: {meta_failure})"
         advice = _META_BUILD_ADVICE
 
     def guard(held_bytes: int, next_bytes: int) -> None:
@@ -243,7 +243,7 @@ def _build(spec: str, build: Callable[[], Any], device: str | None) -> Any:
     try:
         return _run_build(spec, build, meta_except_small())
     except FactoryError as error:
-        if not isinstance(error.__cause__, Exception):  # an exit, or the model's own refusal: not the meta device's
+        if not isinstance(error.__cause__, Exception):  # sys.exit in the factory: a real build would exit too
             raise
         failure = first_line(str(error.__cause__))
     return _guarded_build(spec, build, None, failure)
