@@ -298,3 +298,60 @@ def test_rf_weights_are_loaded_into_a_factory_model_built_for_real(tmp_path):
     figures = ("r50", "r90", "r99")
     assert [loaded[key] for key in figures] == [given[key] for key in figures] == [0.0, 0.0, 0.0]
     assert seeded["r99"] > 0.0  # the seeded random weights spread the field over the 3x3 kernels' reach
+
+
+# ------------------------------------------------------------------------------------------------ timm's builder
+
+
+class TimmLikeViT(torch.nn.Module):
+    """timm's VisionTransformer habits in its constructor: drop-path rates read from ``torch.linspace``, a position
+    embedding made by ``torch.randn(...) * .02`` then ``trunc_normal_``, a zero class token."""
+
+    def __init__(self, dim: int = 512, depth: int = 4, num_classes: int = 1000, in_chans: int = 3,
+                 drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        from torch import nn
+
+        self.drop_path_rates = [rate.item() for rate in torch.linspace(0, drop_path_rate, depth)]
+        self.patch_embed = nn.Conv2d(in_chans, dim, 16, stride=16)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 197, dim) * .02)
+        nn.init.trunc_normal_(self.pos_embed, std=.02)
+        self.blocks = nn.Sequential(*(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                                    nn.Linear(4 * dim, dim)) for _ in range(depth)))
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(self.blocks(tokens)[:, 0])
+
+
+def timm_like_params(dim: int, depth: int, num_classes: int = 1000) -> int:
+    block = 2 * dim + (dim * 4 * dim + 4 * dim) + (4 * dim * dim + dim)  # LayerNorm, then the two linears
+    return (16 * 16 * 3 * dim + dim) + dim + 197 * dim + depth * block + (dim * num_classes + num_classes)
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    """A stand-in for the timm package (which cannot be installed beside every torch): `timm:vit_like`."""
+    import types
+
+    package = types.ModuleType("timm")
+    package.list_models = lambda: ["vit_like"]  # type: ignore[attr-defined]
+    package.create_model = lambda name, pretrained=False, **options: TimmLikeViT(**options)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "timm", package)
+
+
+def test_a_timm_builder_runs_on_the_meta_device_with_its_drop_path_rates(fake_timm):
+    model, name = load_model("timm:vit_like", num_classes=10)
+    assert name == "timm:vit_like"
+    assert all(block[1].weight.is_meta and block[3].weight.is_meta for block in model.blocks)  # 4 MiB each
+    tensors = [*model.parameters(), *model.buffers()]
+    real_bytes = sum(tensor.numel() * tensor.element_size() for tensor in tensors if not tensor.is_meta)
+    assert real_bytes <= SMALL_TENSORS_TOTAL_BYTES  # biases, norms, the 0.4 MiB position embedding
+    assert model.drop_path_rates == [rate.item() for rate in torch.linspace(0, 0.1, 4)]
+    assert sum(parameter.numel() for parameter in model.parameters()) == timm_like_params(512, 4, 10)
+    result = runner.invoke(app, ["summary", "timm:vit_like", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["params"] == timm_like_params(512, 4)
