@@ -138,7 +138,7 @@ def prepare_model(model: nn.Module, device: str, dtype: str = "float32", channel
         prepared = copy.deepcopy(model)
     prepared = prepared.to(dtype=torch_dtype).eval()
     if channels_last:
-        prepared = prepared.to(memory_format=torch.channels_last)
+        prepared = prepared.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return prepared
 
 
@@ -247,7 +247,8 @@ def measure_callable(run: Callable[[], Any], batch_size: int, device: str, warmu
             if progress is not None:
                 progress(number)
 
-        measurement = timer.blocked_autorange(callback=on_block, min_run_time=max(repeat, 1) * per_call_s)
+        measurement = timer.blocked_autorange(callback=on_block,  # type: ignore[arg-type]
+                                              min_run_time=max(repeat, 1) * per_call_s)
     return LatencyResult(
         batch_size=batch_size, median_ms=measurement.median * 1e3, iqr_ms=measurement.iqr * 1e3,
         images_per_s=batch_size / measurement.median, runs=len(measurement.raw_times) * measurement.number_per_run,

@@ -160,11 +160,11 @@ def _ecosystem_builder(spec: str, options: dict[str, Any]) -> Callable[[], Any]:
     package, _, name = spec.partition(":")
     try:
         if package == "torchvision":
-            import torchvision.models as hub
+            hub = importlib.import_module("torchvision.models")
 
             names, build = hub.list_models(), lambda: hub.get_model(name, **_no_weights(hub, name), **options)
         else:
-            import timm as hub
+            hub = importlib.import_module("timm")
 
             names, build = hub.list_models(), lambda: hub.create_model(name, pretrained=False, **options)
     except ImportError as exc:
@@ -287,7 +287,7 @@ def usable_module(model: Any, what: str, *, from_factory: bool = False) -> nn.Mo
             raise UnsupportedModelError(
                 f"{what}: {label} is a quantized module, whose packed integer weights cannot be analysed: {give} the "
                 "float model, before it is quantized")
-        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():  # type: ignore[misc]
             remedy = ("in the factory before returning the model" if from_factory
                       else "on the model before passing it")
             raise UnsupportedModelError(

@@ -292,7 +292,8 @@ def _make_hooks(recorder: _Recorder, root: Any) -> tuple[Any, Any]:
                     recorder.add_node(INPUT_OP, INPUT_OP, Geometry(OpKind.ELEMENTWISE), [], [tensor], op=INPUT_OP)
             return
         spec = op_for_module(module) if not recorder.opaque_depth else None
-        geometry, attrs, declared = None, {}, None
+        attrs: dict[str, Any] = {}
+        geometry, declared = None, None
         if spec is not None:
             call = Call(module, tuple(args), kwargs, input_shapes=tuple(shape_of(t) for t in inputs),
                         tensor_nodes=tuple(recorder.producers.get(id(t)) for t in inputs))

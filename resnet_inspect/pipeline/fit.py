@@ -128,8 +128,9 @@ class TrainingEstimate:
         """What the peak holds: what is resident through the step, and what the step itself had allocated."""
         step = self.memory(batch_size)
         assert step.peak_bytes is not None
-        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
-                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
+        resident: tuple[tuple[str, int], ...] = (
+            ("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
+            ("buffers", step.buffer_bytes), ("input", step.input_bytes))
         if step.gathered_bytes:
             resident += (("largest layer gathered", step.gathered_bytes),)
         allocated = step.peak_bytes - sum(size for _part, size in resident)
