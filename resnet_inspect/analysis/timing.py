@@ -23,7 +23,7 @@ from torch.utils import benchmark
 
 from resnet_inspect.analysis.counting import element_bytes
 from resnet_inspect.analysis.fvcore_count import materialize
-from resnet_inspect.analysis.memory import ensure_fits, inference_bytes
+from resnet_inspect.analysis.memory import ensure_fits, inference_bytes, real_pass_guard
 from resnet_inspect.capture.tensors import private_copy
 from resnet_inspect.capture.trace import capture
 from resnet_inspect.errors import BadInputError
@@ -165,11 +165,13 @@ def ensure_timing_fits(model: nn.Module, input_shape: Shape, device: str = "cpu"
     """Refuse (MemoryGuardError) a measurement whose estimated peak does not fit; a too-small input names its layer.
 
     The estimate comes from a batch-1 capture (on the meta device, or on real tensors at batch 1 for
-    data-dependent code, as the capture decides); a forward pass that fails raises ForwardError naming the layer.
+    data-dependent code, as the capture decides, under the same guard as it goes); a forward pass that fails
+    raises ForwardError naming the layer.
     """
     if len(input_shape) < 3:  # no spatial axis: nothing to estimate the activations from
         return
-    captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1])
+    captured = capture(model, tuple(input_shape[2:]), 1, input_shape[1],
+                       real_pass_guard=real_pass_guard("lower --input-size"))
     batch_size = input_shape[0]
     needed = inference_bytes(captured, batch_size, element_bytes(dtype))
     ensure_fits(needed, f"timing at batch size {batch_size} and input {'x'.join(map(str, input_shape[1:]))}",

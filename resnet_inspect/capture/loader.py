@@ -2,9 +2,11 @@
 `package.module:factory`.
 
 A spec other than a registry name imports and runs code, exactly as `python path/to/file.py` would: it must
-never come from untrusted input. The factory is called once, with no arguments beyond the `--in-channels` (where
-it takes that parameter) and `--num-classes` the user gave; the attribute may also be a module instance, which
-is used as it is.
+never come from untrusted input. The factory is called with no arguments beyond the `--in-channels` (where it
+takes that parameter) and `--num-classes` the user gave, once, on the meta device (only small tensors whose
+values the constructor may read are real); only where its constructor reads the value of a large tensor is it
+called a second time, on real tensors, under the memory guard. The attribute may also be a module instance,
+which is used as it is.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import inspect as pyinspect
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.errors import FactoryError, ModelNotFoundError, UnsupportedModelError
+from resnet_inspect.capture.tensors import guarded_allocations, meta_except_small
+from resnet_inspect.errors import FactoryError, InspectError, ModelNotFoundError, UnsupportedModelError
 from resnet_inspect.names import first_line, printable
+from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -151,16 +155,17 @@ def _no_weights(hub: Any, name: str) -> dict[str, None]:
     return dict.fromkeys(names or ["weights"])
 
 
-def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
-    """`torchvision:NAME` or `timm:NAME`, built with the package's own factory and no pretrained weights."""
+def _ecosystem_builder(spec: str, options: dict[str, Any]) -> Callable[[], Any]:
+    """`torchvision:NAME` or `timm:NAME`: the package's own factory with no pretrained weights, ready to call (the
+    package is imported and the name checked here, outside the build)."""
     package, _, name = spec.partition(":")
     try:
         if package == "torchvision":
-            import torchvision.models as hub
+            hub = importlib.import_module("torchvision.models")
 
             names, build = hub.list_models(), lambda: hub.get_model(name, **_no_weights(hub, name), **options)
         else:
-            import timm as hub
+            hub = importlib.import_module("timm")
 
             names, build = hub.list_models(), lambda: hub.create_model(name, pretrained=False, **options)
     except ImportError as exc:
@@ -176,13 +181,73 @@ def _ecosystem_model(spec: str, options: dict[str, Any]) -> Any:
         channels = options.pop("in_channels")
         if package == "timm":
             options["in_chans"] = channels
+    return build
+
+
+def _run_build(spec: str, build: Callable[[], Any], *contexts: AbstractContextManager[Any]) -> Any:
+    """``build()`` inside ``contexts``: its exit or exception becomes one FactoryError line (the memory guard's
+    refusal passes as it is)."""
     try:
-        with _user_code(spec):
-            return build()
-    except FactoryError:
+        with ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
+            with _user_code(spec):
+                return build()
+    except InspectError:
         raise
     except Exception as exc:
         raise FactoryError(f"{spec} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+
+
+# What a build on real tensors is told to do when it would not fit: the analyses need no weights.
+_REAL_BUILD_ADVICE = ("the model can be analysed without its weights (summary, verify, rf without --erf, fit), but "
+                      "not built for real here")
+_META_BUILD_ADVICE = ("compute the values the constructor reads from Python numbers, not from tensors, so that it "
+                      "can be built on the meta device")
+
+
+def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta_failure: str | None) -> Any:
+    """``build()`` on real tensors on ``device`` (the CPU for None), refused before any torch call whose result would
+    take what it has made beyond the memory available when it started (``MemoryGuardError``, exit code 2).
+
+    ``meta_failure`` is why the meta device could not build it (None: real weights were asked for)."""
+    import torch
+
+    from resnet_inspect.capture import host_memory
+
+    target = device or "cpu"
+    available = host_memory.available_memory_bytes(target)
+    if meta_failure is None:
+        what, advice = f"building {spec} with real weights", _REAL_BUILD_ADVICE
+    else:
+        what = f"building {spec} on real tensors (on the meta device its constructor raised: {meta_failure})"
+        advice = _META_BUILD_ADVICE
+
+    def guard(held_bytes: int, next_bytes: int) -> None:
+        if available is not None and held_bytes + next_bytes > available:
+            where = "" if target == "cpu" else f" on {target}"
+            raise host_memory.MemoryGuardError(
+                f"{what} needs more than {bytes_text(held_bytes + next_bytes)} but only "
+                f"{bytes_text(available)} is available{where}: {advice}")
+
+    placed = torch.device(device) if device else nullcontext()
+    return _run_build(spec, build, placed, guarded_allocations(guard))
+
+
+def _build(spec: str, build: Callable[[], Any], device: str | None) -> Any:
+    """Run a factory's or a package's build: on the meta device when ``device`` is "meta" (only the small tensors
+    whose values a constructor may read are real, ``meta_except_small``), falling back to a guarded real build on
+    the CPU where the constructor needs more (the value of a large tensor); on a real ``device`` (the CPU for
+    None), a guarded real build."""
+    if device != "meta":
+        return _guarded_build(spec, build, device, None)
+    try:
+        return _run_build(spec, build, meta_except_small())
+    except FactoryError as error:
+        if not isinstance(error.__cause__, Exception):  # sys.exit in the factory: a real build would exit too
+            raise
+        failure = first_line(str(error.__cause__))
+    return _guarded_build(spec, build, None, failure)
 
 
 # Where torch keeps its quantized module classes, whose weights are packed integers and whose forward needs
@@ -237,10 +302,12 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
                device: str | None = "meta") -> tuple[nn.Module, str]:
     """Build the model a MODEL argument names; returns (model, display name).
 
-    Registry models are built on ``device`` (the meta device by default: no weights are allocated). Any other
-    spec runs the user's or the package's code once, as written: on ``device`` when that is a real device,
-    else on the CPU (the meta device would break factories that read a tensor's value, and a second call
-    to try again could repeat its side effects).
+    On ``device="meta"`` (the default) no weights are allocated: a registry model, a factory and a torchvision or
+    timm builder all run on the meta device, where a factory's small tensors (64 MiB in all at most) stay real so
+    that its constructor can read their values. A constructor that reads the value of a large tensor is run once
+    more on the CPU, guarded: it is refused, before the allocation that would not fit in the memory available,
+    with one line (``MemoryGuardError``). Another ``device`` (the CPU for None)
+    builds real weights there, under the same guard. A module instance named by a spec is used as it is.
     """
     import torch
 
@@ -254,23 +321,16 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
             return get_model(spec, **options), display  # an unknown name raises ModelNotFoundError
     if ":" not in spec:
         raise FactoryError(f"'{spec}' names a file but no factory: use {spec}:factory_name")
-    real_device = torch.device(device) if device and device != "meta" else nullcontext()
     if spec.partition(":")[0] in ECOSYSTEM_PREFIXES:
-        with real_device:
-            return usable_module(_ecosystem_model(spec, options), spec, from_factory=True), display
+        model = _build(spec, _ecosystem_builder(spec, options), device)
+        return usable_module(model, spec, from_factory=True), display
     factory = resolve_factory(spec)
     if isinstance(factory, torch.nn.Module):  # a module instance: used as it is, never called
         if "num_classes" in options:
             raise FactoryError(f"{spec} is a module instance, not a factory: --num-classes cannot be applied to it")
         return usable_module(factory, spec, from_factory=True), display
     accepted = _call_options(spec, factory, options)
-    try:
-        with real_device, _user_code(spec):
-            model = factory(**accepted)
-    except FactoryError:
-        raise
-    except Exception as exc:
-        raise FactoryError(f"{spec} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+    model = _build(spec, lambda: factory(**accepted), device)
     return usable_module(model, spec, from_factory=True), display
 
 

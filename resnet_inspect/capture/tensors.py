@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import functools
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.ops.common import meta_empty
@@ -114,15 +115,6 @@ def private_copy(model: nn.Module) -> nn.Module:
     return without_callers_hooks(copy.deepcopy(model))
 
 
-__all__ = [
-    "is_callers_hook",
-    "named_tensors",
-    "private_copy",
-    "shape_of",
-    "structural_copy",
-    "tensors_in",
-    "without_callers_hooks",
-]
 
 
 def on_meta(value: Any) -> Any:
@@ -162,3 +154,96 @@ def new_storage_bytes(tensors: Sequence[Any], inputs: Sequence[Any] = ()) -> int
             seen.add(storage.data_ptr())
             total += storage.nbytes()
     return total
+
+
+def _call_result_bytes(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The bytes a torch function or tensor method returns, worked out on the meta device (a factory through its
+    ``device``): an upper bound of its new storage (a view counts its size); 0 for an in-place method."""
+    name = getattr(func, "__name__", "")
+    if name.endswith("_") and not name.endswith("__"):  # uniform_, zero_: the result is the tensor itself
+        return 0
+    if tensors_in(list(args)) or tensors_in(kwargs):
+        return result_bytes_on_meta(func, args, kwargs)
+    try:
+        result = func(*args, **{**kwargs, "device": "meta"})
+    except Exception:  # not a factory: no tensor comes out of tensors that are not there
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(result))
+
+
+# A build on the meta device keeps real only the small tensors whose values a constructor may read (timm's
+# drop-path rates, ``[x.item() for x in torch.linspace(0, rate, depth)]``; a window's relative position index):
+# each at most SMALL_TENSOR_BYTES, and all together at most SMALL_TENSORS_TOTAL_BYTES.
+SMALL_TENSOR_BYTES = 1 << 20
+SMALL_TENSORS_TOTAL_BYTES = 64 << 20
+
+
+def _on_meta_call(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """``func`` with every tensor argument an empty meta tensor of its shape; a factory (no tensor argument) is
+    asked for its result on the meta device."""
+    if not (tensors_in(list(args)) or tensors_in(kwargs)):
+        return func(*args, **{**kwargs, "device": "meta"})
+    meta_kwargs = on_meta(kwargs)
+    if "device" in meta_kwargs:
+        meta_kwargs["device"] = "meta"
+    return func(*on_meta(list(args)), **meta_kwargs)
+
+
+@contextmanager
+def meta_except_small(tensor_bytes: int = SMALL_TENSOR_BYTES,
+                      total_bytes: int = SMALL_TENSORS_TOTAL_BYTES) -> Iterator[None]:
+    """Run the body with every tensor it makes on the meta device, except small ones (each at most
+    ``tensor_bytes``, all of them together at most ``total_bytes``), which are real so that the body can read
+    their values. A call with meta and real tensors among its arguments runs on the meta device (the real ones
+    stand in by their shapes; an in-place one leaves a real tensor's values as they were). Reading the value of
+    a meta tensor raises, as on the meta device. (A function mode: a dispatch mode would import torch._dynamo.)"""
+    from torch.overrides import TorchFunctionMode
+
+    class MetaExceptSmall(TorchFunctionMode):
+        real_bytes = 0
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") == "__get__":  # .shape, .data, .device: nothing is made
+                return func(*args, **kwargs)
+            inputs = tensors_in(list(args)) + tensors_in(kwargs)
+            on_meta_device = [tensor.is_meta for tensor in inputs]
+            if all(on_meta_device) and inputs:
+                return func(*args, **kwargs)
+            if not any(on_meta_device):
+                size = _call_result_bytes(func, args, kwargs)
+                if size <= tensor_bytes and self.real_bytes + size <= total_bytes:
+                    result = func(*args, **kwargs)
+                    self.real_bytes += new_storage_bytes([tensor for tensor in tensors_in(result)
+                                                          if not tensor.is_meta], inputs)
+                    return result
+            return _on_meta_call(func, args, kwargs)
+
+    with MetaExceptSmall():
+        yield
+
+
+@contextmanager
+def guarded_allocations(guard: Callable[[int, int], None]) -> Iterator[None]:
+    """Run the body with ``guard(held_bytes, next_bytes)`` asked before every torch function and tensor method:
+    the bytes of every storage made so far under it (never lowered when one is freed: an upper bound) and of the
+    call's result. The guard raises to refuse; nothing of that call is allocated then. (A function mode, not a
+    dispatch mode: ``torch.jit.trace`` in a constructor works under it.)"""
+    from torch.overrides import TorchFunctionMode
+
+    class AllocationGuard(TorchFunctionMode):
+        held_bytes = 0
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            guard(self.held_bytes, _call_result_bytes(func, args, kwargs))
+            result = func(*args, **kwargs)
+            self.held_bytes += new_storage_bytes([tensor for tensor in tensors_in(result) if not tensor.is_meta],
+                                                 tensors_in(list(args)) + tensors_in(kwargs))
+            return result
+
+    with AllocationGuard():
+        yield
+
+__all__ = ["guarded_allocations", "is_callers_hook", "meta_except_small", "named_tensors", "new_storage_bytes",
+           "on_meta", "private_copy", "shape_of", "structural_copy", "tensors_in", "without_callers_hooks"]

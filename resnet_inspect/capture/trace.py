@@ -613,10 +613,12 @@ def size_inputs(model: nn.Module, input_size: int | Sequence[int], batch_size: i
 
 
 def capture(model: nn.Module, input_size: int | Sequence[int] = (224, 224), batch_size: int = 1,
-            in_channels: int | None = None, model_name: str = "", exact_checked_shapes: bool = False) -> Capture:
-    """Capture ``model`` on an all-zero input of ``input_size`` (meta device first, real CPU tensors if needed)."""
+            in_channels: int | None = None, model_name: str = "", exact_checked_shapes: bool = False,
+            real_pass_guard: Callable[[int, int, str], None] | None = None) -> Capture:
+    """Capture ``model`` on an all-zero input of ``input_size`` (meta device first, real CPU tensors if needed,
+    asking ``real_pass_guard`` as ``capture_inputs`` does)."""
     inputs = size_inputs(model, input_size, batch_size, in_channels)
-    return capture_inputs(model, inputs, model_name, exact_checked_shapes)
+    return capture_inputs(model, inputs, model_name, exact_checked_shapes, real_pass_guard)
 
 
 def smallest_input_size(model: nn.Module, in_channels: int | None = None, limit: int = 4096) -> int | None:

@@ -172,21 +172,10 @@ def training_capture(model: nn.Module, input_size: InputSize = (224, 224), batch
 
 
 def _real_pass_guard() -> Callable[[int, int, str], None]:
-    """The capture's fallback to real tensors allocates: it is refused, before each operation, when what it holds
-    and the operation's result (with the kernels' own copies) exceed the memory available when it started."""
-    from resnet_inspect.analysis.memory import KERNEL_OVERHEAD, available_memory_bytes, ensure_fits
+    """The guard of the capture's fallback to real tensors (``analysis.memory.real_pass_guard``)."""
+    from resnet_inspect.analysis.memory import real_pass_guard
 
-    available: list[int | None] = []  # read once, at the first question: the pass's own use must not count twice
-
-    def guard(held_bytes: int, next_bytes: int, where: str) -> None:
-        if not available:
-            available.append(available_memory_bytes())
-        ensure_fits(held_bytes + KERNEL_OVERHEAD * next_bytes,
-                    f"the forward pass on real tensors{f' up to {where}' if where else ''} (the model reads tensor "
-                    "values, so the meta device cannot stand in for them)", "lower --input-size or --batch-size",
-                    available_bytes=available[0])
-
-    return guard
+    return real_pass_guard()
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,

@@ -1,4 +1,5 @@
-"""`fit`: the largest batch size whose estimated peak fits a memory budget, one meta pass per estimate.
+"""`fit`: the largest batch size whose estimated peak fits a memory budget, one pass per estimate (on the meta
+device, or on real CPU tensors, guarded and counted, where the forward reads values).
 
 The search (``analysis.fit.largest_batch``) sees only an estimate per batch size; this module makes that
 estimate from the model (an inference forward pass, or a training step) and turns the answer into a report.
@@ -111,7 +112,9 @@ def first_batch(estimate: InferenceEstimate | TrainingEstimate, train: bool) -> 
 
 class InferenceEstimate:
     """Batch size -> the estimated peak of one inference forward pass: weights, buffers and the largest set of
-    live activations. One meta capture per batch size, kept, so that the breakdown at the answer costs no pass."""
+    live activations. One capture per batch size, kept, so that the breakdown at the answer costs no pass: on the
+    meta device, or, for a forward that reads tensor values, on real CPU tensors under the memory guard (counted
+    in ``real_passes``)."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int) -> None:
         self.model, self.input_size, self.in_channels = model, input_size, in_channels
@@ -125,6 +128,11 @@ class InferenceEstimate:
             captured = capture_model(self.model, self.input_size, batch_size, self.in_channels)
             self.counted[batch_size] = captured, count(captured)
         return self.counted[batch_size]
+
+    @property
+    def real_passes(self) -> int:
+        """The passes that ran on real tensors, not on the meta device."""
+        return sum(captured.device != "meta" for captured, _ in self.counted.values())
 
     def __call__(self, batch_size: int) -> int:
         return self._counted(batch_size)[1].peak_memory_bytes
@@ -151,6 +159,7 @@ class TrainingEstimate:
         self.model, self.input_size, self.in_channels = model, input_size, in_channels
         self.options, self.shard, self.shard_units = options, shard, shard_units
         self.steps: dict[int, TrainingCapture] = {}
+        self.real_passes = 0  # a training pass runs on the meta device only
 
     def _step(self, batch_size: int) -> TrainingCapture:
         from resnet_inspect.pipeline.build import training_capture
@@ -201,7 +210,8 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                shard_units: str | None = None) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
-    ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
+    ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass, except for an inference
+    forward that reads tensor values, which runs on real CPU tensors under the memory guard (``real_passes``)."""
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
@@ -246,6 +256,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
         step=estimate.details(search.batch_size), first_batch_note=start_note,
+        real_passes=estimate.real_passes,
     )
 
 

@@ -1,5 +1,5 @@
-"""`time`: build the model with random weights on the device (or copy the module given) and time it per batch
-size, and per layer when asked."""
+"""`time`: build the model on the meta device (or copy the module given), then time it with random weights on
+the device per batch size, and per layer when asked, each after its memory guard."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):
-        model, name = load_model(spec, in_channels=in_channels, device=device)
+        # on the meta device: each measurement gives it real weights once its memory guard has passed
+        model, name = load_model(spec, in_channels=in_channels)
     else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
         model, name = private_copy(spec), type(spec).__name__  # its hooks: docs/api.md
     name = model_name or name

@@ -44,6 +44,7 @@ class FitReport(ReportView):
     peak_at: str | None = None  # where the peak falls in the step (which layer's backward), when known
     step: dict[str, Any] | None = None  # train: the step's memory at the answer, as `summary --train` has it
     first_batch_note: str | None = None  # why the search starts above batch 1 (a step cannot run there)
+    real_passes: int = 0  # of the search's passes, those run on real CPU tensors (the forward reads tensor values)
 
     @property
     def budget_bytes(self) -> int:
@@ -76,7 +77,8 @@ class FitReport(ReportView):
             "peak_at": self.peak_at,
             "step": self.step,
             "search": {
-                "method": search.method.value, "passes": search.passes, "affine": search.affine,
+                "method": search.method.value, "passes": search.passes, "real_passes": self.real_passes,
+                "affine": search.affine,
                 "fixed_bytes": search.fixed_bytes, "bytes_per_sample": search.bytes_per_sample,
                 "next_estimated": search.next_estimated, "limited": search.limited,
                 "first_batch": search.first_batch, "first_batch_note": self.first_batch_note,
@@ -111,6 +113,14 @@ class FitReport(ReportView):
                       tuple(rows))
         return Document((table,), tuple(self._notes()))
 
+    def _passes(self) -> str:
+        """'3 meta passes', or how many of them were real: a forward that reads values runs on real CPU tensors."""
+        if not self.real_passes:
+            return f"{self.search.passes} meta passes"
+        meta = self.search.passes - self.real_passes
+        return (f"{self.search.passes} passes, {meta} on the meta device and {self.real_passes} on real CPU tensors "
+                "(the model reads tensor values)")
+
     def _notes(self) -> list[str]:
         search = self.search
         notes = [self.first_batch_note] if self.first_batch_note else []
@@ -120,13 +130,13 @@ class FitReport(ReportView):
         if search.method == "line":  # SearchMethod.line
             confirmed = "confirmed at the answer" if search.affine else "checked at the next batch"
             notes.append(f"memory is affine in the batch size near the answer ({line}), {confirmed}: "
-                         f"{search.passes} meta passes")
+                         f"{self._passes()}")
         else:
             pair = f"{search.first_batch} and {search.first_batch + 1}"
             off = f"off the line of batches {pair} (a batch-dependent branch?)" if search.affine is False else \
                 "not growing with the batch"
             notes.append(f"memory is not affine in the batch size: the estimate was {off}; bisection took "
-                         f"{search.passes} meta passes")
+                         f"{self._passes()}")
         if search.limited:
             notes.append(f"every batch size up to {search.batch_size} fits: the search stops there")
         return notes
