@@ -154,20 +154,23 @@ def _optimizer(step: _Step) -> None:
         parameter.grad = None
 
 
+_LABEL = "resnet_inspect.layer"  # the key of a node's metadata naming the layer that claimed it
+
+
 @contextmanager
 def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
     """During the backward, ``ledger.layer`` names the innermost layer whose backward is running: each module's
-    output node, when autograd reaches it, sets it (the first module to claim a node is the innermost)."""
+    output node, when autograd reaches it, sets it (the first module to claim a node is the innermost). The claim
+    is written in the node's own metadata: nothing here holds a node, so a graph the loss does not reach (a
+    detached teacher's) dies with its outputs, and its saved activations with it, as in torch."""
     import torch
-
-    claimed: dict[int, Any] = {}
 
     def post_hook(name: str) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             for tensor in tensors_in(output):
                 node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
-                if node is not None and id(node) not in claimed:
-                    claimed[id(node)] = node
+                if node is not None and _LABEL not in node.metadata:
+                    node.metadata[_LABEL] = name
                     node.register_prehook(lambda _grads, label=name: setattr(ledger, "layer", label))
         return hook
 
@@ -177,7 +180,6 @@ def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-        claimed.clear()
 
 
 def _modules_by_call(step: _Step) -> dict[int, Any]:
