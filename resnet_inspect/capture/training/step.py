@@ -168,7 +168,7 @@ def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
     def post_hook(name: str) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             for tensor in tensors_in(output):
-                node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
+                node: Any = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
                 if node is not None and _LABEL not in node.metadata:
                     node.metadata[_LABEL] = name
                     node.register_prehook(lambda _grads, label=name: setattr(ledger, "layer", label))
