@@ -208,6 +208,27 @@ def test_special_models_match_torch(build: type[nn.Module]) -> None:
     check_saved_bytes(model, example)
 
 
+class ParameterProduct(nn.Module):
+    """A bias made as the product of two parameters, as timm's MaxViT makes its relative-position bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Parameter(torch.randn(16, 8)), nn.Parameter(torch.randn(8, 16))
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.left @ self.right
+
+
+def test_a_product_of_two_parameters_gets_its_backward() -> None:
+    torch.manual_seed(0)
+    model, example = ParameterProduct(), torch.randn(16, 16)
+    captured = _training_capture(model, None, example, 1, "adamw", None, None, 1, "cpu", None, None, None)
+    _forward, backward = flop_counter_backward_macs(model, example)
+    fc_weight, both_factors = 16 * 16 * 16, 2 * 16 * 8 * 16
+    assert training_counts(captured).backward_macs == backward == fc_weight + both_factors
+
+
 def test_frozen_backbone_trains_only_its_head() -> None:
     model, example = frozen_backbone(), torch.randn(BATCH, 3, 64, 64)
     head_bytes = sum(p.numel() * 4 for p in model.decoder.fc.parameters())

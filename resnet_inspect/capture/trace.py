@@ -317,7 +317,8 @@ def _constant_work(recorder: _Recorder, spec: OpSpec, call: Call, name: str, ten
         geometry, attrs = spec.geometry(call)
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
         return
-    recorder.add_node(recorder.unique_op_name(name), name, geometry, tensors, outputs, op=spec.name, attrs=attrs)
+    recorder.add_node(recorder.unique_op_name(name), name, geometry, tensors, outputs, op=spec.name, attrs=attrs,
+                      grads=requires_grads(tensors) if recorder.train else ())  # a product of parameters trains
 
 
 def _module_geometry(recorder: _Recorder, module: Any, args: Any, kwargs: Any, inputs: list[Any]

@@ -45,6 +45,7 @@ class _Step:
     ledger: StorageLedger
     optimizer_state: dict[int, list[Any]] = field(default_factory=dict)
     kinds: dict[int, MemoryKind] = field(default_factory=dict)  # allocation number -> kind, when not activation
+    held: list[Any] = field(default_factory=list)  # what the loop holds until the step ends: output, losses
     backward_error: str | None = None
 
     @property
@@ -94,7 +95,8 @@ def _prepare(model: nn.Module, inputs: ModelInputs, options: TrainOptions) -> _S
 
 def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage], list[Any]]:
     """The instrumented train-mode forward: its capture, the saved activations alive at its end, and the losses
-    (one sum per floating output that needs a gradient); the output itself is dropped here."""
+    (one sum per floating output that needs a gradient). The output is held to the end of the step, as a
+    training loop's ``output = model(x)`` holds it through ``loss.backward()`` and the optimizer step."""
     import torch
 
     recorder, ledger = step.recorder, step.ledger
@@ -114,12 +116,13 @@ def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage],
     recorder.current_call = ((), {})
     kept = ledger.kept()
     losses = [t.sum() for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
+    step.held += [output, losses]
     return capture, kept, losses
 
 
 def _backward(step: _Step, losses: list[Any]) -> None:
-    """Autograd's backward from ``losses`` (consumed: the list is emptied); marks the gradients it leaves, or
-    records why it could not run on meta."""
+    """Autograd's backward from ``losses``; marks the gradients it leaves, or records why it could not run on
+    meta."""
     import torch
 
     ledger = step.ledger
@@ -131,7 +134,6 @@ def _backward(step: _Step, losses: list[Any]) -> None:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             step.backward_error = (f"the backward pass cannot run on the meta device (at {ledger.layer}: {reason}); "
                                    "its memory is not estimated")
-        losses.clear()
     gradients = [p.grad for p in step.trainable if p.grad is not None]
     step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
 
@@ -152,20 +154,23 @@ def _optimizer(step: _Step) -> None:
         parameter.grad = None
 
 
+_LABEL = "resnet_inspect.layer"  # the key of a node's metadata naming the layer that claimed it
+
+
 @contextmanager
 def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
     """During the backward, ``ledger.layer`` names the innermost layer whose backward is running: each module's
-    output node, when autograd reaches it, sets it (the first module to claim a node is the innermost)."""
+    output node, when autograd reaches it, sets it (the first module to claim a node is the innermost). The claim
+    is written in the node's own metadata: nothing here holds a node, so a graph the loss does not reach (a
+    detached teacher's) dies with its outputs, and its saved activations with it, as in torch."""
     import torch
-
-    claimed: dict[int, Any] = {}
 
     def post_hook(name: str) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             for tensor in tensors_in(output):
-                node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
-                if node is not None and id(node) not in claimed:
-                    claimed[id(node)] = node
+                node: Any = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
+                if node is not None and _LABEL not in node.metadata:
+                    node.metadata[_LABEL] = name
                     node.register_prehook(lambda _grads, label=name: setattr(ledger, "layer", label))
         return hook
 
@@ -175,7 +180,6 @@ def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-        claimed.clear()
 
 
 def _modules_by_call(step: _Step) -> dict[int, Any]:
@@ -254,7 +258,9 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     with tracking_mode(step.ledger, fast_meta(options.device)), _backward_labels(step.working, step.ledger):
         capture, kept, losses = _forward(step, model_name)
         _backward(step, losses)
+        del losses
         _optimizer(step)
+        step.held.clear()  # the step ends: the loop lets its output go
     return _assemble(step, capture, kept)
 
 
