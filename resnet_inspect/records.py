@@ -210,3 +210,4 @@ class TrainingCapture:
     largest_layer_bytes: int
     events: tuple[MemoryEvent, ...]  # the step's allocations and releases
     backward_error: str | None = None  # why the backward could not run on meta (then no step memory)
+    recomputed_nodes: tuple[int, ...] = ()  # capture node ids activation checkpointing ran again in the backward

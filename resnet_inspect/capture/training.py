@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.checkpointing import CheckpointTracer
 from resnet_inspect.capture.trace import (
     ModelInputs,
     assemble_capture,
@@ -492,6 +493,8 @@ def _backward_labels(working: Any, tracker: _Tracker) -> Iterator[None]:
 
     def post_hook(name: str) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
+            if tracker.phase != FORWARD:  # a checkpointed region run again: holding its nodes would keep its tensors
+                return
             for tensor in tensors_in(output):
                 node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
                 if node is not None and id(node) not in claimed:
@@ -540,6 +543,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     given = tensors_in(list(placed.args)) + tensors_in(placed.kwargs)
     weight_ids, input_ids = _storage_ids([*parameters, *buffers]), _storage_ids(given)
     tracker = _Tracker(weight_ids | input_ids)
+    checkpoints = CheckpointTracer(working, recorder, lambda: tracker.count, tracker.number_of)
     trainable = [p for p in parameters if p.requires_grad]
     optimizer_state: dict[int, list[Any]] = {}
     saved: dict[int, tuple[int, int, int | None]] = {}  # id(storage) -> (allocation number, bytes, layer index)
@@ -561,7 +565,8 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
 
     backward_error: str | None = None
     amp = options.amp
-    with _tracking_mode(tracker, _fast_meta(options.device)), _backward_labels(working, tracker):
+    with _tracking_mode(tracker, _fast_meta(options.device)), _backward_labels(working, tracker), \
+            checkpoints.patched():
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
                 instrumented_forward(working, recorder, placed):
             tracker.follow = lambda: recorder.stack[-1].name if recorder.stack else ""
@@ -576,6 +581,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         losses = [t.sum() for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
         del output
         tracker.phase, tracker.layer = BACKWARD, "the loss"
+        checkpoints.backward = True
         gradient_numbers: set[int] = set()
         if losses:
             try:
@@ -614,7 +620,8 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     largest_bytes = 0 if largest is None else sum(
         p.numel() * p.element_size() for p in {id(p): p for p in modules[largest.index].parameters()}.values())
     return TrainingCapture(
-        capture=capture, optimizer=options.optimizer, amp=amp, device=options.device,
+        capture=checkpoints.differentiated(capture), recomputed_nodes=checkpoints.recomputed_nodes(),
+        optimizer=options.optimizer, amp=amp, device=options.device,
         dtype=str(parameters[0].dtype).removeprefix("torch.") if parameters else capture.dtype,
         layer_saved_bytes=layer_saved,
         layer_grad_bytes={index: _module_grad_bytes(module) for index, module in modules.items() if module is not None},
