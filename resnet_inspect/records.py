@@ -176,13 +176,29 @@ class Capture:
         return tuple(layer for layer in self.layers if layer.is_leaf)
 
 
+class MemoryKind(StrEnum):
+    """What a storage allocated during a training step is (a string, so JSON and old comparisons keep working)."""
+
+    ACTIVATION = "activation"  # anything the step makes and drops: outputs, saved tensors, temporaries
+    GRADIENT = "gradient"  # a parameter's gradient
+    STATE = "state"  # the optimizer's state (resident from the second step on)
+
+
+class StepPhase(StrEnum):
+    """The part of a training step that runs."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
 @dataclass(frozen=True)
 class MemoryEvent:
     """One allocation (``bytes`` > 0) or release (< 0) during a training step, in the order they happened."""
 
     bytes: int
-    kind: str  # "activation" (anything the step makes and drops: outputs, temporaries), "gradient", "state"
-    phase: str  # "forward", "backward", "optimizer"
+    kind: MemoryKind
+    phase: StepPhase
     layer: str  # the innermost layer running (its backward, in the backward phase)
 
 

@@ -135,6 +135,7 @@ class SavedForBackward:
     activation_bytes: int  # storages the forward made
     weight_bytes: int  # parameters and buffers that are saved too
     input_bytes: int  # the model's input, when saved
+    storages: int = 0  # distinct storages saved, weights and input included
 
 
 def saved_for_backward(model: nn.Module, example: torch.Tensor, amp: torch.dtype | None = None) -> SavedForBackward:
@@ -162,7 +163,7 @@ def saved_for_backward(model: nn.Module, example: torch.Tensor, amp: torch.dtype
         return sum(storage.nbytes() for key, storage in held.items() if key in keys)
 
     others = set(held) - weights - inputs
-    return SavedForBackward(total(others), total(weights & set(held)), total(inputs & set(held)))
+    return SavedForBackward(total(others), total(weights & set(held)), total(inputs & set(held)), len(held))
 
 
 def flop_counter_backward_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import re
 
+import oracle_memory
 import pytest
+import torch
+from oracle_torch import flop_counter_backward_macs, saved_for_backward
+from torch import nn
 from typer.testing import CliRunner
 
-import resnet_inspect
 from resnet_inspect.cli.app import app
+from resnet_inspect.models import get_model
 from resnet_inspect.render.html import stage_values
 
 runner = CliRunner()
@@ -24,18 +28,21 @@ def run(*args: str) -> str:
 @pytest.fixture(scope="module")
 def compared() -> list[dict]:
     return json.loads(run("compare", "resnet18", "resnet20", "--train", "--optimizer", "momentum", "-b", "4",
-                          "--format", "json"))
+                          "-i", "64", "--format", "json"))
 
 
-def test_compare_train_rows_are_each_models_training_step(compared):
+def test_compare_train_rows_are_each_models_real_training_step(compared):
+    """Each row against torch on a real CPU step: saved bytes as saved_tensors_hooks sees them, backward MACs as
+    FlopCounterMode counts them, the peak as a live-storage tracker measures it (within 0.5%: the loop also holds
+    the model's output during the backward)."""
     for entry in compared:
-        size = entry["input_shape"][2]
-        step = resnet_inspect.training_memory(entry["model"], size, batch_size=4, optimizer="momentum")
-        assert entry["train_peak_bytes"] == step.peak_bytes and entry["saved_bytes"] == step.saved_bytes
-        assert entry["training"] == step.to_dict()
-        totals = resnet_inspect.summary(entry["model"], size, batch_size=4, train=True,
-                                        optimizer="momentum").to_dict()["totals"]
-        assert entry["backward_macs"] == totals["backward_macs"]
+        torch.manual_seed(0)
+        model, example = get_model(entry["model"]), torch.randn(entry["input_shape"])
+        assert entry["saved_bytes"] == saved_for_backward(model, example).activation_bytes
+        assert entry["backward_macs"] == flop_counter_backward_macs(model, example)[1]
+        measured = oracle_memory.tracked_step(model, example, "momentum")
+        assert entry["train_peak_bytes"] == pytest.approx(measured.peak_bytes, rel=0.005)
+        assert entry["training"]["optimizer_state_bytes"] == measured.state_bytes
     first, second = compared
     assert second["vs_first"]["train_peak_bytes"] == pytest.approx(second["train_peak_bytes"]
                                                                    / first["train_peak_bytes"])
@@ -65,17 +72,47 @@ def trained_page(tmp_path_factory) -> tuple[str, dict]:
     return target.read_text(), json.loads(run("summary", "resnet18", "--train", "--format", "json"))
 
 
-def test_the_page_charts_each_stages_saved_bytes_from_its_layers(trained_page):
+def saved_bytes_by_stage(model: nn.Module, example: torch.Tensor, stages: list[str]) -> dict[str, int]:
+    """What ``saved_tensors_hooks`` sees each stage save in a real CPU train-mode forward (each storage once, with
+    the stage running when it was first saved; weights and the input left out)."""
+    running: list[str] = []
+    first: dict[int, tuple[str | None, torch.UntypedStorage]] = {}
+    held = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), example)}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held:
+            first.setdefault(storage.data_ptr(), (running[-1] if running else None, storage))
+        return tensor
+
+    def leave(*_args: object) -> None:
+        running.pop()
+
+    modules = dict(model.named_modules())
+    handles = [handle for name in stages for handle in (
+        modules[name].register_forward_pre_hook(lambda *_args, name=name: running.append(name)),
+        modules[name].register_forward_hook(leave))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model.train()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {stage: sum(storage.nbytes() for owner, storage in first.values() if owner == stage) for stage in stages}
+
+
+def test_the_page_charts_each_stages_saved_bytes_as_torch_saves_them(trained_page):
     html, report = trained_page
     bars = {name: (int(saved), int(macs)) for name, saved, macs in re.findall(
         r'<g class="saved-bar" data-stage="([^"]+)" data-saved-bytes="(\d+)" data-macs="(\d+)">', html)}
     layers = {layer["name"]: layer for layer in report["layers"]}
     stages = [name for name in report["totals"]["params_by_stage"] if name not in ("stem", "head")]
     assert list(bars) == ["stem", *stages, "head"]
+    torch.manual_seed(0)
+    real = saved_bytes_by_stage(get_model("resnet18"), torch.randn(report["input_shape"]), stages)
     for stage in stages:
-        assert bars[stage] == (layers[stage]["saved_bytes"], layers[stage]["macs"])
+        assert bars[stage] == (real[stage], layers[stage]["macs"])
     assert sum(saved for saved, _ in bars.values()) == report["totals"]["saved_bytes"]
-    assert bars["encoder.layers.0"][0] > bars["encoder.layers.3"][0]  # early stages keep the large maps
     assert "Saved for backward per stage" in html and "MiB/GMAC" in html
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from resnet_inspect.analysis.counting import enclosing_records, node_macs
 from resnet_inspect.ops.registry import get_op
-from resnet_inspect.records import Capture, MemoryEvent, OpNode, TrainingCapture
+from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, OpNode, StepPhase, TrainingCapture
 
 
 def node_backward_macs(node: OpNode) -> int:
@@ -54,7 +54,7 @@ class StepMemory:
     input_bytes: int  # the batch
     saved_bytes: int  # activations kept for the backward at the end of the forward
     gathered_bytes: int  # sharded: the largest layer's weights and gradient, whole while it runs
-    peak_phase: str  # "forward", "backward" or "optimizer"
+    peak_phase: StepPhase
     peak_layer: str  # the layer running at the peak (whose backward, in the backward phase)
     optimizer: str
     dtype: str
@@ -67,7 +67,7 @@ class StepMemory:
         """'the backward of layer1.0.conv1', 'the forward of fc', 'the optimizer step'."""
         if self.peak_bytes is None:
             return "unknown"
-        if self.peak_phase == "optimizer":
+        if self.peak_phase == StepPhase.OPTIMIZER:
             return "the optimizer step"
         return f"the {self.peak_phase} of {self.peak_layer or 'the model'}"
 
@@ -85,7 +85,7 @@ class StepMemory:
 def _step_events(training: TrainingCapture) -> list[MemoryEvent]:
     """The events that change what the step holds (the optimizer's state is resident from the start of a step
     once the optimizer has run once)."""
-    return [event for event in training.events if event.kind != "state"]
+    return [event for event in training.events if event.kind != MemoryKind.STATE]
 
 
 def _resident_bytes(training: TrainingCapture, shard: int) -> int:
@@ -101,7 +101,7 @@ def live_bytes(training: TrainingCapture, shard: int = 1) -> list[int]:
     live, timeline = 0, []
     for event in _step_events(training):
         size = event.bytes
-        if event.kind == "gradient":  # each device keeps its shard of every gradient
+        if event.kind == MemoryKind.GRADIENT:  # each device keeps its shard of every gradient
             size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
         live += size
         timeline.append(live)
@@ -124,7 +124,7 @@ def step_memory(training: TrainingCapture, shard: int = 1) -> StepMemory:
     weights = _ceil_div(training.weight_bytes, shard)
     state = _ceil_div(training.state_bytes, shard)
     highest = 0
-    phase, layer = "forward", ""
+    phase, layer = StepPhase.FORWARD, ""
     for event, live in zip(_step_events(training), live_bytes(training, shard), strict=True):
         if live > highest:
             highest, phase, layer = live, event.phase, event.layer

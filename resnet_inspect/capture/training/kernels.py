@@ -1,0 +1,151 @@
+"""The kernels the modelled device would run: autocast's casts, and scaled dot-product attention's backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from resnet_inspect.capture.training.options import AMP_DTYPES, TrainOptions
+
+# torch.nn.attention.SDPBackend's value for the CPU's fused (flash) kernel, as torch._fused_sdp_choice returns it
+_SDPA_FLASH = 1
+# torch.autocast's op lists (the operations a vision network calls) for the CPU and CUDA: run in the low precision,
+# or in float32. Every other operation runs in the dtype of its inputs. torch's autocast does not act on meta
+# tensors, so the training pass applies these lists itself, at the same functions, with autocast's cache of the
+# weights cast once per forward.
+AUTOCAST_LOW = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear", "matmul",
+    "mm", "bmm", "addmm", "baddbmm", "addbmm", "prelu", "scaled_dot_product_attention", "einsum",
+})
+AUTOCAST_FLOAT32 = {
+    "cpu": frozenset({"avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "reflection_pad1d", "reflection_pad2d",
+                      "replication_pad1d", "replication_pad2d", "replication_pad3d", "grid_sampler", "prod",
+                      "cdist", "mse_loss", "cross_entropy", "nll_loss", "l1_loss", "smooth_l1_loss", "kl_div",
+                      "binary_cross_entropy", "binary_cross_entropy_with_logits"}),
+    "cuda": frozenset({"softmax", "log_softmax", "layer_norm", "group_norm", "rms_norm", "norm", "normalize",
+                       "exp", "log", "log1p", "pow", "cumsum", "cumprod", "sum", "prod", "cdist", "mse_loss",
+                       "cross_entropy", "nll_loss", "l1_loss", "smooth_l1_loss", "kl_div",
+                       "binary_cross_entropy_with_logits", "softplus", "reciprocal", "rsqrt", "cosine_similarity"}),
+}
+
+
+def _autocast(amp: str | None, device: str) -> Any:
+    """Cast the floating arguments of the operations in autocast's lists, as ``torch.autocast(device)`` would."""
+    import torch
+
+    if amp is None:
+        return None
+    low = getattr(torch, AMP_DTYPES[amp])
+    float32_ops = AUTOCAST_FLOAT32["cuda" if device.startswith("cuda") else "cpu"]
+    cache: dict[int, Any] = {}
+
+    def cast(value: Any, dtype: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype in (dtype,
+                                                                                                   torch.float64):
+            return value
+        cacheable = (dtype == low and value.dtype == torch.float32 and value.requires_grad and value.is_leaf
+                     and torch.is_grad_enabled())
+        if cacheable and id(value) in cache:
+            return cache[id(value)]
+        result = value.to(dtype)
+        if cacheable:
+            cache[id(value)] = result
+        return result
+
+    def arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        dtype = low if name in AUTOCAST_LOW else torch.float32 if name in float32_ops else None
+        if dtype is None:
+            return None
+        return (tuple(cast(a, dtype) if not isinstance(a, (list, tuple)) else type(a)(cast(b, dtype) for b in a)
+                      for a in args), {k: cast(v, dtype) for k, v in kwargs.items()})
+
+    arguments.cache = cache  # type: ignore[attr-defined]
+    return arguments
+
+
+# Functions of torch.nn.functional that call others of the module by their global names: a function mode cannot
+# see those calls, so while one runs, the names it calls are bound to the kernel hook (and put back after).
+_COMPOSITES = {"multi_head_attention_forward": ("scaled_dot_product_attention", "linear")}
+
+
+def device_kernels(options: TrainOptions) -> Any:
+    """The capture's kernel hook: autocast's casts, then attention as the device would run it (inside
+    ``F.multi_head_attention_forward`` too)."""
+    attention = _sdpa_kernel(options.device)
+    autocast = _autocast(options.amp, options.device)
+
+    def kernel(name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if autocast is not None:
+            cast = autocast(name, args, kwargs)
+            if cast is not None:
+                args, kwargs = cast
+        result = attention(name, func, args, kwargs)
+        if result is not NotImplemented:
+            return result
+        if name in _COMPOSITES:
+            with _inner_calls(_COMPOSITES[name], kernel):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    kernel.autocast = autocast  # type: ignore[attr-defined]
+    return kernel
+
+
+@contextmanager
+def _inner_calls(names: tuple[str, ...], kernel: Any) -> Iterator[None]:
+    """Route torch.nn.functional's own calls of ``names`` through ``kernel`` for the duration."""
+    import torch.nn.functional as functional
+
+    originals = {name: getattr(functional, name) for name in names}
+
+    def routed(name: str, original: Any) -> Any:
+        return lambda *args, **kwargs: kernel(name, original, args, kwargs)
+
+    try:
+        for name, original in originals.items():
+            setattr(functional, name, routed(name, original))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(functional, name, original)
+
+
+def _sdpa_kernel(device: str) -> Any:
+    """Scaled dot-product attention as it would run on ``device``: torch's own backend choice, asked on stand-ins
+    of the right shapes there (one row of memory each); on meta tensors torch would always take the math path,
+    which saves the attention matrix, where the CPU's fused kernel saves its output and log-sum-exp."""
+
+    def kernel(name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import torch
+
+        if name != "scaled_dot_product_attention" or not device.startswith("cpu"):
+            return NotImplemented
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        query, key, value = bound["query"], bound["key"], bound["value"]
+        mask = bound.get("attn_mask")
+        if not all(isinstance(t, torch.Tensor) and t.is_meta for t in (query, key, value)):
+            return NotImplemented
+
+        def stand_in(tensor: Any) -> Any:
+            if tensor is None:
+                return None
+            row = torch.empty(tensor.shape[-1], dtype=tensor.dtype, device=device)
+            strides = (0,) * (tensor.dim() - 1) + (1,)
+            return row.as_strided(tuple(tensor.shape), strides).requires_grad_(tensor.requires_grad)
+
+        choice = torch._fused_sdp_choice(stand_in(query), stand_in(key), stand_in(value), stand_in(mask),
+                                         bound.get("dropout_p", 0.0), bound.get("is_causal", False),
+                                         scale=bound.get("scale"), enable_gqa=bound.get("enable_gqa", False))
+        if choice != _SDPA_FLASH:
+            return NotImplemented  # the math path: meta runs it as the device would
+        output, _logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, bound.get("dropout_p", 0.0), bound.get("is_causal", False), attn_mask=mask,
+            scale=bound.get("scale"))
+        return output
+
+    return kernel
+
+
+__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels"]

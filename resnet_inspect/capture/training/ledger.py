@@ -1,0 +1,145 @@
+"""The storage ledger: every storage a training step allocates, from its allocation to its release, and which of
+them autograd saves for the backward.
+
+A storage is known by ``id(untyped_storage)`` while it lives; a weak-reference finaliser records its release when
+nothing holds it any more, so lifetimes are torch's own. Each allocation gets a number, in order, so that a storage
+saved in the forward and a later one that reuses its id are told apart.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from resnet_inspect.capture.training.meta_kernels import pointwise
+from resnet_inspect.records import StepPhase
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A live storage: its allocation number and size."""
+
+    number: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One allocation (``bytes`` > 0) or release (< 0) of the storage allocated ``number``-th."""
+
+    number: int
+    bytes: int
+    phase: StepPhase
+    layer: str  # the innermost layer running (its backward, in the backward phase)
+
+
+@dataclass(frozen=True)
+class SavedStorage:
+    """A storage autograd saved for the backward during the forward."""
+
+    number: int  # its allocation number (0: the step never saw it allocated)
+    bytes: int
+    layer: int | None  # the LayerRecord index of the innermost call running when it was saved
+
+
+@dataclass
+class StorageLedger:
+    """The step's storages. ``weights`` and ``inputs`` (storage ids) are held before the step starts: never
+    allocations, and counted apart when saved."""
+
+    weights: set[int]
+    inputs: set[int]
+    phase: StepPhase = StepPhase.FORWARD
+    layer: str = ""
+    follow: Callable[[], str] | None = None  # during the forward: names the innermost layer running
+    live: dict[int, Allocation] = field(default_factory=dict)  # id(storage) -> its allocation
+    events: list[LedgerEvent] = field(default_factory=list)
+    saved: dict[int, SavedStorage] = field(default_factory=dict)  # id(storage) -> the activation saved
+    saved_weights: dict[int, int] = field(default_factory=dict)  # id(storage) -> bytes, weights saved
+    saved_inputs: dict[int, int] = field(default_factory=dict)  # id(storage) -> bytes, the input saved
+    count: int = 0
+
+    def track(self, tensor: Any) -> None:
+        """Record ``tensor``'s storage as an allocation, unless it is already live or held before the step."""
+        if self.follow is not None:
+            self.layer = self.follow()
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self.live or key in self.weights or key in self.inputs:
+            return
+        size = storage.nbytes()
+        self.count += 1
+        self.live[key] = Allocation(self.count, size)
+        self.events.append(LedgerEvent(self.count, size, self.phase, self.layer))
+        weakref.finalize(storage, self._release, key, self.count, size)
+
+    def _release(self, key: int, number: int, size: int) -> None:
+        entry = self.live.get(key)
+        if entry is not None and entry.number == number:
+            del self.live[key]
+        self.events.append(LedgerEvent(number, -size, self.phase, self.layer))
+
+    def number_of(self, tensor: Any) -> int | None:
+        """The allocation number of ``tensor``'s storage while it lives (None: not allocated by the step)."""
+        entry = self.live.get(id(tensor.untyped_storage()))
+        return entry.number if entry else None
+
+    def numbers_of(self, tensors: list[Any]) -> set[int]:
+        """The allocation numbers of those ``tensors`` the step allocated and that still live."""
+        return {number for number in (self.number_of(tensor) for tensor in tensors) if number}
+
+    def save(self, tensor: Any, layer: int | None) -> None:
+        """Autograd saves ``tensor`` for the backward (each storage once)."""
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self.weights:
+            self.saved_weights[key] = storage.nbytes()
+        elif key in self.inputs:
+            self.saved_inputs[key] = storage.nbytes()
+        elif key not in self.saved:
+            self.saved[key] = SavedStorage(self.number_of(tensor) or 0, storage.nbytes(), layer)
+
+    def kept(self) -> list[SavedStorage]:
+        """The saved activations still alive now (the same allocation as when saved)."""
+        return [entry for key, entry in self.saved.items()
+                if entry.number and key in self.live and self.live[key].number == entry.number]
+
+
+
+
+def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None) -> Any:
+    """A dispatch mode that sees every aten operation's outputs (a storage not seen before is an allocation) and
+    runs the ``fast`` meta kernels (and the pointwise shortcut) before torch's own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class StorageMode(TorchDispatchMode):
+        """Sees every aten operation's outputs: a storage not seen before is an allocation."""
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # nothing is compiled in here: no need to import torch._dynamo
+            return False
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            import torch
+
+            kwargs = kwargs or {}
+            rule = (fast or {}).get(func)
+            result = NotImplemented
+            if rule is not None and all(not isinstance(a, torch.Tensor) or a.is_meta for a in args):
+                result = rule(*args, **kwargs)
+            elif fast is not None and torch.Tag.pointwise in func.tags:
+                result = pointwise(func, tuple(args), kwargs)
+            if result is NotImplemented:
+                result = func(*args, **kwargs)
+            for leaf in tree_leaves(result):
+                if isinstance(leaf, torch.Tensor):
+                    ledger.track(leaf)
+            return result
+
+    return StorageMode()
+
+
+__all__ = ["Allocation", "LedgerEvent", "SavedStorage", "StorageLedger", "tracking_mode"]
