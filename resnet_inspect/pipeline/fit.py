@@ -144,7 +144,8 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                train: bool = False, optimizer: str | None = None, dtype: str = "float32", amp: str | None = None,
                shard: int | None = None, reserve_bytes: int | None = None, device: str = "cpu",
                in_channels: int | None = None, num_classes: int | None = None,
-               model_name: str | None = None) -> FitReport:
+               model_name: str | None = None, checkpoint: str | tuple[str, ...] | None = None,
+               batch_size: int | None = None) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
@@ -154,6 +155,11 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
     check_fit_options(train, optimizer, amp, shard)
+    if (checkpoint is not None or batch_size is not None) and not train:
+        raise BadInputError("--checkpoint and --batch-size plan activation checkpointing of a training step: add "
+                            "--train" if checkpoint is not None else "--batch-size applies to --checkpoint")
+    if batch_size is not None and checkpoint is None:
+        raise BadInputError("--batch-size applies to --checkpoint (the least recompute that fits that batch)")
     device = resolve_device(device)
     if dtype not in DTYPES:  # the estimate runs on the meta device: any device's dtype can be estimated
         raise BadInputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
@@ -180,6 +186,10 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
 
         estimate = InferenceEstimate(structural_copy(model, "meta").to(getattr(torch, dtype)), size, channels)
     budget = memory - reserve
+    if checkpoint is not None:
+        assert isinstance(estimate, TrainingEstimate)
+        return _checkpoint_report(estimate, budget, checkpoint, batch_size, name, device, channels, size, dtype,
+                                  amp, memory, source, reserve)
     try:
         search = largest_batch(estimate, budget)
     except DoesNotFitError as error:
@@ -196,6 +206,27 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
         step=estimate.details(search.batch_size),
+    )
+
+
+def _checkpoint_report(estimate: TrainingEstimate, budget: int, checkpoint: str | tuple[str, ...],
+                       batch_size: int | None, name: str, device: str, channels: int, size: tuple[int, ...],
+                       dtype: str, amp: str | None, memory: int, source: str, reserve: int) -> FitReport:
+    """`fit --train --checkpoint`: the plan (pipeline/checkpoint_plan.py) and the step's breakdown at its batch."""
+    from resnet_inspect.analysis.fit import FitSearch, SearchMethod
+    from resnet_inspect.pipeline.checkpoint_plan import checkpoint_plan
+
+    plan, planned = checkpoint_plan(estimate.model, size, channels, estimate.options, budget, checkpoint,
+                                    batch_size, estimate.shard)
+    step = TrainingEstimate(estimate.model, size, channels, estimate.options, estimate.shard)
+    step.steps = {plan.batch_size: planned}
+    search = FitSearch(plan.batch_size, plan.peak_bytes, None, False, len(plan.curve), SearchMethod.line, None,
+                       plan.peak_bytes, 0, limited=False)
+    return FitReport(
+        model=name, device=device, input_shape=(channels, *size), train=True, optimizer=estimate.options.optimizer,
+        dtype=dtype, amp=amp, shard=estimate.shard, memory_bytes=memory, memory_source=source,
+        reserve_bytes=reserve, search=search, breakdown=step.breakdown(plan.batch_size),
+        peak_at=step.peak_at(plan.batch_size), step=step.details(plan.batch_size), checkpoint=plan,
     )
 
 
