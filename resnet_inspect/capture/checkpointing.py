@@ -37,7 +37,7 @@ class _Region:
     start: int  # the forward recorder's node count when the region began
     end: int = -1  # ... and when it ended
     recomputed: int = 0  # how many of the region's operations the backward ran again
-    cached: list[int] = field(default_factory=list)  # positions served from selective checkpointing's cache
+    cached: list[int] = field(default_factory=list)  # positions whose result was no new storage (see _Reused)
     grads: list[tuple[bool, ...]] = field(default_factory=list)  # the recomputation's requires-grad flags
 
 
@@ -119,6 +119,7 @@ class CheckpointTracer:
         import torch.utils.checkpoint as checkpoint_module
 
         function_class = checkpoint_module.CheckpointFunction
+        declared_forward = function_class.__dict__["forward"]  # the staticmethod itself, put back as it was
         original_forward = function_class.forward
         original_generator = checkpoint_module._checkpoint_without_reentrant_generator
         tracer = self
@@ -139,7 +140,7 @@ class CheckpointTracer:
         try:
             yield
         finally:
-            function_class.forward = staticmethod(original_forward)  # type: ignore[method-assign,assignment]
+            function_class.forward = declared_forward  # type: ignore[method-assign]
             checkpoint_module._checkpoint_without_reentrant_generator = original_generator
 
     def recomputed_nodes(self) -> tuple[int, ...]:
