@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from resnet_inspect.errors import BadInputError, InspectError
@@ -81,25 +81,27 @@ class FitSearch:
     fixed_bytes: int  # the line of the moment that holds the peak near the answer, from batches 1 and 2:
     bytes_per_sample: int  # peak = fixed_bytes + bytes_per_sample * batch
     limited: bool = False  # every batch up to the limit fits
+    first_batch: int = 1  # the smallest batch size tried (2 where a step cannot run at batch 1)
 
 
 @dataclass(frozen=True)
 class _Lines:
-    """Each moment's bytes as a line in the batch size, through its bytes at batch 1 and 2."""
+    """Each moment's bytes as a line in the batch size, through its bytes at two consecutive batches."""
 
     fixed: tuple[int, ...]
     per_sample: tuple[int, ...]
 
     @classmethod
-    def through(cls, first: tuple[int, ...], second: tuple[int, ...]) -> _Lines:
+    def through(cls, first: tuple[int, ...], second: tuple[int, ...], at: int = 1) -> _Lines:
+        """The lines through ``first`` (the bytes at batch ``at``) and ``second`` (at batch ``at + 1``)."""
         per_sample = tuple(b - a for a, b in zip(first, second, strict=True))
-        return cls(tuple(a - slope for a, slope in zip(first, per_sample, strict=True)), per_sample)
+        return cls(tuple(a - slope * at for a, slope in zip(first, per_sample, strict=True)), per_sample)
 
     def at(self, batch: int) -> tuple[int, ...]:
         return tuple(fixed + slope * batch for fixed, slope in zip(self.fixed, self.per_sample, strict=True))
 
     def largest_within(self, budget_bytes: int, limit: int) -> int:
-        """The largest batch (up to ``limit``) at which every moment is within the budget (at least 1 is)."""
+        """The largest batch (up to ``limit``) at which every moment is within the budget."""
         bounds = [(budget_bytes - fixed) // slope for fixed, slope in zip(self.fixed, self.per_sample, strict=True)
                   if slope > 0]
         return min([limit, *bounds])
@@ -115,12 +117,19 @@ def _profile(value: int | Sequence[int]) -> tuple[int, ...]:
     return (int(value),) if isinstance(value, int) else tuple(int(item) for item in value)
 
 
-def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH) -> FitSearch:
-    """The largest batch size ``b <= limit`` whose estimated peak is within ``budget_bytes`` (peaks grow with ``b``).
+def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH, first_batch: int = 1
+                  ) -> FitSearch:
+    """The largest batch size ``first_batch <= b <= limit`` whose estimated peak is within ``budget_bytes`` (peaks
+    grow with ``b``); the lines go through ``first_batch`` and the next (2 where a step cannot run at batch 1).
 
     ``estimate(b)`` gives the peak at batch ``b``, or the bytes live at each moment of the step. Raises
-    DoesNotFitError when batch 1 is over the budget. No batch is estimated twice.
+    DoesNotFitError when ``first_batch`` is over the budget. No batch is estimated twice.
     """
+    search = _line_search(estimate, budget_bytes, limit, first_batch)
+    return replace(search, first_batch=first_batch)
+
+
+def _line_search(estimate: Estimate, budget_bytes: int, limit: int, start: int) -> FitSearch:
     profiles: dict[int, tuple[int, ...]] = {}
     known: dict[int, int] = {}  # batch -> peak
 
@@ -130,26 +139,28 @@ def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH)
             known[batch] = max(profiles[batch])
         return known[batch]
 
-    first = peak(1)
+    first = peak(start)
     if first > budget_bytes:
-        raise DoesNotFitError(f"batch size 1 needs {first} bytes, more than the budget of {budget_bytes}", first)
-    if limit == 1:
-        return FitSearch(1, first, None, False, len(known), SearchMethod.line, None, first, 0, limited=True)
-    second = peak(2)
-    if len(profiles[1]) != len(profiles[2]):  # the step itself changes with the batch: one line through the peaks
-        profiles[1], profiles[2] = (first,), (second,)
-    lines = _Lines.through(profiles[1], profiles[2])
-    fixed, per_sample = lines.binding(2)
+        raise DoesNotFitError(f"batch size {start} needs {first} bytes, more than the budget of {budget_bytes}",
+                              first)
+    if limit == start:
+        return FitSearch(start, first, None, False, len(known), SearchMethod.line, None, first, 0, limited=True)
+    second = peak(start + 1)
+    if len(profiles[start]) != len(profiles[start + 1]):  # the step changes with the batch: a line through the peaks
+        profiles[start], profiles[start + 1] = (first,), (second,)
+    lines = _Lines.through(profiles[start], profiles[start + 1], start)
+    fixed, per_sample = lines.binding(start + 1)
     if second > budget_bytes:
-        return FitSearch(1, first, second, True, len(known), SearchMethod.line, None, fixed, per_sample)
-    guess = lines.largest_within(budget_bytes, limit)
+        return FitSearch(start, first, second, True, len(known), SearchMethod.line, None, fixed, per_sample)
+    guess = max(lines.largest_within(budget_bytes, limit), start + 1)
     fixed, per_sample = lines.binding(guess)
-    if guess == 2 and limit > 2:  # the lines already end at batch 2: the third estimate checks batch 3 instead
-        if peak(3) > budget_bytes:
-            return FitSearch(2, second, known[3], True, len(known), SearchMethod.line, None, fixed, per_sample)
+    if guess == start + 1 and limit > guess:  # the lines end at the second batch: the third checks the next
+        if peak(guess + 1) > budget_bytes:
+            return FitSearch(guess, second, known[guess + 1], True, len(known), SearchMethod.line, None, fixed,
+                             per_sample)
         return _bisect(peak, known, budget_bytes, limit, False, fixed, per_sample)
     guessed = peak(guess)
-    affine = None if guess <= 2 else profiles[guess] == lines.at(guess)
+    affine = None if guess <= start + 1 else profiles[guess] == lines.at(guess)
     if affine is not False and guessed <= budget_bytes:
         if guess == limit:
             return FitSearch(guess, guessed, None, False, len(known), SearchMethod.line, affine, fixed, per_sample,

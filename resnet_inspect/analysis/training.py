@@ -9,7 +9,8 @@ The step's memory is read off the allocations and releases the step really made 
     peak = weights + buffers + optimizer state + input        (resident before the step starts)
            + max over the step of (live activations and temporaries + gradients allocated so far)
 
-Sharded over N devices (PyTorch FSDP2, DeepSpeed ZeRO-3), weights, gradients and optimizer state are divided by N,
+Sharded over N devices (PyTorch FSDP2, DeepSpeed ZeRO-3), weights, gradients, optimizer state and the optimizer
+step's temporaries (the foreach kernels' on a GPU) are divided by N,
 activations are those of the per-device batch, and the largest layer is gathered whole while it runs, with its
 whole gradient before it is scattered: ``+ 2 x largest layer's weights`` (DeepSpeed's
 ``estimate_zero3_model_states_mem_needs`` has the same term: ``4 x largest_layer_params`` bytes in fp16).
@@ -95,13 +96,19 @@ def _resident_bytes(training: TrainingCapture, shard: int) -> int:
             + training.input_bytes + gathered)
 
 
+def _sharded(event: MemoryEvent) -> bool:
+    """Each device holds its shard of every gradient, and its optimizer step (the foreach or fused kernels'
+    temporaries included) runs over its shard of the parameters."""
+    return event.kind == MemoryKind.GRADIENT or event.phase == StepPhase.OPTIMIZER
+
+
 def live_bytes(training: TrainingCapture, shard: int = 1) -> list[int]:
-    """What the step has allocated beyond the resident bytes after each of its events (gradients divided over the
-    shards)."""
+    """What the step has allocated beyond the resident bytes after each of its events (gradients and the optimizer
+    step's temporaries divided over the shards)."""
     live, timeline = 0, []
     for event in _step_events(training):
         size = event.bytes
-        if event.kind == MemoryKind.GRADIENT:  # each device keeps its shard of every gradient
+        if _sharded(event):
             size = _ceil_div(size, shard) if size > 0 else -_ceil_div(-size, shard)
         live += size
         timeline.append(live)

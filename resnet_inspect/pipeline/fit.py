@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
 from resnet_inspect.analysis.step_timing import DEFAULT_OPTIMIZER
-from resnet_inspect.errors import BadInputError
+from resnet_inspect.errors import BadInputError, ForwardError
 from resnet_inspect.report.fit import FitReport, budget_source, size_text
 
 if TYPE_CHECKING:
@@ -47,6 +47,37 @@ def device_memory(device: str, memory_bytes: int | None) -> tuple[int, str]:
         return int(free), f"free memory of {device}"
     raise BadInputError(f"fit needs --memory on {device} (for example --memory 16GiB); only a CUDA device says "
                         "how much memory it has free")
+
+
+def fit_device(text: str, memory_bytes: int | None) -> str:
+    """The device whose kernels and memory are planned for. Every estimate runs on the meta device, so a CUDA
+    device (``cuda``, ``cuda:N``) may be planned for on a machine without one, given ``--memory``."""
+    from resnet_inspect.analysis.timing import available_devices, resolve_device
+
+    device = str(text).strip().lower()
+    cuda_here = any(name.startswith("cuda") for name in available_devices())
+    if device.split(":")[0] == "cuda" and not cuda_here:
+        if memory_bytes is None:
+            raise BadInputError(f"fit --device {device} on a machine without CUDA needs --memory (for example "
+                                "--memory 80GiB): the device's memory cannot be read here")
+        if device == "cuda" or device.removeprefix("cuda:").isdigit():
+            return device
+    return resolve_device(device)
+
+
+def first_batch(estimate: InferenceEstimate | TrainingEstimate, train: bool) -> tuple[int, str | None]:
+    """Where the search starts: batch 1, or 2 when the model cannot run at batch 1 and can at 2 (batch norm
+    in training needs more than one value per channel, as after global pooling), with a note that says so."""
+    try:
+        estimate(1)
+    except ForwardError as error:
+        try:
+            estimate(2)
+        except ForwardError:
+            raise error from None
+        what = "a training step" if train else "a forward pass"
+        return 2, f"{what} cannot run at batch size 1 ({error}): the search starts at batch size 2"
+    return 1, None
 
 
 class InferenceEstimate:
@@ -117,8 +148,9 @@ class TrainingEstimate:
         """What the peak holds: what is resident through the step, and what the step itself had allocated."""
         step = self.memory(batch_size)
         assert step.peak_bytes is not None
-        resident = (("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
-                    ("buffers", step.buffer_bytes), ("input", step.input_bytes))
+        resident: tuple[tuple[str, int], ...] = (
+            ("weights", step.weights_bytes), ("optimizer state", step.optimizer_state_bytes),
+            ("buffers", step.buffer_bytes), ("input", step.input_bytes))
         if step.gathered_bytes:
             resident += (("largest layer gathered", step.gathered_bytes),)
         allocated = step.peak_bytes - sum(size for _part, size in resident)
@@ -150,7 +182,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass."""
     from resnet_inspect.analysis.memory import gib
-    from resnet_inspect.analysis.timing import DTYPES, resolve_device
+    from resnet_inspect.analysis.timing import DTYPES
     from resnet_inspect.capture.loader import load_model
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
@@ -160,7 +192,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                             "--train" if checkpoint is not None else "--batch-size applies to --checkpoint")
     if batch_size is not None and checkpoint is None:
         raise BadInputError("--batch-size applies to --checkpoint (the least recompute that fits that batch)")
-    device = resolve_device(device)
+    device = fit_device(device, memory_bytes)
     if dtype not in DTYPES:  # the estimate runs on the meta device: any device's dtype can be estimated
         raise BadInputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     memory, source = device_memory(device, memory_bytes)
@@ -190,13 +222,14 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         assert isinstance(estimate, TrainingEstimate)
         return _checkpoint_report(estimate, budget, checkpoint, batch_size, name, device, channels, size, dtype,
                                   amp, memory, source, reserve)
+    start, start_note = first_batch(estimate, train)
     try:
-        search = largest_batch(estimate, budget)
+        search = largest_batch(estimate, budget, first_batch=start)
     except DoesNotFitError as error:
         what = "a training step" if train else "an inference pass"
         lower = "lower --input-size" + (", use --amp, --optimizer sgd or --shard" if train else "")
         raise DoesNotFitError(
-            f"{name} does not fit: {what} at batch size 1 and input {'x'.join(map(str, size))} needs about "
+            f"{name} does not fit: {what} at batch size {start} and input {'x'.join(map(str, size))} needs about "
             f"{size_text(error.peak_bytes)}, more than the budget of {size_text(budget)} "
             f"({budget_source(source, memory, reserve)}): {lower}", error.peak_bytes,
         ) from error
@@ -205,7 +238,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
         optimizer=(optimizer or DEFAULT_OPTIMIZER) if train else None, dtype=dtype, amp=amp if train else None,
         shard=shard or 1, memory_bytes=memory, memory_source=source, reserve_bytes=reserve, search=search,
         breakdown=estimate.breakdown(search.batch_size), peak_at=estimate.peak_at(search.batch_size),
-        step=estimate.details(search.batch_size),
+        step=estimate.details(search.batch_size), first_batch_note=start_note,
     )
 
 

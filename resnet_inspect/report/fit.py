@@ -47,6 +47,7 @@ class FitReport(ReportView):
     breakdown: tuple[tuple[str, int], ...]  # what the peak at the answer holds, by part (bytes)
     peak_at: str | None = None  # where the peak falls in the step (which layer's backward), when known
     step: dict[str, Any] | None = None  # train: the step's memory at the answer, as `summary --train` has it
+    first_batch_note: str | None = None  # why the search starts above batch 1 (a step cannot run there)
     checkpoint: CheckpointPlan | None = None  # --checkpoint: the modules to checkpoint and what they cost
 
     @property
@@ -84,6 +85,7 @@ class FitReport(ReportView):
                 "method": search.method.value, "passes": search.passes, "affine": search.affine,
                 "fixed_bytes": search.fixed_bytes, "bytes_per_sample": search.bytes_per_sample,
                 "next_estimated": search.next_estimated, "limited": search.limited,
+                "first_batch": search.first_batch, "first_batch_note": self.first_batch_note,
             },
         }
 
@@ -116,7 +118,7 @@ class FitReport(ReportView):
 
     def _notes(self) -> list[str]:
         search = self.search
-        notes = []
+        notes = [self.first_batch_note] if self.first_batch_note else []
         if self.peak_at:
             notes.append(f"the peak falls in {self.peak_at}")
         line = f"{size_text(search.fixed_bytes)} + {size_text(search.bytes_per_sample)} per sample"
@@ -125,7 +127,8 @@ class FitReport(ReportView):
             notes.append(f"memory is affine in the batch size near the answer ({line}), {confirmed}: "
                          f"{search.passes} meta passes")
         else:
-            off = "off the line of batches 1 and 2 (a batch-dependent branch?)" if search.affine is False else \
+            pair = f"{search.first_batch} and {search.first_batch + 1}"
+            off = f"off the line of batches {pair} (a batch-dependent branch?)" if search.affine is False else \
                 "not growing with the batch"
             notes.append(f"memory is not affine in the batch size: the estimate was {off}; bisection took "
                          f"{search.passes} meta passes")

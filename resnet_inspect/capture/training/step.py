@@ -46,6 +46,7 @@ class _Step:
     ledger: StorageLedger
     optimizer_state: dict[int, list[Any]] = field(default_factory=dict)
     kinds: dict[int, MemoryKind] = field(default_factory=dict)  # allocation number -> kind, when not activation
+    held: list[Any] = field(default_factory=list)  # what the loop holds until the step ends: output, losses
     backward_error: str | None = None
 
     @property
@@ -95,7 +96,8 @@ def _prepare(model: nn.Module, inputs: ModelInputs, options: TrainOptions) -> _S
 
 def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage], list[Any]]:
     """The instrumented train-mode forward: its capture, the saved activations alive at its end, and the losses
-    (one sum per floating output that needs a gradient); the output itself is dropped here."""
+    (one sum per floating output that needs a gradient). The output is held to the end of the step, as a
+    training loop's ``output = model(x)`` holds it through ``loss.backward()`` and the optimizer step."""
     import torch
 
     recorder, ledger = step.recorder, step.ledger
@@ -115,12 +117,13 @@ def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage],
     recorder.current_call = ((), {})
     kept = ledger.kept()
     losses = [t.sum() for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
+    step.held += [output, losses]
     return capture, kept, losses
 
 
 def _backward(step: _Step, losses: list[Any]) -> None:
-    """Autograd's backward from ``losses`` (consumed: the list is emptied); marks the gradients it leaves, or
-    records why it could not run on meta."""
+    """Autograd's backward from ``losses``; marks the gradients it leaves, or records why it could not run on
+    meta."""
     import torch
 
     ledger = step.ledger
@@ -132,7 +135,6 @@ def _backward(step: _Step, losses: list[Any]) -> None:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             step.backward_error = (f"the backward pass cannot run on the meta device (at {ledger.layer}: {reason}); "
                                    "its memory is not estimated")
-        losses.clear()
     gradients = [p.grad for p in step.trainable if p.grad is not None]
     step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
 
@@ -246,7 +248,9 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         capture, kept, losses = _forward(step, model_name)
         checkpoints.backward = True
         _backward(step, losses)
+        del losses
         _optimizer(step)
+        step.held.clear()  # the step ends: the loop lets its output go
     return replace(_assemble(step, checkpoints.differentiated(capture), kept),
                    recomputed_nodes=checkpoints.recomputed_nodes())
 
