@@ -370,8 +370,13 @@ def time_model(model: nn.Module | str, batch_sizes: int | Sequence[int] = 1, inp
 def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any = None, *, train: bool = False,
         optimizer: str | None = None, dtype: Any = "float32", amp: str | None = None, shard: int | None = None,
         reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
-        num_classes: int | None = None, model_name: str | None = None, shard_units: str | None = None) -> FitReport:
+        num_classes: int | None = None, model_name: str | None = None, shard_units: str | None = None,
+        checkpoint: str | Sequence[str] | None = None, batch_size: int | None = None) -> FitReport:
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
+
+    ``checkpoint="auto"`` (with ``train=True``) plans activation checkpointing: the blocks to checkpoint for the
+    largest batch at the least recompute, or, with ``batch_size``, the least recompute that fits that batch;
+    a list of module names checkpoints those. The plan is ``report.checkpoint`` (docs/training.md).
 
     ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
     defaults to the free memory of a CUDA ``device``, ``reserve`` to 5% of ``memory`` (plus 512 MiB on a GPU).
@@ -391,7 +396,9 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
     return fit_report(model, memory_bytes, _spatial(input_size, model), train=train, optimizer=optimizer,
                       dtype=dtype_name(dtype, Caller.api) or "float32", amp=amp, shard=shard,
                       reserve_bytes=reserve_bytes, device=device, in_channels=in_channels, num_classes=num_classes,
-                      model_name=model_name, caller=Caller.api, shard_units=shard_units)
+                      model_name=model_name, caller=Caller.api, shard_units=shard_units,
+                      checkpoint=checkpoint if checkpoint is None or isinstance(checkpoint, str) else tuple(checkpoint),
+                      batch_size=batch_size)
 
 
 __all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",

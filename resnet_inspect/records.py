@@ -240,3 +240,4 @@ class TrainingCapture:
     events: tuple[MemoryEvent, ...]  # the step's allocations and releases
     backward_error: str | None = None  # why the backward could not run on meta (then no step memory)
     parameters: tuple[ParameterRecord, ...] = ()  # each parameter once, with the module that owns it
+    recomputed_nodes: tuple[int, ...] = ()  # capture node ids activation checkpointing ran again in the backward

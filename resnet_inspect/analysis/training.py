@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from resnet_inspect.analysis.counting import enclosing_records
+from resnet_inspect.analysis.counting import enclosing_records, node_macs
 from resnet_inspect.analysis.sharding import (
     DEFAULT_UNITS,
     ShardPlan,
@@ -201,6 +201,7 @@ class TrainingCounts:
 
     node_backward_macs: dict[int, int]
     layer_backward_macs: dict[int, int]  # LayerRecord index of the training capture -> MACs
+    layer_recompute_macs: dict[int, int]  # the forward MACs activation checkpointing runs again in the backward
     layer_saved_bytes: dict[int, int]
     layer_grad_bytes: dict[int, int]
     backward_macs: int
@@ -209,6 +210,7 @@ class TrainingCounts:
     saved_tensors: int
     grad_bytes: int
     memory: StepMemory
+    recompute_macs: int = 0  # forward operations run again in the backward (activation checkpointing)
 
 
 def _inclusive(capture: Capture, own: dict[int, int]) -> dict[int, int]:
@@ -233,8 +235,17 @@ def training_counts(training: TrainingCapture, shard: int = 1, units: str = DEFA
         if record is not None:
             own_macs[record] = own_macs.get(record, 0) + macs
     total = sum(macs_by_node.values())
+    own_recompute: dict[int, int] = {}
+    recompute_total = 0
+    for node_id in training.recomputed_nodes:  # a checkpointed region's operations, once per recomputation
+        macs = node_macs(capture.nodes[node_id])
+        recompute_total += macs
+        record = enclosing[node_id]
+        if record is not None:
+            own_recompute[record] = own_recompute.get(record, 0) + macs
     return TrainingCounts(
         node_backward_macs=macs_by_node, layer_backward_macs=_inclusive(capture, own_macs),
+        layer_recompute_macs=_inclusive(capture, own_recompute), recompute_macs=recompute_total,
         layer_saved_bytes=_inclusive(capture, training.layer_saved_bytes),
         layer_grad_bytes=dict(training.layer_grad_bytes), backward_macs=total, backward_flops=2 * total,
         saved_bytes=training.saved_bytes, saved_tensors=training.saved_tensors,

@@ -43,6 +43,13 @@ ShardUnitsOption = typer.Option(None, "--shard-units", show_default=False,
 DeviceOption = typer.Option("cpu", "--device", help="The device to fit: cpu, cuda, cuda:N or mps.")
 
 
+CheckpointOption = typer.Option(
+    None, "--checkpoint", help="With --train: 'auto' plans activation checkpointing (the blocks to checkpoint for "
+    "the largest batch at the least recompute), or the module names to checkpoint, joined by commas.")
+BatchOption = typer.Option(None, "--batch-size", "-b", min=1,
+                           help="With --checkpoint auto: the batch to fit, at the least recompute.")
+
+
 def fit_command(
     model: str = ModelArgument,
     memory: str | None = MemoryOption,
@@ -59,6 +66,8 @@ def fit_command(
     num_classes: int | None = ClassesOption,
     fmt: OutputFormat = FormatOption,
     output: Path | None = OutputOption,
+    checkpoint: str | None = CheckpointOption,
+    batch_size: int | None = BatchOption,
 ) -> None:
     """The largest batch size whose estimated peak memory fits --memory, and what the peak holds at that batch.
 
@@ -72,5 +81,6 @@ def fit_command(
         report = fit_report(model, budget_bytes(memory, "memory", Caller.cli), resolve_size(model, input_size),
                             train=train, optimizer=optimizer, dtype=dtype.value, amp=amp, shard=shard,
                             reserve_bytes=budget_bytes(reserve, "reserve", Caller.cli, allow_zero=True),
-                            device=device, in_channels=in_channels, num_classes=num_classes, shard_units=shard_units)
+                            device=device, in_channels=in_channels, num_classes=num_classes, shard_units=shard_units,
+                            checkpoint=checkpoint, batch_size=batch_size)
         emit(report, fmt, output)

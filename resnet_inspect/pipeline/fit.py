@@ -207,7 +207,8 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                shard: int | None = None, reserve_bytes: int | None = None, device: str = "cpu",
                in_channels: int | None = None, num_classes: int | None = None,
                model_name: str | None = None, caller: Caller = Caller.cli,
-               shard_units: str | None = None) -> FitReport:
+               shard_units: str | None = None, checkpoint: str | tuple[str, ...] | None = None,
+               batch_size: int | None = None) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass, except for an inference
@@ -218,6 +219,12 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     dtype = dtype_name(dtype, caller) or "float32"  # the estimate runs on meta: any device's dtype can be estimated
     request = TrainRequest(train, optimizer, amp, shard, dtype, shard_units)
     options = train_options(request, device_name(device, caller), caller)
+    if checkpoint is not None and not train:
+        raise BadInputError(f"{caller.spell('checkpoint')} plans activation checkpointing of a training step: "
+                            f"{caller.needs_train()}")
+    if batch_size is not None and checkpoint is None:
+        raise BadInputError(f"{caller.spell('batch_size')} applies to {caller.spell('checkpoint')} (the least "
+                            "recompute that fits that batch)")
     device = fit_device(device, memory_bytes, caller)
     memory, source = device_memory(device, memory_bytes, caller)
     reserve = default_reserve_bytes(device, memory) if reserve_bytes is None else reserve_bytes
@@ -239,6 +246,10 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
 
         estimate = InferenceEstimate(structural_copy(model, "meta").to(getattr(torch, dtype)), size, channels)
     budget = memory - reserve
+    if checkpoint is not None:
+        assert isinstance(estimate, TrainingEstimate)
+        return _checkpoint_report(estimate, budget, checkpoint, batch_size, name, device, channels, size, dtype,
+                                  amp, memory, source, reserve)
     start, start_note = first_batch(estimate, train)
     try:
         search = largest_batch(estimate, budget, first_batch=start)
@@ -268,6 +279,27 @@ def _advice(peak_bytes: int, memory_bytes: int, train: bool, caller: Caller) -> 
                 "reserve)")
     steps = f", use {caller.spell('amp')}, {caller.spell('optimizer')} sgd or {caller.spell('shard')}" if train else ""
     return f"lower {caller.spell('input_size')}{steps}"
+
+
+def _checkpoint_report(estimate: TrainingEstimate, budget: int, checkpoint: str | tuple[str, ...],
+                       batch_size: int | None, name: str, device: str, channels: int, size: tuple[int, ...],
+                       dtype: str, amp: str | None, memory: int, source: str, reserve: int) -> FitReport:
+    """`fit --train --checkpoint`: the plan (pipeline/checkpoint_plan.py) and the step's breakdown at its batch."""
+    from resnet_inspect.analysis.fit import FitSearch, SearchMethod
+    from resnet_inspect.pipeline.checkpoint_plan import checkpoint_plan
+
+    plan, planned = checkpoint_plan(estimate.model, size, channels, estimate.options, budget, checkpoint,
+                                    batch_size, estimate.shard)
+    step = TrainingEstimate(estimate.model, size, channels, estimate.options, estimate.shard, estimate.shard_units)
+    step.steps = {plan.batch_size: planned}
+    search = FitSearch(plan.batch_size, plan.peak_bytes, None, False, len(plan.curve), SearchMethod.line, None,
+                       plan.peak_bytes, 0, limited=False)
+    return FitReport(
+        model=name, device=device, input_shape=(channels, *size), train=True, optimizer=estimate.options.optimizer,
+        dtype=dtype, amp=amp, shard=estimate.shard, memory_bytes=memory, memory_source=source,
+        reserve_bytes=reserve, search=search, breakdown=step.breakdown(plan.batch_size),
+        peak_at=step.peak_at(plan.batch_size), step=step.details(plan.batch_size), checkpoint=plan,
+    )
 
 
 __all__ = ["budget_bytes", "default_reserve_bytes", "fit_report"]

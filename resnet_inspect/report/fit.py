@@ -11,6 +11,7 @@ from resnet_inspect.schemas import SCHEMA_VERSION
 from resnet_inspect.units import bytes_text
 
 if TYPE_CHECKING:
+    from resnet_inspect.analysis.checkpoint_plan import CheckpointPlan
     from resnet_inspect.analysis.fit import FitSearch
 
 
@@ -45,6 +46,7 @@ class FitReport(ReportView):
     step: dict[str, Any] | None = None  # train: the step's memory at the answer, as `summary --train` has it
     first_batch_note: str | None = None  # why the search starts above batch 1 (a step cannot run there)
     real_passes: int = 0  # of the search's passes, those run on real CPU tensors (the forward reads tensor values)
+    checkpoint: CheckpointPlan | None = None  # --checkpoint: the modules to checkpoint and what they cost
 
     @property
     def budget_bytes(self) -> int:
@@ -76,6 +78,7 @@ class FitReport(ReportView):
             "breakdown": dict(self.breakdown),
             "peak_at": self.peak_at,
             "step": self.step,
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_dict(),
             "search": {
                 "method": search.method.value, "passes": search.passes, "real_passes": self.real_passes,
                 "affine": search.affine,
@@ -139,7 +142,23 @@ class FitReport(ReportView):
                          f"{self._passes()}")
         if search.limited:
             notes.append(f"every batch size up to {search.batch_size} fits: the search stops there")
+        if self.checkpoint is not None:
+            return notes[:1] + checkpoint_notes(self.checkpoint)
         return notes
 
 
-__all__ = ["PEAK_DECIMALS", "FitReport", "budget_source"]
+def checkpoint_notes(plan: CheckpointPlan) -> list[str]:
+    """The plan in lines: its modules, the baseline, the recompute and its share, the curve, the Python."""
+    notes = [f"activation checkpointing: {len(plan.modules)} of {len(plan.candidates)} blocks: "
+             + (", ".join(plan.modules) or "none needed")]
+    if plan.baseline_batch_size is not None:
+        notes.append(f"without checkpointing the largest batch is {plan.baseline_batch_size}")
+    notes.append(f"recomputed in the backward: {plan.recompute_macs:,} MACs, {100 * plan.recompute_share:.1f}% of "
+                 f"the step's {plan.step_macs:,}")
+    notes.append("peak by blocks checkpointed (at this batch): " + "; ".join(
+        f"{point.blocks}: {bytes_text(point.peak_bytes)}, {point.recompute_macs:,} MACs" for point in plan.curve))
+    notes.append("apply it:\n" + plan.python())
+    return notes
+
+
+__all__ = ["PEAK_DECIMALS", "FitReport", "budget_source", "checkpoint_notes"]

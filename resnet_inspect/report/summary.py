@@ -217,6 +217,13 @@ class SummaryReport(SummaryView):
         return (training.layer_backward_macs.get(index, 0), training.layer_saved_bytes.get(index, 0),
                 training.layer_grad_bytes.get(index, 0))
 
+    def _recompute_value(self, layer: LayerRecord) -> int | None:
+        """The forward MACs activation checkpointing runs again in the backward, None without --train."""
+        index = self._train_layers.get(layer.index)
+        if self.training is None or index is None:
+            return None
+        return self.training.layer_recompute_macs.get(index, 0)
+
     @property
     def failed(self) -> int:
         return sum(not item.check.ok for item in self.checks)
@@ -251,6 +258,7 @@ class SummaryReport(SummaryView):
             if self.layer_times_ms is not None:
                 entry["time_ms"] = self.layer_times_ms.get(layer.name)
             entry["backward_macs"], entry["saved_bytes"], entry["grad_bytes"] = self._train_values(layer)
+            entry["recompute_macs"] = self._recompute_value(layer)
             layers.append(entry)
         return {
             "schema_version": SCHEMA_VERSION,
@@ -285,10 +293,12 @@ class SummaryReport(SummaryView):
 
     def _training_totals(self) -> dict[str, Any]:
         training = self.training
-        keys = ("backward_macs", "backward_flops", "saved_bytes", "saved_tensors", "grad_bytes", "train_peak_bytes")
+        keys = ("backward_macs", "backward_flops", "saved_bytes", "saved_tensors", "grad_bytes", "train_peak_bytes",
+                "recompute_macs")
         if training is None:
             return dict.fromkeys(keys)
         return {"backward_macs": training.backward_macs, "backward_flops": training.backward_flops,
+                "recompute_macs": training.recompute_macs,
                 "saved_bytes": training.saved_bytes, "saved_tensors": training.saved_tensors,
                 "grad_bytes": training.grad_bytes, "train_peak_bytes": training.memory.peak_bytes}
 
@@ -398,7 +408,9 @@ class SummaryReport(SummaryView):
         lines = [
             f"training ({memory.optimizer}, {precision}): backward MACs {training.backward_macs:,} "
             f"({training.backward_macs / 1e9:.3f} G)   forward + backward MACs "
-            f"{self.counts.macs + training.backward_macs:,}",
+            f"{self.counts.macs + training.backward_macs:,}" + (
+                f"   recomputed (activation checkpointing) MACs {training.recompute_macs:,}"
+                if training.recompute_macs else ""),
             f"saved for backward: {bytes_text(training.saved_bytes)} of activations   gradients: "
             f"{bytes_text(training.grad_bytes)}   optimizer state: {bytes_text(memory.optimizer_state_bytes)}",
         ]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from resnet_inspect.capture.checkpointing import CheckpointTracer
 from resnet_inspect.capture.trace import (
     ModelInputs,
     assemble_capture,
@@ -167,6 +168,8 @@ def _backward_labels(working: Any, ledger: StorageLedger) -> Iterator[None]:
 
     def post_hook(name: str) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
+            if ledger.phase != StepPhase.FORWARD:  # a checkpointed region run again: its nodes must not be held
+                return
             for tensor in tensors_in(output):
                 node: Any = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
                 if node is not None and _LABEL not in node.metadata:
@@ -255,13 +258,17 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     """One training step of a meta copy of ``model`` on ``inputs``: what the forward saves, the requires-grad
     flags of every operation, and every allocation and release of the step (see the package's docstring)."""
     step = _prepare(model, inputs, options)
-    with tracking_mode(step.ledger, fast_meta(options.device)), _backward_labels(step.working, step.ledger):
+    checkpoints = CheckpointTracer(step.working, step.recorder, lambda: step.ledger.count, step.ledger.number_of)
+    with tracking_mode(step.ledger, fast_meta(options.device)), _backward_labels(step.working, step.ledger), \
+            checkpoints.patched():
         capture, kept, losses = _forward(step, model_name)
+        checkpoints.backward = True
         _backward(step, losses)
         del losses
         _optimizer(step)
         step.held.clear()  # the step ends: the loop lets its output go
-    return _assemble(step, capture, kept)
+    return replace(_assemble(step, checkpoints.differentiated(capture), kept),
+                   recomputed_nodes=checkpoints.recomputed_nodes())
 
 
 __all__ = ["run_training_pass"]

@@ -1,0 +1,161 @@
+"""`fit --train --checkpoint`: the blocks to checkpoint for the largest batch (or a given batch) at least recompute.
+
+One training pass without checkpointing ranks the blocks (``analysis.checkpoint_plan``). Every plan the search
+looks at (a prefix of that ranking, or the modules named) is then applied for real to a meta copy of the model
+with torch's own ``apply_activation_checkpointing`` and estimated by a training pass, so the answer's peak and
+recompute MACs are those of the step as torch runs it, not of a model of it:
+
+- without a batch size: the largest batch with every block checkpointed (the least memory this plan family
+  reaches), then, at that batch, the shortest prefix that still fits (a bisection over the prefix length);
+- with a batch size: the shortest prefix that fits that batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from resnet_inspect.analysis.checkpoint_plan import CheckpointPlan, PlanPoint, rank_blocks, repeated_blocks
+from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
+from resnet_inspect.errors import BadInputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from resnet_inspect.capture.training import TrainOptions
+    from resnet_inspect.records import TrainingCapture
+
+AUTO = "auto"
+
+
+def checkpointed_copy(model: nn.Module, modules: tuple[str, ...]) -> nn.Module:
+    """A meta copy of ``model`` with ``modules`` wrapped by torch's ``apply_activation_checkpointing``
+    (``checkpoint_wrapper``, non-reentrant), as the plan's Python lines do."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    from resnet_inspect.capture.trace import structural_copy
+
+    working = structural_copy(model, "meta")
+    chosen = {id(module) for name, module in working.named_modules() if name in set(modules)}
+    if modules:
+        apply_activation_checkpointing(working, check_fn=lambda module: id(module) in chosen)
+    return working
+
+
+def check_modules(model: nn.Module, modules: tuple[str, ...]) -> None:
+    """Every name must be one of the model's modules (not the model itself): one line, exit 2, otherwise."""
+    names = {name for name, _ in model.named_modules() if name}
+    for name in modules:
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise BadInputError(f"--checkpoint: the model has no module named '{name}'{hint}")
+
+
+class _Planner:
+    """Training passes of plans, each kept: (modules, batch) -> the step."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
+                 shard: int) -> None:
+        self.model, self.input_size, self.in_channels = model, input_size, in_channels
+        self.options, self.shard = options, shard
+        self.steps: dict[tuple[tuple[str, ...], int], TrainingCapture] = {}
+
+    def step(self, modules: tuple[str, ...], batch_size: int) -> TrainingCapture:
+        from resnet_inspect.pipeline.build import training_capture
+
+        key = (modules, batch_size)
+        if key not in self.steps:
+            step = training_capture(checkpointed_copy(self.model, modules), self.input_size, batch_size,
+                                    self.in_channels, options=self.options)
+            if step.backward_error:
+                raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
+            self.steps[key] = step
+        return self.steps[key]
+
+    def timeline(self, modules: tuple[str, ...], batch_size: int) -> list[int]:
+        from resnet_inspect.analysis.training import step_timeline
+
+        return step_timeline(self.step(modules, batch_size), self.shard)
+
+    def point(self, modules: tuple[str, ...], batch_size: int) -> tuple[int, int, int]:
+        """(peak, recompute MACs, forward + backward + recompute MACs) of a plan at a batch size."""
+        from resnet_inspect.analysis.counting import count
+        from resnet_inspect.analysis.training import training_counts
+
+        step = self.step(modules, batch_size)
+        counts = training_counts(step, self.shard)
+        assert counts.memory.peak_bytes is not None
+        forward = count(step.capture).macs
+        return counts.memory.peak_bytes, counts.recompute_macs, forward + counts.backward_macs + counts.recompute_macs
+
+    def ranking(self) -> tuple[str, ...]:
+        """The blocks, ranked from one pass without checkpointing (batch 2, where batch norm trains)."""
+        from resnet_inspect.analysis.counting import count
+        from resnet_inspect.analysis.training import training_counts
+
+        step = self.step((), 2)
+        counts, forward = training_counts(step, self.shard), count(step.capture)
+        names = {layer.index: layer.name for layer in step.capture.layers}
+        saved: dict[str, int] = {}
+        macs: dict[str, int] = {}
+        for index, name in names.items():  # a module called twice: its first call
+            saved.setdefault(name, counts.layer_saved_bytes.get(index, 0))
+            macs.setdefault(name, forward.layer_macs.get(index, 0))
+        working = {layer.name for layer in step.capture.layers if layer.is_leaf and macs.get(layer.name, 0)}
+        return rank_blocks(repeated_blocks(step.capture.layers, working), saved, macs)
+
+
+def _shortest_prefix(planner: _Planner, ranked: tuple[str, ...], batch_size: int, budget: int) -> int:
+    """The fewest ranked blocks whose plan fits ``batch_size`` (peaks fall as blocks are added; all of them fit)."""
+
+    def fits(blocks: int) -> bool:
+        return max(planner.timeline(ranked[:blocks], batch_size)) <= budget
+
+    if fits(0):
+        return 0
+    low, high = 0, len(ranked)  # low does not fit, high does
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
+                    budget: int, checkpoint: str | tuple[str, ...] = AUTO, batch_size: int | None = None,
+                    shard: int = 1) -> tuple[CheckpointPlan, TrainingCapture]:
+    """The plan (see the module docstring) and its step; ``checkpoint`` is "auto", or the modules to checkpoint
+    (a tuple, or names joined by commas)."""
+    planner = _Planner(model, input_size, in_channels, options, shard)
+    if checkpoint != AUTO:
+        named = tuple(name.strip() for name in checkpoint.split(",")) if isinstance(checkpoint, str) else \
+            tuple(checkpoint)
+        check_modules(model, named)
+        ranked = named
+    else:
+        ranked = planner.ranking()
+    baseline = None
+    if batch_size is None:
+        try:
+            baseline = largest_batch(lambda batch: planner.timeline((), batch), budget).batch_size
+        except DoesNotFitError:
+            baseline = 0
+        batch_size = largest_batch(lambda batch: planner.timeline(ranked, batch), budget).batch_size
+    elif max(planner.timeline(ranked, batch_size)) > budget:
+        peak = max(planner.timeline(ranked, batch_size))
+        raise DoesNotFitError(f"batch size {batch_size} does not fit even with every candidate block checkpointed: "
+                              f"its step needs {peak} bytes, more than the budget of {budget}", peak)
+    chosen = len(ranked) if checkpoint != AUTO else _shortest_prefix(planner, ranked, batch_size, budget)
+    for blocks in {0, chosen, len(ranked)}:  # the curve's ends and the answer
+        planner.step(ranked[:blocks], batch_size)
+    curve = tuple(PlanPoint(len(modules), *planner.point(modules, batch)[:2])
+                  for (modules, batch) in sorted(planner.steps, key=lambda key: len(key[0]))
+                  if batch == batch_size and modules == ranked[:len(modules)])
+    peak, recompute, step_macs = planner.point(ranked[:chosen], batch_size)
+    plan = CheckpointPlan(modules=ranked[:chosen], candidates=ranked, batch_size=batch_size, peak_bytes=peak,
+                          recompute_macs=recompute, step_macs=step_macs, curve=curve, baseline_batch_size=baseline)
+    return plan, planner.step(ranked[:chosen], batch_size)
+
+
+__all__ = ["AUTO", "check_modules", "checkpoint_plan", "checkpointed_copy"]

@@ -1,0 +1,100 @@
+"""`fit --train --checkpoint auto`: a plan that fits, checked by applying its printed Python to the real model.
+
+The oracles: a real CPU step of the model with the printed lines applied (tests/oracle_memory.py) for the peak, and
+``FlopCounterMode`` on real checkpointed and plain steps for the recomputed forward.
+"""
+
+from __future__ import annotations
+
+import oracle_memory
+import pytest
+import torch
+from fixtures import checkpoint_models
+from oracle_torch import flop_counter_backward_macs
+from typer.testing import CliRunner
+
+import resnet_inspect
+from resnet_inspect.analysis.checkpoint_plan import repeated_blocks
+from resnet_inspect.analysis.counting import count
+from resnet_inspect.capture.trace import capture
+from resnet_inspect.cli.app import app
+from resnet_inspect.models import get_model
+
+runner = CliRunner()
+INPUT = 32
+
+
+def plain_peak(batch_size: int) -> int:
+    peak = resnet_inspect.training_memory("resnet20", INPUT, batch_size=batch_size).peak_bytes
+    assert peak is not None
+    return peak
+
+
+def test_the_blocks_of_resnet50_are_its_bottlenecks() -> None:
+    """The finest repeated modules that do at least two products: the 16 bottlenecks, not their conv-bn-act units
+    (one convolution each) nor the four stages (which hold blocks)."""
+    captured = capture(get_model("resnet50"), 64, 1)
+    macs = count(captured).layer_macs
+    working = {layer.name for layer in captured.layers if layer.is_leaf and macs.get(layer.index, 0)}
+    blocks = repeated_blocks(captured.layers, working)
+    assert blocks == tuple(f"encoder.layers.{stage}.blocks.{block}" for stage, depth in enumerate((3, 4, 6, 3))
+                           for block in range(depth))
+
+
+@pytest.fixture(scope="module")
+def auto_plan():  # -> (budget, FitReport)
+    budget = plain_peak(8)
+    return budget, resnet_inspect.fit("resnet20", budget, INPUT, train=True, reserve=0, checkpoint="auto")
+
+
+@pytest.mark.slow
+def test_auto_plan_reaches_a_larger_batch_than_without_checkpointing(auto_plan) -> None:
+    budget, report = auto_plan
+    plan = report.checkpoint
+    assert plan.baseline_batch_size == 8
+    assert report.batch_size == plan.batch_size > 8
+    assert plan.peak_bytes <= budget < plain_peak(plan.batch_size)
+    assert set(plan.modules) <= set(plan.candidates) and plan.modules
+    curve = {point.blocks: point for point in plan.curve}
+    assert curve[0].recompute_macs == 0 and curve[len(plan.modules)].peak_bytes == plan.peak_bytes
+    assert report.to_dict()["checkpoint"]["python"] == plan.python()
+
+
+@pytest.mark.slow
+def test_the_printed_plan_applied_for_real_fits_and_matches_the_estimate(auto_plan, monkeypatch) -> None:
+    budget, report = auto_plan
+    plan = report.checkpoint
+    monkeypatch.setenv("RESNET_INSPECT_TEST_PLAN", plan.python())
+    measured = oracle_memory.measure_step("tests/fixtures/checkpoint_models.py:resnet20_planned",
+                                          (plan.batch_size, 3, INPUT, INPUT), "adamw")
+    assert measured.peak_bytes <= budget * 1.03
+    assert plan.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
+
+
+@pytest.mark.slow
+def test_the_plans_recompute_macs_are_flop_counters_extra_forward(monkeypatch) -> None:
+    """At batch 2: the plan's recompute MACs are what FlopCounterMode counts after the forward of the real
+    checkpointed step beyond the plain step's (resnet20 has no grouped convolution to correct)."""
+    budget = plain_peak(2) - 1  # batch 2 needs some checkpointing
+    report = resnet_inspect.fit("resnet20", budget, INPUT, train=True, reserve=0, checkpoint="auto", batch_size=2)
+    plan = report.checkpoint
+    assert plan.batch_size == 2 and plan.modules and plan.peak_bytes <= budget
+    monkeypatch.setenv("RESNET_INSPECT_TEST_PLAN", plan.python())
+    torch.manual_seed(0)
+    example = torch.randn(2, 3, INPUT, INPUT)
+    _forward, planned = flop_counter_backward_macs(checkpoint_models.resnet20_planned(), example)
+    _forward, plain = flop_counter_backward_macs(get_model("resnet20"), example)
+    assert plan.recompute_macs == planned - plain > 0
+
+
+def test_naming_a_module_that_does_not_exist_is_one_line_and_exit_2() -> None:
+    result = runner.invoke(app, ["fit", "resnet20", "--train", "--memory", "1GiB", "--checkpoint",
+                                 "encoder.layers.0.blocks.9"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no module named 'encoder.layers.0.blocks.9'" in lines[0]
+
+
+def test_checkpoint_needs_train() -> None:
+    result = runner.invoke(app, ["fit", "resnet20", "--memory", "1GiB", "--checkpoint", "auto"])
+    assert result.exit_code == 2 and "add --train" in result.output
