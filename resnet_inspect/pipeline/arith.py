@@ -13,9 +13,9 @@ from resnet_inspect.ops.arithmetic import (
 from resnet_inspect.report.arith import ArithReport
 
 
-def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bool = False, ceil_mode: bool = False,  # noqa: C901 (being reworked with the pipeline)
-                 transposed: bool = False, output_padding: int = 0, solve: bool = False) -> ArithReport:
-    """Compute one axis of a convolution, pooling or transposed convolution."""
+def _check_arith_options(k: int, s: int, p: int, d: int, pool: bool, ceil_mode: bool, transposed: bool,
+                         output_padding: int) -> None:
+    """The options that only make sense together, and PyTorch's limits on them (BadInputError)."""
     if pool and transposed:
         raise BadInputError("--pool and --transposed cannot be combined")
     if ceil_mode and not pool:
@@ -26,6 +26,12 @@ def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bo
         raise BadInputError(f"output padding must be smaller than the stride or the dilation, got {output_padding}")
     if pool and 2 * p > k:
         raise BadInputError(f"pooling padding must be at most half the kernel size (PyTorch), got p={p}, k={k}")
+
+
+def arith_report(i: int, k: int, s: int = 1, p: int = 0, d: int = 1, *, pool: bool = False, ceil_mode: bool = False,
+                 transposed: bool = False, output_padding: int = 0, solve: bool = False) -> ArithReport:
+    """Compute one axis of a convolution, pooling or transposed convolution."""
+    _check_arith_options(k, s, p, d, pool, ceil_mode, transposed, output_padding)
     try:
         if transposed:
             layer, result = "transposed convolution", conv_transpose_output(i, k, s, p, d, output_padding)
