@@ -4,8 +4,8 @@ an oracle that never uses resnet-inspect's estimator.
 Every aten operation's outputs are seen through a dispatch mode; each storage is counted from then until nothing
 holds it (a weak-reference finaliser on the storage), so the live bytes are torch's own. Held before the step, and
 added to every reading: the parameters, buffers, the optimizer's state (after a warm-up step, its gradients set
-to None as ``zero_grad`` does) and the input. The step is ``loss = model(x).sum()``, ``loss.backward()``,
-``del loss``, ``optimizer.step()``.
+to None as ``zero_grad`` does) and the input. The step is a training loop's: ``output = model(x)``,
+``loss = output.sum()``, ``loss.backward()`` (the output and the loss held through it), ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class LiveStorages(TorchDispatchMode):
 @dataclass(frozen=True)
 class BackwardBounds:
     backward_start_bytes: int  # held when loss.backward() is called
-    backward_end_bytes: int  # held once it has returned and the loss is let go
+    backward_end_bytes: int  # held once it has returned (the loop still holds the output and the loss)
 
 
 def _storage_bytes(tensors: list[torch.Tensor]) -> int:
@@ -67,10 +67,11 @@ def backward_bounds(model: nn.Module, example: torch.Tensor, optimizer_name: str
     held = [*model.parameters(), *model.buffers(), *state, example]
     resident = _storage_bytes(held)
     with LiveStorages(held) as tracker:
-        loss = model(example).sum()
+        output = model(example)
+        loss = output.sum()
         start = resident + tracker.bytes()
         loss.backward()
-        del loss
         end = resident + tracker.bytes()
+        del output, loss
         optimizer.step()
     return BackwardBounds(start, end)

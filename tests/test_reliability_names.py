@@ -105,13 +105,13 @@ def test_one_line_keeps_the_text_of_a_message_that_starts_with_a_newline():
 
 
 def test_an_unexpected_error_keeps_its_text_and_the_debug_hint(tmp_path, monkeypatch):
-    from resnet_inspect.pipeline import build
+    from resnet_inspect.pipeline import summary
 
     def broken(*args, **kwargs):
         raise ArithmeticError("\nthe analysis broke\nin two lines")
 
     monkeypatch.delenv("RESNET_INSPECT_DEBUG", raising=False)
-    monkeypatch.setattr(build, "summary_from_capture", broken)
+    monkeypatch.setattr(summary, "summary_from_capture", broken)
     result = runner.invoke(app, ["summary", "resnet20"])
     assert result.exit_code == 2
     assert result.stderr == ("error: ArithmeticError: the analysis broke (set RESNET_INSPECT_DEBUG=1 for the "

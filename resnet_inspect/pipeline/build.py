@@ -94,8 +94,12 @@ def model_inputs(model: nn.Module, input_size: InputSize = (224, 224), batch_siz
 def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_size: int = 1,
                   in_channels: int | None = None, model_name: str = "", *,
                   input_shapes: Sequence[Sequence[int]] | None = None, input_data: Any = None,
-                  exact_checked_shapes: bool = False, device: str = "meta") -> Capture:
+                  exact_checked_shapes: bool = False, device: str = "meta",
+                  real_pass_advice: str | None = None) -> Capture:
     """The one instrumented forward pass every analysis reads (see ``model_inputs`` for the inputs).
+
+    A model that reads tensor values runs on real CPU tensors under the memory guard, whose refusal ends with
+    ``real_pass_advice`` (default: lower the input size or the batch size).
 
     On ``device="meta"`` (the default) nothing is allocated. Another device runs the pass for real on a copy of
     the model there, once the meta pass has shown that its peak memory fits.
@@ -119,7 +123,7 @@ def capture_model(model: nn.Module, input_size: InputSize = (224, 224), batch_si
     def run(channels: int | None) -> Capture:
         inputs = model_inputs(model, input_size, batch_size, channels, input_shapes=input_shapes,
                               input_data=input_data)
-        return capture_inputs(model, inputs, model_name, exact_checked_shapes, _real_pass_guard())
+        return capture_inputs(model, inputs, model_name, exact_checked_shapes, _real_pass_guard(real_pass_advice))
 
     return _planned(model, in_channels, input_shapes is not None or input_data is not None, run)
 
@@ -171,11 +175,11 @@ def training_capture(model: nn.Module, input_size: InputSize = (224, 224), batch
     return _planned(model, in_channels, input_shapes is not None or input_data is not None, run)
 
 
-def _real_pass_guard() -> Callable[[int, int, str], None]:
+def _real_pass_guard(advice: str | None = None) -> Callable[[int, int, str], None]:
     """The guard of the capture's fallback to real tensors (``analysis.memory.real_pass_guard``)."""
     from resnet_inspect.analysis.memory import real_pass_guard
 
-    return real_pass_guard()
+    return real_pass_guard() if advice is None else real_pass_guard(advice)
 
 
 def summary_from_capture(capture: Capture, *, model: nn.Module | None = None, fvcore: bool = False,

@@ -125,7 +125,8 @@ class InferenceEstimate:
         from resnet_inspect.pipeline.build import capture_model
 
         if batch_size not in self.counted:
-            captured = capture_model(self.model, self.input_size, batch_size, self.in_channels)
+            captured = capture_model(self.model, self.input_size, batch_size, self.in_channels,
+                                     real_pass_advice="lower --input-size or --memory")
             self.counted[batch_size] = captured, count(captured)
         return self.counted[batch_size]
 
