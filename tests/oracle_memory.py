@@ -74,7 +74,7 @@ def make_optimizer(name: str, parameters):  # -> torch.optim.Optimizer | None
     raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}")
 
 
-def _tensor_bytes(tensors) -> int:
+def tensor_bytes(tensors) -> int:
     storages = {}
     for tensor in tensors:
         storage = tensor.untyped_storage()
@@ -82,7 +82,7 @@ def _tensor_bytes(tensors) -> int:
     return sum(storages.values())
 
 
-def _state_tensors(optimizer) -> list:
+def state_tensors(optimizer) -> list:
     import torch
 
     if optimizer is None:
@@ -135,8 +135,8 @@ def measure_model(model, example, optimizer_name: str, amp: str | None = None, d
     model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters())
     _step(model, example, optimizer, amp, device)  # warm-up: the optimizer's state, the kernels' set-up
-    state_bytes = _tensor_bytes(_state_tensors(optimizer))
-    resident = _tensor_bytes([*model.parameters(), *model.buffers(), example, *_state_tensors(optimizer)])
+    state_bytes = tensor_bytes(state_tensors(optimizer))
+    resident = tensor_bytes([*model.parameters(), *model.buffers(), example, *state_tensors(optimizer)])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -206,9 +206,9 @@ def tracked_step(model, example, optimizer_name: str) -> MeasuredStep:
     model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters())
     _step(model, example, optimizer, None, "cpu")  # warm-up: the optimizer's state
-    state_bytes = _tensor_bytes(_state_tensors(optimizer))
-    held = [*model.parameters(), *model.buffers(), example, *_state_tensors(optimizer)]
-    resident = _tensor_bytes(held)
+    state_bytes = tensor_bytes(state_tensors(optimizer))
+    held = [*model.parameters(), *model.buffers(), example, *state_tensors(optimizer)]
+    resident = tensor_bytes(held)
     tracker = LiveStorages(held)
     with tracker.mode():
         _step(model, example, optimizer, None, "cpu")
