@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gc
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,6 +166,38 @@ def saved_for_backward(model: nn.Module, example: torch.Tensor, amp: torch.dtype
 
     others = set(held) - weights - inputs
     return SavedForBackward(total(others), total(weights & set(held)), total(inputs & set(held)), len(held))
+
+
+def retained_for_backward(model: nn.Module, example: torch.Tensor,
+                          loss: Callable[[Any], torch.Tensor] | None = None) -> SavedForBackward:
+    """What a real CPU train-mode forward still holds for the backward when the backward starts: the storages
+    ``saved_tensors_hooks`` saw, less those whose graph died with its outputs (a detached teacher's). The pack hook
+    keeps each saved tensor's data without its history, as autograd itself does, and a weak-reference finaliser on
+    each storage says whether anything still holds it; the output and the loss are held, as a training loop holds
+    them."""
+    import weakref
+
+    alive: dict[int, int] = {}  # data pointer -> bytes, while a saved storage lives
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in alive:
+            alive[storage.data_ptr()] = storage.nbytes()
+            weakref.finalize(storage, alive.pop, storage.data_ptr(), None)
+        return tensor.detach()
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = model(example)
+        held = loss(output) if loss is not None else None
+    gc.collect()
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    inputs = {example.untyped_storage().data_ptr()}
+    result = SavedForBackward(sum(size for key, size in alive.items() if key not in weights | inputs),
+                              sum(size for key, size in alive.items() if key in weights),
+                              sum(size for key, size in alive.items() if key in inputs), len(alive))
+    del output, held
+    return result
 
 
 def flop_counter_backward_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:

@@ -39,6 +39,8 @@ class _Region:
     recomputed: int = 0  # how many of the region's operations the backward ran again
     cached: list[int] = field(default_factory=list)  # positions whose result was no new storage (see _Reused)
     grads: list[tuple[bool, ...]] = field(default_factory=list)  # the recomputation's requires-grad flags
+    reached: set[int] = field(default_factory=set)  # the recorder's nodes autograd differentiated (by node id)
+    offset: int = 0  # the recorder's node id of the recomputation's first operation
 
 
 class CheckpointTracer:
@@ -110,6 +112,7 @@ class CheckpointTracer:
         ran = stopped is not None and self.allocations() > cached.allocations
         region.recomputed = len(nodes) + int(ran)
         region.grads = [node.grads for node in nodes]
+        region.reached, region.offset = recorder.reached, inputs  # filled as the reentrant backward runs
         region.cached = [node - inputs for node in cached.nodes]
         return result, stopped
 
@@ -159,7 +162,8 @@ class CheckpointTracer:
         for region in self.regions:
             if region.reentrant:
                 for position, grads in enumerate(region.grads[:max(region.end - region.start, 0)]):
-                    flags[region.start + position] = grads
+                    reached = region.offset + position in region.reached
+                    flags[region.start + position] = grads if reached else (False,) * len(grads)
         if not flags:
             return capture
         nodes = tuple(replace(node, grads=flags[node.id]) if node.id in flags else node for node in capture.nodes)

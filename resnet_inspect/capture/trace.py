@@ -101,6 +101,7 @@ class _Recorder:
     train: bool = False  # a training pass: torch's own kernels (autograd records them), requires-grad flags kept
     kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
     needs_values: bool = False  # an operation failed because the meta device holds no values (see ForwardError)
+    reached: set[int] = field(default_factory=set)  # a training pass: the nodes whose backward autograd ran
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -127,6 +128,8 @@ class _Recorder:
             op=op, attrs=attrs or {}, output_shapes=tuple(shape_of(t) for t in outputs), constant=constant,
             grads=grads,
         ))
+        if self.train:
+            self._follow_backward(node_id, outputs)
         made = self.constant_producers if constant else self.producers
         for tensor in outputs:
             made[id(tensor)] = node_id
@@ -135,6 +138,13 @@ class _Recorder:
             else:
                 self.alive.append(tensor)
         return node_id
+
+    def _follow_backward(self, node_id: int, outputs: list[Any]) -> None:
+        """Note ``node_id`` in ``reached`` when autograd runs the backward of what made its outputs. The hook holds
+        the set, never the node or a tensor, so a graph the loss does not reach dies with its outputs."""
+        functions = {id(fn): fn for fn in (getattr(t, "grad_fn", None) for t in outputs) if fn is not None}
+        for function in functions.values():
+            function.register_prehook(lambda _grads, reached=self.reached, node=node_id: reached.add(node))
 
     def produced_by(self, tensor: Any) -> int | None:
         """The node that made ``tensor``, constant ones included."""

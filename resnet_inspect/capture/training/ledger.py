@@ -98,8 +98,11 @@ class StorageLedger:
             self.saved_weights[key] = storage.nbytes()
         elif key in self.inputs:
             self.saved_inputs[key] = storage.nbytes()
-        elif key not in self.saved:
-            self.saved[key] = SavedStorage(self.number_of(tensor) or 0, storage.nbytes(), layer)
+        else:  # a storage saved before and since freed may lend its id to a new one: that one is saved anew
+            number = self.number_of(tensor) or 0
+            entry = self.saved.get(key)
+            if entry is None or entry.number != number:
+                self.saved[key] = SavedStorage(number, storage.nbytes(), layer)
 
     def kept(self) -> list[SavedStorage]:
         """The saved activations still alive now (the same allocation as when saved)."""

@@ -48,6 +48,7 @@ class _Step:
     kinds: dict[int, MemoryKind] = field(default_factory=dict)  # allocation number -> kind, when not activation
     held: list[Any] = field(default_factory=list)  # what the loop holds until the step ends: output, losses
     backward_error: str | None = None
+    graded: set[int] = field(default_factory=set)  # id() of the parameters the backward gave a gradient
 
     @property
     def trainable(self) -> list[Any]:
@@ -104,7 +105,10 @@ def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage],
 
     def pack(tensor: Any) -> Any:
         ledger.save(tensor, recorder.stack[-1].index if recorder.stack else None)
-        return tensor
+        # The same storage, without its autograd history: a node that saves its own output (relu, sigmoid) would
+        # otherwise hold that output's grad_fn, itself, in a cycle no collector breaks, and a graph the loss never
+        # reaches (a detached teacher's) would outlive its outputs.
+        return tensor.detach()
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
             instrumented_forward(step.working, recorder, step.placed):
@@ -136,6 +140,7 @@ def _backward(step: _Step, losses: list[Any]) -> None:
             step.backward_error = (f"the backward pass cannot run on the meta device (at {ledger.layer}: {reason}); "
                                    "its memory is not estimated")
     gradients = [p.grad for p in step.trainable if p.grad is not None]
+    step.graded = {id(p) for p in step.trainable if p.grad is not None}
     step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
 
 
@@ -234,13 +239,17 @@ def _assemble(step: _Step, capture: Capture, kept: list[SavedStorage]) -> Traini
     if step.backward_error is not None:  # what the backward would have made: a gradient per trainable parameter
         gradient_bytes = _bytes_of(step.trainable)
     modules = _modules_by_call(step)
+
+    def graded(parameter: Any) -> bool:  # without a backward, every trainable parameter would get one
+        return id(parameter) in step.graded if step.backward_error is None else parameter.requires_grad
+
     largest_layer, largest_bytes = _largest_layer(capture, modules)
     given = tensors_in(list(step.placed.args)) + tensors_in(step.placed.kwargs)
     return TrainingCapture(
         capture=capture, optimizer=step.options.optimizer, amp=step.options.amp, device=step.options.device,
         dtype=str(step.parameters[0].dtype).removeprefix("torch.") if step.parameters else capture.dtype,
         layer_saved_bytes=_layer_saved(kept),
-        layer_grad_bytes={index: _bytes_of(list({id(p): p for p in module.parameters() if p.requires_grad}.values()))
+        layer_grad_bytes={index: _bytes_of(list({id(p): p for p in module.parameters() if graded(p)}.values()))
                           for index, module in modules.items() if module is not None},
         saved_bytes=sum(entry.bytes for entry in kept),
         saved_tensors=len(kept) + len(ledger.saved_weights) + len(ledger.saved_inputs),
@@ -251,6 +260,16 @@ def _assemble(step: _Step, capture: Capture, kept: list[SavedStorage]) -> Traini
         largest_layer_bytes=largest_bytes, events=events, backward_error=step.backward_error,
         parameters=parameter_records(step.working),
     )
+
+
+def _reached_only(capture: Capture, reached: set[int], backward_ran: bool) -> Capture:
+    """``capture`` with no operation taking part in the backward unless autograd ran its backward: a graph the
+    loss does not reach (a detached teacher, an unused branch) has no backward, as in torch."""
+    if not backward_ran:
+        return capture
+    nodes = tuple(replace(node, grads=(False,) * len(node.grads)) if any(node.grads) and node.id not in reached
+                  else node for node in capture.nodes)
+    return replace(capture, nodes=nodes)
 
 
 def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptions, model_name: str = ""
@@ -267,6 +286,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
         del losses
         _optimizer(step)
         step.held.clear()  # the step ends: the loop lets its output go
+    capture = _reached_only(capture, step.recorder.reached, step.backward_error is None)
     return replace(_assemble(step, checkpoints.differentiated(capture), kept),
                    recomputed_nodes=checkpoints.recomputed_nodes())
 
