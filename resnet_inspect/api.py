@@ -8,7 +8,7 @@ what was expected.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from resnet_inspect.limits import DEFAULT_DEPTH, DEFAULT_OPTIMIZER, check_option, check_optional
@@ -115,7 +115,9 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
             depth: int | None = None, device: str | torch.device = "meta", dtype: Any = None,
             in_channels: int | None = None, num_classes: int | None = None, model_name: str | None = None,
             fvcore: bool = False, torchinfo: bool = False, train: bool = False, optimizer: str | None = None,
-            amp: str | None = None, shard: int | None = None, shard_units: str | None = None) -> SummaryReport:
+            amp: str | None = None, shard: int | None = None, shard_units: str | None = None,
+            loss: str | None = None, accumulate: int | None = None, step: Callable[..., Any] | str | None = None
+            ) -> SummaryReport:
     """Every layer of ``model``: shapes checked against convolution arithmetic, parameters, MACs, receptive field.
 
     ``input_size`` is a spatial size (``224``, ``(224, 320)``; with ``batch_size`` and ``in_channels``), a full
@@ -127,7 +129,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
     ``"cpu"`` or ``"cuda"`` runs the pass for real on a copy there, once its peak memory is known to fit.
     ``dtype`` analyses the model as if converted to it (parameters and input; default: its own).
     ``fvcore`` and ``torchinfo`` add those tools' counts beside ours. ``train`` adds what one training step
-    costs (see ``training_memory`` for ``optimizer``, ``amp``, ``shard`` and ``shard_units``, refused without it),
+    costs (see ``training_memory`` for ``optimizer``, ``amp``, ``shard``, ``shard_units``, ``loss``, ``accumulate``
+    and ``step``, refused without it),
     and the whole
     report then comes from that step's train-mode pass (a layer that runs only in training has its row): per
     layer ``backward_macs``,
@@ -141,7 +144,8 @@ def summary(model: nn.Module | str, input_size: Any = None, *, input_data: Any =
         ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
         batch_size=batch_size, depth=DEFAULT_DEPTH if depth is None else depth, device=device,
         run_on_device=str(device) != "meta", dtype=dtype, fvcore=fvcore, torchinfo=torchinfo,
-        train=TrainRequest(train, optimizer, amp, shard, shard_units=shard_units))
+        train=TrainRequest(train, optimizer, amp, shard, shard_units=shard_units, loss=loss, accumulate=accumulate,
+                           step=step))
     return summary_report(request, Caller.api)
 
 
@@ -154,7 +158,8 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
                     optimizer: str | None = None, dtype: Any = None, amp: str | None = None, shard: int | None = None,
                     device: str | torch.device = "cpu", in_channels: int | None = None,
                     num_classes: int | None = None,
-                    model_name: str | None = None, shard_units: str | None = None) -> StepMemory:
+                    model_name: str | None = None, shard_units: str | None = None, loss: str | None = None,
+                    accumulate: int | None = None, step: Callable[..., Any] | str | None = None) -> StepMemory:
     """The memory of one training step (forward, backward, optimizer step) of ``model``, estimated on the meta
     device (nothing is allocated, the model is not changed)::
 
@@ -167,25 +172,29 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
     converted); ``amp``: "bf16" or "fp16" (autocast, float32 weights and state). ``shard``: the number of devices
     of a fully sharded run (FSDP2): per-device figures, ``batch_size`` per device; ``shard_units``: the modules
     ``fully_shard`` is applied to before the model itself ("block", the default, "layer", module types or
-    names, comma-separated; see docs/training.md, "FSDP as it is wrapped"). ``device``: whose
+    names, comma-separated; see docs/training.md, "FSDP as it is wrapped"). ``loss``: what the step
+    backpropagates from the output, "sum" (the default), "cross-entropy" (against class indices) or "mse";
+    ``accumulate``: micro-batches of ``batch_size`` per optimizer step, their gradients accumulated. ``step``: your
+    own step instead, ``step(model, optimizer, *inputs)``, written as for real tensors (the loss, ``backward()``,
+    gradient clipping, accumulation, ``optimizer.step()`` and ``zero_grad()``; see docs/training.md, "Your own
+    step"). ``device``: whose
     kernels are modelled (the attention backend, the optimizer's implementation). ``to_dict()`` gives the JSON.
     """
     from resnet_inspect.pipeline.summary import step_memory_of
 
-    request = TrainRequest(True, optimizer, amp, shard, dtype, shard_units)
-    return step_memory_of(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
-                                            device, in_channels, num_classes, model_name, shard_units), request)
+    request = TrainRequest(True, optimizer, amp, shard, dtype, shard_units, loss, accumulate, step)
+    return step_memory_of(_training_capture(model, input_size, input_data, batch_size, request, device, in_channels,
+                                            num_classes, model_name), request)
 
 
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int,
-                      optimizer: str | None, dtype: Any, amp: str | None, shard: int | None, device: Any,
-                      in_channels: int | None, num_classes: int | None, model_name: str | None,
-                      shard_units: str | None = None) -> TrainingCapture:
+                      request: TrainRequest, device: Any, in_channels: int | None, num_classes: int | None,
+                      model_name: str | None) -> TrainingCapture:
     """One training step on the meta device, its options checked as ``summary``'s are."""
     from resnet_inspect.pipeline.summary import ModelRequest, training_step
 
     return training_step(ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
-                         batch_size, TrainRequest(True, optimizer, amp, shard, dtype, shard_units), device, Caller.api)
+                         batch_size, request, device, Caller.api)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,
@@ -371,7 +380,8 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
         optimizer: str | None = None, dtype: Any = "float32", amp: str | None = None, shard: int | None = None,
         reserve: int | str | None = None, device: str | torch.device = "cpu", in_channels: int | None = None,
         num_classes: int | None = None, model_name: str | None = None, shard_units: str | None = None,
-        checkpoint: str | Sequence[str] | None = None, batch_size: int | None = None) -> FitReport:
+        checkpoint: str | Sequence[str] | None = None, batch_size: int | None = None, loss: str | None = None,
+        accumulate: int | None = None, step: Callable[..., Any] | str | None = None) -> FitReport:
     """The largest batch size whose estimated peak memory fits ``memory`` less ``reserve``, with its breakdown.
 
     ``checkpoint="auto"`` (with ``train=True``) plans activation checkpointing: the blocks to checkpoint for the
@@ -380,7 +390,8 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
 
     ``memory`` and ``reserve`` are bytes or sizes as the CLI takes them (``"24GiB"``, ``"512MiB"``); ``memory``
     defaults to the free memory of a CUDA ``device``, ``reserve`` to 5% of ``memory`` (plus 512 MiB on a GPU).
-    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard``, ``shard_units`` as for
+    ``train=True`` fits a training step (``optimizer``, ``amp``, ``shard``, ``shard_units``, ``loss``,
+    ``accumulate`` and ``step`` as for
     ``summary(train=True)``);
     otherwise an inference forward pass. Nothing is allocated: each estimate is a meta pass, three for most
     networks. Not even batch 1 fitting raises ``DoesNotFitError``.
@@ -398,7 +409,7 @@ def fit(model: nn.Module | str, memory: int | str | None = None, input_size: Any
                       reserve_bytes=reserve_bytes, device=device, in_channels=in_channels, num_classes=num_classes,
                       model_name=model_name, caller=Caller.api, shard_units=shard_units,
                       checkpoint=checkpoint if checkpoint is None or isinstance(checkpoint, str) else tuple(checkpoint),
-                      batch_size=batch_size)
+                      batch_size=batch_size, loss=loss, accumulate=accumulate, step=step)
 
 
 __all__ = ["compare", "fit", "inspect", "parse_input", "receptive_field", "summary", "time_model",

@@ -23,6 +23,8 @@ MAX_THREADS = 4096
 # nothing heavy, so `resnet-inspect --help` stays fast).
 OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")  # of a training step: torch.optim's
 DEFAULT_OPTIMIZER = "adamw"
+LOSSES = ("sum", "cross-entropy", "mse")  # --loss: what the built-in step backpropagates from the output
+DEFAULT_LOSS = "sum"
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # --amp: autocast to this dtype
 DTYPES = ("float32", "bfloat16", "float16")  # what --dtype converts a model to
 DEFAULT_SHARD_UNITS = "block"  # --shard-units: fully_shard on each residual block, then the model
@@ -62,6 +64,7 @@ LIMITS: dict[str, Limit] = {
     "threads": Limit(1, MAX_THREADS),
     "erf_samples": Limit(1, MAX_ERF_SAMPLES),
     "shard": Limit(1, MAX_COUNT),
+    "accumulate": Limit(1, MAX_COUNT),
 }
 
 
@@ -79,11 +82,13 @@ def check_optional(option: str, value: Any, name: str | None = None) -> int | No
 __all__ = [
     "AMP_DTYPES",
     "DEFAULT_DEPTH",
+    "DEFAULT_LOSS",
     "DEFAULT_OPTIMIZER",
     "DEFAULT_SHARD_UNITS",
     "DTYPES",
     "GPU_RESERVE_FIXED_BYTES",
     "LIMITS",
+    "LOSSES",
     "MAX_COUNT",
     "MAX_ERF_SAMPLES",
     "MAX_INPUT_SIZE",

@@ -44,3 +44,18 @@ def backward_bounds(model: nn.Module, example: torch.Tensor, optimizer_name: str
         if optimizer is not None:
             optimizer.step()
     return BackwardBounds(start, end)
+
+
+def live_step_peak(model: nn.Module, example: torch.Tensor, optimizer_name: str, step) -> int:
+    """The most a real CPU step holds at once, by the live-storage tracker: ``step(model, optimizer, example)``
+    run once to warm up (the optimizer's state), then again under the tracker. Held before it and added: the
+    parameters, buffers, the optimizer's state, the input, and the tensors the warm-up left the step holding
+    (a loss's target kept in a closure, as a data loader's batch is)."""
+    model.train()
+    optimizer = make_optimizer(optimizer_name, model.parameters())
+    step(model, optimizer, example)
+    held = [*model.parameters(), *model.buffers(), *state_tensors(optimizer), example]
+    tracker = LiveStorages(held)
+    with tracker.mode():
+        step(model, optimizer, example)
+    return tensor_bytes(held) + tracker.peak_bytes

@@ -11,8 +11,9 @@ gradients are set to None as ``optimizer.zero_grad()`` does; the peak resident s
 
 On a GPU (``device="cuda"``) it is ``torch.cuda.max_memory_allocated()`` over the second step, in the same process.
 
-The loss is the sum of the model's output, so its gradient is a broadcast scalar that holds no memory of its own:
-what a step costs beyond the model itself is left out on purpose (a real loss adds the logits' gradient).
+The loss is the sum of the model's output by default, so its gradient is a broadcast scalar that holds no memory of
+its own; ``loss="cross-entropy"`` (class indices) or ``"mse"`` train against a target made with the warm-up step and
+held, like the input, before the measured one. ``accumulate=K`` runs K forwards and backwards per optimizer step.
 
 Run as a script it prints one JSON object: ``python tests/oracle_memory.py resnet18 8,3,224,224 momentum``.
 """
@@ -40,17 +41,22 @@ class MeasuredStep:
     state_bytes: int  # the optimizer's state after the warm-up step
 
 
-def build_model(spec: str):  # -> nn.Module
-    """A registered name (``resnet50``) or ``path/to/file.py:factory`` (the test zoo)."""
+def load_attribute(spec: str):
+    """The object ``path/to/file.py:name`` names."""
     import importlib.util
 
+    path, name = spec.rsplit(":", 1)
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(ROOT / Path(path).parent))
+    module_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def build_model(spec: str):  # -> nn.Module
+    """A registered name (``resnet50``) or ``path/to/file.py:factory`` (the test zoo)."""
     if ":" in spec:
-        path, factory = spec.rsplit(":", 1)
-        module_spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, str(ROOT / Path(path).parent))
-        module_spec.loader.exec_module(module)
-        return getattr(module, factory)()
+        return load_attribute(spec)()
     from resnet_inspect.models import get_model
 
     return get_model(spec)
@@ -90,17 +96,34 @@ def state_tensors(optimizer) -> list:
     return [value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
 
 
-def _step(model, example, optimizer, amp: str | None, device: str) -> None:
+def _loss(output, loss: str, targets: list):
+    """The step's loss; ``targets`` holds the batch's target once made (as a data loader's batch holds it)."""
+    import torch
+    import torch.nn.functional as F
+
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    trained = [item for item in outputs if item.requires_grad]
+    if loss == "sum":
+        return sum(item.sum() if item.dim() else item for item in trained)
+    if not targets:
+        targets.extend(torch.zeros(item.shape[:1] + item.shape[2:], dtype=torch.long) if loss == "cross-entropy"
+                       else torch.zeros_like(item.detach()) for item in trained)
+    function = F.cross_entropy if loss == "cross-entropy" else F.mse_loss
+    return sum(function(item, target) for item, target in zip(trained, targets, strict=True))
+
+
+def _step(model, example, optimizer, amp: str | None, device: str, loss: str = "sum", accumulate: int = 1,
+          targets: list | None = None) -> None:
     import torch
 
-    if amp is not None:
-        with torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+    for _ in range(accumulate):
+        if amp is not None:
+            with torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+                output = model(example)
+        else:
             output = model(example)
-    else:
-        output = model(example)
-    outputs = output if isinstance(output, (tuple, list)) else (output,)
-    loss = sum(item.sum() for item in outputs if item.requires_grad)
-    loss.backward()
+        value = _loss(output, loss, targets if targets is not None else [])
+        value.backward()
     if optimizer is not None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -118,36 +141,47 @@ def _memory_status() -> dict[str, int]:
 
 
 def measure_here(model_spec: str, input_shape: tuple[int, ...], optimizer_name: str, dtype: str = "float32",
-                 amp: str | None = None, device: str = "cpu", seed: int = 0) -> MeasuredStep:
+                 amp: str | None = None, device: str = "cpu", seed: int = 0, loss: str = "sum",
+                 accumulate: int = 1, step: str | None = None) -> MeasuredStep:
     """Measure in this process (the CPU figure is only clean in a child started by ``measure_step``)."""
     import torch
 
     torch.manual_seed(seed)
     model = build_model(model_spec).to(device=device, dtype=getattr(torch, dtype))
     example = torch.randn(input_shape, dtype=getattr(torch, dtype), device=device)
-    return measure_model(model, example, optimizer_name, amp, device)
+    return measure_model(model, example, optimizer_name, amp, device, loss, accumulate,
+                         None if step is None else load_attribute(step))
 
 
-def measure_model(model, example, optimizer_name: str, amp: str | None = None, device: str = "cpu") -> MeasuredStep:
+def measure_model(model, example, optimizer_name: str, amp: str | None = None, device: str = "cpu",
+                  loss: str = "sum", accumulate: int = 1, step=None) -> MeasuredStep:
     """Measure a built model on ``example`` (both on ``device``) in this process."""
     import torch
 
     model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters())
-    _step(model, example, optimizer, amp, device)  # warm-up: the optimizer's state, the kernels' set-up
+    targets: list = []
+
+    def run() -> None:
+        if step is not None:  # the user's own step(model, optimizer, x)
+            step(model, optimizer, example)
+        else:
+            _step(model, example, optimizer, amp, device, loss, accumulate, targets)
+
+    run()  # warm-up: the optimizer's state, the kernels' set-up
     state_bytes = tensor_bytes(state_tensors(optimizer))
-    resident = tensor_bytes([*model.parameters(), *model.buffers(), example, *state_tensors(optimizer)])
+    resident = tensor_bytes([*model.parameters(), *model.buffers(), example, *state_tensors(optimizer), *targets])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        _step(model, example, optimizer, amp, device)
+        run()
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - before
     else:
         Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
         before = _memory_status()["VmRSS"]
-        _step(model, example, optimizer, amp, device)
+        run()
         extra = _memory_status()["VmHWM"] - before
     return MeasuredStep(resident + extra, resident, extra, state_bytes)
 
@@ -216,11 +250,12 @@ def tracked_step(model, example, optimizer_name: str) -> MeasuredStep:
 
 
 def measure_step(model_spec: str, input_shape: tuple[int, ...], optimizer_name: str, dtype: str = "float32",
-                 amp: str | None = None, timeout_s: float = 600) -> MeasuredStep:
+                 amp: str | None = None, timeout_s: float = 600, loss: str = "sum", accumulate: int = 1,
+                 step: str | None = None) -> MeasuredStep:
     """The CPU measurement, in a child process with every large buffer mapped on its own."""
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(Path(__file__).resolve()), model_spec, ",".join(map(str, input_shape)),
-               optimizer_name, dtype, amp or "none"]
+               optimizer_name, dtype, amp or "none", loss, str(accumulate), step or "none"]
     completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout_s,
                                cwd=ROOT, check=False)
     if completed.returncode != 0:
@@ -230,6 +265,8 @@ def measure_step(model_spec: str, input_shape: tuple[int, ...], optimizer_name: 
 
 if __name__ == "__main__":
     spec, shape_text, optimizer_text, dtype_text, amp_text = sys.argv[1:6]
+    loss_text, accumulate_text, step_text = (sys.argv[6:9] + ["sum", "1", "none"][len(sys.argv[6:9]):])
     measured = measure_here(spec, tuple(int(size) for size in shape_text.split(",")), optimizer_text, dtype_text,
-                            None if amp_text == "none" else amp_text)
+                            None if amp_text == "none" else amp_text, loss=loss_text, accumulate=int(accumulate_text),
+                            step=None if step_text == "none" else step_text)
     print(json.dumps(measured.__dict__))

@@ -169,12 +169,13 @@ def saved_for_backward(model: nn.Module, example: torch.Tensor, amp: torch.dtype
 
 
 def retained_for_backward(model: nn.Module, example: torch.Tensor,
-                          loss: Callable[[Any], torch.Tensor] | None = None) -> SavedForBackward:
+                          loss: Callable[[Any], torch.Tensor] | None = None, targets: tuple[torch.Tensor, ...] = ()
+                          ) -> SavedForBackward:
     """What a real CPU train-mode forward still holds for the backward when the backward starts: the storages
     ``saved_tensors_hooks`` saw, less those whose graph died with its outputs (a detached teacher's). The pack hook
     keeps each saved tensor's data without its history, as autograd itself does, and a weak-reference finaliser on
     each storage says whether anything still holds it; the output and the loss are held, as a training loop holds
-    them."""
+    them. ``targets``, the loss's targets, are held with the input and counted as input."""
     import weakref
 
     alive: dict[int, int] = {}  # data pointer -> bytes, while a saved storage lives
@@ -192,7 +193,7 @@ def retained_for_backward(model: nn.Module, example: torch.Tensor,
         held = loss(output) if loss is not None else None
     gc.collect()
     weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    inputs = {example.untyped_storage().data_ptr()}
+    inputs = {tensor.untyped_storage().data_ptr() for tensor in (example, *targets)}
     result = SavedForBackward(sum(size for key, size in alive.items() if key not in weights | inputs),
                               sum(size for key, size in alive.items() if key in weights),
                               sum(size for key, size in alive.items() if key in inputs), len(alive))

@@ -53,6 +53,7 @@ class CheckpointTracer:
         self.allocation_of = allocation_of  # the number of the allocation that made a live tensor's storage
         self.regions: list[_Region] = []
         self.backward = False  # set when the backward starts: a call of a region's function is then a recompute
+        self.recording = True  # the first micro-batch's regions are followed; later ones' are its twins
 
     def _begin(self, reentrant: bool) -> _Region:
         enclosing = self.forward.stack[-1] if self.forward.stack else None
@@ -64,7 +65,7 @@ class CheckpointTracer:
         """``function``, recorded by a fresh recorder when the backward calls it."""
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            if not self.backward:
+            if not self.backward or not self.recording:
                 return function(*args, **kwargs)
             result, stop = self._record(function, region, args, kwargs)
             if stop is None:
@@ -128,12 +129,17 @@ class CheckpointTracer:
         tracer = self
 
         def forward(ctx: Any, run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
+            if not tracer.recording:
+                return original_forward(ctx, run_function, preserve_rng_state, *args)
             region = tracer._begin(reentrant=True)
             result = original_forward(ctx, tracer._recomputing(run_function, region), preserve_rng_state, *args)
             region.end = len(tracer.forward.nodes)
             return result
 
         def generator(fn: Any, *rest: Any, **kwargs: Any) -> Iterator[None]:
+            if not tracer.recording:
+                yield from original_generator(fn, *rest, **kwargs)
+                return
             region = tracer._begin(reentrant=False)
             yield from original_generator(tracer._recomputing(fn, region), *rest, **kwargs)
             region.end = len(tracer.forward.nodes)

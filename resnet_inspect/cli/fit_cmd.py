@@ -23,7 +23,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.cli.time_cmd import AmpOption, DType, DTypeOption, OptimizerOption
-from resnet_inspect.limits import DEFAULT_SHARD_UNITS, GPU_RESERVE_FIXED_BYTES, RESERVE_SHARE
+from resnet_inspect.limits import DEFAULT_LOSS, DEFAULT_SHARD_UNITS, GPU_RESERVE_FIXED_BYTES, LOSSES, RESERVE_SHARE
 
 MemoryOption = typer.Option(None, "--memory", "-m", show_default=False,
                             help="The memory budget: 24GiB, 24GB, 1.5GiB, 512MiB or bytes (default: the free memory "
@@ -41,6 +41,15 @@ ShardUnitsOption = typer.Option(None, "--shard-units", show_default=False,
                                 help="With --shard: the modules fully_shard is applied to: block, layer, module types "
                                 f"or names, comma-separated (default: {DEFAULT_SHARD_UNITS}).")
 DeviceOption = typer.Option("cpu", "--device", help="The device to fit: cpu, cuda, cuda:N or mps.")
+LossOption = typer.Option(None, "--loss", metavar="|".join(LOSSES), show_default=False,
+                          help=f"With --train: what the step backpropagates from the output: {', '.join(LOSSES)} "
+                          f"(default {DEFAULT_LOSS}).")
+StepOption = typer.Option(None, "--step", metavar="FILE.py:FUNCTION", show_default=False,
+                          help="With --train: your own training step, step(model, optimizer, *inputs), instead of "
+                          "the built-in one (see docs/training.md).")
+AccumulateOption = typer.Option(None, "--accumulate", metavar="K", show_default=False,
+                                help="With --train: K micro-batches of the batch per optimizer step, their gradients "
+                                "accumulated (default 1).")
 
 
 CheckpointOption = typer.Option(
@@ -68,6 +77,9 @@ def fit_command(
     output: Path | None = OutputOption,
     checkpoint: str | None = CheckpointOption,
     batch_size: int | None = BatchOption,
+    loss: str | None = LossOption,
+    accumulate: int | None = AccumulateOption,
+    step: str | None = StepOption,
 ) -> None:
     """The largest batch size whose estimated peak memory fits --memory, and what the peak holds at that batch.
 
@@ -82,5 +94,6 @@ def fit_command(
                             train=train, optimizer=optimizer, dtype=dtype.value, amp=amp, shard=shard,
                             reserve_bytes=budget_bytes(reserve, "reserve", Caller.cli, allow_zero=True),
                             device=device, in_channels=in_channels, num_classes=num_classes, shard_units=shard_units,
-                            checkpoint=checkpoint, batch_size=batch_size)
+                            checkpoint=checkpoint, batch_size=batch_size, loss=loss, accumulate=accumulate,
+                            step=step)
         emit(report, fmt, output)

@@ -20,7 +20,7 @@ from resnet_inspect.cli.common import (
     resolve_size,
     user_errors,
 )
-from resnet_inspect.cli.fit_cmd import ShardUnitsOption
+from resnet_inspect.cli.fit_cmd import AccumulateOption, LossOption, ShardUnitsOption, StepOption
 from resnet_inspect.cli.options import (
     OPTIMIZER_CHOICES,
     BatchOption,
@@ -67,6 +67,9 @@ def summary_command(
                                      "ZeRO-3); figures per device, --batch-size per device (default 1).",
                                      show_default=False),
     shard_units: str | None = ShardUnitsOption,
+    loss: str | None = LossOption,
+    accumulate: int | None = AccumulateOption,
+    step: str | None = StepOption,
     plot: Path | None = TimelinePlotOption,
     fmt: SummaryFormat = SummaryFormatOption,
     output: Path | None = OutputOption,
@@ -86,7 +89,8 @@ def summary_command(
             ModelRequest(model, in_channels, num_classes), InputSpec(size=resolve_size(model, input_size)),
             batch_size=parse_batch_size(batch_size), depth=depth, device=device, dtype=dtype, fvcore=fvcore,
             torchinfo=torchinfo, train=TrainRequest(train, optimizer, amp, parse_count(shard, "shard", "--shard")
-                                                    if shard is not None else None, shard_units=shard_units),
+                                                    if shard is not None else None, shard_units=shard_units,
+                                                    loss=loss, accumulate=accumulate, step=step),
             time=time)
         report = summary_report(request, Caller.cli)
         if plot is not None:

@@ -7,6 +7,7 @@ estimate from the model (an inference forward pass, or a training step) and turn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
@@ -209,7 +210,8 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
                in_channels: int | None = None, num_classes: int | None = None,
                model_name: str | None = None, caller: Caller = Caller.cli,
                shard_units: str | None = None, checkpoint: str | tuple[str, ...] | None = None,
-               batch_size: int | None = None) -> FitReport:
+               batch_size: int | None = None, loss: str | None = None, accumulate: int | None = None,
+               step: Callable[..., Any] | str | None = None) -> FitReport:
     """The largest batch size of MODEL (a name or a module) whose estimated peak on ``device`` is within
     ``memory_bytes`` (default: a CUDA device's free memory) less ``reserve_bytes`` (default:
     ``default_reserve_bytes``). Nothing is allocated: every estimate is a meta pass, except for an inference
@@ -218,7 +220,7 @@ def fit_report(spec: str | nn.Module, memory_bytes: int | None = None, input_siz
     from resnet_inspect.capture.trace import input_shape_for, structural_copy
 
     dtype = dtype_name(dtype, caller) or "float32"  # the estimate runs on meta: any device's dtype can be estimated
-    request = TrainRequest(train, optimizer, amp, shard, dtype, shard_units)
+    request = TrainRequest(train, optimizer, amp, shard, dtype, shard_units, loss, accumulate, step)
     options = train_options(request, device_name(device, caller), caller)
     if checkpoint is not None and not train:
         raise BadInputError(f"{caller.spell('checkpoint')} plans activation checkpointing of a training step: "

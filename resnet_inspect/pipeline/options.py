@@ -9,6 +9,7 @@ the numeric options live in ``limits``; the choices of the training step (optimi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,9 +19,11 @@ from resnet_inspect.errors import BadInputError
 from resnet_inspect.limits import (
     AMP_DTYPES,
     DEFAULT_DEPTH,
+    DEFAULT_LOSS,
     DEFAULT_OPTIMIZER,
     DEFAULT_SHARD_UNITS,
     DTYPES,
+    LOSSES,
     OPTIMIZERS,
     check_option,
     check_optional,
@@ -90,6 +93,9 @@ class TrainRequest:
     shard: int | None = None
     dtype: str | None = None
     shard_units: str | None = None  # the modules fully_shard wraps (None: each block)
+    loss: str | None = None  # what the built-in step backpropagates (None: DEFAULT_LOSS)
+    accumulate: int | None = None  # micro-batches per step (None: 1)
+    step: Callable[..., Any] | str | None = None  # the user's own step, or where it is: file.py:function
 
 
 def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOptions | None:
@@ -99,7 +105,9 @@ def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOp
     ignored. The optimizer and amp mode are case-blind; amp keeps float32 master weights, so it cannot be
     combined with a half-precision ``dtype``; ``shard`` has the limits of a count."""
     given = [option for option, value in (("optimizer", request.optimizer), ("amp", request.amp),
-                                          ("shard", request.shard), ("shard_units", request.shard_units))
+                                          ("shard", request.shard), ("shard_units", request.shard_units),
+                                          ("loss", request.loss), ("accumulate", request.accumulate),
+                                          ("step", request.step))
              if value is not None]
     if not request.train:
         if given:
@@ -118,7 +126,37 @@ def train_options(request: TrainRequest, device: str, caller: Caller) -> TrainOp
     if amp is not None and request.dtype not in (None, "float32"):
         raise BadInputError(f"{caller.spell('amp')} {amp} keeps float32 master weights: it cannot be combined with "
                             f"{caller.spell('dtype')} {request.dtype} (use one or the other)")
-    return TrainOptions(optimizer=optimizer, dtype=request.dtype, amp=amp, device=device)
+    loss, accumulate, step = _loop_options(request, caller)
+    return TrainOptions(optimizer=optimizer, dtype=request.dtype, amp=amp, device=device, loss=loss,
+                        accumulate=accumulate, step=step)
+
+
+def _loop_options(request: TrainRequest, caller: Caller) -> tuple[str, int, Callable[..., Any] | None]:
+    """The loss and the micro-batches of the built-in step, or the user's own step (a function, or a
+    ``file.py:function`` / ``package.module:function`` spec), checked."""
+    from resnet_inspect.capture.loader import resolve_factory
+
+    if not isinstance(request.loss, str | None):
+        raise BadInputError(f"{caller.spell('loss')} must be one of {', '.join(LOSSES)}, got {request.loss!r}")
+    loss = (request.loss or DEFAULT_LOSS).strip().lower()
+    if loss not in LOSSES:
+        raise BadInputError(f"unknown {caller.spell('loss')} {request.loss!r}; choose one of {', '.join(LOSSES)}")
+    accumulate = check_optional("accumulate", request.accumulate, caller.spell("accumulate")) or 1
+    step = resolve_factory(request.step) if isinstance(request.step, str) else request.step
+    if step is not None:
+        if not callable(step):
+            raise BadInputError(f"{caller.spell('step')} must be a function step(model, optimizer, *inputs), got "
+                                f"{type(step).__name__}")
+        extra = next((name for name in ("loss", "accumulate") if getattr(request, name) is not None), None)
+        if extra is not None:
+            raise BadInputError(f"{caller.spell(extra)} shapes the built-in step: a step of your own runs its own "
+                                "loss and micro-batches (leave it out)")
+    sharded = (request.shard or 1) > 1
+    if sharded and (accumulate > 1 or request.step is not None):
+        what = caller.spell("accumulate" if accumulate > 1 else "step")
+        raise BadInputError(f"{what} with {caller.spell('shard')}: a sharded step is modelled as the built-in one, "
+                            "one micro-batch")
+    return loss, accumulate, step
 
 
 def shard_count(request: TrainRequest) -> int:

@@ -1,4 +1,5 @@
-"""One training step on the meta device, in named steps: prepare, forward, backward, optimizer, assemble.
+"""One training step on the meta device, in named steps: prepare, the step itself (forward, loss, backward,
+optimizer, as loop.py's built-in step or the user's own runs them), assemble.
 
 Every step writes to one ``StorageLedger`` (ledger.py), whose phase says which step runs; the assembly turns the
 ledger's events into ``MemoryEvent`` records, each with its ``MemoryKind``.
@@ -6,7 +7,7 @@ ledger's events into ``MemoryEvent`` records, each with its ``MemoryKind``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,19 @@ from resnet_inspect.capture.trace import (
 )
 from resnet_inspect.capture.training.kernels import device_kernels
 from resnet_inspect.capture.training.ledger import SavedStorage, StorageLedger, tracking_mode
+from resnet_inspect.capture.training.loop import ModelHandle, StepOptimizer, builtin_step, loss_terms
 from resnet_inspect.capture.training.meta_kernels import fast_meta
 from resnet_inspect.capture.training.optimizer import optimizer_step
 from resnet_inspect.capture.training.options import TrainOptions
+from resnet_inspect.errors import BadInputError, ForwardError
 from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, ParameterRecord, StepPhase, TrainingCapture
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+def _no_layer() -> int | None:
+    return None
 
 
 @dataclass
@@ -46,7 +53,11 @@ class _Step:
     ledger: StorageLedger
     optimizer_state: dict[int, list[Any]] = field(default_factory=dict)
     kinds: dict[int, MemoryKind] = field(default_factory=dict)  # allocation number -> kind, when not activation
-    held: list[Any] = field(default_factory=list)  # what the loop holds until the step ends: output, losses
+    capture: Capture | None = None  # the first forward's
+    kept: list[SavedStorage] = field(default_factory=list)  # the saved activations alive at its end
+    targets: dict[Any, Any] = field(default_factory=dict)  # the batch's loss targets, held with the input
+    saving_layer: Callable[[], int | None] = _no_layer  # the LayerRecord index running, in the first forward
+    backward_started: bool = False
     backward_error: str | None = None
     graded: set[int] = field(default_factory=set)  # id() of the parameters the backward gave a gradient
 
@@ -95,69 +106,170 @@ def _prepare(model: nn.Module, inputs: ModelInputs, options: TrainOptions) -> _S
     return _Step(options, working, inputs, placed, recorder, kernels, parameters, buffers, ledger)
 
 
-def _forward(step: _Step, model_name: str) -> tuple[Capture, list[SavedStorage], list[Any]]:
-    """The instrumented train-mode forward: its capture, the saved activations alive at its end, and the losses
-    (one sum per floating output that needs a gradient). The output is held to the end of the step, as a
-    training loop's ``output = model(x)`` holds it through ``loss.backward()`` and the optimizer step."""
+@contextmanager
+def _saved_tensors(step: _Step) -> Iterator[None]:
+    """Every tensor autograd saves in the forward phase (the model's and the loss's) is noted in the ledger, with
+    the layer running when it was saved."""
     import torch
 
-    recorder, ledger = step.recorder, step.ledger
-
     def pack(tensor: Any) -> Any:
-        ledger.save(tensor, recorder.stack[-1].index if recorder.stack else None)
+        if step.ledger.phase == StepPhase.FORWARD:
+            step.ledger.save(tensor, step.saving_layer())
         # The same storage, without its autograd history: a node that saves its own output (relu, sigmoid) would
         # otherwise hold that output's grad_fn, itself, in a cycle no collector breaks, and a graph the loss never
         # reaches (a detached teacher's) would outlive its outputs.
         return tensor.detach()
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-            instrumented_forward(step.working, recorder, step.placed):
-        ledger.follow = lambda: recorder.stack[-1].name if recorder.stack else ""
-        output = step.working(*step.placed.args, **step.placed.kwargs)
-    ledger.follow = None
-    if step.kernels.autocast is not None:  # autocast lets its cast weights go when the forward ends
-        step.kernels.autocast.cache.clear()
-    capture = assemble_capture(step.working, recorder, step.given, step.placed, output, model_name, "meta")
-    recorder.current_call = ((), {})
-    kept = ledger.kept()
-    losses = [t.sum() for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
-    step.held += [output, losses]
-    return capture, kept, losses
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield
 
 
-def _backward(step: _Step, losses: list[Any]) -> None:
-    """Autograd's backward from ``losses``; marks the gradients it leaves, or records why it could not run on
-    meta."""
+class _BackwardFailed(Exception):
+    """The backward could not run on meta (the message says where and why)."""
+
+
+def _model_forward(step: _Step, model_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One train-mode forward of the meta copy, instrumented: the first one's capture is the step's (with the saved
+    activations alive at its end); a later micro-batch's is recorded apart, for the names of its layers only."""
     import torch
 
+    first = step.capture is None
+    recorder = step.recorder if first else new_recorder(step.working, train=True)
+    recorder.kernel = step.kernels
     ledger = step.ledger
-    ledger.phase, ledger.layer = StepPhase.BACKWARD, "the loss"
-    if losses:
+    ledger.phase = StepPhase.FORWARD
+    called = ModelInputs(tuple(args), dict(kwargs))
+
+    step.saving_layer = lambda: recorder.stack[-1].index if recorder.stack and first else None
+    with torch.enable_grad(), instrumented_forward(step.working, recorder, called):
+        ledger.follow = lambda: recorder.stack[-1].name if recorder.stack else ""
+        output = step.working(*args, **kwargs)
+    ledger.follow, ledger.layer, step.saving_layer = None, "the loss", _no_layer
+    if step.kernels.autocast is not None:  # autocast lets its cast weights go when the forward ends
+        step.kernels.autocast.cache.clear()
+    if first:
+        same = len(args) == len(step.placed.args) and all(a is b for a, b in zip(args, step.placed.args, strict=True))
+        given = step.given if same and not kwargs else called
+        step.capture = assemble_capture(step.working, recorder, given, called, output, model_name, "meta")
+    recorder.current_call = ((), {})
+    return output
+
+
+def _target(step: _Step, output: Any, loss: str) -> Any:
+    """The batch's target for ``loss`` against ``output``, loaded with the input before the step (never one of the
+    step's allocations): class indices for cross-entropy, a tensor like the output for mse."""
+    import torch
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    shape = (output.shape[0], *output.shape[2:]) if loss == "cross-entropy" else tuple(output.shape)
+    key = (loss, shape, output.dtype)
+    if key not in step.targets:
+        with _disable_current_modes():
+            dtype = torch.long if loss == "cross-entropy" else output.dtype
+            step.targets[key] = torch.empty(shape, dtype=dtype, device="meta")
+        step.ledger.inputs.add(id(step.targets[key].untyped_storage()))
+    return step.targets[key]
+
+
+@contextmanager
+def _backward_phase(step: _Step, checkpoints: CheckpointTracer) -> Iterator[None]:
+    """While the step runs, ``torch.autograd.backward`` (and so ``Tensor.backward``) marks the backward phase, lets
+    checkpointed regions record their recomputation (the first micro-batch's), and notes the gradients it leaves;
+    a backward that cannot run on meta ends the step with the reason."""
+    import torch
+
+    original = torch.autograd.backward
+    ledger = step.ledger
+
+    def backward(*args: Any, **kwargs: Any) -> None:
+        if checkpoints.backward:  # the reentrant checkpoint's own backward, inside the step's
+            original(*args, **kwargs)
+            return
+        if not step.backward_started:  # what the first backward starts from: saved by the model and the loss
+            step.kept, step.backward_started = ledger.kept(), True
+        ledger.phase, ledger.layer = StepPhase.BACKWARD, "the loss"
+        checkpoints.backward = True
         try:
-            torch.autograd.backward(losses)
+            original(*args, **kwargs)
         except Exception as exc:  # the model's own backward may raise anything
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            step.backward_error = (f"the backward pass cannot run on the meta device (at {ledger.layer}: {reason}); "
-                                   "its memory is not estimated")
-    gradients = [p.grad for p in step.trainable if p.grad is not None]
-    step.graded = {id(p) for p in step.trainable if p.grad is not None}
-    step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
+            raise _BackwardFailed(f"the backward pass cannot run on the meta device (at {ledger.layer}: {reason}); "
+                                  "its memory is not estimated") from None
+        finally:
+            checkpoints.backward, checkpoints.recording = False, False
+        gradients = [p.grad for p in step.trainable if p.grad is not None]
+        step.graded.update(id(p) for p in step.trainable if p.grad is not None)
+        step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
+        ledger.phase, ledger.layer = StepPhase.FORWARD, "the loss"
+
+    torch.autograd.backward = backward
+    try:
+        yield
+    finally:
+        torch.autograd.backward = original
 
 
 def _optimizer(step: _Step) -> None:
-    """torch's optimizer step over the gradients (skipped when the backward failed), then zero_grad(set_to_none)."""
+    """torch's optimizer step over the gradients (what the step's ``optimizer.step()`` runs)."""
     import torch
 
-    trainable = step.trainable
-    if step.backward_error is None:
-        step.ledger.phase, step.ledger.layer = StepPhase.OPTIMIZER, "the optimizer step"
-        with torch.no_grad():
-            optimizer_step(step.options.optimizer, trainable, step.optimizer_state,
-                           foreach=True if step.options.device.startswith("cuda") else None)
-        states = [t for entry in step.optimizer_state.values() for t in entry]
-        step.kinds.update(dict.fromkeys(step.ledger.numbers_of(states), MemoryKind.STATE))
-    for parameter in trainable:
+    step.ledger.phase, step.ledger.layer = StepPhase.OPTIMIZER, "the optimizer step"
+    with torch.no_grad():
+        optimizer_step(step.options.optimizer, step.trainable, step.optimizer_state,
+                       foreach=True if step.options.device.startswith("cuda") else None)
+    states = [t for entry in step.optimizer_state.values() for t in entry]
+    step.kinds.update(dict.fromkeys(step.ledger.numbers_of(states), MemoryKind.STATE))
+
+
+def _run_step(step: _Step, model_name: str) -> None:
+    """The step, the built-in one or the user's, with the model and optimizer handles; a backward that cannot
+    run on meta is noted, and anything else the user's step raises is one line."""
+    options = step.options
+    model = ModelHandle(step.working, lambda *args, **kwargs: _model_forward(step, model_name, args, kwargs))
+    optimizer = StepOptimizer(step.trainable, lambda: _optimizer(step))
+    try:
+        if options.step is None:
+            builtin_step(model, optimizer, step.placed,
+                         lambda output: loss_terms(output, options.loss, lambda o, name: _target(step, o, name)),
+                         min(options.accumulate, 2))  # every micro-batch after the first is the second's twin
+        else:
+            with _values_read_as_zero(step):
+                options.step(model, optimizer, *step.placed.args, **step.placed.kwargs)
+    except _BackwardFailed as failed:
+        step.backward_error = str(failed)
+    except (BadInputError, ForwardError):
+        raise
+    except Exception as exc:
+        if options.step is None:
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BadInputError(f"the training step raised {type(exc).__name__}"
+                            + (f": {reason}" if reason else "")) from None
+    if step.capture is None:
+        raise BadInputError("the training step never called the model")
+    for parameter in step.trainable:
         parameter.grad = None
+
+
+@contextmanager
+def _values_read_as_zero(step: _Step) -> Iterator[None]:
+    """In a user's step, ``Tensor.item()`` on meta (a logged loss, GradScaler's inf check) reads 0, with a warning:
+    the meta device holds no values, and a step's memory does not depend on them."""
+    import torch
+
+    original = torch.Tensor.item
+
+    def item(tensor: Any) -> Any:
+        if not tensor.is_meta:
+            return original(tensor)
+        step.recorder.warn("the training step reads values (Tensor.item()); on the meta device they read 0")
+        return False if tensor.dtype == torch.bool else 0 if not tensor.is_floating_point() else 0.0
+
+    torch.Tensor.item = item  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.Tensor.item = original  # type: ignore[method-assign]
 
 
 _LABEL = "resnet_inspect.layer"  # the key of a node's metadata naming the layer that claimed it
@@ -244,7 +356,7 @@ def _assemble(step: _Step, capture: Capture, kept: list[SavedStorage]) -> Traini
         return id(parameter) in step.graded if step.backward_error is None else parameter.requires_grad
 
     largest_layer, largest_bytes = _largest_layer(capture, modules)
-    given = tensors_in(list(step.placed.args)) + tensors_in(step.placed.kwargs)
+    given = tensors_in(list(step.placed.args)) + tensors_in(step.placed.kwargs) + list(step.targets.values())
     return TrainingCapture(
         capture=capture, optimizer=step.options.optimizer, amp=step.options.amp, device=step.options.device,
         dtype=str(step.parameters[0].dtype).removeprefix("torch.") if step.parameters else capture.dtype,
@@ -279,15 +391,14 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     step = _prepare(model, inputs, options)
     checkpoints = CheckpointTracer(step.working, step.recorder, lambda: step.ledger.count, step.ledger.number_of)
     with tracking_mode(step.ledger, fast_meta(options.device)), _backward_labels(step.working, step.ledger), \
-            checkpoints.patched():
-        capture, kept, losses = _forward(step, model_name)
-        checkpoints.backward = True
-        _backward(step, losses)
-        del losses
-        _optimizer(step)
-        step.held.clear()  # the step ends: the loop lets its output go
+            checkpoints.patched(), _backward_phase(step, checkpoints), _saved_tensors(step):
+        _run_step(step, model_name)
+    if not step.backward_started:
+        step.kept = step.ledger.kept()
+    assert step.capture is not None
+    capture = replace(step.capture, warnings=tuple(step.recorder.warnings))  # the step's own, after the forward
     capture = _reached_only(capture, step.recorder.reached, step.backward_error is None)
-    return replace(_assemble(step, checkpoints.differentiated(capture), kept),
+    return replace(_assemble(step, checkpoints.differentiated(capture), step.kept),
                    recomputed_nodes=checkpoints.recomputed_nodes())
 
 
