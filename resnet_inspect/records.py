@@ -241,3 +241,5 @@ class TrainingCapture:
     backward_error: str | None = None  # why the backward could not run on meta (then no step memory)
     parameters: tuple[ParameterRecord, ...] = ()  # each parameter once, with the module that owns it
     recomputed_nodes: tuple[int, ...] = ()  # capture node ids activation checkpointing ran again in the backward
+    loss: str | None = "sum"  # what the built-in step backpropagated (None: the user's own step ran)
+    accumulate: int = 1  # the built-in step's micro-batches per optimizer step

@@ -72,6 +72,15 @@ class StepMemory:
     shard_units: str = ""  # sharded: the units fully_shard is applied to, as chosen
     largest_unit: str = ""  # sharded: the unit with the most parameter bytes ("the model itself": the root unit)
     largest_unit_bytes: int = 0  # its parameters whole, padded as FSDP2 pads them
+    loss: str | None = "sum"  # what the built-in step backpropagated (None: the user's own step)
+    accumulate: int = 1  # micro-batches per optimizer step
+
+    @property
+    def loop(self) -> str:
+        """'loss sum', 'loss cross-entropy, 4 micro-batches', 'your own step'."""
+        if self.loss is None:
+            return "your own step"
+        return f"loss {self.loss}" + (f", {self.accumulate} micro-batches" if self.accumulate > 1 else "")
 
     @property
     def where(self) -> str:
@@ -90,7 +99,8 @@ class StepMemory:
             "input_bytes": self.input_bytes, "saved_bytes": self.saved_bytes, "gathered_bytes": self.gathered_bytes,
             "optimizer": self.optimizer, "dtype": self.dtype, "amp": self.amp, "shard": self.shard,
             "note": self.note, "shard_units": self.shard_units, "largest_unit": self.largest_unit,
-            "largest_unit_bytes": self.largest_unit_bytes,
+            "largest_unit_bytes": self.largest_unit_bytes, "loss": self.loss, "accumulate": self.accumulate,
+            "step": "built-in" if self.loss is not None else "own",
         }
 
 
@@ -181,7 +191,8 @@ def step_memory(training: TrainingCapture, shard: int = 1, units: str = DEFAULT_
         peak_phase=phase, peak_layer=layer, optimizer=training.optimizer, dtype=training.dtype, amp=training.amp,
         shard=shard, note=training.backward_error, shard_units=plan.description if plan else "",
         largest_unit=(largest.name or "the model itself") if largest else "",
-        largest_unit_bytes=largest.gathered_bytes if largest else 0,
+        largest_unit_bytes=largest.gathered_bytes if largest else 0, loss=training.loss,
+        accumulate=training.accumulate,
     )
 
 

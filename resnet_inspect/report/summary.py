@@ -404,7 +404,7 @@ class SummaryReport(SummaryView):
         training = self.training
         assert training is not None
         memory = training.memory
-        precision = memory.dtype + (f", autocast {memory.amp}" if memory.amp else "")
+        precision = memory.dtype + (f", autocast {memory.amp}" if memory.amp else "") + f", {memory.loop}"
         lines = [
             f"training ({memory.optimizer}, {precision}): backward MACs {training.backward_macs:,} "
             f"({training.backward_macs / 1e9:.3f} G)   forward + backward MACs "

@@ -371,6 +371,7 @@ def _assemble(step: _Step, capture: Capture, kept: list[SavedStorage]) -> Traini
         gradient_bytes=gradient_bytes, state_bytes=allocated(MemoryKind.STATE), largest_layer=largest_layer,
         largest_layer_bytes=largest_bytes, events=events, backward_error=step.backward_error,
         parameters=parameter_records(step.working),
+        loss=step.options.loss if step.options.step is None else None, accumulate=step.options.accumulate,
     )
 
 
