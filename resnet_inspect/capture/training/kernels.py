@@ -1,8 +1,10 @@
-"""The kernels the modelled device would run: autocast's casts, and scaled dot-product attention's backend."""
+"""The kernels the modelled device would run: autocast's casts, scaled dot-product attention's backend, and the
+temporaries a kernel allocates inside itself (which no dispatch mode sees)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,4 +150,74 @@ def _sdpa_kernel(device: str) -> Any:
     return kernel
 
 
-__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels"]
+# The interpolation backward kernels (aten/src/ATen/native/cpu/UpSampleMoreKernel.cpp, UpSampleKernel.cpp) read
+# ``grad_output.contiguous(format)`` and write ``grad_input.contiguous(format)``: a gradient not already laid out in
+# the kernel's format is copied into a temporary of its own size, freed when the kernel returns. The format is
+# channels-last where the kernel has such a path and the gradient is channels-last contiguous (nearest, bilinear,
+# trilinear), else row-major (linear 1-D, bicubic, the antialiased ones). The gradient of a summed output is a
+# broadcast scalar (stride 0), so the copy is as large as the interpolation's output. CUDA's kernels do the same
+# (UpSampleBilinear2d.cu, UpSampleNearest2d.cu, UpSampleBicubic2d.cu: ``grad_output_.contiguous()``, and a
+# ``grad_input_c`` when the gradient is not contiguous). In 16-bit dtypes the CPU kernels also accumulate in float32
+# in a buffer per task of ``at::parallel_for``: one input plane per task on the row-major path, a whole input image
+# (channels x spatial) per task on the channels-last one; CUDA accumulates with atomics, without a buffer.
+_INTERPOLATION_BACKWARD = frozenset({
+    "upsample_nearest1d_backward", "_upsample_nearest_exact1d_backward", "upsample_linear1d_backward",
+    "upsample_nearest2d_backward", "_upsample_nearest_exact2d_backward", "upsample_bilinear2d_backward",
+    "upsample_bicubic2d_backward", "_upsample_bilinear2d_aa_backward", "_upsample_bicubic2d_aa_backward",
+    "upsample_nearest3d_backward", "_upsample_nearest_exact3d_backward", "upsample_trilinear3d_backward",
+})
+_CHANNELS_LAST_PATH = frozenset({
+    "upsample_nearest2d_backward", "_upsample_nearest_exact2d_backward", "upsample_bilinear2d_backward",
+    "upsample_nearest3d_backward", "_upsample_nearest_exact3d_backward", "upsample_trilinear3d_backward",
+})
+# The kernels whose 16-bit accumulation buffer was read in the source (UpSampleMoreKernel.cpp)
+_FLOAT32_BUFFER = _CHANNELS_LAST_PATH | {"upsample_nearest1d_backward", "_upsample_nearest_exact1d_backward",
+                                         "upsample_linear1d_backward"}
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
+
+
+def _tasks(work: int, grain: int, threads: int) -> int:
+    """How many tasks ``at::parallel_for(0, work, grain)`` runs on ``threads`` threads (one when it runs inline)."""
+    if threads <= 1 or work <= max(grain, 1):
+        return 1
+    return min(threads, -(-work // max(grain, 1)))
+
+
+def _interpolation_backward(name: str, grad_output: Any, grad_input: Any, threads: int, cpu: bool) -> list[int]:
+    """The bytes of each temporary an interpolation backward kernel allocates (see above)."""
+    import torch
+
+    rank = grad_output.dim()
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(rank)
+    layout = (channels_last if channels_last is not None and name in _CHANNELS_LAST_PATH
+              and grad_output.is_contiguous(memory_format=channels_last) else torch.contiguous_format)
+    temporaries = [tensor.numel() * tensor.element_size() for tensor in (grad_output, grad_input)
+                   if not tensor.is_contiguous(memory_format=layout)]
+    if cpu and name in _FLOAT32_BUFFER and grad_output.dtype in (torch.bfloat16, torch.float16):
+        batch, planes, spatial = grad_input.shape[0], grad_input.shape[1], math.prod(grad_input.shape[2:])
+        if layout == torch.contiguous_format:
+            grain = _GRAIN_SIZE // max(math.prod(grad_output.shape[2:]), 1)
+            temporaries += [spatial * 4] * _tasks(batch * planes, grain, threads)
+        else:
+            temporaries += [planes * spatial * 4] * _tasks(batch, 0, threads)
+    return temporaries
+
+
+def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], list[int]]:
+    """For the step's dispatch mode: the bytes of the temporaries the ``device``'s kernel of an aten operation
+    allocates and frees inside itself, given its arguments and result (none for most operations)."""
+    import torch
+
+    cpu = device.startswith("cpu")
+    threads = torch.get_num_threads()
+
+    def temporaries(func: Any, args: tuple[Any, ...], result: Any) -> list[int]:
+        name = func._schema.name.split("::")[-1]
+        if name not in _INTERPOLATION_BACKWARD or not isinstance(result, torch.Tensor):
+            return []
+        return _interpolation_backward(name, args[0], result, threads, cpu)
+
+    return temporaries
+
+
+__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels", "kernel_temporaries"]

@@ -20,7 +20,7 @@ from resnet_inspect.capture.trace import (
     structural_copy,
     tensors_in,
 )
-from resnet_inspect.capture.training.kernels import device_kernels
+from resnet_inspect.capture.training.kernels import device_kernels, kernel_temporaries
 from resnet_inspect.capture.training.ledger import SavedStorage, StorageLedger, tracking_mode
 from resnet_inspect.capture.training.meta_kernels import fast_meta
 from resnet_inspect.capture.training.optimizer import optimizer_step
@@ -278,7 +278,8 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     flags of every operation, and every allocation and release of the step (see the package's docstring)."""
     step = _prepare(model, inputs, options)
     checkpoints = CheckpointTracer(step.working, step.recorder, lambda: step.ledger.count, step.ledger.number_of)
-    with tracking_mode(step.ledger, fast_meta(options.device)), _backward_labels(step.working, step.ledger), \
+    mode = tracking_mode(step.ledger, fast_meta(options.device), kernel_temporaries(options.device))
+    with mode, _backward_labels(step.working, step.ledger), \
             checkpoints.patched():
         capture, kept, losses = _forward(step, model_name)
         checkpoints.backward = True
