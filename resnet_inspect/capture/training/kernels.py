@@ -203,6 +203,25 @@ def _interpolation_backward(name: str, grad_output: Any, grad_input: Any, thread
     return temporaries
 
 
+# The antialiased forward kernels on the CPU (UpSampleKernel.cpp, separable_upsample_generic_Nd_kernel_impl) resize
+# one axis at a time, the last (contiguous) one first, each pass but the last into a new tensor of the input's dtype:
+# for a 2-D resize of both axes, one temporary of (N, C, H_in, W_out). CUDA's antialiased kernel resizes both axes
+# in one pass through shared memory (UpSampleBilinear2d.cu, upsample_gen2d_aa_out_frame): no temporary.
+_SEPARABLE = frozenset({"_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"})
+
+
+def _separable_passes(input: Any, output: Any) -> list[int]:
+    """The bytes of each intermediate of a separable resize of ``input`` into ``output``, in the order allocated
+    (each freed when the next pass has written its own)."""
+    shape = list(input.shape)
+    resized = [axis for axis in range(input.dim() - 1, 1, -1) if input.shape[axis] != output.shape[axis]]
+    temporaries = []
+    for axis in resized[:-1]:
+        shape[axis] = output.shape[axis]
+        temporaries.append(math.prod(shape) * input.element_size())
+    return temporaries
+
+
 def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], list[int]]:
     """For the step's dispatch mode: the bytes of the temporaries the ``device``'s kernel of an aten operation
     allocates and frees inside itself, given its arguments and result (none for most operations)."""
@@ -213,9 +232,13 @@ def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], lis
 
     def temporaries(func: Any, args: tuple[Any, ...], result: Any) -> list[int]:
         name = func._schema.name.split("::")[-1]
-        if name not in _INTERPOLATION_BACKWARD or not isinstance(result, torch.Tensor):
+        if not isinstance(result, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
             return []
-        return _interpolation_backward(name, args[0], result, threads, cpu)
+        if name in _INTERPOLATION_BACKWARD:
+            return _interpolation_backward(name, args[0], result, threads, cpu)
+        if name in _SEPARABLE and cpu:
+            return _separable_passes(args[0], result)
+        return []
 
     return temporaries
 

@@ -143,8 +143,11 @@ def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None,
             for leaf in tree_leaves(result):
                 if isinstance(leaf, torch.Tensor):
                     ledger.track(leaf)
-            for size in temporaries(func, tuple(args), result) if temporaries is not None else ():
-                ledger.track(torch.empty(size, dtype=torch.uint8, device="meta"))  # released at once: unheld
+            held = [torch.empty(size, dtype=torch.uint8, device="meta")
+                    for size in (temporaries(func, tuple(args), result) if temporaries is not None else ())]
+            for temporary in held:
+                ledger.track(temporary)
+            del held  # freed as the kernel returns (the last with this frame)
             return result
 
     return StorageMode()
