@@ -229,9 +229,12 @@ def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], lis
 
     cpu = device.startswith("cpu")
     threads = torch.get_num_threads()
+    names: dict[Any, str] = {}  # operator -> its name (the mode asks for every operation the step runs)
 
     def temporaries(func: Any, args: tuple[Any, ...], result: Any) -> list[int]:
-        name = func._schema.name.split("::")[-1]
+        name = names.get(func)
+        if name is None:
+            name = names[func] = func._schema.name.split("::")[-1]
         if not isinstance(result, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
             return []
         if name in _INTERPOLATION_BACKWARD:
