@@ -159,7 +159,9 @@ def _sdpa_kernel(device: str) -> Any:
 # (UpSampleBilinear2d.cu, UpSampleNearest2d.cu, UpSampleBicubic2d.cu: ``grad_output_.contiguous()``, and a
 # ``grad_input_c`` when the gradient is not contiguous). In 16-bit dtypes the CPU kernels also accumulate in float32
 # in a buffer per task of ``at::parallel_for``: one input plane per task on the row-major path, a whole input image
-# (channels x spatial) per task on the channels-last one; CUDA accumulates with atomics, without a buffer.
+# (channels x spatial) per task on the channels-last one; CUDA accumulates with atomics, without a buffer. The
+# tasks' buffers are counted as live together, an upper bound: on a busy machine a thread may finish its task
+# before another starts (tests/oracle_interpolation.py measures between one and all of them).
 _INTERPOLATION_BACKWARD = frozenset({
     "upsample_nearest1d_backward", "_upsample_nearest_exact1d_backward", "upsample_linear1d_backward",
     "upsample_nearest2d_backward", "_upsample_nearest_exact2d_backward", "upsample_bilinear2d_backward",
