@@ -62,6 +62,9 @@ CASES = {
     # antialiased: the forward resizes the width first into an (N, C, H_in, W_out) temporary
     "antialiased bilinear, downsampled": Case("bilinear", (256, 256), 0.25, antialias=True),
     "antialiased bicubic, broadcast": Case("bicubic", (256, 192), 0.25, antialias=True, broadcast=True),
+    # its backward writes a row-major gradient: the channels-last input's gradient is copied too
+    "antialiased bilinear, channels-last": Case("bilinear", (64, 64), 4, channels_last=True, antialias=True),
+    "bicubic, bfloat16, channels-last": Case("bicubic", (32, 32), 8, dtype="bfloat16", channels_last=True),
 }
 
 
