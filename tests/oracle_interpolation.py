@@ -8,6 +8,9 @@ set then follows the live buffers. For one call of the forward (``F.interpolate`
 
     the peak resident set during the call - the resident set before it - the bytes of the call's result.
 
+A buffer may still be served from memory the C library already holds (freed small blocks): such a temporary reads
+up to a few hundred KiB short.
+
 Run as a script it prints one JSON object per case: ``python tests/oracle_interpolation.py THREADS CASES_JSON``.
 """
 

@@ -62,6 +62,9 @@ CASES = {
     # antialiased: the forward resizes the width first into an (N, C, H_in, W_out) temporary
     "antialiased bilinear, downsampled": Case("bilinear", (256, 256), 0.25, antialias=True),
     "antialiased bicubic, broadcast": Case("bicubic", (256, 192), 0.25, antialias=True, broadcast=True),
+    # a small output (height + width <= 128) takes the channels-last forward: input and output copied
+    "nearest, small output": Case("nearest", (16, 16), 4, batch=4, channels=128),
+    "bilinear, small output, bfloat16": Case("bilinear", (16, 16), 4, dtype="bfloat16", batch=4, channels=128),
     # its backward writes a row-major gradient: the channels-last input's gradient is copied too
     "antialiased bilinear, channels-last": Case("bilinear", (64, 64), 4, channels_last=True, antialias=True),
     "bicubic, bfloat16, channels-last": Case("bicubic", (32, 32), 8, dtype="bfloat16", channels_last=True),

@@ -224,6 +224,33 @@ def _separable_passes(input: Any, output: Any) -> list[int]:
     return temporaries
 
 
+# The forward kernels on the CPU (UpSampleKernel.cpp) of nearest and bilinear in 2-D, nearest and trilinear in 3-D
+# take a vectorized channels-last path when the input is channels-last with more than 3 channels, or (2-D) when the
+# output is small (height + width <= 128), or (bilinear) on one thread with 3 channels; that path reads
+# ``input.contiguous(channels_last)`` and writes ``output.contiguous(channels_last)``, copied back to a row-major
+# output: a row-major input and output each get a channels-last copy. CUDA's forward kernels read the input as it
+# is laid out (UpSampleBilinear2d.cu): no copy.
+_VECTORIZED_FORWARD = frozenset({"upsample_nearest2d", "_upsample_nearest_exact2d", "upsample_bilinear2d",
+                                 "upsample_nearest3d", "_upsample_nearest_exact3d", "upsample_trilinear3d"})
+
+
+def _channels_last_forward(name: str, input: Any, output: Any, threads: int) -> list[int]:
+    """The bytes of the copies the CPU's vectorized channels-last forward takes (none on the generic path)."""
+    import torch
+
+    if input.dim() not in (4, 5) or not input.is_floating_point():
+        return []
+    channels_last = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+    vectorized = input.is_contiguous(memory_format=channels_last) and input.shape[1] > 3
+    if input.dim() == 4:
+        vectorized = (vectorized or output.shape[-2] + output.shape[-1] <= 128
+                      or (name == "upsample_bilinear2d" and threads == 1 and input.shape[1] == 3))
+    if not vectorized:
+        return []
+    return [tensor.numel() * tensor.element_size() for tensor in (input, output)
+            if not tensor.is_contiguous(memory_format=channels_last)]
+
+
 def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], list[int]]:
     """For the step's dispatch mode: the bytes of the temporaries the ``device``'s kernel of an aten operation
     allocates and frees inside itself, given its arguments and result (none for most operations)."""
@@ -243,6 +270,8 @@ def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], lis
             return _interpolation_backward(name, args[0], result, threads, cpu)
         if name in _SEPARABLE and cpu:
             return _separable_passes(args[0], result)
+        if name in _VECTORIZED_FORWARD and cpu:
+            return _channels_last_forward(name, args[0], result, threads)
         return []
 
     return temporaries
