@@ -61,7 +61,7 @@ CASES = {
     "bilinear, bfloat16, broadcast": Case("bilinear", (32, 32), 8, dtype="bfloat16", broadcast=True),
     # antialiased: the forward resizes the width first into an (N, C, H_in, W_out) temporary
     "antialiased bilinear, downsampled": Case("bilinear", (256, 256), 0.25, antialias=True),
-    "antialiased bicubic, broadcast": Case("bicubic", (256, 192), 0.25, antialias=True, broadcast=True),
+    "antialiased bicubic, broadcast": Case("bicubic", (512, 384), 0.25, antialias=True, broadcast=True),
     # a small output (height + width <= 128) takes the channels-last forward: input and output copied
     "nearest, small output": Case("nearest", (16, 16), 4, batch=4, channels=128),
     "bilinear, small output, bfloat16": Case("bilinear", (16, 16), 4, dtype="bfloat16", batch=4, channels=128),
@@ -77,11 +77,12 @@ def test_the_modelled_temporaries_are_what_the_cpu_kernels_allocate():
     measured = measure(cases, threads=torch.get_num_threads())  # the per-task buffers: as many tasks as here
     for name, case, real in zip(CASES, cases, measured, strict=True):
         forward, backward = predicted(case)
-        # The slack: pages of the interpreter, and the forward's index and weight vectors (one entry per output
-        # position along each axis, not per element: not modelled, a few hundred KiB at most here)
-        slack = 0.03 * real.output_bytes + 192 * 1024
-        assert abs(forward - real.forward_bytes) <= slack, (name, forward, real)
-        assert abs(backward - real.backward_bytes) <= slack, (name, backward, real)
+        # The slack: 3% of the larger of the result and the temporary, and the C library's free blocks, which serve
+        # a buffer from memory already resident (a few hundred KiB, depending on what ran before). The forward's
+        # index and weight vectors (one entry per output position along each axis) are not modelled.
+        for modelled, real_bytes in ((forward, real.forward_bytes), (backward, real.backward_bytes)):
+            slack = 0.03 * max(real.output_bytes, modelled) + 320 * 1024
+            assert abs(modelled - real_bytes) <= slack, (name, modelled, real)
     # the rule is not vacuous: the broadcast gradients are copied whole, the dense ones are not
     assert predicted(CASES["bilinear, broadcast gradient"])[1] == measured[0].output_bytes
     assert predicted(CASES["bilinear, dense gradient"]) == (0, 0)
