@@ -1,8 +1,10 @@
-"""The kernels the modelled device would run: autocast's casts, and scaled dot-product attention's backend."""
+"""The kernels the modelled device would run: autocast's casts, scaled dot-product attention's backend, and the
+temporaries a kernel allocates inside itself (which no dispatch mode sees)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,4 +150,131 @@ def _sdpa_kernel(device: str) -> Any:
     return kernel
 
 
-__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels"]
+# The interpolation backward kernels (aten/src/ATen/native/cpu/UpSampleMoreKernel.cpp, UpSampleKernel.cpp) read
+# ``grad_output.contiguous(format)`` and write ``grad_input.contiguous(format)``: a gradient not already laid out in
+# the kernel's format is copied into a temporary of its own size, freed when the kernel returns. The format is
+# channels-last where the kernel has such a path and the gradient is channels-last contiguous (nearest, bilinear,
+# trilinear), else row-major (linear 1-D, bicubic, the antialiased ones). The gradient of a summed output is a
+# broadcast scalar (stride 0), so the copy is as large as the interpolation's output. CUDA's kernels do the same
+# (UpSampleBilinear2d.cu, UpSampleNearest2d.cu, UpSampleBicubic2d.cu: ``grad_output_.contiguous()``, and a
+# ``grad_input_c`` when the gradient is not contiguous). In 16-bit dtypes the CPU kernels also accumulate in float32
+# in a buffer per task of ``at::parallel_for``: one input plane per task on the row-major path, a whole input image
+# (channels x spatial) per task on the channels-last one; CUDA accumulates with atomics, without a buffer. The
+# tasks' buffers are counted as live together, an upper bound: on a busy machine a thread may finish its task
+# before another starts (tests/oracle_interpolation.py measures between one and all of them).
+_INTERPOLATION_BACKWARD = frozenset({
+    "upsample_nearest1d_backward", "_upsample_nearest_exact1d_backward", "upsample_linear1d_backward",
+    "upsample_nearest2d_backward", "_upsample_nearest_exact2d_backward", "upsample_bilinear2d_backward",
+    "upsample_bicubic2d_backward", "_upsample_bilinear2d_aa_backward", "_upsample_bicubic2d_aa_backward",
+    "upsample_nearest3d_backward", "_upsample_nearest_exact3d_backward", "upsample_trilinear3d_backward",
+})
+_CHANNELS_LAST_PATH = frozenset({
+    "upsample_nearest2d_backward", "_upsample_nearest_exact2d_backward", "upsample_bilinear2d_backward",
+    "upsample_nearest3d_backward", "_upsample_nearest_exact3d_backward", "upsample_trilinear3d_backward",
+})
+# The kernels whose 16-bit accumulation buffer was read in the source (UpSampleMoreKernel.cpp)
+_FLOAT32_BUFFER = _CHANNELS_LAST_PATH | {"upsample_nearest1d_backward", "_upsample_nearest_exact1d_backward",
+                                         "upsample_linear1d_backward"}
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
+
+
+def _tasks(work: int, grain: int, threads: int) -> int:
+    """How many tasks ``at::parallel_for(0, work, grain)`` runs on ``threads`` threads (one when it runs inline)."""
+    if threads <= 1 or work <= max(grain, 1):
+        return 1
+    return min(threads, -(-work // max(grain, 1)))
+
+
+def _interpolation_backward(name: str, grad_output: Any, grad_input: Any, threads: int, cpu: bool) -> list[int]:
+    """The bytes of each temporary an interpolation backward kernel allocates (see above)."""
+    import torch
+
+    rank = grad_output.dim()
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(rank)
+    layout = (channels_last if channels_last is not None and name in _CHANNELS_LAST_PATH
+              and grad_output.is_contiguous(memory_format=channels_last) else torch.contiguous_format)
+    temporaries = [tensor.numel() * tensor.element_size() for tensor in (grad_output, grad_input)
+                   if not tensor.is_contiguous(memory_format=layout)]
+    if cpu and name in _FLOAT32_BUFFER and grad_output.dtype in (torch.bfloat16, torch.float16):
+        batch, planes, spatial = grad_input.shape[0], grad_input.shape[1], math.prod(grad_input.shape[2:])
+        if layout == torch.contiguous_format:
+            grain = _GRAIN_SIZE // max(math.prod(grad_output.shape[2:]), 1)
+            temporaries += [spatial * 4] * _tasks(batch * planes, grain, threads)
+        else:
+            temporaries += [planes * spatial * 4] * _tasks(batch, 0, threads)
+    return temporaries
+
+
+# The antialiased forward kernels on the CPU (UpSampleKernel.cpp, separable_upsample_generic_Nd_kernel_impl) resize
+# one axis at a time, the last (contiguous) one first, each pass but the last into a new tensor of the input's dtype:
+# for a 2-D resize of both axes, one temporary of (N, C, H_in, W_out). CUDA's antialiased kernel resizes both axes
+# in one pass through shared memory (UpSampleBilinear2d.cu, upsample_gen2d_aa_out_frame): no temporary.
+_SEPARABLE = frozenset({"_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"})
+
+
+def _separable_passes(input: Any, output: Any) -> list[int]:
+    """The bytes of each intermediate of a separable resize of ``input`` into ``output``, in the order allocated
+    (each freed when the next pass has written its own)."""
+    shape = list(input.shape)
+    resized = [axis for axis in range(input.dim() - 1, 1, -1) if input.shape[axis] != output.shape[axis]]
+    temporaries = []
+    for axis in resized[:-1]:
+        shape[axis] = output.shape[axis]
+        temporaries.append(math.prod(shape) * input.element_size())
+    return temporaries
+
+
+# The forward kernels on the CPU (UpSampleKernel.cpp) of nearest and bilinear in 2-D, nearest and trilinear in 3-D
+# take a vectorized channels-last path when the input is channels-last with more than 3 channels, or (2-D) when the
+# output is small (height + width <= 128), or (bilinear) on one thread with 3 channels; that path reads
+# ``input.contiguous(channels_last)`` and writes ``output.contiguous(channels_last)``, copied back to a row-major
+# output: a row-major input and output each get a channels-last copy. CUDA's forward kernels read the input as it
+# is laid out (UpSampleBilinear2d.cu): no copy.
+_VECTORIZED_FORWARD = frozenset({"upsample_nearest2d", "_upsample_nearest_exact2d", "upsample_bilinear2d",
+                                 "upsample_nearest3d", "_upsample_nearest_exact3d", "upsample_trilinear3d"})
+
+
+def _channels_last_forward(name: str, input: Any, output: Any, threads: int) -> list[int]:
+    """The bytes of the copies the CPU's vectorized channels-last forward takes (none on the generic path)."""
+    import torch
+
+    if input.dim() not in (4, 5) or not input.is_floating_point():
+        return []
+    channels_last = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+    vectorized = input.is_contiguous(memory_format=channels_last) and input.shape[1] > 3
+    if input.dim() == 4:
+        vectorized = (vectorized or output.shape[-2] + output.shape[-1] <= 128
+                      or (name == "upsample_bilinear2d" and threads == 1 and input.shape[1] == 3))
+    if not vectorized:
+        return []
+    return [tensor.numel() * tensor.element_size() for tensor in (input, output)
+            if not tensor.is_contiguous(memory_format=channels_last)]
+
+
+def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], list[int]]:
+    """For the step's dispatch mode: the bytes of the temporaries the ``device``'s kernel of an aten operation
+    allocates and frees inside itself, given its arguments and result (none for most operations)."""
+    import torch
+
+    cpu = device.startswith("cpu")
+    threads = torch.get_num_threads()
+    names: dict[Any, str] = {}  # operator -> its name (the mode asks for every operation the step runs)
+
+    def temporaries(func: Any, args: tuple[Any, ...], result: Any) -> list[int]:
+        name = names.get(func)
+        if name is None:
+            name = names[func] = func._schema.name.split("::")[-1]
+        if not isinstance(result, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+            return []
+        if name in _INTERPOLATION_BACKWARD:
+            return _interpolation_backward(name, args[0], result, threads, cpu)
+        if name in _SEPARABLE and cpu:
+            return _separable_passes(args[0], result)
+        if name in _VECTORIZED_FORWARD and cpu:
+            return _channels_last_forward(name, args[0], result, threads)
+        return []
+
+    return temporaries
+
+
+__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels", "kernel_temporaries"]

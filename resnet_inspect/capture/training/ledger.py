@@ -112,9 +112,12 @@ class StorageLedger:
 
 
 
-def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None) -> Any:
+def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None,
+                  temporaries: Callable[[Any, tuple[Any, ...], Any], list[int]] | None = None) -> Any:
     """A dispatch mode that sees every aten operation's outputs (a storage not seen before is an allocation) and
-    runs the ``fast`` meta kernels (and the pointwise shortcut) before torch's own."""
+    runs the ``fast`` meta kernels (and the pointwise shortcut) before torch's own. ``temporaries`` gives the
+    bytes a device's kernel allocates inside itself (invisible here): each is allocated after the outputs and
+    released before the operation returns."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
@@ -140,6 +143,11 @@ def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None) -> 
             for leaf in tree_leaves(result):
                 if isinstance(leaf, torch.Tensor):
                     ledger.track(leaf)
+            held = [torch.empty(size, dtype=torch.uint8, device="meta")
+                    for size in (temporaries(func, tuple(args), result) if temporaries is not None else ())]
+            for temporary in held:
+                ledger.track(temporary)
+            del held  # freed as the kernel returns (the last with this frame)
             return result
 
     return StorageMode()
