@@ -74,11 +74,18 @@ def make_optimizer(name: str, parameters):  # -> torch.optim.Optimizer | None
     raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}")
 
 
+def storages_of(tensor) -> list:  # -> list[torch.UntypedStorage]
+    """The storages that hold ``tensor``: its own, or a sparse COO tensor's indices' and values'."""
+    if tensor.is_sparse:
+        return [tensor._indices().untyped_storage(), tensor._values().untyped_storage()]
+    return [tensor.untyped_storage()]
+
+
 def tensor_bytes(tensors) -> int:
     storages = {}
     for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        for storage in storages_of(tensor):
+            storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 
@@ -160,17 +167,23 @@ class LiveStorages:
     with resnet-inspect."""
 
     def __init__(self, resident) -> None:  # resident: list[torch.Tensor]
-        self.resident = {tensor.untyped_storage().data_ptr() for tensor in resident}
+        self.resident = {storage.data_ptr() for tensor in resident for storage in storages_of(tensor)}
         self.live: dict[int, int] = {}  # data pointer -> bytes
         self.current = 0
         self.peak_bytes = 0
 
     def add(self, tensor) -> None:  # tensor: torch.Tensor
+        if tensor.device.type != "cpu":
+            return
+        if tensor.is_sparse:  # a sparse COO tensor's memory is its indices' and values' storages
+            self.add(tensor._indices())
+            self.add(tensor._values())
+            return
+        self._add_storage(tensor.untyped_storage())
+
+    def _add_storage(self, storage) -> None:  # storage: torch.UntypedStorage
         import weakref
 
-        if tensor.is_sparse or tensor.device.type != "cpu":
-            return
-        storage = tensor.untyped_storage()
         key = storage.data_ptr()
         if key == 0 or key in self.live or key in self.resident:
             return

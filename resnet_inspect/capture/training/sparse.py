@@ -1,0 +1,105 @@
+"""Sparse tensors in the training step: an ``Embedding`` or ``EmbeddingBag`` with ``sparse=True`` gives its weight a
+sparse COO gradient in the backward.
+
+A sparse tensor has no storage of its own: its memory is its component tensors' storages (COO: indices and
+values; the compressed layouts: their index tensors and values), so the ledger follows those. The meta device runs
+a few sparse operations wrongly or not at all: its sparse ``clone`` (what ``AccumulateGrad`` does to the
+gradient, and SGD's momentum to its first buffer) gives a tensor with no entries, and adding a sparse tensor into
+a dense one asks for ``_coalesce``, which meta lacks. ``SPARSE_RULES`` answers those as the CPU kernels do
+(``clone`` copies indices and values; the dense ``add_`` writes into the dense tensor and allocates nothing).
+Adam and AdamW refuse a sparse gradient in torch; ``refuse_sparse`` says so in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnet_inspect.errors import BadInputError
+
+# torch.optim's algorithms that accept a sparse gradient (SGD, with or without momentum); the others raise
+SPARSE_OPTIMIZERS = ("none", "sgd", "momentum")
+
+
+def components(tensor: Any) -> list[Any]:
+    """The tensors that hold ``tensor``'s memory: itself when strided, its index tensors and values when sparse."""
+    import torch
+
+    layout = tensor.layout
+    if layout == torch.strided:
+        return [tensor]
+    if layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    if layout in (torch.sparse_csc, torch.sparse_bsc):
+        return [tensor.ccol_indices(), tensor.row_indices(), tensor.values()]
+    return [tensor]
+
+
+def storage_bytes(tensor: Any) -> int:
+    """The bytes of the storages that hold ``tensor`` (a sparse tensor's: its indices' and values')."""
+    return sum(part.untyped_storage().nbytes() for part in components(tensor))
+
+
+def gradient_bytes(gradient: Any) -> int:
+    """A gradient's bytes: its elements' when dense, its indices' and values' storages when sparse."""
+    import torch
+
+    if gradient.layout == torch.strided:
+        return int(gradient.numel() * gradient.element_size())
+    return storage_bytes(gradient)
+
+
+def _clone(tensor: Any, **options: Any) -> Any:
+    """A sparse COO tensor's clone as the CPU kernel makes it: new indices and values, the same entries."""
+    import torch
+
+    if tensor.layout != torch.sparse_coo:
+        return NotImplemented
+    return torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors(
+        tensor.sparse_dim(), tensor.dense_dim(), list(tensor.shape), tensor._indices().clone(),
+        tensor._values().clone(), dtype=tensor.dtype, layout=torch.sparse_coo, device=tensor.device,
+        is_coalesced=tensor.is_coalesced())
+
+
+def _add_sparse_into_dense(tensor: Any, other: Any, alpha: Any = 1) -> Any:
+    """``dense.add_(sparse)``: written in place into the dense tensor (the CPU kernel adds entry by entry)."""
+    import torch
+
+    if tensor.layout != torch.strided or other.layout != torch.sparse_coo:
+        return NotImplemented
+    return tensor
+
+
+def sparse_rules() -> dict[Any, Any]:
+    """aten operation -> its answer for sparse meta tensors (NotImplemented: not a case handled here)."""
+    import torch
+
+    aten = torch.ops.aten
+    return {aten.clone.default: _clone, aten.add_.Tensor: _add_sparse_into_dense}
+
+
+def is_sparse_call(args: tuple[Any, ...]) -> bool:
+    """Whether an operation's positional arguments hold a sparse meta tensor."""
+    import torch
+
+    return any(isinstance(arg, torch.Tensor) and arg.is_meta and arg.layout != torch.strided for arg in args)
+
+
+def refuse_sparse(optimizer: str, parameters: list[Any]) -> None:
+    """Adam and AdamW raise on a sparse gradient in torch ("does not support sparse gradients"): one line that says
+    which parameters have one and what does accept them."""
+    if optimizer in SPARSE_OPTIMIZERS:
+        return
+    shapes = ["x".join(map(str, p.shape)) for p in parameters if p.grad is not None and p.grad.is_sparse]
+    if shapes:
+        torch_name = {"adam": "Adam", "adamw": "AdamW"}.get(optimizer, optimizer)
+        raise BadInputError(
+            f"the {', '.join(shapes)} weight{'s' if len(shapes) > 1 else ''} of an Embedding or EmbeddingBag with "
+            f"sparse=True get{'' if len(shapes) > 1 else 's'} a sparse gradient, and --optimizer {optimizer} does not "
+            f"support sparse gradients (torch.optim.{torch_name} raises): use --optimizer sgd or momentum, or "
+            "sparse=False")
+
+
+__all__ = ["SPARSE_OPTIMIZERS", "components", "gradient_bytes", "is_sparse_call", "refuse_sparse", "sparse_rules",
+           "storage_bytes"]

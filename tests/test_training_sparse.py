@@ -1,0 +1,136 @@
+"""Sparse gradients in the training step: an ``Embedding`` or ``EmbeddingBag`` with ``sparse=True`` gives its weight
+a sparse COO gradient, whose memory is its indices' and values' storages, not the weight's dense size.
+
+Every figure is checked against torch itself on real CPU tensors: the gradient a real backward leaves, and the
+live storages of a real second step counted by tests/oracle_memory.py's ``LiveStorages`` (which counts a sparse
+tensor's indices and values). Adam and AdamW raise on a sparse gradient in torch; the tool refuses in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import oracle_memory
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import resnet_inspect
+from resnet_inspect.cli.app import app
+from resnet_inspect.errors import BadInputError
+
+VOCABULARY, WIDTH = 4000, 64
+TOKENS = (16, 64)  # a batch of 16 sequences of 64 token indices
+
+
+class TokenClassifier(nn.Module):
+    """Token indices in, class scores out: an embedding table (sparse gradient), mean-pooled, and a linear head."""
+
+    def __init__(self, bag: bool) -> None:
+        super().__init__()
+        self.bag = bag
+        self.embed: nn.Module = (nn.EmbeddingBag(VOCABULARY, WIDTH, mode="sum", sparse=True) if bag
+                                 else nn.Embedding(VOCABULARY, WIDTH, sparse=True))
+        self.head = nn.Linear(WIDTH, 10)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled = self.embed(tokens) if self.bag else self.embed(tokens).mean(1)
+        return self.head(pooled)
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, VOCABULARY, TOKENS, generator=torch.Generator().manual_seed(0))
+
+
+def real_gradient_bytes(model: nn.Module, optimizer: str = "sgd") -> int:
+    """The bytes of every gradient a real CPU backward leaves (a sparse one's indices and values storages)."""
+    model = copy.deepcopy(model)
+    model(tokens()).sum().backward()
+    return oracle_memory.tensor_bytes([p.grad for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
+def test_a_sparse_gradient_counts_its_indices_and_values_not_the_dense_weight(bag: bool) -> None:
+    model = TokenClassifier(bag)
+    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer="sgd")
+    expected = real_gradient_bytes(model)
+    dense_embedding = VOCABULARY * WIDTH * 4
+    assert step.note is None and step.peak_bytes is not None
+    assert step.gradient_bytes == expected
+    assert expected < dense_embedding / 3  # 1,024 rows of 64 floats and their indices, of a 4,000-row table
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
+def test_the_peak_of_a_sparse_sgd_step_is_within_3_percent_of_a_real_one(bag: bool) -> None:
+    """The second step of a real CPU model, its live storages (a sparse tensor's indices and values) counted by the
+    oracle. A dense gradient of the table would put the estimate 1 MB too high."""
+    model = TokenClassifier(bag)
+    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer="sgd")
+    measured = oracle_memory.tracked_step(copy.deepcopy(model), tokens(), "sgd")
+    assert step.peak_bytes is not None
+    assert abs(step.peak_bytes - measured.peak_bytes) <= 0.03 * measured.peak_bytes, (step.peak_bytes, measured)
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
+def test_momentum_keeps_a_sparse_clone_of_the_first_gradient_as_torch_does(bag: bool) -> None:
+    """torch.optim.SGD's momentum buffer starts as ``grad.clone()``: sparse, the gradient's indices and values."""
+    model = TokenClassifier(bag)
+    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer="momentum")
+    real = copy.deepcopy(model)
+    optimizer = oracle_memory.make_optimizer("momentum", real.parameters())
+    real(tokens()).sum().backward()
+    optimizer.step()
+    buffers = oracle_memory.state_tensors(optimizer)
+    assert any(buffer.is_sparse for buffer in buffers)
+    assert step.optimizer_state_bytes == oracle_memory.tensor_bytes(buffers) == real_gradient_bytes(model)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_refuses_a_sparse_gradient_as_torch_does(optimizer: str) -> None:
+    model = TokenClassifier(bag=False)
+    real = copy.deepcopy(model)
+    real(tokens()).sum().backward()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        oracle_memory.make_optimizer(optimizer, real.parameters()).step()
+    with pytest.raises(BadInputError, match=r"does not support sparse gradients.*--optimizer sgd or momentum"):
+        resnet_inspect.training_memory(model, input_data=tokens(), optimizer=optimizer)
+
+
+QUANTIZED = (Path(__file__).parent / "fixtures" / "sparse_models.py").read_text()  # a user's file
+
+
+@pytest.fixture
+def quantized(tmp_path: Path) -> Path:
+    path = tmp_path / "pixel_tokens.py"
+    path.write_text(QUANTIZED)
+    return path
+
+
+@pytest.mark.parametrize("factory", ["embedding", "bag"])
+def test_the_command_line_reports_a_sparse_step_without_a_traceback(quantized: Path, factory: str) -> None:
+    result = CliRunner().invoke(app, ["summary", f"{quantized}:{factory}", "-i", "16", "-b", "4", "--train",
+                                      "--optimizer", "momentum", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "SparseTensorImpl" not in result.output
+    training = json.loads(result.stdout)["training"]
+    namespace: dict = {}
+    exec(compile(QUANTIZED, str(quantized), "exec"), namespace)  # the same file, run for real
+    real = namespace[factory]()
+    real(torch.rand(4, 3, 16, 16)).sum().backward()
+    gradients = [p.grad for p in real.parameters()]
+    assert gradients[0].is_sparse
+    assert training["peak_bytes"] is not None
+    assert training["gradient_bytes"] == oracle_memory.tensor_bytes(gradients)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_command_line_refuses_adam_on_a_sparse_gradient_in_one_line(quantized: Path, optimizer: str) -> None:
+    result = CliRunner().invoke(app, ["summary", f"{quantized}:embedding", "-i", "16", "--train", "--optimizer",
+                                      optimizer])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not support sparse gradients" in lines[0], result.stderr
+    assert "Traceback" not in result.output
