@@ -64,14 +64,17 @@ def test_a_sparse_gradient_counts_its_indices_and_values_not_the_dense_weight(ba
 
 
 @pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
-def test_the_peak_of_a_sparse_sgd_step_is_within_3_percent_of_a_real_one(bag: bool) -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_the_peak_of_a_sparse_step_is_within_3_percent_of_a_real_second_step(bag: bool, optimizer: str) -> None:
     """The second step of a real CPU model, its live storages (a sparse tensor's indices and values) counted by the
-    oracle. A dense gradient of the table would put the estimate 1 MB too high."""
+    oracle. A dense gradient of the table would put the estimate 1 MB too high; with momentum, the second step
+    concatenates the new gradient to the sparse buffer (leaving that out puts the estimate 13% low)."""
     model = TokenClassifier(bag)
-    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer="sgd")
-    measured = oracle_memory.tracked_step(copy.deepcopy(model), tokens(), "sgd")
+    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer=optimizer)
+    measured = oracle_memory.tracked_step(copy.deepcopy(model), tokens(), optimizer)
     assert step.peak_bytes is not None
     assert abs(step.peak_bytes - measured.peak_bytes) <= 0.03 * measured.peak_bytes, (step.peak_bytes, measured)
+    assert step.optimizer_state_bytes == measured.state_bytes
 
 
 @pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])

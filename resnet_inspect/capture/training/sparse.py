@@ -12,6 +12,7 @@ Adam and AdamW refuse a sparse gradient in torch; ``refuse_sparse`` says so in o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from resnet_inspect.errors import BadInputError
@@ -71,12 +72,50 @@ def _add_sparse_into_dense(tensor: Any, other: Any, alpha: Any = 1) -> Any:
     return tensor
 
 
-def sparse_rules() -> dict[Any, Any]:
-    """aten operation -> its answer for sparse meta tensors (NotImplemented: not a case handled here)."""
+def _scale_in_place(tensor: Any, factor: Any) -> Any:
+    """``sparse.mul_(scalar)``: the CPU kernel scales the values where they are, allocating nothing."""
+    import torch
+
+    if tensor.layout != torch.sparse_coo or isinstance(factor, torch.Tensor):
+        return NotImplemented
+    return tensor
+
+
+def _add_sparse_into_sparse(track: Callable[[Any], None], tensor: Any, other: Any, alpha: Any = 1) -> Any:
+    """``sparse.add_(sparse)`` (SGD's momentum buffer taking each new gradient): the CPU kernel concatenates both
+    tensors' indices and values (``other``'s values scaled first when ``alpha`` is not 1) and makes those the
+    result's, merging no rows, so the buffer grows by one gradient each step. Meta cannot swap a sparse tensor's
+    storages in place: the concatenations are allocated (and ``track``ed) while the old storages live, as in torch,
+    and let go at once; ``tensor`` keeps its own, the bytes it held when the step began."""
+    import torch
+
+    values = other._values() if alpha == 1 else other._values() * alpha
+    parts = [values, torch.cat([tensor._indices(), other._indices()], 1), torch.cat([tensor._values(), values], 0)]
+    for part in parts:
+        track(part)
+    return tensor
+
+
+def _add_in_place(track: Callable[[Any], None]) -> Callable[..., Any]:
+    """``add_`` with a sparse COO argument: into a dense tensor, or into a sparse one."""
+    import torch
+
+    def add(tensor: Any, other: Any, alpha: Any = 1) -> Any:
+        if tensor.layout == torch.sparse_coo and other.layout == torch.sparse_coo:
+            return _add_sparse_into_sparse(track, tensor, other, alpha)
+        return _add_sparse_into_dense(tensor, other, alpha)
+
+    return add
+
+
+def sparse_rules(track: Callable[[Any], None]) -> dict[Any, Any]:
+    """aten operation -> its answer for sparse meta tensors (NotImplemented: not a case handled here); ``track``
+    is given the tensors a rule allocates and lets go before it returns (the dispatch mode does not see them)."""
     import torch
 
     aten = torch.ops.aten
-    return {aten.clone.default: _clone, aten.add_.Tensor: _add_sparse_into_dense}
+    return {aten.clone.default: _clone, aten.add_.Tensor: _add_in_place(track), aten.mul_.Tensor: _scale_in_place,
+            aten.mul_.Scalar: _scale_in_place}
 
 
 def is_sparse_call(args: tuple[Any, ...]) -> bool:
@@ -84,6 +123,17 @@ def is_sparse_call(args: tuple[Any, ...]) -> bool:
     import torch
 
     return any(isinstance(arg, torch.Tensor) and arg.is_meta and arg.layout != torch.strided for arg in args)
+
+
+def sparse_momentum_buffers(gradients: list[Any], buffers: list[Any]) -> list[Any]:
+    """SGD's momentum buffers, those of sparse gradients filled as torch's first step leaves them.
+
+    A dense buffer costs a step the same every time, so the first step (which clones the gradient) stands for
+    all. A sparse one does not: the first step clones the gradient, and every later one concatenates the new
+    gradient's entries to the buffer's (``_add_sparse_into_sparse``). Given the first step's clone, the step run is
+    the second: the buffer held before it, and the concatenation it allocates."""
+    return [gradient.detach().clone() if buffer is None and gradient.is_sparse else buffer
+            for gradient, buffer in zip(gradients, buffers, strict=True)]
 
 
 def refuse_sparse(optimizer: str, parameters: list[Any]) -> None:
@@ -101,5 +151,5 @@ def refuse_sparse(optimizer: str, parameters: list[Any]) -> None:
             "sparse=False")
 
 
-__all__ = ["SPARSE_OPTIMIZERS", "components", "gradient_bytes", "is_sparse_call", "refuse_sparse", "sparse_rules",
-           "storage_bytes"]
+__all__ = ["SPARSE_OPTIMIZERS", "components", "gradient_bytes", "is_sparse_call", "refuse_sparse",
+           "sparse_momentum_buffers", "sparse_rules", "storage_bytes"]
