@@ -137,3 +137,12 @@ def test_the_command_line_refuses_adam_on_a_sparse_gradient_in_one_line(quantize
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not support sparse gradients" in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_padding_row_makes_the_gradient_data_dependent_and_the_summary_says_so() -> None:
+    """With ``padding_idx`` the sparse backward drops the entries equal to it (``nonzero``): a count the meta
+    device cannot know. The step reports why it has no peak, in one line, instead of guessing or crashing."""
+    model = nn.Sequential(nn.Embedding(100, 8, padding_idx=0, sparse=True), nn.Flatten(), nn.Linear(8 * 64, 2))
+    step = resnet_inspect.training_memory(model, input_data=tokens() % 100, optimizer="sgd")
+    assert step.peak_bytes is None
+    assert step.note is not None and "cannot run on the meta device" in step.note and "\n" not in step.note

@@ -4,9 +4,11 @@ sparse COO gradient in the backward.
 A sparse tensor has no storage of its own: its memory is its component tensors' storages (COO: indices and
 values; the compressed layouts: their index tensors and values), so the ledger follows those. The meta device runs
 a few sparse operations wrongly or not at all: its sparse ``clone`` (what ``AccumulateGrad`` does to the
-gradient, and SGD's momentum to its first buffer) gives a tensor with no entries, and adding a sparse tensor into
-a dense one asks for ``_coalesce``, which meta lacks. ``SPARSE_RULES`` answers those as the CPU kernels do
-(``clone`` copies indices and values; the dense ``add_`` writes into the dense tensor and allocates nothing).
+gradient, and SGD's momentum to its first buffer) gives a tensor with no entries, and ``add_`` and ``mul_`` with
+a sparse tensor are missing or ask for ``_coalesce``, which meta lacks. ``sparse_rules`` answers those as the CPU
+kernels do (``clone`` copies indices and values; a sparse tensor added into a dense one, or a sparse one scaled,
+allocates nothing; a sparse tensor added into a sparse one concatenates their entries). SGD's sparse momentum
+buffer is filled as the first step leaves it (``sparse_momentum_buffers``), so the step modelled is the second.
 Adam and AdamW refuse a sparse gradient in torch; ``refuse_sparse`` says so in one line.
 """
 
