@@ -146,3 +146,32 @@ def test_a_padding_row_makes_the_gradient_data_dependent_and_the_summary_says_so
     step = resnet_inspect.training_memory(model, input_data=tokens() % 100, optimizer="sgd")
     assert step.peak_bytes is None
     assert step.note is not None and "cannot run on the meta device" in step.note and "\n" not in step.note
+
+
+def _coo(device: str, rows: int) -> torch.Tensor:
+    """An uncoalesced sparse COO tensor of 50 x 8 with ``rows`` entries (rows repeat), as an embedding's gradient."""
+    generator = torch.Generator().manual_seed(rows)
+    indices = torch.randint(0, 50, (1, rows), generator=generator).to(device)
+    values = torch.randn(rows, 8, generator=generator).to(device)
+    # (a sparse tensor moved to meta with .to() loses its entries: built from its parts instead)
+    return torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors(1, 1, [50, 8], indices, values, dtype=values.dtype,
+                                                                   layout=torch.sparse_coo, device=device,
+                                                                   is_coalesced=False)
+
+
+@pytest.mark.parametrize("operation", ["clone", "add_"])
+def test_the_meta_sparse_rules_allocate_what_the_cpu_kernels_keep(operation: str) -> None:
+    """``clone`` (AccumulateGrad, momentum's first buffer) and a sparse ``add_`` into a sparse tensor (momentum's
+    later steps): the storages the meta rules allocate have the bytes of those torch's CPU kernel leaves."""
+    from resnet_inspect.capture.training.ledger import StorageLedger, tracking_mode
+
+    cpu_first, cpu_second = _coo("cpu", 12), _coo("cpu", 7)
+    real = cpu_first.clone() if operation == "clone" else cpu_first.clone().add_(cpu_second)
+    expected = sorted(oracle_memory.tensor_bytes([part]) for part in (real._indices(), real._values()))
+    first, second = _coo("meta", 12), _coo("meta", 7)
+    held = {id(part.untyped_storage()) for tensor in (first, second) for part in (tensor._indices(), tensor._values())}
+    ledger = StorageLedger(weights=set(), inputs=held)  # held before: never allocations
+    with tracking_mode(ledger):
+        getattr(first, operation)(*(() if operation == "clone" else (second,)))
+    allocated = sorted(event.bytes for event in ledger.events if event.bytes > 0)
+    assert allocated == expected
