@@ -163,8 +163,10 @@ class LiveStorages:
     """A live-storage tracker for real CPU tensors: every storage an aten operation returns that it has not seen is
     an allocation, released when torch frees it (a weak-reference finaliser on the storage); ``peak_bytes`` is the
     most that was live at once. Storages held before it starts (``resident``: weights, the input, the optimizer's
-    state, which in-place operations return again) are not counted. Written for these tests alone: it shares no code
-    with resnet-inspect."""
+    state, which in-place operations return again) are not counted. A sparse tensor counts its indices' and values'
+    storages. Its dispatch mode holds Python references that make autograd's AccumulateGrad clone a sparse gradient
+    it would otherwise take as it is: there its count is the clone's, above a real step (``measure_step`` is the
+    oracle for sparse gradients). Written for these tests alone: it shares no code with resnet-inspect."""
 
     def __init__(self, resident) -> None:  # resident: list[torch.Tensor]
         self.resident = {storage.data_ptr() for tensor in resident for storage in storages_of(tensor)}

@@ -131,7 +131,7 @@ def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None) -> 
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
-    sparse = sparse_rules(ledger.track)
+    sparse = sparse_rules(ledger.track, lambda: ledger.phase == StepPhase.BACKWARD)
 
     class StorageMode(TorchDispatchMode):
         """Sees every aten operation's outputs: a storage not seen before is an allocation."""

@@ -3,11 +3,12 @@ sparse COO gradient in the backward.
 
 A sparse tensor has no storage of its own: its memory is its component tensors' storages (COO: indices and
 values; the compressed layouts: their index tensors and values), so the ledger follows those. The meta device runs
-a few sparse operations wrongly or not at all: its sparse ``clone`` (what ``AccumulateGrad`` does to the
-gradient, and SGD's momentum to its first buffer) gives a tensor with no entries, and ``add_`` and ``mul_`` with
-a sparse tensor are missing or ask for ``_coalesce``, which meta lacks. ``sparse_rules`` answers those as the CPU
-kernels do (``clone`` copies indices and values; a sparse tensor added into a dense one, or a sparse one scaled,
-allocates nothing; a sparse tensor added into a sparse one concatenates their entries). SGD's sparse momentum
+a few sparse operations wrongly or not at all: its sparse ``clone`` (SGD's momentum does it to its first buffer)
+gives a tensor with no entries, and ``add_`` and ``mul_`` with a sparse tensor are missing or ask for
+``_coalesce``, which meta lacks. ``sparse_rules`` answers those as the CPU kernels do: ``clone`` copies indices
+and values (except ``AccumulateGrad``'s in the backward, which only the dispatch mode causes: torch takes the
+gradient as it is); a sparse tensor added into a dense one, or a sparse one scaled, allocates nothing; a sparse
+tensor added into a sparse one concatenates their entries. SGD's sparse momentum
 buffer is filled as the first step leaves it (``sparse_momentum_buffers``), so the step modelled is the second.
 Adam and AdamW refuse a sparse gradient in torch; ``refuse_sparse`` says so in one line.
 """
@@ -53,16 +54,32 @@ def gradient_bytes(gradient: Any) -> int:
     return storage_bytes(gradient)
 
 
-def _clone(tensor: Any, **options: Any) -> Any:
-    """A sparse COO tensor's clone as the CPU kernel makes it: new indices and values, the same entries."""
+def _sparse_like(tensor: Any, indices: Any, values: Any) -> Any:
     import torch
 
-    if tensor.layout != torch.sparse_coo:
-        return NotImplemented
     return torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors(
-        tensor.sparse_dim(), tensor.dense_dim(), list(tensor.shape), tensor._indices().clone(),
-        tensor._values().clone(), dtype=tensor.dtype, layout=torch.sparse_coo, device=tensor.device,
-        is_coalesced=tensor.is_coalesced())
+        tensor.sparse_dim(), tensor.dense_dim(), list(tensor.shape), indices, values, dtype=tensor.dtype,
+        layout=torch.sparse_coo, device=tensor.device, is_coalesced=tensor.is_coalesced())
+
+
+def _clone(in_backward: Callable[[], bool]) -> Callable[..., Any]:
+    """A sparse COO tensor's clone as the CPU kernel makes it: new indices and values, the same entries.
+
+    In the backward, the clone of a sparse gradient is ``AccumulateGrad``'s: torch takes a gradient that nothing
+    else holds, with contiguous indices and values, as it is (a new sparse tensor over the same storages, see
+    ``accumulate_grad.h``), and clones it only because the dispatch mode's Python references count as holders.
+    Without a mode, as a user runs it, nothing is copied: that is what is modelled."""
+    import torch
+
+    def clone(tensor: Any, **options: Any) -> Any:
+        if tensor.layout != torch.sparse_coo:
+            return NotImplemented
+        indices, values = tensor._indices(), tensor._values()
+        if in_backward() and indices.is_contiguous() and values.is_contiguous():
+            return _sparse_like(tensor, indices, values)
+        return _sparse_like(tensor, indices.clone(), values.clone())
+
+    return clone
 
 
 def _add_sparse_into_dense(tensor: Any, other: Any, alpha: Any = 1) -> Any:
@@ -110,14 +127,15 @@ def _add_in_place(track: Callable[[Any], None]) -> Callable[..., Any]:
     return add
 
 
-def sparse_rules(track: Callable[[Any], None]) -> dict[Any, Any]:
+def sparse_rules(track: Callable[[Any], None], in_backward: Callable[[], bool]) -> dict[Any, Any]:
     """aten operation -> its answer for sparse meta tensors (NotImplemented: not a case handled here); ``track``
-    is given the tensors a rule allocates and lets go before it returns (the dispatch mode does not see them)."""
+    is given the tensors a rule allocates and lets go before it returns (the dispatch mode does not see them);
+    ``in_backward`` says whether the backward is running."""
     import torch
 
     aten = torch.ops.aten
-    return {aten.clone.default: _clone, aten.add_.Tensor: _add_in_place(track), aten.mul_.Tensor: _scale_in_place,
-            aten.mul_.Scalar: _scale_in_place}
+    return {aten.clone.default: _clone(in_backward), aten.add_.Tensor: _add_in_place(track),
+            aten.mul_.Tensor: _scale_in_place, aten.mul_.Scalar: _scale_in_place}
 
 
 def is_sparse_call(args: tuple[Any, ...]) -> bool:
