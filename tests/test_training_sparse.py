@@ -68,6 +68,17 @@ def test_a_sparse_gradient_counts_its_indices_and_values_not_the_dense_weight(ba
     assert expected < dense_embedding / 3  # 1,024 rows of 64 floats and their indices, of a 4,000-row table
 
 
+def test_a_sparse_gradient_over_a_broadcast_is_copied_as_torch_copies_it() -> None:
+    """An Embedding alone, its output summed: the backward's values are a broadcast of one number (not contiguous),
+    so torch's AccumulateGrad copies indices and values instead of taking them; the mean-pooled models above are
+    taken as they are. Both are what a real backward leaves."""
+    model = nn.Embedding(VOCABULARY, WIDTH, sparse=True)
+    step = resnet_inspect.training_memory(model, input_data=tokens(), optimizer="sgd")
+    expected = real_gradient_bytes(model)
+    assert expected == TOKENS[0] * TOKENS[1] * (WIDTH * 4 + 8)  # copied: values and indices of every lookup
+    assert step.gradient_bytes == expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("factory", ["embedding", "bag"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
