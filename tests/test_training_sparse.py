@@ -145,6 +145,8 @@ def test_the_command_line_reports_a_sparse_step_without_a_traceback(quantized: P
     assert gradients[0].is_sparse
     assert training["peak_bytes"] is not None
     assert training["gradient_bytes"] == oracle_memory.tensor_bytes(gradients)
+    layer_grad_bytes = {layer["name"]: layer["grad_bytes"] for layer in json.loads(result.stdout)["layers"]}
+    assert layer_grad_bytes["embed"] == oracle_memory.tensor_bytes([real.embed.weight.grad])  # not 256 x 32 x 4
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
