@@ -80,11 +80,18 @@ def make_optimizer(name: str, parameters):  # -> torch.optim.Optimizer | None
     raise ValueError(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}")
 
 
+def storages_of(tensor) -> list:  # -> list[torch.UntypedStorage]
+    """The storages that hold ``tensor``: its own, or a sparse COO tensor's indices' and values'."""
+    if tensor.is_sparse:
+        return [tensor._indices().untyped_storage(), tensor._values().untyped_storage()]
+    return [tensor.untyped_storage()]
+
+
 def tensor_bytes(tensors) -> int:
     storages = {}
     for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        for storage in storages_of(tensor):
+            storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 
@@ -190,21 +197,29 @@ class LiveStorages:
     """A live-storage tracker for real CPU tensors: every storage an aten operation returns that it has not seen is
     an allocation, released when torch frees it (a weak-reference finaliser on the storage); ``peak_bytes`` is the
     most that was live at once. Storages held before it starts (``resident``: weights, the input, the optimizer's
-    state, which in-place operations return again) are not counted. Written for these tests alone: it shares no code
-    with resnet-inspect."""
+    state, which in-place operations return again) are not counted. A sparse tensor counts its indices' and values'
+    storages. Its dispatch mode holds Python references that make autograd's AccumulateGrad clone a sparse gradient
+    it would otherwise take as it is: there its count is the clone's, above a real step (``measure_step`` is the
+    oracle for sparse gradients). Written for these tests alone: it shares no code with resnet-inspect."""
 
     def __init__(self, resident) -> None:  # resident: list[torch.Tensor]
-        self.resident = {tensor.untyped_storage().data_ptr() for tensor in resident}
+        self.resident = {storage.data_ptr() for tensor in resident for storage in storages_of(tensor)}
         self.live: dict[int, int] = {}  # data pointer -> bytes
         self.current = 0
         self.peak_bytes = 0
 
     def add(self, tensor) -> None:  # tensor: torch.Tensor
+        if tensor.device.type != "cpu":
+            return
+        if tensor.is_sparse:  # a sparse COO tensor's memory is its indices' and values' storages
+            self.add(tensor._indices())
+            self.add(tensor._values())
+            return
+        self._add_storage(tensor.untyped_storage())
+
+    def _add_storage(self, storage) -> None:  # storage: torch.UntypedStorage
         import weakref
 
-        if tensor.is_sparse or tensor.device.type != "cpu":
-            return
-        storage = tensor.untyped_storage()
         key = storage.data_ptr()
         if key == 0 or key in self.live or key in self.resident:
             return

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnet_inspect.capture.training.meta_kernels import pointwise
+from resnet_inspect.capture.training.sparse import components, is_sparse_call, sparse_rules
 from resnet_inspect.records import StepPhase
 
 
@@ -62,10 +63,14 @@ class StorageLedger:
     count: int = 0
 
     def track(self, tensor: Any) -> None:
-        """Record ``tensor``'s storage as an allocation, unless it is already live or held before the step."""
+        """Record ``tensor``'s storage as an allocation, unless it is already live or held before the step (a
+        sparse tensor's: its indices' and values' storages)."""
         if self.follow is not None:
             self.layer = self.follow()
-        storage = tensor.untyped_storage()
+        for part in components(tensor):
+            self._track_storage(part.untyped_storage())
+
+    def _track_storage(self, storage: Any) -> None:
         key = id(storage)
         if key in self.live or key in self.weights or key in self.inputs:
             return
@@ -82,16 +87,23 @@ class StorageLedger:
         self.events.append(LedgerEvent(number, -size, self.phase, self.layer))
 
     def number_of(self, tensor: Any) -> int | None:
-        """The allocation number of ``tensor``'s storage while it lives (None: not allocated by the step)."""
-        entry = self.live.get(id(tensor.untyped_storage()))
+        """The allocation number of ``tensor``'s storage while it lives (None: not allocated by the step); of a
+        sparse tensor, its values' storage."""
+        entry = self.live.get(id(components(tensor)[-1].untyped_storage()))
         return entry.number if entry else None
 
     def numbers_of(self, tensors: list[Any]) -> set[int]:
-        """The allocation numbers of those ``tensors`` the step allocated and that still live."""
-        return {number for number in (self.number_of(tensor) for tensor in tensors) if number}
+        """The allocation numbers of the storages of ``tensors`` (all of a sparse tensor's) the step allocated and
+        that still live."""
+        parts = [part for tensor in tensors for part in components(tensor)]
+        return {number for number in (self.number_of(part) for part in parts) if number}
 
     def save(self, tensor: Any, layer: int | None) -> None:
-        """Autograd saves ``tensor`` for the backward (each storage once)."""
+        """Autograd saves ``tensor`` for the backward (each storage once; a sparse tensor's indices and values)."""
+        for part in components(tensor):
+            self._save_storage(part, layer)
+
+    def _save_storage(self, tensor: Any, layer: int | None) -> None:
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self.weights:
@@ -115,11 +127,14 @@ class StorageLedger:
 def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None,
                   temporaries: Callable[[Any, tuple[Any, ...], Any], list[int]] | None = None) -> Any:
     """A dispatch mode that sees every aten operation's outputs (a storage not seen before is an allocation) and
-    runs the ``fast`` meta kernels (and the pointwise shortcut) before torch's own. ``temporaries`` gives the
-    bytes a device's kernel allocates inside itself (invisible here): each is allocated after the outputs and
-    released before the operation returns."""
+    runs the ``fast`` meta kernels (and the pointwise shortcut) before torch's own; sparse meta tensors go to
+    sparse.py's rules first, never to the shortcuts. ``temporaries`` gives the bytes a device's kernel allocates
+    inside itself (invisible here): each is allocated after the outputs and released before the operation
+    returns."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
+
+    sparse = sparse_rules(ledger.track, lambda: ledger.phase == StepPhase.BACKWARD)
 
     class StorageMode(TorchDispatchMode):
         """Sees every aten operation's outputs: a storage not seen before is an allocation."""
@@ -134,7 +149,9 @@ def tracking_mode(ledger: StorageLedger, fast: dict[Any, Any] | None = None,
             kwargs = kwargs or {}
             rule = (fast or {}).get(func)
             result = NotImplemented
-            if rule is not None and all(not isinstance(a, torch.Tensor) or a.is_meta for a in args):
+            if is_sparse_call(tuple(args)):  # the meta device's own sparse kernels are wrong or missing
+                result = sparse.get(func, lambda *_args, **_kwargs: NotImplemented)(*args, **kwargs)
+            elif rule is not None and all(not isinstance(a, torch.Tensor) or a.is_meta for a in args):
                 result = rule(*args, **kwargs)
             elif fast is not None and torch.Tag.pointwise in func.tags:
                 result = pointwise(func, tuple(args), kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from resnet_inspect.capture.training.meta_kernels import meta_like
+from resnet_inspect.capture.training.sparse import refuse_sparse, sparse_momentum_buffers
 
 
 def optimizer_step(name: str, parameters: list[Any], state: dict[int, list[Any]], foreach: bool | None = None
@@ -12,7 +13,9 @@ def optimizer_step(name: str, parameters: list[Any], state: dict[int, list[Any]]
     """One step of torch.optim's ``name`` over the ``parameters`` that have gradients, through torch's functional
     form of the algorithm (constructing an Optimizer would import torch._dynamo). ``state`` (id of a parameter ->
     its state tensors) is filled on the first step as torch's optimizers fill theirs: sgd none, momentum the
-    momentum buffer, adam and adamw both moments (and the step count, a CPU scalar)."""
+    momentum buffer, adam and adamw both moments (and the step count, a CPU scalar). A sparse gradient (an
+    Embedding's with sparse=True) goes through SGD as in torch (its momentum buffer is sparse, and the step modelled
+    is the second, the first that adds into it); Adam and AdamW refuse it, as torch's do."""
     import torch
     from torch.optim.adam import adam
     from torch.optim.sgd import sgd
@@ -21,10 +24,14 @@ def optimizer_step(name: str, parameters: list[Any], state: dict[int, list[Any]]
     if name == "none" or not stepped:
         return
     grads = [p.grad for p in stepped]
+    refuse_sparse(name, stepped)
     if name in ("sgd", "momentum"):
         buffers = [state.get(id(p), [None])[0] for p in stepped]
-        sgd(stepped, grads, buffers, foreach=foreach, weight_decay=0.0, momentum=0.9 if name == "momentum" else 0.0,
-            lr=1e-3, dampening=0.0, nesterov=False, maximize=False)
+        if name == "momentum":  # a sparse gradient's buffer as the first step leaves it (see sparse_momentum_buffers)
+            buffers = sparse_momentum_buffers(grads, buffers)
+        sgd(stepped, grads, buffers, has_sparse_grad=any(grad.is_sparse for grad in grads), foreach=foreach,
+            weight_decay=0.0, momentum=0.9 if name == "momentum" else 0.0, lr=1e-3, dampening=0.0, nesterov=False,
+            maximize=False)
         for parameter, buffer in zip(stepped, buffers, strict=True):
             if buffer is not None:
                 state[id(parameter)] = [buffer]

@@ -27,6 +27,7 @@ from resnet_inspect.capture.training.loop import ModelHandle, StepOptimizer, bui
 from resnet_inspect.capture.training.meta_kernels import fast_meta
 from resnet_inspect.capture.training.optimizer import optimizer_step
 from resnet_inspect.capture.training.options import TrainOptions
+from resnet_inspect.capture.training.sparse import gradient_bytes
 from resnet_inspect.errors import BadInputError, ForwardError
 from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, ParameterRecord, StepPhase, TrainingCapture
 
@@ -59,7 +60,7 @@ class _Step:
     saving_layer: Callable[[], int | None] = _no_layer  # the LayerRecord index running, in the first forward
     backward_started: bool = False
     backward_error: str | None = None
-    graded: set[int] = field(default_factory=set)  # id() of the parameters the backward gave a gradient
+    graded: dict[int, int] = field(default_factory=dict)  # id() of a parameter given a gradient -> its bytes
 
     @property
     def trainable(self) -> list[Any]:
@@ -198,7 +199,7 @@ def _backward_phase(step: _Step, checkpoints: CheckpointTracer) -> Iterator[None
         finally:
             checkpoints.backward, checkpoints.recording = False, False
         gradients = [p.grad for p in step.trainable if p.grad is not None]
-        step.graded.update(id(p) for p in step.trainable if p.grad is not None)
+        step.graded.update({id(p): gradient_bytes(p.grad) for p in step.trainable if p.grad is not None})
         step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
         ledger.phase, ledger.layer = StepPhase.FORWARD, "the loss"
 
@@ -361,7 +362,8 @@ def _assemble(step: _Step, capture: Capture, kept: list[SavedStorage]) -> Traini
         capture=capture, optimizer=step.options.optimizer, amp=step.options.amp, device=step.options.device,
         dtype=str(step.parameters[0].dtype).removeprefix("torch.") if step.parameters else capture.dtype,
         layer_saved_bytes=_layer_saved(kept),
-        layer_grad_bytes={index: _bytes_of(list({id(p): p for p in module.parameters() if graded(p)}.values()))
+        layer_grad_bytes={index: sum(step.graded.get(id(p), _bytes_of([p])) for p in
+                                     {id(p): p for p in module.parameters() if graded(p)}.values())
                           for index, module in modules.items() if module is not None},
         saved_bytes=sum(entry.bytes for entry in kept),
         saved_tensors=len(kept) + len(ledger.saved_weights) + len(ledger.saved_inputs),
