@@ -183,18 +183,22 @@ def training_memory(model: nn.Module | str, input_size: Any = None, *, input_dat
     from resnet_inspect.pipeline.summary import step_memory_of
 
     request = TrainRequest(True, optimizer, amp, shard, dtype, shard_units, loss, accumulate, step)
-    return step_memory_of(_training_capture(model, input_size, input_data, batch_size, request, device, in_channels,
-                                            num_classes, model_name), request)
+    return step_memory_of(_training_capture(model, input_size, input_data, batch_size, optimizer, dtype, amp, shard,
+                                            device, in_channels, num_classes, model_name, shard_units, loss,
+                                            accumulate, step), request)
 
 
 def _training_capture(model: nn.Module | str, input_size: Any, input_data: Any, batch_size: int,
-                      request: TrainRequest, device: Any, in_channels: int | None, num_classes: int | None,
-                      model_name: str | None) -> TrainingCapture:
+                      optimizer: str | None, dtype: Any, amp: str | None, shard: int | None, device: Any,
+                      in_channels: int | None, num_classes: int | None, model_name: str | None,
+                      shard_units: str | None = None, loss: str | None = None, accumulate: int | None = None,
+                      step: Callable[..., Any] | str | None = None) -> TrainingCapture:
     """One training step on the meta device, its options checked as ``summary``'s are."""
     from resnet_inspect.pipeline.summary import ModelRequest, training_step
 
     return training_step(ModelRequest(model, in_channels, num_classes, model_name), _inputs(input_size, input_data),
-                         batch_size, request, device, Caller.api)
+                         batch_size, TrainRequest(True, optimizer, amp, shard, dtype, shard_units, loss, accumulate,
+                                                  step), device, Caller.api)
 
 
 def inspect(model: nn.Module | str, input_size: Any = None, *, input_data: Any = None, batch_size: int = 1,

@@ -229,3 +229,23 @@ def test_page_prints_without_the_controls(pages, open_page):
     page.emulate_media(media="print")
     assert not page.locator(".controls").is_visible()
     assert page.pdf()[:4] == b"%PDF"
+
+
+def test_a_stage_run_twice_has_both_calls_in_the_saved_bytes_chart_and_the_head_keeps_only_its_own() -> None:
+    """Each call of a reused stage is a bar of its own (its MACs FlopCounterMode's count of the stage); the head
+    is the classifier alone, not the second call."""
+    import torch
+
+    import resnet_inspect
+    from resnet_inspect.render.html import stage_values
+    from tests import oracle_torch
+    from tests.test_reliability_round4_fields import StageTwice
+
+    model = StageTwice()
+    summary = resnet_inspect.summary(model, 64, batch_size=2, train=True).to_dict()
+    macs, saved = stage_values(summary, "macs"), stage_values(summary, "saved_bytes")
+    stage_macs = oracle_torch.flop_counter_macs(model.stage, torch.zeros(2, 8, 32, 32))
+    assert macs["stage"] == macs["stage (call 2)"] == stage_macs
+    assert macs["head"] == oracle_torch.flop_counter_macs(model.fc, torch.zeros(2, 8))
+    assert saved["stage (call 2)"] > 0
+    assert sum(saved.values()) == summary["totals"]["saved_bytes"]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+import resnet_inspect
 from resnet_inspect.analysis.sharding import shard_plan
 from resnet_inspect.analysis.training import step_memory
 from resnet_inspect.api import _training_capture
@@ -156,3 +157,15 @@ def test_fsdp_replay_of_hand_written_events_is_worked_out_by_hand() -> None:
     timeline = step_timeline(written, shard=2)
     assert max(timeline) == shards + 1506
     assert timeline[-1] == shards + 10  # the gradients' shards let go: what the events left (the output)
+
+
+def test_the_summary_prints_gradients_and_state_per_device_when_sharded() -> None:
+    """Beside the per-device optimizer state, the gradients are the device's shard too, not the whole model's."""
+    from resnet_inspect.units import bytes_text
+
+    report = resnet_inspect.summary("resnet18", 32, batch_size=2, train=True, shard=8)
+    memory = report.training.memory
+    line = next(line for line in str(report).splitlines() if line.startswith("saved for backward"))
+    assert f"gradients: {bytes_text(memory.gradient_bytes)}" in line
+    assert memory.gradient_bytes < report.total("grad_bytes") // 4
+    assert line.endswith("(per device of 8)")

@@ -136,7 +136,13 @@ def stage_values(summary: Mapping[str, Any], key: str) -> dict[str, int]:
             continue
         outer.append(name)
         stem += layer[key] or 0
-    stages = {layer["name"]: layer[key] or 0 for layer in reversed(layers) if layer["name"] in stage_names}
+    stages: dict[str, int] = {}
+    calls: dict[str, int] = {}  # a stage run again is "name (call 2)", as the stage model names it
+    for layer in layers:
+        calls[layer["name"]] = calls.get(layer["name"], 0) + 1
+        call = layer["name"] if calls[layer["name"]] == 1 else f"{layer['name']} (call {calls[layer['name']]})"
+        if call in stage_names:
+            stages[call] = layer[key] or 0
     head = (summary["totals"][key] or 0) - stem - sum(stages.values())
     return {"stem": stem, **{name: stages.get(name, 0) for name in stage_names}, "head": max(0, head)}
 

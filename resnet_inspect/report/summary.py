@@ -412,7 +412,8 @@ class SummaryReport(SummaryView):
                 f"   recomputed (activation checkpointing) MACs {training.recompute_macs:,}"
                 if training.recompute_macs else ""),
             f"saved for backward: {bytes_text(training.saved_bytes)} of activations   gradients: "
-            f"{bytes_text(training.grad_bytes)}   optimizer state: {bytes_text(memory.optimizer_state_bytes)}",
+            + (f"{bytes_text(memory.gradient_bytes)}   optimizer state: {bytes_text(memory.optimizer_state_bytes)}"
+               + (f" (per device of {memory.shard})" if memory.shard > 1 else "")),
         ]
         per = f" per device of {memory.shard}" if memory.shard > 1 else ""
         breakdown = (f"weights {bytes_text(memory.weights_bytes)} + buffers {bytes_text(memory.buffer_bytes)} + "
