@@ -137,3 +137,23 @@ def test_malformed_memory_sizes_are_refused(text: str, message: str):
 
 def test_zero_is_a_size_where_it_is_allowed():
     assert parse_bytes("0", "--reserve", allow_zero=True) == 0
+
+
+def test_a_batch_of_one_off_the_line_is_followed_by_the_lines_through_batches_2_and_3():
+    """A size-1 batch axis lays tensors out as no other batch does (torch's attention transposes a batch-first
+    input: at batch 1 no copy is needed): the lines through 1 and 2 miss, the lines through 2 and 3 hold."""
+    peak = Counted(lambda batch: 500_000_000 + 40_000_000 * batch - (30_000_000 if batch == 1 else 0))
+    found = largest_batch(peak, 2 * GIB)
+    assert found.batch_size == brute_force(peak.peak, 2 * GIB)
+    assert found.method is SearchMethod.line and found.affine is True and found.passes <= 5
+
+
+def test_a_vision_transformer_with_torchs_attention_is_fitted_along_its_lines() -> None:
+    import resnet_inspect
+
+    spec = "tests/fixtures/real_models.py:vit"
+    found = resnet_inspect.fit(spec, "64MiB", 64, train=True, reserve=0)
+    batch = found.to_dict()["batch_size"]
+    assert found.search.method is SearchMethod.line and found.search.passes <= 5
+    assert resnet_inspect.training_memory(spec, 64, batch_size=batch).peak_bytes <= 64 << 20
+    assert resnet_inspect.training_memory(spec, 64, batch_size=batch + 1).peak_bytes > 64 << 20

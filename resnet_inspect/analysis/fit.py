@@ -145,10 +145,32 @@ def _line_search(estimate: Estimate, budget_bytes: int, limit: int, start: int) 
                               first)
     if limit == start:
         return FitSearch(start, first, None, False, len(known), SearchMethod.line, None, first, 0, limited=True)
-    second = peak(start + 1)
-    if len(profiles[start]) != len(profiles[start + 1]):  # the step changes with the batch: a line through the peaks
-        profiles[start], profiles[start + 1] = (first,), (second,)
-    lines = _Lines.through(profiles[start], profiles[start + 1], start)
+    found = _along_lines(peak, profiles, known, budget_bytes, limit, start)
+    if isinstance(found, _OffTheLine) and start == 1 and limit > 2 and peak(2) <= budget_bytes:
+        # a batch of one lays tensors out as no other batch does (a size-1 axis makes a transpose contiguous, so
+        # a copy is skipped): the lines through batches 2 and 3 are the next guess
+        found = _along_lines(peak, profiles, known, budget_bytes, limit, 2)
+    if isinstance(found, FitSearch):
+        return found
+    return _bisect(peak, known, budget_bytes, limit, found.affine, found.fixed, found.per_sample)
+
+
+@dataclass(frozen=True)
+class _OffTheLine:
+    """The lines did not hold (or ended too soon): bisect, with what they said."""
+
+    affine: bool | None
+    fixed: int
+    per_sample: int
+
+
+def _along_lines(peak: Callable[[int], int], profiles: dict[int, tuple[int, ...]], known: dict[int, int],
+                 budget_bytes: int, limit: int, start: int) -> FitSearch | _OffTheLine:
+    """The answer from the lines through batches ``start`` and ``start + 1``, confirmed at the guess; or why
+    not."""
+    first, second = peak(start), peak(start + 1)
+    whole = len(profiles[start]) == len(profiles[start + 1])  # else the step changes with the batch: its peaks
+    lines = _Lines.through(profiles[start] if whole else (first,), profiles[start + 1] if whole else (second,), start)
     fixed, per_sample = lines.binding(start + 1)
     if second > budget_bytes:
         return FitSearch(start, first, second, True, len(known), SearchMethod.line, None, fixed, per_sample)
@@ -158,16 +180,16 @@ def _line_search(estimate: Estimate, budget_bytes: int, limit: int, start: int) 
         if peak(guess + 1) > budget_bytes:
             return FitSearch(guess, second, known[guess + 1], True, len(known), SearchMethod.line, None, fixed,
                              per_sample)
-        return _bisect(peak, known, budget_bytes, limit, False, fixed, per_sample)
+        return _OffTheLine(False, fixed, per_sample)
     guessed = peak(guess)
-    affine = None if guess <= start + 1 else profiles[guess] == lines.at(guess)
+    affine = None if guess <= start + 1 else (profiles[guess] if whole else (guessed,)) == lines.at(guess)
     if affine is not False and guessed <= budget_bytes:
         if guess == limit:
             return FitSearch(guess, guessed, None, False, len(known), SearchMethod.line, affine, fixed, per_sample,
                              limited=True)
         return FitSearch(guess, guessed, max(lines.at(guess + 1)), False, len(known), SearchMethod.line, affine,
                          fixed, per_sample)
-    return _bisect(peak, known, budget_bytes, limit, affine, fixed, per_sample)
+    return _OffTheLine(affine, fixed, per_sample)
 
 
 def _bisect(peak: Callable[[int], int], known: dict[int, int], budget_bytes: int, limit: int, affine: bool | None,
