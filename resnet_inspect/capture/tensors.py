@@ -130,6 +130,15 @@ def on_meta(value: Any) -> Any:
     return value
 
 
+def meta_if_mixed(args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The arguments of a call that mixes meta and real tensors with the real ones as empty meta tensors of their
+    shapes (torch refuses to mix devices); a call on one device only is left as it is."""
+    on_meta_device = {tensor.is_meta for tensor in tensors_in(list(args)) + tensors_in(kwargs)}
+    if len(on_meta_device) < 2:
+        return args, kwargs
+    return on_meta(list(args)), on_meta(kwargs)
+
+
 def result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
     0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
@@ -245,5 +254,6 @@ def guarded_allocations(guard: Callable[[int, int], None]) -> Iterator[None]:
     with AllocationGuard():
         yield
 
-__all__ = ["guarded_allocations", "is_callers_hook", "meta_except_small", "named_tensors", "new_storage_bytes",
-           "on_meta", "private_copy", "shape_of", "structural_copy", "tensors_in", "without_callers_hooks"]
+__all__ = ["guarded_allocations", "is_callers_hook", "meta_except_small", "meta_if_mixed", "named_tensors",
+           "new_storage_bytes", "on_meta", "private_copy", "shape_of", "structural_copy", "tensors_in",
+           "without_callers_hooks"]

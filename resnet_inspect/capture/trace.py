@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.capture.entry import spatial_rank
 from resnet_inspect.capture.failure import MODEL_FORWARD, forward_failure
 from resnet_inspect.capture.tensors import (
+    meta_if_mixed,
     named_tensors,
     new_storage_bytes,
     result_bytes_on_meta,
@@ -102,6 +103,7 @@ class _Recorder:
     kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
     needs_values: bool = False  # an operation failed because the meta device holds no values (see ForwardError)
     reached: set[int] = field(default_factory=set)  # a training pass: the nodes whose backward autograd ran
+    on_meta: bool = True  # a pass on the meta device, where a real tensor from outside the model stands by its shape
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -215,6 +217,8 @@ def _needs_values(raw_name: str, args: Any, kwargs: Any, exc: Exception) -> bool
 def _run(recorder: _Recorder, func: Any, name: str, raw_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
     """An operation the table's shape rules do not answer: the pass's own kernel (a training step's), else torch's,
     guarded on real tensors. A failure notes whether the meta device's want of values caused it."""
+    if recorder.on_meta:  # a module-level constant (``x - MEAN``) meets the pass: its shape is all that counts
+        args, kwargs = meta_if_mixed(args, kwargs)
     try:
         result = NotImplemented if recorder.kernel is None else recorder.kernel(name, func, tuple(args), kwargs)
         if result is not NotImplemented:
@@ -542,6 +546,7 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
 
     working = working_copy(model, device)
     recorder = new_recorder(working, exact_checked_shapes, guard=guard)
+    recorder.on_meta = device == "meta"
     placed = inputs.on(device)
     if guard is not None:
         recorder.held_bytes += new_storage_bytes([*working.parameters(), *working.buffers(),
