@@ -212,7 +212,8 @@ def test_time_runs_an_instance_made_at_import_that_fits(tmp_path):
     assert not any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers()))
     result = runner.invoke(app, ["time", f"{path}:net", "-i", "32", "--warmup", "0", "--repeat", "1", "-f", "json"])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["results"][0]["runs"] == 1
+    timed = json.loads(result.stdout)["results"][0]
+    assert timed["batch_size"] == 1 and timed["median_ms"] > 0 and timed["runs"] >= 1
 
 
 # ------------------------------------------------------------------------------------------------ module tensors
@@ -250,3 +251,39 @@ def test_a_failure_no_device_causes_is_reported_after_one_import(tmp_path):
                                            r"'a_package_that_is_not_installed'$"):
         load_model(f"{path}:net")
     assert imports(path) == 1  # a real import would fail the same way: it is not tried
+
+
+NEIGHBOUR = """
+    import torch
+
+    TABLE = torch.full((1, 8, 256, 256), 0.5)  # 2 MiB: a meta tensor when imported on the meta device
+    """
+
+USES_NEIGHBOUR = HEADER + """
+    from neighbour import TABLE
+
+
+    class Tabled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + TABLE
+
+
+    net = Tabled()
+    """
+
+
+def test_a_real_import_after_a_meta_one_imports_the_neighbours_afresh(tmp_path):
+    """The file's neighbour, imported on meta with it, is not reused by the real import that `time` makes."""
+    user_file(tmp_path, "neighbour", NEIGHBOUR)
+    path = user_file(tmp_path, "uses_neighbour", USES_NEIGHBOUR)
+    analysed, _ = load_model(f"{path}:net")
+    assert analysed.forward.__globals__["TABLE"].is_meta  # the neighbour was imported on meta with the file
+    model, _ = load_model(f"{path}:net", runs_real=True)
+    image = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(image, model.conv.weight, model.conv.bias, padding=1) + 0.5
+        assert torch.equal(model(image), expected)

@@ -50,6 +50,21 @@ def _user_code(what: str) -> Iterator[None]:
         raise FactoryError(f"{what} {_exit_reason(exc)}: the model's code must not exit the process") from exc
 
 
+@contextmanager
+def _fresh_neighbours(directory: Path, keep: str) -> Iterator[None]:
+    """Forget, once the body has run, the modules it imported first from ``directory`` (the user file's
+    neighbours, under a top-level name that was new), but ``keep`` (the file's own): each import of a user file
+    imports them afresh, so that no meta tensor of an import on the meta device reaches one on real tensors."""
+    known = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if name not in known and name != keep]:
+            origin = getattr(sys.modules[name], "__file__", None)
+            if name.partition(".")[0] not in known and origin and Path(origin).resolve().is_relative_to(directory):
+                del sys.modules[name]
+
+
 def _import_file(path_text: str, device: str | None) -> Any:
     """Import ``path_text`` as `python path_text` would: its directory comes first on sys.path.
 
@@ -57,7 +72,7 @@ def _import_file(path_text: str, device: str | None) -> Any:
     model instance made at import (``net = Net()``) allocates nothing, and once more on real tensors, under the
     memory guard, only where that code reads a value the meta device cannot give; on another ``device`` (the CPU
     for None) on real tensors there, under the guard. A module-level tensor made on meta is meta: such a module
-    serves the analyses, never a pass on real tensors, which imports the file for real.
+    serves the analyses, never a pass on real tensors, which imports the file (and its neighbours) for real.
     """
     path = Path(path_text)
     if not path.is_file():
@@ -76,7 +91,7 @@ def _import_file(path_text: str, device: str | None) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
-            with _user_code(f"importing {path_text}"):
+            with _user_code(f"importing {path_text}"), _fresh_neighbours(resolved.parent, module_name):
                 loader.exec_module(module)
         except (FactoryError, MemoryGuardError):  # an exit, or the guard's refusal of a real import
             sys.modules.pop(module_name, None)
