@@ -287,3 +287,38 @@ def test_a_real_import_after_a_meta_one_imports_the_neighbours_afresh(tmp_path):
     with torch.no_grad():
         expected = torch.nn.functional.conv2d(image, model.conv.weight, model.conv.bias, padding=1) + 0.5
         assert torch.equal(model(image), expected)
+
+
+READS_IN_FORWARD = HEADER + """
+
+    BIG_TABLE = torch.full((1, 8, 256, 256), 0.5)  # 2 MiB: a meta tensor when imported on the meta device
+
+
+    class ReadsAndAdds(nn.Module):
+        '''Scales 0-255 images down (a value read: the pass falls back to real tensors), then adds BIG_TABLE.'''
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.max().item() > 1:
+                x = x / 255
+            return self.conv(x) + BIG_TABLE
+
+
+    net = ReadsAndAdds()
+    """
+
+
+def test_a_pass_on_real_tensors_gives_a_module_tensor_made_on_meta_zeros(tmp_path):
+    """A forward that reads a value runs on real tensors (zero weights, zero input); the module-level tensor the
+    meta import made on meta has no values either, and zeros stand in for it as for the weights."""
+    path = user_file(tmp_path, "reads", READS_IN_FORWARD)
+    summary = runner.invoke(app, ["summary", f"{path}:net", "-i", "256", "-f", "json"])
+    assert summary.exit_code == 0, summary.stderr
+    assert json.loads(summary.stdout)["output_shape"] == [1, 8, 256, 256]
+    fit = runner.invoke(app, ["fit", f"{path}:net", "-i", "256", "--memory", "256MiB", "-f", "json"])
+    assert fit.exit_code == 0, fit.stderr
+    search = json.loads(fit.stdout)["search"]
+    assert search["real_passes"] == search["passes"] > 0

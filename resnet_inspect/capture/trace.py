@@ -20,8 +20,10 @@ from resnet_inspect.capture.entry import spatial_rank
 from resnet_inspect.capture.failure import MODEL_FORWARD, forward_failure
 from resnet_inspect.capture.tensors import (
     meta_if_mixed,
+    meta_stand_in_bytes,
     named_tensors,
     new_storage_bytes,
+    real_if_mixed,
     result_bytes_on_meta,
     shape_of,
     structural_copy,
@@ -217,15 +219,20 @@ def _needs_values(raw_name: str, args: Any, kwargs: Any, exc: Exception) -> bool
 def _run(recorder: _Recorder, func: Any, name: str, raw_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
     """An operation the table's shape rules do not answer: the pass's own kernel (a training step's), else torch's,
     guarded on real tensors. A failure notes whether the meta device's want of values caused it."""
-    if recorder.on_meta:  # a module-level constant (``x - MEAN``) meets the pass: its shape is all that counts
+    # A constant from outside the model (a module-level ``MEAN``) on the other device: on meta its shape is all
+    # that counts; on real tensors, one made on meta never had values, and zeros stand in as for meta weights.
+    if recorder.on_meta:
         args, kwargs = meta_if_mixed(args, kwargs)
+    stand_in_bytes = 0 if recorder.on_meta else meta_stand_in_bytes(args, kwargs)
     try:
         result = NotImplemented if recorder.kernel is None else recorder.kernel(name, func, tuple(args), kwargs)
         if result is not NotImplemented:
             return result
         if recorder.guard is not None:
             where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
-            recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
+            recorder.guard(recorder.held_bytes, stand_in_bytes + result_bytes_on_meta(func, args, kwargs), where)
+        args, kwargs = (args, kwargs) if recorder.on_meta else real_if_mixed(args, kwargs)
+        recorder.held_bytes += stand_in_bytes
         result = func(*args, **kwargs)
     except Exception as exc:
         recorder.needs_values = recorder.needs_values or _needs_values(raw_name, args, kwargs, exc)
