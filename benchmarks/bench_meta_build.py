@@ -1,13 +1,16 @@
 """Benchmark: `summary`, `rf`, `fit` and `time` on a 10-billion-parameter model defined in a user file (40 GB of
 weights in float32) stay under 1 GiB peak RSS, against a bare `import torch`.
 
-The model (`big_models.py:ten_billion`) reads drop-path rates from a tensor in its constructor, as timm's models
-do, so the meta device alone could not build it. `summary`, `rf` and `fit` must analyse it without allocating its
-weights; `time` must refuse it (exit code 2) from its meta-built estimate before it allocates anything. Every run
-is a fresh process; ours and the reference alternate, the order flipping every round. Prints every round, the
-medians and each peak; exits 1 when a peak reaches 1 GiB or an output does not show the work it claims.
+The model comes in two forms: a factory (`big_models.py:ten_billion`) and a module instance made when its file is
+imported (`big_instance.py:net`, `net = ten_billion()` at the top level). Its constructor reads drop-path rates from
+a tensor, as timm's models do, so the meta device alone could not build it. `summary`, `rf` and `fit` must analyse
+it without allocating its weights; `time` must refuse it (exit code 2) before it allocates anything: the factory
+from its meta-built estimate, the instance from the memory guard of its file's real import. Every run is a fresh
+process; ours and the reference alternate, the order flipping every round. Prints every round, the medians and
+each peak; exits 1 when a peak reaches 1 GiB or an output does not show the work it claims.
 
     python benchmarks/bench_meta_build.py --rounds 3
+    python benchmarks/bench_meta_build.py --rounds 1 --only instance
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 
 from _child import load_average, resnet_inspect_command, run_child
 
-MODEL = f"{Path(__file__).resolve().parent / 'big_models.py'}:ten_billion"
+HERE = Path(__file__).resolve().parent
+MODELS = {"factory": f"{HERE / 'big_models.py'}:ten_billion", "instance": f"{HERE / 'big_instance.py'}:net"}
 PARAMS = 4 * 4 * 3 * 64 + 64 + (64 * 100_000 + 100_000) + (100_000**2 + 100_000) + (100_000 * 1000 + 1000)
 TARGET_PEAK_BYTES = 1 << 30
 REFUSED = 2
@@ -40,23 +44,31 @@ def _fit_holds_every_weight(stdout: str) -> bool:
     return json.loads(stdout)["breakdown"]["weights"] == 4 * PARAMS  # float32
 
 
-# label -> (arguments, expected exit code, what its output must show)
-CASES: dict[str, tuple[list[str], int, Callable[[str], bool] | None]] = {
-    "summary": (["summary", MODEL, "-f", "json"], 0, _summary_counts_every_parameter),
-    "rf": (["rf", MODEL, "-f", "json"], 0, _rf_gives_the_stems_field),
-    "fit --memory 80GiB": (["fit", MODEL, "--memory", "80GiB", "-f", "json"], 0, _fit_holds_every_weight),
-    "time (refused)": (["time", MODEL, "--warmup", "0", "--repeat", "1"], REFUSED, None),
-}
+def cases(model: str) -> dict[str, tuple[list[str], int, Callable[[str], bool] | None]]:
+    """What each command on ``model`` must do: label -> (arguments, expected exit code, what its output must show)."""
+    return {
+        "summary": (["summary", model, "-f", "json"], 0, _summary_counts_every_parameter),
+        "rf": (["rf", model, "-f", "json"], 0, _rf_gives_the_stems_field),
+        "fit --memory 80GiB": (["fit", model, "--memory", "80GiB", "-f", "json"], 0, _fit_holds_every_weight),
+        "time (refused)": (["time", model, "--warmup", "0", "--repeat", "1"], REFUSED, None),
+    }
+
+
+CASES = {f"{label} ({form})": case for form, model in MODELS.items() for label, case in cases(model).items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the cases whose label contains this text")
     args = parser.parse_args()
-    print(f"load average {load_average()}; {args.rounds} rounds per case; model {MODEL} ({PARAMS:,} parameters)")
+    print(f"load average {load_average()}; {args.rounds} rounds per case; models {', '.join(MODELS.values())} "
+          f"({PARAMS:,} parameters)")
     reference = [sys.executable, "-c", "import torch"]
     missed = False
     for label, (case, expected_exit, shows) in CASES.items():
+        if args.only not in label:
+            continue
         ours_s: list[float] = []
         peaks: list[int] = []
         reference_s: list[float] = []

@@ -6,7 +6,8 @@ never come from untrusted input. The factory is called with no arguments beyond 
 takes that parameter) and `--num-classes` the user gave, once, on the meta device (only small tensors whose
 values the constructor may read are real); only where its constructor reads the value of a large tensor is it
 called a second time, on real tensors, under the memory guard. The attribute may also be a module instance,
-which is used as it is.
+which is used as it is: the file's module-level code runs on the meta device in the same way, so that an
+instance made at import allocates nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from resnet_inspect.capture.host_memory import MemoryGuardError
 from resnet_inspect.capture.tensors import guarded_allocations, meta_except_small
 from resnet_inspect.errors import FactoryError, InspectError, ModelNotFoundError, UnsupportedModelError
 from resnet_inspect.names import first_line, printable
@@ -48,8 +50,30 @@ def _user_code(what: str) -> Iterator[None]:
         raise FactoryError(f"{what} {_exit_reason(exc)}: the model's code must not exit the process") from exc
 
 
-def _import_file(path_text: str) -> Any:
-    """Import ``path_text`` as `python path_text` would: its directory comes first on sys.path."""
+@contextmanager
+def _fresh_neighbours(directory: Path, keep: str) -> Iterator[None]:
+    """Forget, once the body has run, the modules it imported first from ``directory`` (the user file's
+    neighbours, under a top-level name that was new), but ``keep`` (the file's own): each import of a user file
+    imports them afresh, so that no meta tensor of an import on the meta device reaches one on real tensors."""
+    known = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if name not in known and name != keep]:
+            origin = getattr(sys.modules[name], "__file__", None)
+            if name.partition(".")[0] not in known and origin and Path(origin).resolve().is_relative_to(directory):
+                del sys.modules[name]
+
+
+def _import_file(path_text: str, device: str | None) -> Any:
+    """Import ``path_text`` as `python path_text` would: its directory comes first on sys.path.
+
+    Its module-level code is run as a factory is (``_build``): on ``device="meta"`` on the meta device, so that a
+    model instance made at import (``net = Net()``) allocates nothing, and once more on real tensors, under the
+    memory guard, only where that code reads a value the meta device cannot give; on another ``device`` (the CPU
+    for None) on real tensors there, under the guard. A module-level tensor made on meta is meta: such a module
+    serves the analyses, never a pass on real tensors, which imports the file (and its neighbours) for real.
+    """
     path = Path(path_text)
     if not path.is_file():
         raise FactoryError(f"factory file not found: {path_text}")
@@ -58,21 +82,26 @@ def _import_file(path_text: str) -> Any:
     spec = importlib.util.spec_from_file_location(module_name, resolved)
     if spec is None or spec.loader is None:
         raise FactoryError(f"cannot import {path_text}: not a Python file")
+    loader = spec.loader
     directory = str(resolved.parent)
     if not sys.path or sys.path[0] != directory:
         sys.path.insert(0, directory)  # neighbours of the file import as they do under `python file.py`
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        with _user_code(f"importing {path_text}"):
-            spec.loader.exec_module(module)
-    except FactoryError:
-        sys.modules.pop(module_name, None)
-        raise
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise FactoryError(f"cannot import {path_text}: {type(exc).__name__}: {first_line(str(exc))}") from exc
-    return module
+
+    def execute() -> Any:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            with _user_code(f"importing {path_text}"), _fresh_neighbours(resolved.parent, module_name):
+                loader.exec_module(module)
+        except (FactoryError, MemoryGuardError):  # an exit, or the guard's refusal of a real import
+            sys.modules.pop(module_name, None)
+            raise
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise FactoryError(f"cannot import {path_text}: {type(exc).__name__}: {first_line(str(exc))}") from exc
+        return module
+
+    return _build(_Subject(path_text, "importing", "imported", "module-level code"), execute, device)
 
 
 def _import_module(module_text: str) -> Any:
@@ -89,13 +118,16 @@ def _import_module(module_text: str) -> Any:
         raise FactoryError(f"cannot import module {module_text}: {type(exc).__name__}: {first_line(str(exc))}") from exc
 
 
-def resolve_factory(spec: str) -> Any:
-    """The object named by `file.py:factory` or `package.module:factory`: a callable or a module instance."""
+def resolve_factory(spec: str, device: str | None = "meta") -> Any:
+    """The object named by `file.py:factory` or `package.module:factory`: a callable or a module instance.
+
+    A file is imported with its module-level code on ``device`` (see ``_import_file``); a package module is
+    imported as Python imports it."""
     location, _, attribute = spec.rpartition(":")
     if not location or not attribute:
         raise FactoryError(f"'{spec}' is not a factory spec: use path/to/file.py:factory or package.module:factory")
     is_file = location.endswith(".py") or "/" in location or "\\" in location
-    module = _import_file(location) if is_file else _import_module(location)
+    module = _import_file(location, device) if is_file else _import_module(location)
     factory = getattr(module, attribute, None)
     if factory is None:
         callables = sorted(name for name, value in vars(module).items() if callable(value) and not name.startswith("_"))
@@ -184,29 +216,39 @@ def _ecosystem_builder(spec: str, options: dict[str, Any]) -> Callable[[], Any]:
     return build
 
 
-def _run_build(spec: str, build: Callable[[], Any], *contexts: AbstractContextManager[Any]) -> Any:
+class _Subject(NamedTuple):
+    """What a build runs, for its messages: a factory's call (``spec``, "building", "built", "constructor") or a
+    file's import (its path, "importing", "imported", "module-level code")."""
+
+    name: str
+    action: str = "building"
+    done: str = "built"
+    source: str = "constructor"
+
+
+def _run_build(subject: _Subject, build: Callable[[], Any], *contexts: AbstractContextManager[Any]) -> Any:
     """``build()`` inside ``contexts``: its exit or exception becomes one FactoryError line (the memory guard's
-    refusal passes as it is)."""
+    refusal, and an import's own one-line failure, pass as they are)."""
     try:
         with ExitStack() as stack:
             for context in contexts:
                 stack.enter_context(context)
-            with _user_code(spec):
+            with _user_code(subject.name):
                 return build()
     except InspectError:
         raise
     except Exception as exc:
-        raise FactoryError(f"{spec} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+        raise FactoryError(f"{subject.name} raised {type(exc).__name__}: {first_line(str(exc))}") from exc
 
 
 # What a build on real tensors is told to do when it would not fit: the analyses need no weights.
 _REAL_BUILD_ADVICE = ("the model can be analysed without its weights (summary, verify, rf without --erf, fit), but "
                       "not built for real here")
-_META_BUILD_ADVICE = ("compute the values the constructor reads from Python numbers, not from tensors, so that it "
-                      "can be built on the meta device")
+_META_BUILD_ADVICE = ("compute the values the {source} reads from Python numbers, not from tensors, so that it "
+                      "can be {done} on the meta device")
 
 
-def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta_failure: str | None) -> Any:
+def _guarded_build(subject: _Subject, build: Callable[[], Any], device: str | None, meta_failure: str | None) -> Any:
     """``build()`` on real tensors on ``device`` (the CPU for None), refused before any torch call whose result would
     take what it has made beyond the memory available when it started (``MemoryGuardError``, exit code 2).
 
@@ -218,10 +260,11 @@ def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta
     target = device or "cpu"
     available = host_memory.available_memory_bytes(target)
     if meta_failure is None:
-        what, advice = f"building {spec} with real weights", _REAL_BUILD_ADVICE
+        what, advice = f"{subject.action} {subject.name} with real weights", _REAL_BUILD_ADVICE
     else:
-        what = f"building {spec} on real tensors (on the meta device its constructor raised: {meta_failure})"
-        advice = _META_BUILD_ADVICE
+        what = (f"{subject.action} {subject.name} on real tensors (on the meta device its {subject.source} raised: "
+                f"{meta_failure})")
+        advice = _META_BUILD_ADVICE.format(source=subject.source, done=subject.done)
 
     def guard(held_bytes: int, next_bytes: int) -> None:
         if available is not None and held_bytes + next_bytes > available:
@@ -231,23 +274,29 @@ def _guarded_build(spec: str, build: Callable[[], Any], device: str | None, meta
                 f"{bytes_text(available)} is available{where}: {advice}")
 
     placed = torch.device(device) if device else nullcontext()
-    return _run_build(spec, build, placed, guarded_allocations(guard))
+    return _run_build(subject, build, placed, guarded_allocations(guard))
 
 
-def _build(spec: str, build: Callable[[], Any], device: str | None) -> Any:
-    """Run a factory's or a package's build: on the meta device when ``device`` is "meta" (only the small tensors
-    whose values a constructor may read are real, ``meta_except_small``), falling back to a guarded real build on
-    the CPU where the constructor needs more (the value of a large tensor); on a real ``device`` (the CPU for
-    None), a guarded real build."""
+# Failures that no device causes, which a real build would meet again.
+_NOT_FROM_THE_DEVICE = (SyntaxError, ImportError)
+
+
+def _build(subject: _Subject | str, build: Callable[[], Any], device: str | None) -> Any:
+    """Run a factory's or a package's build, or a file's import: on the meta device when ``device`` is "meta"
+    (only the small tensors whose values a constructor may read are real, ``meta_except_small``), falling back to
+    a guarded real build on the CPU where the constructor needs more (the value of a large tensor); on a real
+    ``device`` (the CPU for None), a guarded real build."""
+    subject = _Subject(subject) if isinstance(subject, str) else subject
     if device != "meta":
-        return _guarded_build(spec, build, device, None)
+        return _guarded_build(subject, build, device, None)
     try:
-        return _run_build(spec, build, meta_except_small())
+        return _run_build(subject, build, meta_except_small())
     except FactoryError as error:
-        if not isinstance(error.__cause__, Exception):  # sys.exit in the factory: a real build would exit too
-            raise
+        cause = error.__cause__
+        if not isinstance(cause, Exception) or isinstance(cause, _NOT_FROM_THE_DEVICE):
+            raise  # sys.exit, a syntax error, a missing package: a real build would fail the same way
         failure = first_line(str(error.__cause__))
-    return _guarded_build(spec, build, None, failure)
+    return _guarded_build(subject, build, None, failure)
 
 
 # Where torch keeps its quantized module classes, whose weights are packed integers and whose forward needs
@@ -299,7 +348,7 @@ def usable_module(model: Any, what: str, *, from_factory: bool = False) -> nn.Mo
 
 
 def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | None = None,
-               device: str | None = "meta") -> tuple[nn.Module, str]:
+               device: str | None = "meta", runs_real: bool = False) -> tuple[nn.Module, str]:
     """Build the model a MODEL argument names; returns (model, display name).
 
     On ``device="meta"`` (the default) no weights are allocated: a registry model, a factory and a torchvision or
@@ -307,7 +356,10 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
     that its constructor can read their values. A constructor that reads the value of a large tensor is run once
     more on the CPU, guarded: it is refused, before the allocation that would not fit in the memory available,
     with one line (``MemoryGuardError``). Another ``device`` (the CPU for None)
-    builds real weights there, under the same guard. A module instance named by a spec is used as it is.
+    builds real weights there, under the same guard. A user's file is imported the same way (``_import_file``),
+    so that a module instance it makes at import (``file.py:net``) is on the meta device too; it is used as it is.
+    ``runs_real`` (a model that will run on real tensors, as `time`'s) imports the file on real tensors, guarded,
+    so that its module-level tensors are real, while a factory in it still runs on ``device``.
     """
     import torch
 
@@ -324,7 +376,7 @@ def load_model(spec: str, *, in_channels: int | None = None, num_classes: int | 
     if spec.partition(":")[0] in ECOSYSTEM_PREFIXES:
         model = _build(spec, _ecosystem_builder(spec, options), device)
         return usable_module(model, spec, from_factory=True), display
-    factory = resolve_factory(spec)
+    factory = resolve_factory(spec, None if runs_real and device == "meta" else device)
     if isinstance(factory, torch.nn.Module):  # a module instance: used as it is, never called
         if "num_classes" in options:
             raise FactoryError(f"{spec} is a module instance, not a factory: --num-classes cannot be applied to it")

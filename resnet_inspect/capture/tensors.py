@@ -130,6 +130,49 @@ def on_meta(value: Any) -> Any:
     return value
 
 
+def _mixes_devices(args: Any, kwargs: dict[str, Any]) -> bool:
+    return len({tensor.is_meta for tensor in tensors_in(list(args)) + tensors_in(kwargs)}) == 2
+
+
+def meta_if_mixed(args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The arguments of a call that mixes meta and real tensors with the real ones as empty meta tensors of their
+    shapes (torch refuses to mix devices); a call on one device only is left as it is."""
+    if not _mixes_devices(args, kwargs):
+        return args, kwargs
+    return on_meta(list(args)), on_meta(kwargs)
+
+
+def meta_stand_in_bytes(args: Any, kwargs: dict[str, Any]) -> int:
+    """The bytes of the meta tensors of a call that mixes them with real ones (``real_if_mixed`` makes them)."""
+    if not _mixes_devices(args, kwargs):
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(list(args)) + tensors_in(kwargs)
+               if tensor.is_meta)
+
+
+def real_if_mixed(args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The arguments of a call that mixes meta and real tensors with the meta ones as zeros of their shapes on the
+    real ones' device: a tensor made on meta never had values, and zeros stand in for them, as they do for the
+    weights of a model built on meta (``structural_copy``); a call on one device only is left as it is."""
+    import torch
+
+    tensors = tensors_in(list(args)) + tensors_in(kwargs)
+    if not _mixes_devices(args, kwargs):
+        return args, kwargs
+    device = next(tensor.device for tensor in tensors if not tensor.is_meta)
+
+    def real(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            return torch.zeros(tuple(value.shape), dtype=value.dtype, device=device)
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            return type(value)(real(item) for item in value)
+        if isinstance(value, dict):
+            return {key: real(item) for key, item in value.items()}
+        return value
+
+    return real(list(args)), real(kwargs)
+
+
 def result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     """The bytes of what ``func`` returns for these arguments, worked out on the meta device (nothing allocated);
     0 for a call without tensor arguments or one whose result size depends on values (counted once it ran)."""
@@ -245,5 +288,6 @@ def guarded_allocations(guard: Callable[[int, int], None]) -> Iterator[None]:
     with AllocationGuard():
         yield
 
-__all__ = ["guarded_allocations", "is_callers_hook", "meta_except_small", "named_tensors", "new_storage_bytes",
-           "on_meta", "private_copy", "shape_of", "structural_copy", "tensors_in", "without_callers_hooks"]
+__all__ = ["guarded_allocations", "is_callers_hook", "meta_except_small", "meta_if_mixed", "meta_stand_in_bytes",
+           "named_tensors", "new_storage_bytes", "on_meta", "private_copy", "real_if_mixed", "shape_of",
+           "structural_copy", "tensors_in", "without_callers_hooks"]

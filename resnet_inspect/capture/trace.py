@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 from resnet_inspect.capture.entry import spatial_rank
 from resnet_inspect.capture.failure import MODEL_FORWARD, forward_failure
 from resnet_inspect.capture.tensors import (
+    meta_if_mixed,
+    meta_stand_in_bytes,
     named_tensors,
     new_storage_bytes,
+    real_if_mixed,
     result_bytes_on_meta,
     shape_of,
     structural_copy,
@@ -102,6 +105,7 @@ class _Recorder:
     kernel: Callable[[str, Any, tuple[Any, ...], dict[str, Any]], Any] | None = None  # a function run another way
     needs_values: bool = False  # an operation failed because the meta device holds no values (see ForwardError)
     reached: set[int] = field(default_factory=set)  # a training pass: the nodes whose backward autograd ran
+    on_meta: bool = True  # a pass on the meta device, where a real tensor from outside the model stands by its shape
 
     def __post_init__(self) -> None:
         self.module_names = set(self.names.values())
@@ -215,13 +219,20 @@ def _needs_values(raw_name: str, args: Any, kwargs: Any, exc: Exception) -> bool
 def _run(recorder: _Recorder, func: Any, name: str, raw_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
     """An operation the table's shape rules do not answer: the pass's own kernel (a training step's), else torch's,
     guarded on real tensors. A failure notes whether the meta device's want of values caused it."""
+    # A constant from outside the model (a module-level ``MEAN``) on the other device: on meta its shape is all
+    # that counts; on real tensors, one made on meta never had values, and zeros stand in as for meta weights.
+    if recorder.on_meta:
+        args, kwargs = meta_if_mixed(args, kwargs)
+    stand_in_bytes = 0 if recorder.on_meta else meta_stand_in_bytes(args, kwargs)
     try:
         result = NotImplemented if recorder.kernel is None else recorder.kernel(name, func, tuple(args), kwargs)
         if result is not NotImplemented:
             return result
         if recorder.guard is not None:
             where = f"{name} in {recorder.scope() or MODEL_FORWARD}"
-            recorder.guard(recorder.held_bytes, result_bytes_on_meta(func, args, kwargs), where)
+            recorder.guard(recorder.held_bytes, stand_in_bytes + result_bytes_on_meta(func, args, kwargs), where)
+        args, kwargs = (args, kwargs) if recorder.on_meta else real_if_mixed(args, kwargs)
+        recorder.held_bytes += stand_in_bytes
         result = func(*args, **kwargs)
     except Exception as exc:
         recorder.needs_values = recorder.needs_values or _needs_values(raw_name, args, kwargs, exc)
@@ -542,6 +553,7 @@ def run_capture(model: nn.Module, inputs: ModelInputs, model_name: str = "", dev
 
     working = working_copy(model, device)
     recorder = new_recorder(working, exact_checked_shapes, guard=guard)
+    recorder.on_meta = device == "meta"
     placed = inputs.on(device)
     if guard is not None:
         recorder.held_bytes += new_storage_bytes([*working.parameters(), *working.buffers(),

@@ -63,8 +63,9 @@ def timing_report(spec: str | nn.Module, batch_sizes: list[int], input_size: int
     device = resolve_device(device)
     check_dtype(device, dtype)
     if isinstance(spec, str):
-        # on the meta device: each measurement gives it real weights once its memory guard has passed
-        model, name = load_model(spec, in_channels=in_channels)
+        # on the meta device: each measurement gives it real weights once its memory guard has passed; a user
+        # file's module-level code runs on real tensors (guarded), so that no meta tensor of its reaches a pass
+        model, name = load_model(spec, in_channels=in_channels, runs_real=True)
     else:  # timing converts the model in place (device, dtype, eval): the caller's own stays as it was
         model, name = private_copy(spec), type(spec).__name__  # its hooks: docs/api.md
     name = model_name or name
