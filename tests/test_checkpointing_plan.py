@@ -98,3 +98,29 @@ def test_naming_a_module_that_does_not_exist_is_one_line_and_exit_2() -> None:
 def test_checkpoint_needs_train() -> None:
     result = runner.invoke(app, ["fit", "resnet20", "--memory", "1GiB", "--checkpoint", "auto"])
     assert result.exit_code == 2 and "add --train" in result.output
+
+
+def test_the_plans_curve_is_drawn_from_the_reports_json(tmp_path) -> None:
+    """fit --checkpoint auto --plot: the picture's points are the JSON curve's (peak in MiB against recomputed
+    GMACs), with the budget and the chosen plan; --plot without --checkpoint auto is one line, exit 2."""
+    from typer.testing import CliRunner
+
+    import resnet_inspect
+    from resnet_inspect.cli.app import app
+    from resnet_inspect.render.checkpoint_plot import checkpoint_figure
+
+    report = resnet_inspect.fit("resnet20", "40MiB", 32, train=True, checkpoint="auto").to_dict()
+    axes = checkpoint_figure(report).axes[0]
+    xs, ys = axes.lines[0].get_data()
+    curve = sorted(report["checkpoint"]["curve"], key=lambda point: point["recompute_macs"])
+    assert list(xs) == [point["recompute_macs"] / 1e9 for point in curve]
+    assert list(ys) == [point["peak_bytes"] / 2**20 for point in curve]
+    assert axes.lines[1].get_ydata()[0] == report["budget_bytes"] / 2**20
+    picture = tmp_path / "plan.png"
+    result = CliRunner().invoke(app, ["fit", "resnet20", "-i", "32", "--train", "--memory", "40MiB", "--checkpoint",
+                                      "auto", "--plot", str(picture)])
+    assert result.exit_code == 0 and picture.read_bytes().startswith(b"\x89PNG")
+    refused = CliRunner().invoke(app, ["fit", "resnet20", "--train", "--memory", "40MiB", "--plot",
+                                       str(tmp_path / "x.png")])
+    assert refused.exit_code == 2
+    assert refused.output.strip() == "error: --plot draws the plans of --checkpoint auto: add --train --checkpoint auto"

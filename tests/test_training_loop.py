@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import resnet_inspect
-from resnet_inspect.cli import app
+from resnet_inspect.cli.app import app
 from resnet_inspect.errors import BadInputError
 from resnet_inspect.models import get_model
 from tests import oracle_memory
@@ -125,7 +125,7 @@ def test_a_users_own_step_holds_what_the_same_step_holds_for_real() -> None:
 @pytest.mark.parametrize("command", ["summary", "fit"])
 def test_bad_step_options_are_one_line_and_exit_2(command: str, arguments: list[str], message: str) -> None:
     budget = ["--memory", "1GiB"] if command == "fit" else []
-    result = runner.invoke(app, [command, "resnet18", "-i", "32", "--train", *budget, *arguments])
+    result = runner.invoke(app, [command, "resnet18", "-i", "64", "--train", *budget, *arguments])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {message}"
 

@@ -8,8 +8,10 @@ import typer
 
 from resnet_inspect.cli.common import (
     OutputFormat,
+    check_distinct_outputs,
     check_model_options,
     check_output_path,
+    check_plot_path,
     emit,
     resolve_size,
     user_errors,
@@ -23,6 +25,7 @@ from resnet_inspect.cli.options import (
     OutputOption,
 )
 from resnet_inspect.cli.time_cmd import AmpOption, DType, DTypeOption, OptimizerOption
+from resnet_inspect.errors import BadInputError
 from resnet_inspect.limits import DEFAULT_LOSS, DEFAULT_SHARD_UNITS, GPU_RESERVE_FIXED_BYTES, LOSSES, RESERVE_SHARE
 
 MemoryOption = typer.Option(None, "--memory", "-m", show_default=False,
@@ -55,6 +58,9 @@ AccumulateOption = typer.Option(None, "--accumulate", metavar="K", show_default=
 CheckpointOption = typer.Option(
     None, "--checkpoint", help="With --train: 'auto' plans activation checkpointing (the blocks to checkpoint for "
     "the largest batch at the least recompute), or the module names to checkpoint, joined by commas.")
+CheckpointPlotOption = typer.Option(None, "--plot", show_default=False,
+                                    help="With --checkpoint auto: draw the plans' memory against their recompute, "
+                                    "the budget and the plan chosen (.png, .svg or .pdf; needs matplotlib).")
 BatchOption = typer.Option(None, "--batch-size", "-b", min=1,
                            help="With --checkpoint auto: the batch to fit, at the least recompute.")
 
@@ -80,6 +86,7 @@ def fit_command(
     loss: str | None = LossOption,
     accumulate: int | None = AccumulateOption,
     step: str | None = StepOption,
+    plot: Path | None = CheckpointPlotOption,
 ) -> None:
     """The largest batch size whose estimated peak memory fits --memory, and what the peak holds at that batch.
 
@@ -87,6 +94,10 @@ def fit_command(
     with user_errors():
         check_output_path(output)
         check_model_options(in_channels, num_classes)
+        if plot is not None and checkpoint != "auto":
+            raise BadInputError("--plot draws the plans of --checkpoint auto: add --train --checkpoint auto")
+        check_distinct_outputs(output, plot=plot)
+        check_plot_path(plot)
         from resnet_inspect.pipeline.fit import budget_bytes, fit_report
         from resnet_inspect.pipeline.options import Caller
 
@@ -96,4 +107,10 @@ def fit_command(
                             device=device, in_channels=in_channels, num_classes=num_classes, shard_units=shard_units,
                             checkpoint=checkpoint, batch_size=batch_size, loss=loss, accumulate=accumulate,
                             step=step)
+        if plot is not None:
+            from resnet_inspect.render.checkpoint_plot import checkpoint_picture
+            from resnet_inspect.render.files import write_output
+            from resnet_inspect.render.plot import plot_format
+
+            write_output(plot, checkpoint_picture(report, plot_format(plot)))
         emit(report, fmt, output)
