@@ -67,8 +67,11 @@ def test_checkpointed_resnet50_saved_bytes_and_macs_equal_torch(form: str) -> No
 
 
 # The ViT-like model's checkpointed peak (whole blocks, or selectively: both estimated at 10,730,536 bytes) was
-# measured 1.9% to 3.3% below the estimate over runs (its plain peak is within 0.3%); the gap left is not explained
-# yet, so those cases are expected to fail at 3%.
+# measured 1.9% to 3.3% below the estimate over runs, while a live-storage tracker on the same real step agrees with
+# the estimate to the byte (the test below). The resident set understates the step there, in part because its many
+# buffers under 64 KiB come from the C library's heap, which reuses free space the warm-up step left resident before
+# the measured step began (mapping buffers of 4 KiB and more on their own brings the gap from 3.2% to 2.0%). Those
+# cases are expected to fail at 3% against the resident set.
 PEAK_FORMS = [pytest.param(form, marks=pytest.mark.xfail(reason="estimate up to 3.3% above the measured step",
                                                          strict=False))
               if form.startswith("vit_like") else form for form in FAST_FORMS + RESNET_FORMS]
@@ -81,6 +84,19 @@ def test_checkpointed_peak_is_within_3_percent_of_a_measured_step(form: str) -> 
     model, example = build(form)
     peak = training_counts(estimate(model, example)).memory.peak_bytes
     assert peak == pytest.approx(measured.peak_bytes, rel=0.03)
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+def test_checkpointed_peak_is_what_a_real_step_holds_at_its_most(form: str) -> None:
+    """The live-storage tracker on the same real step (warm-up, then the step measured): every storage torch
+    allocates through its dispatcher, whatever the C library does with it."""
+    from tests.fixtures.user_steps import plain
+    from tests.oracle_live import live_step_peak
+
+    model, example = build(form)
+    estimated = training_counts(estimate(model, example)).memory.peak_bytes
+    model, example = build(form)
+    assert estimated == live_step_peak(model, example, "adamw", plain)
 
 
 def test_checkpointing_lowers_the_peak_where_activations_dominate() -> None:
