@@ -124,3 +124,38 @@ def test_the_plans_curve_is_drawn_from_the_reports_json(tmp_path) -> None:
                                        str(tmp_path / "x.png")])
     assert refused.exit_code == 2
     assert refused.output.strip() == "error: --plot draws the plans of --checkpoint auto: add --train --checkpoint auto"
+
+
+@pytest.mark.slow
+def test_a_vit_small_plan_applied_for_real_holds_what_was_estimated() -> None:
+    """timm's vit_small re-created (64 px, 17 tokens): with the budget of batch 32's plain step, the plan reaches a
+    larger batch; applied by its printed lines to a real model, a live-storage tracker on the real step holds its
+    estimated peak to the byte (within the budget), and its recompute MACs are FlopCounterMode's extra forward."""
+    from oracle_live import live_step_peak
+
+    from tests.fixtures.user_steps import plain
+    from tests.fixtures.vit_small import vit_small_64
+
+    spec = "tests/fixtures/vit_small.py:vit_small_64"
+    budget = resnet_inspect.training_memory(spec, 64, batch_size=32).peak_bytes
+    plan = resnet_inspect.fit(spec, budget, 64, train=True, reserve=0, checkpoint="auto").checkpoint
+    assert plan.baseline_batch_size == 32 and plan.batch_size > 32 and plan.modules
+    torch.manual_seed(0)
+    model = vit_small_64()
+    exec(plan.python(), {"model": model})
+    assert live_step_peak(model, torch.randn(plan.batch_size, 3, 64, 64), "adamw", plain) == plan.peak_bytes <= budget
+    example = torch.randn(2, 3, 64, 64)
+    _forward, planned = flop_counter_backward_macs(model, example)
+    _forward, unplanned = flop_counter_backward_macs(vit_small_64(), example)
+    small = resnet_inspect.fit(spec, budget, 64, train=True, reserve=0, checkpoint=list(plan.modules), batch_size=2)
+    assert small.checkpoint.recompute_macs == planned - unplanned > 0
+
+
+def test_a_plan_that_checkpoints_nothing_prints_python_that_runs() -> None:
+    """When the batch fits without checkpointing, the printed lines still run and wrap no module."""
+    from resnet_inspect.analysis.checkpoint_plan import CheckpointPlan
+
+    model = get_model("resnet20")
+    before = [type(module) for module in model.modules()]
+    exec(CheckpointPlan((), ("encoder.layers.0.blocks.0",), 8, 1, 0, 1, ()).python(), {"model": model})
+    assert [type(module) for module in model.modules()] == before

@@ -79,11 +79,11 @@ class CheckpointPlan:
 
     def python(self) -> str:
         """Lines of Python that apply the plan to ``model`` with torch's own ``apply_activation_checkpointing``."""
-        names = ",\n    ".join(repr(name) for name in self.modules)
+        names = "".join(f"    {name!r},\n" for name in self.modules)
         return ("from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import "
                 "apply_activation_checkpointing\n\n"
-                f"plan = {{\n    {names},\n}}\n"
-                "chosen = {id(module) for name, module in model.named_modules() if name in plan}\n"
+                + (f"plan = {{\n{names}}}\n" if self.modules else "plan: set[str] = set()  # nothing to checkpoint\n")
+                + "chosen = {id(module) for name, module in model.named_modules() if name in plan}\n"
                 "apply_activation_checkpointing(model, check_fn=lambda module: id(module) in chosen)\n")
 
     def to_dict(self) -> dict[str, Any]:
