@@ -159,3 +159,22 @@ def test_a_plan_that_checkpoints_nothing_prints_python_that_runs() -> None:
     before = [type(module) for module in model.modules()]
     exec(CheckpointPlan((), ("encoder.layers.0.blocks.0",), 8, 1, 0, 1, ()).python(), {"model": model})
     assert [type(module) for module in model.modules()] == before
+
+
+@pytest.mark.slow
+def test_a_resnet50_plan_applied_for_real_fits_the_budget_it_was_made_for() -> None:
+    """resnet50 at 64 px with the budget of batch 8's plain step: the plan reaches a larger batch, and applied by its
+    printed lines to a real model, the real step's live storages stay within the budget and within 1% of the
+    estimate."""
+    from oracle_live import live_step_peak
+
+    from tests.fixtures.user_steps import plain
+
+    budget = resnet_inspect.training_memory("resnet50", 64, batch_size=8).peak_bytes
+    plan = resnet_inspect.fit("resnet50", budget, 64, train=True, reserve=0, checkpoint="auto").checkpoint
+    assert plan.baseline_batch_size == 8 and plan.batch_size > 8
+    torch.manual_seed(0)
+    model = get_model("resnet50")
+    exec(plan.python(), {"model": model})
+    held = live_step_peak(model, torch.randn(plan.batch_size, 3, 64, 64), "adamw", plain)
+    assert held <= budget and held == pytest.approx(plan.peak_bytes, rel=0.01)
