@@ -209,6 +209,17 @@ def test_ci_runs_exactly_the_readme_test_command_and_installs_no_python_package_
         assert "pip install" not in line, f".ci/run installs a Python package the README does not: {line}"
 
 
+def test_ci_runs_the_readmes_development_checks_word_for_word():
+    """The README's development block (ruff with the complexity bound, mypy on the package) is what CI runs after
+    the tests; CI, not this suite, runs them (mypy alone takes half a minute)."""
+    [checks] = [block for block in blocks(ROOT / "README.md")
+                if block.language == "text" and "mypy resnet_inspect" in block.text]
+    ci_lines = {line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()}
+    shown = [line.strip() for line in checks.text.splitlines() if line.strip()]
+    assert shown == ["ruff check .", "mypy resnet_inspect"]
+    assert set(shown) <= ci_lines
+
+
 def test_the_readme_names_every_system_package_that_ci_installs():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for line in (ROOT / ".ci" / "run").read_text().splitlines():

@@ -64,9 +64,9 @@ def test_a_detached_teacher_holds_nothing_at_the_peak() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["detached_teacher", "no_grad_teacher"])
-def test_a_teacher_student_peak_is_within_3_percent_of_a_measured_step(name: str) -> None:
-    shape = (8, 3, 96, 96)
+def test_a_teacher_student_peak_is_within_3_percent_of_a_measured_step() -> None:
+    """The detached teacher (the no_grad teacher's graph is never built: its figures are pinned exactly above)."""
+    name, shape = "detached_teacher", (8, 3, 96, 96)
     measured = oracle_memory.measure_step(f"tests/fixtures/graph_models.py:{name}", shape, "adamw")
     estimate = resnet_inspect.training_memory(_model(name), shape, optimizer="adamw")
     assert estimate.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)

@@ -72,9 +72,10 @@ def test_a_step_that_reads_a_value_is_told_it_read_zero() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
-def test_the_peak_with_a_loss_is_within_3_percent_of_a_measured_step(loss: str) -> None:
-    shape = (16, 3, 96, 96)
+def test_the_peak_with_a_loss_is_within_3_percent_of_a_measured_step() -> None:
+    """Cross-entropy, whose log-softmax and logits' gradient the step holds (mse's saved bytes are pinned exactly
+    above, and its target is the output's size)."""
+    loss, shape = "cross-entropy", (16, 3, 96, 96)
     measured = oracle_memory.measure_step("resnet18", shape, "sgd", loss=loss)
     estimate = resnet_inspect.training_memory("resnet18", shape, optimizer="sgd", loss=loss)
     assert estimate.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
