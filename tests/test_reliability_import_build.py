@@ -322,3 +322,40 @@ def test_a_pass_on_real_tensors_gives_a_module_tensor_made_on_meta_zeros(tmp_pat
     assert fit.exit_code == 0, fit.stderr
     search = json.loads(fit.stdout)["search"]
     assert search["real_passes"] == search["passes"] > 0
+
+
+SHIFTED = """
+import torch
+from torch import nn
+
+SHIFT = torch.full((1, 8, 1, 1), 0.5)  # a module-level constant subtracted between two trained layers
+
+
+class Shifted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x) - SHIFT)
+
+
+net = Shifted()
+"""
+
+
+def test_a_module_level_constant_between_trained_layers_keeps_their_backward(tmp_path):
+    """On meta, only the real constant stands in as a meta tensor: the trained activation it meets keeps its
+    gradient, so the layers before it have their backward (FlopCounterMode on the real model) and gradients."""
+    from oracle_torch import flop_counter_backward_macs
+
+    import resnet_inspect
+
+    path = user_file(tmp_path, "shifted", SHIFTED)
+    report = resnet_inspect.summary(f"{path}:net", (2, 3, 16, 16), train=True)
+    namespace: dict = {}
+    exec(SHIFTED, namespace)
+    _forward, backward = flop_counter_backward_macs(namespace["Shifted"](), torch.randn(2, 3, 16, 16))
+    assert report.total("backward_macs") == backward
+    assert report.total("grad_bytes") == sum(p.numel() * 4 for p in namespace["Shifted"]().parameters())

@@ -117,17 +117,23 @@ def private_copy(model: nn.Module) -> nn.Module:
 
 
 
-def on_meta(value: Any) -> Any:
-    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+def _map_tensors(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``value`` with ``convert`` applied to every tensor in it (lists, tuples and dicts rebuilt; named tuples and
+    other values left as they are)."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        return meta_empty(value.shape, value)
+        return convert(value)
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(on_meta(item) for item in value)
+        return type(value)(_map_tensors(item, convert) for item in value)
     if isinstance(value, dict):
-        return {key: on_meta(item) for key, item in value.items()}
+        return {key: _map_tensors(item, convert) for key, item in value.items()}
     return value
+
+
+def on_meta(value: Any) -> Any:
+    """``value`` with every tensor replaced by an empty meta tensor of its shape and dtype."""
+    return _map_tensors(value, lambda tensor: meta_empty(tensor.shape, tensor))
 
 
 def _mixes_devices(args: Any, kwargs: dict[str, Any]) -> bool:
@@ -136,10 +142,14 @@ def _mixes_devices(args: Any, kwargs: dict[str, Any]) -> bool:
 
 def meta_if_mixed(args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The arguments of a call that mixes meta and real tensors with the real ones as empty meta tensors of their
-    shapes (torch refuses to mix devices); a call on one device only is left as it is."""
+    shapes (torch refuses to mix devices); the meta ones, and a call on one device only, are left as they are."""
     if not _mixes_devices(args, kwargs):
         return args, kwargs
-    return on_meta(list(args)), on_meta(kwargs)
+
+    def meta(tensor: Any) -> Any:
+        return tensor if tensor.is_meta else meta_empty(tensor.shape, tensor)
+
+    return _map_tensors(list(args), meta), _map_tensors(kwargs, meta)
 
 
 def meta_stand_in_bytes(args: Any, kwargs: dict[str, Any]) -> int:
@@ -156,21 +166,14 @@ def real_if_mixed(args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any
     weights of a model built on meta (``structural_copy``); a call on one device only is left as it is."""
     import torch
 
-    tensors = tensors_in(list(args)) + tensors_in(kwargs)
     if not _mixes_devices(args, kwargs):
         return args, kwargs
-    device = next(tensor.device for tensor in tensors if not tensor.is_meta)
+    device = next(tensor.device for tensor in tensors_in(list(args)) + tensors_in(kwargs) if not tensor.is_meta)
 
-    def real(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.is_meta:
-            return torch.zeros(tuple(value.shape), dtype=value.dtype, device=device)
-        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-            return type(value)(real(item) for item in value)
-        if isinstance(value, dict):
-            return {key: real(item) for key, item in value.items()}
-        return value
+    def real(tensor: Any) -> Any:
+        return torch.zeros(tuple(tensor.shape), dtype=tensor.dtype, device=device) if tensor.is_meta else tensor
 
-    return real(list(args)), real(kwargs)
+    return _map_tensors(list(args), real), _map_tensors(kwargs, real)
 
 
 def result_bytes_on_meta(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
