@@ -29,6 +29,7 @@ from resnet_inspect.capture.training.optimizer import optimizer_step
 from resnet_inspect.capture.training.options import TrainOptions
 from resnet_inspect.capture.training.sparse import gradient_bytes
 from resnet_inspect.errors import BadInputError, ForwardError
+from resnet_inspect.names import first_line
 from resnet_inspect.records import Capture, MemoryEvent, MemoryKind, ParameterRecord, StepPhase, TrainingCapture
 
 if TYPE_CHECKING:
@@ -198,9 +199,9 @@ def _backward_phase(step: _Step, checkpoints: CheckpointTracer) -> Iterator[None
                                   "its memory is not estimated") from None
         finally:
             checkpoints.backward, checkpoints.recording = False, False
-        gradients = [p.grad for p in step.trainable if p.grad is not None]
-        step.graded.update({id(p): gradient_bytes(p.grad) for p in step.trainable if p.grad is not None})
-        step.kinds.update(dict.fromkeys(ledger.numbers_of(gradients), MemoryKind.GRADIENT))
+        graded = [p for p in step.trainable if p.grad is not None]
+        step.graded.update({id(p): gradient_bytes(p.grad) for p in graded})
+        step.kinds.update(dict.fromkeys(ledger.numbers_of([p.grad for p in graded]), MemoryKind.GRADIENT))
         ledger.phase, ledger.layer = StepPhase.FORWARD, "the loss"
 
     torch.autograd.backward = backward
@@ -243,7 +244,7 @@ def _run_step(step: _Step, model_name: str) -> None:
     except Exception as exc:
         if options.step is None:
             raise
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = first_line(str(exc))
         raise BadInputError(f"the training step raised {type(exc).__name__}"
                             + (f": {reason}" if reason else "")) from None
     if step.capture is None:
