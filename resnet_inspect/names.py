@@ -56,4 +56,9 @@ def first_line(text: str) -> str:
     return lines[0]
 
 
-__all__ = ["first_line", "printable", "shown", "strip_controls"]
+def call_name(name: str, call: int) -> str:
+    """The name of a module's ``call``-th run (from 1): its own name, then ``stage (call 2)``, ``stage (call 3)``."""
+    return name if call == 1 else f"{name} (call {call})"
+
+
+__all__ = ["call_name", "first_line", "printable", "shown", "strip_controls"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from resnet_inspect.names import call_name
 from resnet_inspect.ops.fields import FEATURES, Layout, NodeField, Undefined, merge_fields
 from resnet_inspect.ops.registry import get_op
 from resnet_inspect.ops.spans import fit
@@ -351,7 +352,7 @@ def _distinct_names(rows: list[_Row]) -> list[_Row]:
     result = []
     for name, modules, node, records in rows:
         seen[name] = seen.get(name, 0) + 1
-        result.append((name if seen[name] == 1 else f"{name} (call {seen[name]})", modules, node, records))
+        result.append((call_name(name, seen[name]), modules, node, records))
     return result
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resnet_inspect.errors import BadInputError
+from resnet_inspect.names import call_name
 from resnet_inspect.render.document import Document, Table, cell_style, cell_text
 from resnet_inspect.render.fields import undefined_stages
 from resnet_inspect.render.svg import bar_chart_svg, fields_legend, fields_svg, saved_chart_svg
@@ -140,7 +141,7 @@ def stage_values(summary: Mapping[str, Any], key: str) -> dict[str, int]:
     calls: dict[str, int] = {}  # a stage run again is "name (call 2)", as the stage model names it
     for layer in layers:
         calls[layer["name"]] = calls.get(layer["name"], 0) + 1
-        call = layer["name"] if calls[layer["name"]] == 1 else f"{layer['name']} (call {calls[layer['name']]})"
+        call = call_name(layer["name"], calls[layer["name"]])
         if call in stage_names:
             stages[call] = layer[key] or 0
     head = (summary["totals"][key] or 0) - stem - sum(stages.values())
