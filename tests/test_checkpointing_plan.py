@@ -14,7 +14,7 @@ from oracle_torch import flop_counter_backward_macs
 from typer.testing import CliRunner
 
 import resnet_inspect
-from resnet_inspect.analysis.checkpoint_plan import repeated_blocks
+from resnet_inspect.analysis.checkpoint_plan import guess_prefix, repeated_blocks, shortest_fitting
 from resnet_inspect.analysis.counting import count
 from resnet_inspect.capture.trace import capture
 from resnet_inspect.cli.app import app
@@ -41,6 +41,51 @@ def test_the_blocks_of_resnet50_are_its_bottlenecks() -> None:
                            for block in range(depth))
 
 
+def test_the_prefix_search_finds_every_threshold_and_a_right_guess_costs_two_passes() -> None:
+    for most in range(1, 10):
+        for threshold in range(1, most + 1):
+            for guess in range(0, most + 2):
+                calls: list[int] = []
+
+                def fits(blocks: int, threshold: int = threshold, calls: list[int] = calls) -> bool:
+                    calls.append(blocks)
+                    return blocks >= threshold
+
+                assert shortest_fitting(fits, guess, most) == threshold
+                assert len(calls) == len(set(calls)) <= 2 * most.bit_length()
+                if guess == threshold and most > 1:  # the guess, then its neighbour below (0 is known not to fit)
+                    assert calls == ([threshold, threshold - 1] if threshold > 1 else [1])
+
+
+def test_the_guess_takes_blocks_until_the_freed_bytes_bring_the_peak_within_the_budget() -> None:
+    ranked, freed = ("a", "b", "c"), {"a": 50, "b": 30, "c": 20}
+    assert guess_prefix(ranked, freed, 200, 100, 200) == 0
+    assert guess_prefix(ranked, freed, 200, 100, 150) == 1
+    assert guess_prefix(ranked, freed, 200, 100, 149) == 2
+    assert guess_prefix(ranked, freed, 200, 100, 120) == 2
+    assert guess_prefix(ranked, freed, 200, 100, 119) == 3  # only all of them reach the floor of 100
+    assert guess_prefix(ranked, freed, 200, 130, 120) == 3  # the floor binds: no guess below every block
+
+
+@pytest.mark.parametrize("chosen", [
+    ("encoder.layers.0.blocks.0", "encoder.layers.2.blocks.3", "encoder.layers.3.blocks.2"),
+    ("encoder.layers.1", "encoder.layers.1.blocks.0", "encoder.layers.1.blocks.0.blocks.0.conv"),  # nested
+])
+def test_the_planners_wrapping_is_apply_activation_checkpointings(chosen) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    from resnet_inspect.capture.trace import structural_copy
+    from resnet_inspect.pipeline.checkpoint_plan import checkpointed_copy
+
+    ours = checkpointed_copy(get_model("resnet50"), chosen)
+    theirs = structural_copy(get_model("resnet50"), "meta")
+    ids = {id(module) for name, module in theirs.named_modules() if name in chosen}
+    apply_activation_checkpointing(theirs, check_fn=lambda module: id(module) in ids)
+    assert [(name, type(module)) for name, module in ours.named_modules()] == \
+        [(name, type(module)) for name, module in theirs.named_modules()]
+    assert sum(name.endswith("_checkpoint_wrapped_module") for name, _ in ours.named_modules()) == len(chosen)
+
+
 @pytest.fixture(scope="module")
 def auto_plan():  # -> (budget, FitReport)
     budget = plain_peak(8)
@@ -57,6 +102,7 @@ def test_auto_plan_reaches_a_larger_batch_than_without_checkpointing(auto_plan) 
     assert set(plan.modules) <= set(plan.candidates) and plan.modules
     curve = {point.blocks: point for point in plan.curve}
     assert curve[0].recompute_macs == 0 and curve[len(plan.modules)].peak_bytes == plan.peak_bytes
+    assert curve[len(plan.modules) - 1].peak_bytes > budget  # the shortest prefix: one block fewer does not fit
     assert report.to_dict()["checkpoint"]["python"] == plan.python()
 
 

@@ -7,11 +7,13 @@ al. (2016) checkpoint segments of a chain of such blocks; Checkmate (MLSys 2020)
 integer program. Here the blocks are ranked once, from one training pass without checkpointing, by the
 activations each saves per forward MAC it would recompute (the most memory for the least recompute first); a plan
 is a prefix of that ranking, and the planner (``pipeline/checkpoint_plan.py``) finds the shortest prefix that
-fits, each candidate verified by a real meta pass with the plan applied.
+fits, each candidate verified by a real meta pass with the plan applied: it starts from a guess (each block lowers
+the peak by what it saves less the input it keeps) and confirms it with the guess's neighbour.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,37 @@ def rank_blocks(blocks: tuple[str, ...], saved_bytes: dict[str, int], forward_ma
         return (-(saved / macs) if macs else -float("inf") if saved else 0.0, name)
 
     return tuple(sorted((name for name in blocks if saved_bytes.get(name, 0) > 0), key=key))
+
+
+def guess_prefix(ranked: tuple[str, ...], freed_bytes: dict[str, int], peak_without: int, peak_with_all: int,
+                 budget_bytes: int) -> int:
+    """A first guess at the fewest ranked blocks whose plan fits the budget, from the two plans known at the batch
+    (none checkpointed, all of them): each block checkpointed lowers the peak by ``freed_bytes`` (what it saves,
+    less the input it keeps), down to the peak with all of them. The planner checks the guess and its neighbour with
+    passes of their own, so a poor guess costs passes, never a wrong answer."""
+    peak = peak_without
+    for blocks, name in enumerate(ranked):
+        if max(peak, peak_with_all) <= budget_bytes:
+            return blocks
+        peak -= freed_bytes.get(name, 0)
+    return len(ranked)
+
+
+def shortest_fitting(fits: Callable[[int], bool], guess: int, most: int) -> int:
+    """The smallest ``k`` in ``1..most`` with ``fits(k)``, where ``fits`` turns true once and stays true,
+    ``fits(most)`` holds and ``fits(0)`` does not. Starts at ``guess`` and steps away from it by 1, 2, 4...
+    (bisecting once the step overshoots), so a right guess costs two calls: the guess and its neighbour."""
+    low, high, step = 0, most, 1
+    probe = min(max(guess, 1), most)
+    while high - low > 1:
+        if fits(probe):
+            high, probe = probe, probe - step
+        else:
+            low, probe = probe, probe + step
+        step *= 2
+        if not low < probe < high:
+            probe = (low + high) // 2
+    return high
 
 
 @dataclass(frozen=True)
@@ -96,4 +129,4 @@ class CheckpointPlan:
         }
 
 
-__all__ = ["CheckpointPlan", "PlanPoint", "rank_blocks", "repeated_blocks"]
+__all__ = ["CheckpointPlan", "PlanPoint", "guess_prefix", "rank_blocks", "repeated_blocks", "shortest_fitting"]

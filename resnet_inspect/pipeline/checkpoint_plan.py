@@ -2,19 +2,28 @@
 
 One training pass without checkpointing ranks the blocks (``analysis.checkpoint_plan``). Every plan the search
 looks at (a prefix of that ranking, or the modules named) is then applied for real to a meta copy of the model
-with torch's own ``apply_activation_checkpointing`` and estimated by a training pass, so the answer's peak and
-recompute MACs are those of the step as torch runs it, not of a model of it:
+with torch's own ``checkpoint_wrapper``, where ``apply_activation_checkpointing`` puts it, and estimated by a
+training pass, so the answer's peak and recompute MACs are those of the step as torch runs it, not of a model of
+it:
 
 - without a batch size: the largest batch with every block checkpointed (the least memory this plan family
-  reaches), then, at that batch, the shortest prefix that still fits (a bisection over the prefix length);
+  reaches), then, at that batch, the shortest prefix that still fits (from a guess, confirmed by its neighbour);
 - with a batch size: the shortest prefix that fits that batch.
 """
 
 from __future__ import annotations
 
+from math import prod
 from typing import TYPE_CHECKING
 
-from resnet_inspect.analysis.checkpoint_plan import CheckpointPlan, PlanPoint, rank_blocks, repeated_blocks
+from resnet_inspect.analysis.checkpoint_plan import (
+    CheckpointPlan,
+    PlanPoint,
+    guess_prefix,
+    rank_blocks,
+    repeated_blocks,
+    shortest_fitting,
+)
 from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
 from resnet_inspect.errors import BadInputError
 
@@ -28,17 +37,31 @@ AUTO = "auto"
 
 
 def checkpointed_copy(model: nn.Module, modules: tuple[str, ...]) -> nn.Module:
-    """A meta copy of ``model`` with ``modules`` wrapped by torch's ``apply_activation_checkpointing``
-    (``checkpoint_wrapper``, non-reentrant), as the plan's Python lines do."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
+    """A meta copy of ``model`` with ``modules`` wrapped as the plan's Python lines wrap them: torch's
+    ``checkpoint_wrapper`` (non-reentrant) put where ``apply_activation_checkpointing`` puts it (see
+    ``wrap_for_checkpointing``)."""
     from resnet_inspect.capture.trace import structural_copy
 
     working = structural_copy(model, "meta")
     chosen = {id(module) for name, module in working.named_modules() if name in set(modules)}
-    if modules:
-        apply_activation_checkpointing(working, check_fn=lambda module: id(module) in chosen)
-    return working
+    return wrap_for_checkpointing(working, chosen)
+
+
+def wrap_for_checkpointing(model: nn.Module, chosen: set[int]) -> nn.Module:
+    """``model`` with every module whose id is in ``chosen`` (not the model itself) replaced by torch's
+    ``checkpoint_wrapper`` of it, as ``apply_activation_checkpointing(model, check_fn=...)`` does: children before
+    their parents, each occurrence under each parent. The walk is torch's (``fsdp.wrap._recursive_wrap``), written
+    here because that function's module imports the whole of FSDP, most of a second on a cold start."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    def wrap(module: nn.Module) -> nn.Module:
+        for name, child in list(module.named_children()):
+            setattr(module, name, wrap(child))
+        return checkpoint_wrapper(module) if id(module) in chosen else module
+
+    for name, child in list(model.named_children()):
+        setattr(model, name, wrap(child))
+    return model
 
 
 def check_modules(model: nn.Module, modules: tuple[str, ...]) -> None:
@@ -61,6 +84,7 @@ class _Planner:
         self.model, self.input_size, self.in_channels = model, input_size, in_channels
         self.options, self.shard = options, shard
         self.steps: dict[tuple[tuple[str, ...], int], TrainingCapture] = {}
+        self.freed_bytes: dict[str, int] = {}  # per block, at batch 2 (``ranking``)
 
     def step(self, modules: tuple[str, ...], batch_size: int) -> TrainingCapture:
         from resnet_inspect.pipeline.build import training_capture
@@ -91,35 +115,38 @@ class _Planner:
         return counts.memory.peak_bytes, counts.recompute_macs, forward + counts.backward_macs + counts.recompute_macs
 
     def ranking(self) -> tuple[str, ...]:
-        """The blocks, ranked from one pass without checkpointing (batch 2, where batch norm trains)."""
-        from resnet_inspect.analysis.counting import count
+        """The blocks, ranked from one pass without checkpointing (batch 2, where batch norm trains); notes what
+        each would free at that batch (``freed_bytes``: what it saves less its input, which a checkpoint keeps)."""
+        from resnet_inspect.analysis.counting import count, element_bytes
         from resnet_inspect.analysis.training import training_counts
 
         step = self.step((), 2)
         counts, forward = training_counts(step, self.shard), count(step.capture)
-        names = {layer.index: layer.name for layer in step.capture.layers}
         saved: dict[str, int] = {}
         macs: dict[str, int] = {}
-        for index, name in names.items():  # a module called twice: its first call
-            saved.setdefault(name, counts.layer_saved_bytes.get(index, 0))
-            macs.setdefault(name, forward.layer_macs.get(index, 0))
+        inputs: dict[str, int] = {}
+        for layer in step.capture.layers:  # a module called twice: its first call
+            saved.setdefault(layer.name, counts.layer_saved_bytes.get(layer.index, 0))
+            macs.setdefault(layer.name, forward.layer_macs.get(layer.index, 0))
+            inputs.setdefault(layer.name, sum(prod(shape) for shape in layer.input_shapes) * element_bytes(step.dtype))
         working = {layer.name for layer in step.capture.layers if layer.is_leaf and macs.get(layer.name, 0)}
-        return rank_blocks(repeated_blocks(step.capture.layers, working), saved, macs)
+        ranked = rank_blocks(repeated_blocks(step.capture.layers, working), saved, macs)
+        self.freed_bytes = {name: max(saved[name] - inputs[name], 0) for name in ranked}
+        return ranked
 
 
 def _shortest_prefix(planner: _Planner, ranked: tuple[str, ...], batch_size: int, budget: int) -> int:
-    """The fewest ranked blocks whose plan fits ``batch_size`` (peaks fall as blocks are added; all of them fit)."""
+    """The fewest ranked blocks whose plan fits ``batch_size`` (peaks fall as blocks are added; all of them fit),
+    from a guess (``guess_prefix``) confirmed by its neighbour."""
 
-    def fits(blocks: int) -> bool:
-        return max(planner.timeline(ranked[:blocks], batch_size)) <= budget
+    def peak(blocks: int) -> int:
+        return max(planner.timeline(ranked[:blocks], batch_size))
 
-    if fits(0):
+    if peak(0) <= budget:
         return 0
-    low, high = 0, len(ranked)  # low does not fit, high does
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return high
+    freed = {name: freed * batch_size // 2 for name, freed in planner.freed_bytes.items()}
+    guess = guess_prefix(ranked, freed, peak(0), peak(len(ranked)), budget)
+    return shortest_fitting(lambda blocks: peak(blocks) <= budget, guess, len(ranked))
 
 
 def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
@@ -158,4 +185,4 @@ def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: 
     return plan, planner.step(ranked[:chosen], batch_size)
 
 
-__all__ = ["AUTO", "check_modules", "checkpoint_plan", "checkpointed_copy"]
+__all__ = ["AUTO", "check_modules", "checkpoint_plan", "checkpointed_copy", "wrap_for_checkpointing"]
