@@ -283,7 +283,6 @@ def test_backward_that_cannot_run_on_meta_is_stated_not_estimated() -> None:
 PEAK_CASES = [
     ("resnet18", (8, 3, 224, 224), "momentum"),
     ("resnet18", (8, 3, 224, 224), "adamw"),
-    ("resnet50", (8, 3, 224, 224), "momentum"),
     ("resnet50", (8, 3, 224, 224), "adamw"),
     ("tests/fixtures/real_models.py:vit", (512, 3, 64, 64), "adamw"),
     ("tests/fixtures/real_models.py:cbam_net", (512, 3, 64, 64), "adamw"),
