@@ -70,7 +70,10 @@ def test_checkpointed_resnet50_saved_bytes_and_macs_equal_torch(form: str) -> No
 # its many buffers under 64 KiB come from the C library's heap, which reuses free space the warm-up step left
 # resident, so the resident set reads 1.9% to 3.3% under the step. At vit_small_patch16_224's own size (the test
 # after this one) the resident set and the estimate agree.
-PEAK_FORMS = [form for form in FAST_FORMS + RESNET_FORMS if not form.startswith("vit_like")]
+# ``resnet50_wrapped`` runs the non-reentrant form through ``checkpoint_wrapper``; its measured peak is checked by
+# the checkpoint plans applied for real (tests/test_checkpointing_plan.py), which wrap the same way.
+PEAK_FORMS = [form for form in FAST_FORMS + RESNET_FORMS
+              if not form.startswith("vit_like") and form != "resnet50_wrapped"]
 
 
 @pytest.mark.slow
