@@ -74,11 +74,10 @@ def test_the_guess_takes_blocks_until_the_freed_bytes_bring_the_peak_within_the_
 def test_the_planners_wrapping_is_apply_activation_checkpointings(chosen) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-    from resnet_inspect.capture.trace import structural_copy
-    from resnet_inspect.pipeline.checkpoint_plan import checkpointed_copy
+    from resnet_inspect.capture.checkpointing import wrap_modules
 
-    ours = checkpointed_copy(get_model("resnet50"), chosen)
-    theirs = structural_copy(get_model("resnet50"), "meta")
+    ours = wrap_modules(get_model("resnet50"), chosen)
+    theirs = get_model("resnet50")
     ids = {id(module) for name, module in theirs.named_modules() if name in chosen}
     apply_activation_checkpointing(theirs, check_fn=lambda module: id(module) in ids)
     assert [(name, type(module)) for name, module in ours.named_modules()] == \

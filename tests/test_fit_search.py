@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resnet_inspect.analysis.fit import DoesNotFitError, SearchMethod, largest_batch, parse_bytes
+from resnet_inspect.analysis.fit import (
+    DoesNotFitError,
+    SearchMethod,
+    largest_batch,
+    largest_batch_through,
+    parse_bytes,
+)
 from resnet_inspect.errors import BadInputError
 
 GIB = 1 << 30
@@ -52,6 +58,30 @@ def test_on_any_line_the_answer_is_the_largest_batch_that_fits_in_at_most_three_
     assert found.batch_size == expected and found.passes <= 3
     assert peak.peak(found.batch_size) <= budget
     assert found.limited or peak.peak(found.batch_size + 1) > budget
+
+
+@given(fixed=st.integers(0, 10 * GIB), per_sample=st.integers(1, GIB), budget=st.integers(1, 40 * GIB),
+       second=st.integers(3, 500))
+def test_through_two_known_batches_on_a_line_one_more_pass_gives_the_answer(fixed, per_sample, budget, second):
+    """A caller holding batches 2 and ``second`` (the checkpoint planner's) spends one pass, at the answer."""
+    peak = Counted(lambda batch: (fixed + per_sample * batch, fixed // 2))  # two moments: the peak and a lower one
+    if peak.peak(1)[0] > budget:
+        with pytest.raises(DoesNotFitError):
+            largest_batch_through(peak, budget, 2, second)
+        return
+    found = largest_batch_through(peak, budget, 2, second)
+    assert found.batch_size == min((budget - fixed) // per_sample, 1 << 20)
+    assert peak.calls[2:] == [found.batch_size] and found.method is SearchMethod.line
+
+
+def test_through_two_batches_off_one_line_the_search_starts_again_from_batch_1():
+    """Above batch 8 another path keeps twice the activations: the line through batches 2 and 12 (120 and 340
+    bytes) puts batch 14 at 384 bytes, which measures 380, and the answer is the one the full search finds."""
+    branch = lambda batch: 100 + 10 * batch + (10 * batch if batch > 8 else 0)  # noqa: E731
+    peak = Counted(branch)
+    found = largest_batch_through(peak, 400, 2, 12)
+    assert found.batch_size == brute_force(branch, 400) == largest_batch(branch, 400).batch_size
+    assert peak.calls[:4] == [2, 12, 14, 1]
 
 
 def test_a_batch_dependent_branch_is_found_off_the_line_and_bisected():

@@ -129,6 +129,28 @@ def largest_batch(estimate: Estimate, budget_bytes: int, limit: int = MAX_BATCH,
     return replace(search, first_batch=first_batch)
 
 
+def largest_batch_through(estimate: Estimate, budget_bytes: int, first: int, second: int, limit: int = MAX_BATCH
+                          ) -> FitSearch:
+    """``largest_batch``, from the lines through two batches already estimated (``first < second``, any two, so a
+    caller that holds them spends one estimate, at the guess, instead of three): each moment's bytes must change by
+    a whole number per sample between them, and the guess must lie on the lines and fit. Otherwise the search of
+    ``largest_batch`` from batch 1."""
+    low, high = _profile(estimate(first)), _profile(estimate(second))
+    span = second - first
+    steps = [b - a for a, b in zip(low, high, strict=False)]
+    if len(low) == len(high) and span > 0 and all(step % span == 0 for step in steps):
+        lines = _Lines(tuple(a - step // span * first for a, step in zip(low, steps, strict=True)),
+                       tuple(step // span for step in steps))
+        guess = lines.largest_within(budget_bytes, limit)
+        if guess >= 1:
+            at_guess = _profile(estimate(guess))
+            fixed, per_sample = lines.binding(guess)
+            if at_guess == lines.at(guess) and max(at_guess) <= budget_bytes:
+                return FitSearch(guess, max(at_guess), None if guess == limit else max(lines.at(guess + 1)), False,
+                                 3, SearchMethod.line, True, fixed, per_sample, limited=guess == limit)
+    return largest_batch(estimate, budget_bytes, limit)
+
+
 def _line_search(estimate: Estimate, budget_bytes: int, limit: int, start: int) -> FitSearch:
     profiles: dict[int, tuple[int, ...]] = {}
     known: dict[int, int] = {}  # batch -> peak
@@ -219,5 +241,6 @@ def _bisect(peak: Callable[[int], int], known: dict[int, int], budget_bytes: int
 
 
 __all__ = [
-    "MAX_BATCH", "DoesNotFitError", "Estimate", "FitSearch", "SearchMethod", "largest_batch", "parse_bytes",
+    "MAX_BATCH", "DoesNotFitError", "Estimate", "FitSearch", "SearchMethod", "largest_batch", "largest_batch_through",
+    "parse_bytes",
 ]

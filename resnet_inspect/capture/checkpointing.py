@@ -41,6 +41,8 @@ class _Region:
     grads: list[tuple[bool, ...]] = field(default_factory=list)  # the recomputation's requires-grad flags
     reached: set[int] = field(default_factory=set)  # the recorder's nodes autograd differentiated (by node id)
     offset: int = 0  # the recorder's node id of the recomputation's first operation
+    first_call: int = 0  # the forward recorder's module-call count when the region began
+    modules: list[Any] = field(default_factory=list)  # the modules its forward called (the recomputation's too)
 
 
 class CheckpointTracer:
@@ -57,9 +59,16 @@ class CheckpointTracer:
 
     def _begin(self, reentrant: bool) -> _Region:
         enclosing = self.forward.stack[-1] if self.forward.stack else None
-        region = _Region(reentrant, enclosing, len(self.forward.nodes))
+        region = _Region(reentrant, enclosing, len(self.forward.nodes), first_call=len(self.forward.calls))
         self.regions.append(region)
         return region
+
+    def _end(self, region: _Region) -> None:
+        """The region's forward is over: where its operations end, and the modules it called, the only ones its
+        recomputation needs hooks on (the same code on the same shapes)."""
+        region.end = len(self.forward.nodes)
+        called = {id(call.module): call.module for call in self.forward.calls[region.first_call:]}
+        region.modules = list(called.values())
 
     def _recomputing(self, function: Callable[..., Any], region: _Region) -> Callable[..., Any]:
         """``function``, recorded by a fresh recorder when the backward calls it."""
@@ -88,7 +97,7 @@ class CheckpointTracer:
         stopped: BaseException | None = None
         result = None
         reused = _cache_hits(recorder, self.allocations, self.allocation_of)
-        with _instrumented(self.working, recorder), reused as cached:
+        with _instrumented(self.working, recorder, region.modules), reused as cached:
             if region.enclosing is not None:
                 recorder.stack.append(region.enclosing)
             for tensor in tensors_in(list(args)) + tensors_in(kwargs):
@@ -133,7 +142,7 @@ class CheckpointTracer:
                 return original_forward(ctx, run_function, preserve_rng_state, *args)
             region = tracer._begin(reentrant=True)
             result = original_forward(ctx, tracer._recomputing(run_function, region), preserve_rng_state, *args)
-            region.end = len(tracer.forward.nodes)
+            tracer._end(region)
             return result
 
         def generator(fn: Any, *rest: Any, **kwargs: Any) -> Iterator[None]:
@@ -142,7 +151,7 @@ class CheckpointTracer:
                 return
             region = tracer._begin(reentrant=False)
             yield from original_generator(tracer._recomputing(fn, region), *rest, **kwargs)
-            region.end = len(tracer.forward.nodes)
+            tracer._end(region)
 
         function_class.forward = staticmethod(forward)  # type: ignore[method-assign]
         checkpoint_module._checkpoint_without_reentrant_generator = generator
@@ -184,6 +193,26 @@ class _Reused:
 
     allocations: int
     nodes: list[int] = field(default_factory=list)
+
+
+def wrap_modules(model: Any, names: tuple[str, ...]) -> Any:
+    """``model`` with the modules named ``names`` (not the model itself) replaced by torch's ``checkpoint_wrapper``
+    of them, as ``apply_activation_checkpointing(model, check_fn=...)`` does when ``check_fn`` picks them by id:
+    children before their parents, each occurrence under each parent. The walk is torch's
+    (``fsdp.wrap._recursive_wrap``), written here because that function's module imports the whole of FSDP, most
+    of a second on a cold start."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    chosen = {id(module) for name, module in model.named_modules() if name in set(names)}
+
+    def wrap(module: Any) -> Any:
+        for name, child in list(module.named_children()):
+            setattr(module, name, wrap(child))
+        return checkpoint_wrapper(module) if id(module) in chosen else module
+
+    for name, child in list(model.named_children()):
+        setattr(model, name, wrap(child))
+    return model
 
 
 @contextmanager

@@ -428,13 +428,14 @@ def _freeze(call: _Call) -> LayerRecord:
 
 
 @contextmanager
-def _instrumented(model: Any, recorder: _Recorder) -> Iterator[None]:
-    """Hooks on every module and the dataflow mode; all removed and the training flag restored in one finally."""
+def _instrumented(model: Any, recorder: _Recorder, modules: list[Any] | None = None) -> Iterator[None]:
+    """Hooks on every module (or only on ``modules``) and the dataflow mode; all removed and the training flag
+    restored in one finally."""
     was_training = model.training
     pre_hook, post_hook = _make_hooks(recorder, model)
     handles = []
     try:
-        for module in model.modules():
+        for module in model.modules() if modules is None else modules:
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
         with _function_mode(recorder):

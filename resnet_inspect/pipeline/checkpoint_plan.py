@@ -7,12 +7,17 @@ training pass, so the answer's peak and recompute MACs are those of the step as 
 it:
 
 - without a batch size: the largest batch with every block checkpointed (the least memory this plan family
-  reaches), then, at that batch, the shortest prefix that still fits (from a guess, confirmed by its neighbour);
+  reaches), then, at that batch, the shortest prefix that still fits (from a guess, confirmed by its neighbour),
+  and the largest batch without checkpointing, to compare;
 - with a batch size: the shortest prefix that fits that batch.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from math import prod
 from typing import TYPE_CHECKING
 
@@ -24,7 +29,7 @@ from resnet_inspect.analysis.checkpoint_plan import (
     repeated_blocks,
     shortest_fitting,
 )
-from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch
+from resnet_inspect.analysis.fit import DoesNotFitError, largest_batch, largest_batch_through
 from resnet_inspect.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -34,34 +39,6 @@ if TYPE_CHECKING:
     from resnet_inspect.records import TrainingCapture
 
 AUTO = "auto"
-
-
-def checkpointed_copy(model: nn.Module, modules: tuple[str, ...]) -> nn.Module:
-    """A meta copy of ``model`` with ``modules`` wrapped as the plan's Python lines wrap them: torch's
-    ``checkpoint_wrapper`` (non-reentrant) put where ``apply_activation_checkpointing`` puts it (see
-    ``wrap_for_checkpointing``)."""
-    from resnet_inspect.capture.trace import structural_copy
-
-    working = structural_copy(model, "meta")
-    chosen = {id(module) for name, module in working.named_modules() if name in set(modules)}
-    return wrap_for_checkpointing(working, chosen)
-
-
-def wrap_for_checkpointing(model: nn.Module, chosen: set[int]) -> nn.Module:
-    """``model`` with every module whose id is in ``chosen`` (not the model itself) replaced by torch's
-    ``checkpoint_wrapper`` of it, as ``apply_activation_checkpointing(model, check_fn=...)`` does: children before
-    their parents, each occurrence under each parent. The walk is torch's (``fsdp.wrap._recursive_wrap``), written
-    here because that function's module imports the whole of FSDP, most of a second on a cold start."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    def wrap(module: nn.Module) -> nn.Module:
-        for name, child in list(module.named_children()):
-            setattr(module, name, wrap(child))
-        return checkpoint_wrapper(module) if id(module) in chosen else module
-
-    for name, child in list(model.named_children()):
-        setattr(model, name, wrap(child))
-    return model
 
 
 def check_modules(model: nn.Module, modules: tuple[str, ...]) -> None:
@@ -91,8 +68,8 @@ class _Planner:
 
         key = (modules, batch_size)
         if key not in self.steps:
-            step = training_capture(checkpointed_copy(self.model, modules), self.input_size, batch_size,
-                                    self.in_channels, options=self.options)
+            step = training_capture(self.model, self.input_size, batch_size, self.in_channels,
+                                    options=replace(self.options, checkpoint=modules))
             if step.backward_error:
                 raise BadInputError(f"fit cannot estimate a training step: {step.backward_error}")
             self.steps[key] = step
@@ -149,11 +126,43 @@ def _shortest_prefix(planner: _Planner, ranked: tuple[str, ...], batch_size: int
     return shortest_fitting(lambda blocks: peak(blocks) <= budget, guess, len(ranked))
 
 
+def _baseline(planner: _Planner, batch_size: int, budget: int) -> int:
+    """The largest batch without checkpointing (0: not even batch 1), from the lines through the plain step at
+    batch 2 (the ranking's) and at the plan's batch (the curve's start), confirmed by one more pass."""
+    try:
+        return largest_batch_through(lambda batch: planner.timeline((), batch), budget, 2, batch_size).batch_size
+    except DoesNotFitError:
+        return 0
+
+
+@contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """The search's passes allocate and keep many records; each of CPython's full collections walks every object
+    alive, torch's own included, a quarter of the search's time. What exists before the search (torch, the model)
+    is frozen out of the collector's walks for its duration (``gc.freeze``), and put back after; left as it is
+    when something else froze objects already."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
                     budget: int, checkpoint: str | tuple[str, ...] = AUTO, batch_size: int | None = None,
                     shard: int = 1) -> tuple[CheckpointPlan, TrainingCapture]:
     """The plan (see the module docstring) and its step; ``checkpoint`` is "auto", or the modules to checkpoint
     (a tuple, or names joined by commas)."""
+    with _older_objects_frozen():
+        return _checkpoint_plan(model, input_size, in_channels, options, budget, checkpoint, batch_size, shard)
+
+
+def _checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: int, options: TrainOptions,
+                     budget: int, checkpoint: str | tuple[str, ...], batch_size: int | None, shard: int
+                     ) -> tuple[CheckpointPlan, TrainingCapture]:
     planner = _Planner(model, input_size, in_channels, options, shard)
     if checkpoint != AUTO:
         named = tuple(name.strip() for name in checkpoint.split(",")) if isinstance(checkpoint, str) else \
@@ -162,12 +171,8 @@ def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: 
         ranked = named
     else:
         ranked = planner.ranking()
-    baseline = None
+    searched = batch_size is None
     if batch_size is None:
-        try:
-            baseline = largest_batch(lambda batch: planner.timeline((), batch), budget).batch_size
-        except DoesNotFitError:
-            baseline = 0
         batch_size = largest_batch(lambda batch: planner.timeline(ranked, batch), budget).batch_size
     elif max(planner.timeline(ranked, batch_size)) > budget:
         peak = max(planner.timeline(ranked, batch_size))
@@ -176,6 +181,7 @@ def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: 
     chosen = len(ranked) if checkpoint != AUTO else _shortest_prefix(planner, ranked, batch_size, budget)
     for blocks in {0, chosen, len(ranked)}:  # the curve's ends and the answer
         planner.step(ranked[:blocks], batch_size)
+    baseline = _baseline(planner, batch_size, budget) if searched else None
     curve = tuple(PlanPoint(len(modules), *planner.point(modules, batch)[:2])
                   for (modules, batch) in sorted(planner.steps, key=lambda key: len(key[0]))
                   if batch == batch_size and modules == ranked[:len(modules)])
@@ -185,4 +191,4 @@ def checkpoint_plan(model: nn.Module, input_size: tuple[int, ...], in_channels: 
     return plan, planner.step(ranked[:chosen], batch_size)
 
 
-__all__ = ["AUTO", "check_modules", "checkpoint_plan", "checkpointed_copy", "wrap_for_checkpointing"]
+__all__ = ["AUTO", "check_modules", "checkpoint_plan"]

@@ -21,6 +21,7 @@ class TrainOptions:
     loss: str = DEFAULT_LOSS  # what the built-in step backpropagates from the output (one of LOSSES)
     accumulate: int = 1  # micro-batches per step, their gradients accumulated
     step: Callable[..., Any] | None = None  # the user's own step(model, optimizer, *inputs) instead of the built-in
+    checkpoint: tuple[str, ...] = ()  # modules the step's copy wraps in torch's checkpoint_wrapper (a plan's)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

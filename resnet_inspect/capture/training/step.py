@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from resnet_inspect.capture.checkpointing import CheckpointTracer
+from resnet_inspect.capture.checkpointing import CheckpointTracer, wrap_modules
 from resnet_inspect.capture.trace import (
     ModelInputs,
     assemble_capture,
@@ -98,6 +98,8 @@ def _prepare(model: nn.Module, inputs: ModelInputs, options: TrainOptions) -> _S
     working = structural_copy(model, "meta")
     if options.dtype is not None:
         working = working.to(getattr(torch, options.dtype))
+    if options.checkpoint:
+        working = wrap_modules(working, options.checkpoint)
     placed = _in_dtype(inputs.on("meta"), options.dtype)
     recorder = new_recorder(working, train=True)
     recorder.kernel = kernels = device_kernels(options)
