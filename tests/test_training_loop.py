@@ -66,6 +66,31 @@ def test_a_step_written_out_is_the_built_in_step() -> None:
     assert abs(written["training"]["peak_bytes"] - built_in["training"]["peak_bytes"]) <= 64  # a scalar's bytes
 
 
+def test_autocast_inside_a_users_step_is_the_amp_option() -> None:
+    """``torch.autocast`` does not act on meta tensors: the pass applies its lists while the step's block is open,
+    as ``--amp`` does for the built-in step (a block for CUDA when the GPU is the device planned for, a GradScaler
+    around it; a block turned off inside another casts nothing)."""
+    def figures(**options):
+        report = resnet_inspect.summary("resnet18", SHAPE, train=True, **options).to_dict()
+        return report["totals"]["saved_bytes"], report["totals"]["backward_macs"], report["training"]["peak_bytes"]
+
+    assert figures(step=user_steps.autocast_bf16)[:2] == figures(amp="bf16")[:2]
+    scaled = resnet_inspect.training_memory("resnet18", SHAPE, step=user_steps.autocast_fp16_scaled, device="cuda")
+    amp = resnet_inspect.training_memory("resnet18", SHAPE, amp="fp16", device="cuda")
+    assert scaled.saved_bytes == amp.saved_bytes
+    assert figures(step=user_steps.autocast_disabled) == figures(step=user_steps.plain)
+    assert figures(step=user_steps.autocast_fp16_scaled)[0] == figures()[0]  # a CUDA block on the CPU casts nothing
+
+
+@pytest.mark.slow
+def test_a_users_autocast_step_holds_what_it_holds_for_real() -> None:
+    torch.manual_seed(0)
+    model, shape = get_model("resnet18"), (16, 3, 96, 96)
+    real = live_step_peak(model, torch.randn(shape), "adamw", user_steps.autocast_bf16)
+    estimate = resnet_inspect.training_memory(model, shape, step=user_steps.autocast_bf16)
+    assert estimate.peak_bytes == real
+
+
 def test_a_step_that_reads_a_value_is_told_it_read_zero() -> None:
     report = resnet_inspect.summary("resnet18", SHAPE, train=True, step=user_steps.clipped_accumulated)
     assert any("Tensor.item()" in warning for warning in report.to_dict()["warnings"])

@@ -32,13 +32,14 @@ AUTOCAST_FLOAT32 = {
 }
 
 
-def _autocast(amp: str | None, device: str) -> Any:
-    """Cast the floating arguments of the operations in autocast's lists, as ``torch.autocast(device)`` would."""
+def _autocast(low_dtype: str | None, device: str) -> Any:
+    """Cast the floating arguments of the operations in autocast's lists to ``low_dtype`` ("bfloat16" or
+    "float16") or float32, as ``torch.autocast(device)`` would."""
     import torch
 
-    if amp is None:
+    if low_dtype is None:
         return None
-    low = getattr(torch, AMP_DTYPES[amp])
+    low = getattr(torch, low_dtype)
     float32_ops = AUTOCAST_FLOAT32["cuda" if device.startswith("cuda") else "cpu"]
     cache: dict[int, Any] = {}
 
@@ -75,9 +76,11 @@ def device_kernels(options: TrainOptions) -> Any:
     """The capture's kernel hook: autocast's casts, then attention as the device would run it (inside
     ``F.multi_head_attention_forward`` too)."""
     attention = _sdpa_kernel(options.device)
-    autocast = _autocast(options.amp, options.device)
+    autocast = _autocast(AMP_DTYPES[options.amp] if options.amp else None, options.device)
+    active = [autocast]  # the innermost torch.autocast block of the step, if any, last (see autocast_blocks)
 
     def kernel(name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        autocast = active[-1]
         if autocast is not None:
             cast = autocast(name, args, kwargs)
             if cast is not None:
@@ -91,7 +94,55 @@ def device_kernels(options: TrainOptions) -> Any:
         return func(*args, **kwargs)
 
     kernel.autocast = autocast  # type: ignore[attr-defined]
+    kernel.active = active  # type: ignore[attr-defined]
     return kernel
+
+
+@contextmanager
+def autocast_blocks(kernel: Any, device: str) -> Iterator[None]:
+    """``torch.autocast`` blocks the step enters (a user's own step) act in the pass as on ``device``: while one
+    for the device's type is open and enabled, the kernel hook casts as ``--amp`` does, to its dtype (an
+    ``enabled=False`` block stops the casts; a block for another device type changes nothing here), and its cast
+    weights go when it closes, as torch's cache does. torch's own autocast does not act on meta tensors, and
+    refuses a CUDA block on a machine without CUDA; the block's arguments are read as given. A GradScaler's
+    scaling and checks are not counted (as with ``--amp``), and its warning that there is no CUDA is not shown."""
+    import warnings
+
+    import torch
+
+    block = torch.amp.autocast_mode.autocast
+    initial, enter, leave = block.__init__, block.__enter__, block.__exit__
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def init(self: Any, device_type: str, dtype: Any = None, enabled: bool = True, cache_enabled: Any = None
+             ) -> None:
+        self._inspect_block = (device_type, dtype, enabled)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            initial(self, device_type, dtype, enabled, cache_enabled)
+
+    def entered(self: Any) -> Any:
+        given, dtype, enabled = getattr(self, "_inspect_block", (self.device, self.fast_dtype, self._enabled))
+        if given != device_type:
+            kernel.active.append(kernel.active[-1])
+        elif not enabled:
+            kernel.active.append(None)
+        else:
+            low = dtype if dtype is not None else torch.get_autocast_dtype(given)
+            kernel.active.append(_autocast(str(low).removeprefix("torch."), device))
+        return self
+
+    def left(self: Any, *exception: Any) -> bool:
+        kernel.active.pop()
+        return False
+
+    block.__init__, block.__enter__, block.__exit__ = init, entered, left  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():  # a GradScaler for the GPU planned for, made where there is none
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            yield
+    finally:
+        block.__init__, block.__enter__, block.__exit__ = initial, enter, leave  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -277,4 +328,4 @@ def kernel_temporaries(device: str) -> Callable[[Any, tuple[Any, ...], Any], lis
     return temporaries
 
 
-__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "device_kernels", "kernel_temporaries"]
+__all__ = ["AUTOCAST_FLOAT32", "AUTOCAST_LOW", "autocast_blocks", "device_kernels", "kernel_temporaries"]

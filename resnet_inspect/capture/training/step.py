@@ -21,7 +21,7 @@ from resnet_inspect.capture.trace import (
     structural_copy,
     tensors_in,
 )
-from resnet_inspect.capture.training.kernels import device_kernels, kernel_temporaries
+from resnet_inspect.capture.training.kernels import autocast_blocks, device_kernels, kernel_temporaries
 from resnet_inspect.capture.training.ledger import SavedStorage, StorageLedger, tracking_mode
 from resnet_inspect.capture.training.loop import ModelHandle, StepOptimizer, builtin_step, loss_terms
 from resnet_inspect.capture.training.meta_kernels import fast_meta
@@ -398,7 +398,7 @@ def run_training_pass(model: nn.Module, inputs: ModelInputs, options: TrainOptio
     checkpoints = CheckpointTracer(step.working, step.recorder, lambda: step.ledger.count, step.ledger.number_of)
     mode = tracking_mode(step.ledger, fast_meta(options.device), kernel_temporaries(options.device))
     with mode, _backward_labels(step.working, step.ledger), checkpoints.patched(), \
-            _backward_phase(step, checkpoints), _saved_tensors(step):
+            _backward_phase(step, checkpoints), _saved_tensors(step), autocast_blocks(step.kernels, options.device):
         _run_step(step, model_name)
     if not step.backward_started:
         step.kept = step.ledger.kept()
