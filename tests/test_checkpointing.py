@@ -112,6 +112,22 @@ def test_checkpointed_peak_is_what_a_real_step_holds_at_its_most(form: str) -> N
     assert estimated == live_step_peak(model, example, "adamw", plain)
 
 
+@pytest.mark.parametrize("form", ["vit_like_checkpointed",  # non-reentrant
+                                  pytest.param("resnet50_reentrant", marks=pytest.mark.slow)])
+def test_a_checkpointed_step_under_autocast_holds_what_a_real_one_holds(form: str) -> None:
+    """The forward under ``torch.autocast("cpu", bfloat16)``: the recomputation casts as the region's forward did
+    (torch's checkpoint puts the autocast state back), and its cast weights go when it ends; ``--amp`` the same."""
+    from tests.fixtures.user_steps import autocast_bf16
+    from tests.oracle_live import live_step_peak
+
+    model, example = build(form)
+    estimated = resnet_inspect.training_memory(model, tuple(example.shape), step=autocast_bf16)
+    amp = resnet_inspect.training_memory(model, tuple(example.shape), amp="bf16")
+    model, example = build(form)
+    assert estimated.peak_bytes == live_step_peak(model, example, "adamw", autocast_bf16)
+    assert estimated.saved_bytes == amp.saved_bytes and abs(estimated.peak_bytes - amp.peak_bytes) <= 64
+
+
 def test_checkpointing_lowers_the_peak_where_activations_dominate() -> None:
     """Without the recomputation's leaks (a held node, a reference cycle through the early-stop exception), a
     checkpointed ConvNeXt keeps less than the plain one, which saves every block's activations."""

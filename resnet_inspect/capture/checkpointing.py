@@ -43,6 +43,7 @@ class _Region:
     offset: int = 0  # the recorder's node id of the recomputation's first operation
     first_call: int = 0  # the forward recorder's module-call count when the region began
     modules: list[Any] = field(default_factory=list)  # the modules its forward called (the recomputation's too)
+    autocast: str | None = None  # the low dtype autocast cast to in its forward (None: no autocast)
 
 
 class CheckpointTracer:
@@ -60,6 +61,8 @@ class CheckpointTracer:
     def _begin(self, reentrant: bool) -> _Region:
         enclosing = self.forward.stack[-1] if self.forward.stack else None
         region = _Region(reentrant, enclosing, len(self.forward.nodes), first_call=len(self.forward.calls))
+        active = getattr(self.forward.kernel, "active", None)  # the device kernels' autocast state, if any
+        region.autocast = getattr(active[-1], "low_dtype", None) if active else None
         self.regions.append(region)
         return region
 
@@ -97,7 +100,8 @@ class CheckpointTracer:
         stopped: BaseException | None = None
         result = None
         reused = _cache_hits(recorder, self.allocations, self.allocation_of)
-        with _instrumented(self.working, recorder, region.modules), reused as cached:
+        with _instrumented(self.working, recorder, region.modules), reused as cached, \
+                _autocast_of(recorder.kernel, region.autocast):
             if region.enclosing is not None:
                 recorder.stack.append(region.enclosing)
             for tensor in tensors_in(list(args)) + tensors_in(kwargs):
@@ -193,6 +197,22 @@ class _Reused:
 
     allocations: int
     nodes: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def _autocast_of(kernel: Any, low_dtype: str | None) -> Iterator[None]:
+    """A recomputation casts as its region's forward did, as torch's checkpoint puts the forward's autocast state
+    back: a fresh cast cache, whose cast weights go when the recomputation ends (torch's outermost autocast block
+    clears its cache on exit)."""
+    active = getattr(kernel, "active", None)
+    if active is None:
+        yield
+        return
+    active.append(kernel.autocast_to(low_dtype))
+    try:
+        yield
+    finally:
+        active.pop()
 
 
 def wrap_modules(model: Any, names: tuple[str, ...]) -> Any:

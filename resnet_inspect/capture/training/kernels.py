@@ -64,6 +64,7 @@ def _autocast(low_dtype: str | None, device: str) -> Any:
                       for a in args), {k: cast(v, dtype) for k, v in kwargs.items()})
 
     arguments.cache = cache  # type: ignore[attr-defined]
+    arguments.low_dtype = low_dtype  # type: ignore[attr-defined]
     return arguments
 
 
@@ -95,6 +96,7 @@ def device_kernels(options: TrainOptions) -> Any:
 
     kernel.autocast = autocast  # type: ignore[attr-defined]
     kernel.active = active  # type: ignore[attr-defined]
+    kernel.autocast_to = lambda low_dtype: _autocast(low_dtype, options.device)  # type: ignore[attr-defined]
     return kernel
 
 
@@ -106,6 +108,7 @@ def autocast_blocks(kernel: Any, device: str) -> Iterator[None]:
     weights go when it closes, as torch's cache does. torch's own autocast does not act on meta tensors, and
     refuses a CUDA block on a machine without CUDA; the block's arguments are read as given. A GradScaler's
     scaling and checks are not counted (as with ``--amp``), and its warning that there is no CUDA is not shown."""
+    import sys
     import warnings
 
     import torch
@@ -116,14 +119,17 @@ def autocast_blocks(kernel: Any, device: str) -> Iterator[None]:
 
     def init(self: Any, device_type: str, dtype: Any = None, enabled: bool = True, cache_enabled: Any = None
              ) -> None:
-        self._inspect_block = (device_type, dtype, enabled)
+        # torch.utils.checkpoint's own block puts back, for a recomputation, the autocast state torch had in the
+        # region's forward; the pass does that itself (CheckpointTracer), so the block changes nothing here
+        restoring = sys._getframe(1).f_globals.get("__name__") == "torch.utils.checkpoint"
+        self._inspect_block = (device_type if not restoring else None, dtype, enabled)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             initial(self, device_type, dtype, enabled, cache_enabled)
 
     def entered(self: Any) -> Any:
         given, dtype, enabled = getattr(self, "_inspect_block", (self.device, self.fast_dtype, self._enabled))
-        if given != device_type:
+        if given != device_type:  # another device's block, or checkpoint's
             kernel.active.append(kernel.active[-1])
         elif not enabled:
             kernel.active.append(None)
