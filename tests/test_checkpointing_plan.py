@@ -173,19 +173,21 @@ def test_the_plans_curve_is_drawn_from_the_reports_json(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_vit_small_plan_applied_for_real_holds_what_was_estimated(monkeypatch) -> None:
-    """timm's vit_small re-created (64 px, 17 tokens): with the budget of batch 32's plain step, the plan reaches a
-    larger batch; applied by its printed lines to a real model, a live-storage tracker on the real step holds its
-    estimated peak to the byte (within the budget), the measured step is within 3% of it and within the budget, and
-    its recompute MACs are FlopCounterMode's extra forward."""
+    """timm's vit_small re-created (64 px, 17 tokens): with the budget of batch 20's plain step (the memory less a
+    reserve of 5%, as fit keeps by default), the plan reaches a larger batch; applied by its printed lines to a real
+    model, a live-storage tracker on the real step holds its estimated peak to the byte (within the budget), the
+    measured step is within 3% of it and within the memory, and its recompute MACs are FlopCounterMode's extra
+    forward."""
     from oracle_live import live_step_peak
 
     from tests.fixtures.user_steps import plain
     from tests.fixtures.vit_small import vit_small_64
 
     spec = "tests/fixtures/vit_small.py:vit_small_64"
-    budget = resnet_inspect.training_memory(spec, 64, batch_size=32).peak_bytes
-    plan = resnet_inspect.fit(spec, budget, 64, train=True, reserve=0, checkpoint="auto").checkpoint
-    assert plan.baseline_batch_size == 32 and plan.batch_size > 32 and plan.modules
+    budget = resnet_inspect.training_memory(spec, 64, batch_size=20).peak_bytes
+    memory = budget * 20 // 19
+    plan = resnet_inspect.fit(spec, memory, 64, train=True, reserve=memory - budget, checkpoint="auto").checkpoint
+    assert plan.baseline_batch_size == 20 and plan.batch_size > 20 and plan.modules
     torch.manual_seed(0)
     model = vit_small_64()
     exec(plan.python(), {"model": model})
@@ -193,7 +195,7 @@ def test_a_vit_small_plan_applied_for_real_holds_what_was_estimated(monkeypatch)
     monkeypatch.setenv("RESNET_INSPECT_TEST_PLAN", plan.python())
     measured = oracle_memory.measure_step("tests/fixtures/checkpoint_models.py:vit_small_64_planned",
                                           (plan.batch_size, 3, 64, 64), "adamw")
-    assert measured.peak_bytes <= budget and plan.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
+    assert measured.peak_bytes <= memory and plan.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
     example = torch.randn(2, 3, 64, 64)
     _forward, planned = flop_counter_backward_macs(model, example)
     _forward, unplanned = flop_counter_backward_macs(vit_small_64(), example)
@@ -213,15 +215,18 @@ def test_a_plan_that_checkpoints_nothing_prints_python_that_runs() -> None:
 
 @pytest.mark.slow
 def test_a_resnet50_plan_applied_for_real_fits_the_budget_it_was_made_for(monkeypatch) -> None:
-    """resnet50 at 64 px with the budget of batch 8's plain step: the plan reaches a larger batch, and applied by its
-    printed lines to a real model, the real step's live storages stay within the budget and within 1% of the
-    estimate, and the measured step within the budget and within 3% of it."""
+    """resnet50 at 64 px with the budget of batch 8's plain step (the memory less a reserve of 5%, as fit keeps by
+    default): the plan reaches a larger batch, and applied by its printed lines to a real model, the real step's
+    live storages stay within the budget and within 1% of the estimate, and the measured step within the memory and
+    within 3% of it."""
     from oracle_live import live_step_peak
 
     from tests.fixtures.user_steps import plain
 
     budget = resnet_inspect.training_memory("resnet50", 64, batch_size=8).peak_bytes
-    plan = resnet_inspect.fit("resnet50", budget, 64, train=True, reserve=0, checkpoint="auto").checkpoint
+    memory = budget * 20 // 19
+    plan = resnet_inspect.fit("resnet50", memory, 64, train=True, reserve=memory - budget,
+                              checkpoint="auto").checkpoint
     assert plan.baseline_batch_size == 8 and plan.batch_size > 8
     torch.manual_seed(0)
     model = get_model("resnet50")
@@ -231,4 +236,4 @@ def test_a_resnet50_plan_applied_for_real_fits_the_budget_it_was_made_for(monkey
     monkeypatch.setenv("RESNET_INSPECT_TEST_PLAN", plan.python())
     measured = oracle_memory.measure_step("tests/fixtures/checkpoint_models.py:resnet50_planned",
                                           (plan.batch_size, 3, 64, 64), "adamw")
-    assert measured.peak_bytes <= budget and plan.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
+    assert measured.peak_bytes <= memory and plan.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.03)
