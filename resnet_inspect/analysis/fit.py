@@ -94,7 +94,18 @@ class _Lines:
     @classmethod
     def through(cls, first: tuple[int, ...], second: tuple[int, ...], at: int = 1) -> _Lines:
         """The lines through ``first`` (the bytes at batch ``at``) and ``second`` (at batch ``at + 1``)."""
-        per_sample = tuple(b - a for a, b in zip(first, second, strict=True))
+        lines = cls.spanning(first, second, at, 1)
+        assert lines is not None  # any change is a whole number of bytes per sample over one sample
+        return lines
+
+    @classmethod
+    def spanning(cls, first: tuple[int, ...], second: tuple[int, ...], at: int, span: int) -> _Lines | None:
+        """The lines through ``first`` (the bytes at batch ``at``) and ``second`` (at batch ``at + span``); None
+        unless every moment's bytes change by a whole number per sample."""
+        changes = [b - a for a, b in zip(first, second, strict=True)]
+        if any(change % span for change in changes):
+            return None
+        per_sample = tuple(change // span for change in changes)
         return cls(tuple(a - slope * at for a, slope in zip(first, per_sample, strict=True)), per_sample)
 
     def at(self, batch: int) -> tuple[int, ...]:
@@ -136,11 +147,8 @@ def largest_batch_through(estimate: Estimate, budget_bytes: int, first: int, sec
     a whole number per sample between them, and the guess must lie on the lines and fit. Otherwise the search of
     ``largest_batch`` from batch 1."""
     low, high = _profile(estimate(first)), _profile(estimate(second))
-    span = second - first
-    steps = [b - a for a, b in zip(low, high, strict=False)]
-    if len(low) == len(high) and span > 0 and all(step % span == 0 for step in steps):
-        lines = _Lines(tuple(a - step // span * first for a, step in zip(low, steps, strict=True)),
-                       tuple(step // span for step in steps))
+    lines = _Lines.spanning(low, high, first, second - first) if len(low) == len(high) and second > first else None
+    if lines is not None:
         guess = lines.largest_within(budget_bytes, limit)
         if guess >= 1:
             at_guess = _profile(estimate(guess))

@@ -135,7 +135,7 @@ def autocast_blocks(kernel: Any, device: str) -> Iterator[None]:
             kernel.active.append(None)
         else:
             low = dtype if dtype is not None else torch.get_autocast_dtype(given)
-            kernel.active.append(_autocast(str(low).removeprefix("torch."), device))
+            kernel.active.append(kernel.autocast_to(str(low).removeprefix("torch.")))
         return self
 
     def left(self: Any, *exception: Any) -> bool:
