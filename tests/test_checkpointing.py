@@ -174,3 +174,69 @@ def test_a_model_without_checkpointing_reports_zero_recompute() -> None:
     report = resnet_inspect.summary("resnet20", 32, batch_size=2, train=True)
     assert report.total("recompute_macs") == 0
     assert resnet_inspect.summary("resnet20", 32).total("recompute_macs") is None
+
+
+@pytest.mark.parametrize("form", ["resnet50_non_reentrant", "resnet50_reentrant"])
+def test_a_model_handed_over_in_eval_mode_is_estimated_as_a_training_loop_runs_it(form: str) -> None:
+    """A training loop runs the whole step in train mode, the recomputations in the backward included; a model
+    handed over in eval mode (loaded for evaluation, say) is estimated as that step, not with its batch norms
+    switching to eval between the forward and the recomputation (whose saved tensors would then differ)."""
+    example = torch.zeros(RESNET)
+    trained = training_counts(estimate(getattr(checkpoint_models, form)(), example))
+    evaluated = training_counts(estimate(getattr(checkpoint_models, form)().eval(), example))
+    assert evaluated.memory.peak_bytes == trained.memory.peak_bytes is not None
+    assert (evaluated.saved_bytes, evaluated.backward_macs, evaluated.recompute_macs) == (
+        trained.saved_bytes, trained.backward_macs, trained.recompute_macs)
+
+
+_WITHOUT_DYNAMO = """
+import sys
+import torch
+from fixtures import checkpoint_models
+import test_checkpointing as here
+from resnet_inspect.analysis.training import training_counts
+
+
+def figures():
+    result = []
+    for form in here.RESNET_FORMS:
+        model, example = here.build(form)
+        counts = training_counts(here.estimate(model, example))
+        result.append((counts.memory.peak_bytes, counts.saved_bytes, counts.backward_macs, counts.recompute_macs))
+    return result
+
+
+unloaded = figures()
+assert "torch._dynamo" not in sys.modules and "_dynamo" not in vars(torch), "dynamo was loaded"
+assert not hasattr(torch.utils.checkpoint.checkpoint.__wrapped__, "__dynamo_disable"), "left behind"
+
+
+class AsksDynamo(torch.nn.Module):  # a region whose forward asks dynamo something of its own
+    def forward(self, x):
+        assert not torch._dynamo.is_compiling()
+        return x.relu()
+
+
+here.estimate(torch.nn.Sequential(torch.nn.Linear(4, 4), checkpoint_models.Checkpointed(AsksDynamo(), False)),
+              torch.zeros(2, 4))
+assert "torch._dynamo" in sys.modules and type(torch._dynamo).__name__ == "module", "the real one takes over"
+assert figures() == unloaded, (figures(), unloaded)
+print("same")
+"""
+
+
+def test_checkpointed_passes_count_the_same_without_loading_torch_dynamo() -> None:
+    """torch's checkpoint asks ``torch._dynamo`` to stay out of its way, and importing it costs more than a meta
+    pass of resnet50; while nothing has loaded it, nothing is compiling, so the pass answers for it. In a fresh
+    interpreter: each form of checkpointing resnet50's blocks counts the same before dynamo is loaded as after,
+    nothing is left patched, and a model that asks dynamo anything else gets the real one."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    completed = subprocess.run([sys.executable, "-c", _WITHOUT_DYNAMO], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])},
+                               timeout=300, check=False)
+    assert completed.returncode == 0 and completed.stdout.strip() == "same", completed.stderr[-2000:]

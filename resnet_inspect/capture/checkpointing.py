@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 from resnet_inspect.capture.trace import INPUT_OP, _Call, _instrumented, _Recorder, new_recorder, tensors_in
@@ -95,7 +96,7 @@ class CheckpointTracer:
                 kwargs: dict[str, Any]) -> tuple[Any, BaseException | None]:
         """Run a region's function again under a fresh recorder: its result, and torch's early-stop signal when it
         came (a new instance, for the caller to raise)."""
-        recorder = new_recorder(self.working, train=True)
+        recorder = new_recorder(self.working, train=True, names=self.forward.names)  # the same modules
         recorder.kernel = self.forward.kernel
         stopped: BaseException | None = None
         result = None
@@ -160,7 +161,8 @@ class CheckpointTracer:
         function_class.forward = staticmethod(forward)  # type: ignore[method-assign]
         checkpoint_module._checkpoint_without_reentrant_generator = generator
         try:
-            yield
+            with _dynamo_left_unloaded(checkpoint_module):
+                yield
         finally:
             function_class.forward = declared_forward  # type: ignore[method-assign]
             checkpoint_module._checkpoint_without_reentrant_generator = original_generator
@@ -187,6 +189,65 @@ class CheckpointTracer:
             return capture
         nodes = tuple(replace(node, grads=flags[node.id]) if node.id in flags else node for node in capture.nodes)
         return replace(capture, nodes=nodes)
+
+
+class _UnloadedDynamo:
+    """``torch._dynamo`` as torch's checkpoint asks for it while nothing has loaded it: to disable it around the
+    checkpoint's own functions, and one setting, read for a tracing session only. Nothing can be compiling then
+    (every way to compile loads it), so disabling it changes nothing. Once the real one is loaded (by anything,
+    or to answer any other question), every question goes to it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+        import sys
+
+        real = sys.modules.get("torch._dynamo")
+        if real is None:
+            if name == "disable":
+                return _nothing_to_disable
+            if name == "config":
+                return _UNLOADED_CONFIG
+            real = importlib.import_module("torch._dynamo")
+        return getattr(real, name)
+
+
+_UNLOADED_CONFIG = SimpleNamespace(error_on_nested_fx_trace=True)  # torch's default
+
+
+def _nothing_to_disable(fn: Any = None, recursive: bool = True, **kwargs: Any) -> Any:
+    return fn if fn is not None else (lambda function: function)
+
+
+@contextmanager
+def _dynamo_left_unloaded(checkpoint_module: Any) -> Iterator[None]:
+    """torch's checkpoint run without importing ``torch._dynamo`` (1.5 to 2 s from cold, more than a meta pass of
+    resnet50) when nothing has imported it yet: ``_UnloadedDynamo`` answers for it, and the checkpoint functions'
+    lazily made dynamo-disabled versions (``torch._disable_dynamo``) are, for the duration, the functions
+    themselves. All put back after; left alone once dynamo is loaded."""
+    import sys
+
+    import torch
+
+    if "torch._dynamo" in sys.modules or "_dynamo" in vars(torch):
+        yield
+        return
+    # the attribute ``torch._disable_dynamo`` caches a function's disabled version in (set where it was not yet)
+    cached = "__dynamo_disable"
+    decorated = (checkpoint_module.checkpoint, getattr(checkpoint_module, "_run_fn_with_dynamo_disabled", None))
+    functions: list[Any] = [getattr(function, "__wrapped__", None) for function in decorated]
+    undecorated = [function for function in functions if function is not None and not hasattr(function, cached)]
+    stand_in = _UnloadedDynamo()
+    for function in undecorated:
+        setattr(function, cached, function)
+    torch._dynamo = stand_in  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for function in undecorated:
+            if getattr(function, cached, None) is function:
+                delattr(function, cached)
+        if vars(torch).get("_dynamo") is stand_in:
+            del torch._dynamo
 
 
 @dataclass

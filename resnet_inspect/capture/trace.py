@@ -429,9 +429,8 @@ def _freeze(call: _Call) -> LayerRecord:
 
 @contextmanager
 def _instrumented(model: Any, recorder: _Recorder, modules: list[Any] | None = None) -> Iterator[None]:
-    """Hooks on every module (or only on ``modules``) and the dataflow mode; all removed and the training flag
-    restored in one finally."""
-    was_training = model.training
+    """Hooks on every module (or only on ``modules``) and the dataflow mode, all removed in one finally. Modules'
+    modes are the caller's: a recomputation in the backward runs each module in the mode it is in, as torch does."""
     pre_hook, post_hook = _make_hooks(recorder, model)
     handles = []
     try:
@@ -443,7 +442,6 @@ def _instrumented(model: Any, recorder: _Recorder, modules: list[Any] | None = N
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
 
 
 def model_dtype(model: nn.Module) -> str:
@@ -512,10 +510,12 @@ def working_copy(model: nn.Module, device: str = "meta") -> nn.Module:
 
 
 def new_recorder(working: nn.Module, exact_checked_shapes: bool = False, train: bool = False,
-                 guard: Callable[[int, int, str], None] | None = None) -> _Recorder:
-    """The state one instrumented pass over ``working`` fills."""
-    return _Recorder(names={id(m): name for name, m in working.named_modules() if name},
-                     exact_checked_shapes=exact_checked_shapes, train=train, guard=guard)
+                 guard: Callable[[int, int, str], None] | None = None, names: dict[int, str] | None = None
+                 ) -> _Recorder:
+    """The state one instrumented pass over ``working`` fills (``names``: its modules' names, when known)."""
+    if names is None:
+        names = {id(m): name for name, m in working.named_modules() if name}
+    return _Recorder(names=names, exact_checked_shapes=exact_checked_shapes, train=train, guard=guard)
 
 
 @contextmanager

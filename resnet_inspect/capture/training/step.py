@@ -92,10 +92,12 @@ def _in_dtype(inputs: ModelInputs, dtype: str | None) -> ModelInputs:
 
 
 def _prepare(model: nn.Module, inputs: ModelInputs, options: TrainOptions) -> _Step:
-    """The meta copy of ``model`` and ``inputs`` in the step's dtype; weights and inputs are held before the step."""
+    """The meta copy of ``model`` and ``inputs`` in the step's dtype; weights and inputs are held before the step.
+    The copy is in train mode for the whole step, as the forward runs it: a checkpointed region's recomputation in
+    the backward runs as its forward did, whatever mode ``model`` is in."""
     import torch
 
-    working = structural_copy(model, "meta")
+    working = structural_copy(model, "meta").train()
     if options.dtype is not None:
         working = working.to(getattr(torch, options.dtype))
     if options.checkpoint:
