@@ -208,7 +208,8 @@ def figures():
 
 unloaded = figures()
 assert "torch._dynamo" not in sys.modules and "_dynamo" not in vars(torch), "dynamo was loaded"
-assert not hasattr(torch.utils.checkpoint.checkpoint.__wrapped__, "__dynamo_disable"), "left behind"
+for decorated in (torch.utils.checkpoint.checkpoint, torch.utils.checkpoint._run_fn_with_dynamo_disabled):
+    assert not hasattr(decorated.__wrapped__, "__dynamo_disable"), "left behind"
 
 
 class AsksDynamo(torch.nn.Module):  # a region whose forward asks dynamo something of its own

@@ -197,6 +197,7 @@ def test_a_compiled_module_is_inspected_through_the_module_it_wraps():
 @pytest.mark.parametrize("make", [lambda model: torch.jit.script(model),
                                   lambda model: torch.jit.trace(model, torch.zeros(1, 3, 16, 16))],
                          ids=["script", "trace"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's own notice, made here on purpose
 def test_a_torchscript_module_is_refused_in_one_line(make):
     with pytest.raises(ValueError) as refused:
         resnet_inspect.summary(make(conv_net()), 16)
@@ -229,6 +230,7 @@ QUANTIZED = {
 
 
 @pytest.mark.parametrize("kind", QUANTIZED)
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # torch's own notice, made here on purpose
 def test_a_quantized_module_is_refused_in_one_line_that_names_no_torch_internals(kind):
     with pytest.raises(ValueError) as refused:
         resnet_inspect.summary(QUANTIZED[kind](), 8)

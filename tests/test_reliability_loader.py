@@ -127,6 +127,7 @@ def test_the_factory_is_called_once_even_when_it_cannot_be_built_on_the_meta_dev
     assert calls.read_text() == "called\n"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's own notice, made here on purpose
 def test_a_traced_model_is_refused_with_what_to_do(tmp_path):
     path = write(tmp_path / "model.py", """
         import torch
