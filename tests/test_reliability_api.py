@@ -186,6 +186,7 @@ def conv_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # loading torch._dynamo uses torch.jit's deprecated parts
 def test_a_compiled_module_is_inspected_through_the_module_it_wraps():
     model = conv_net()
     compiled = torch.compile(model)
