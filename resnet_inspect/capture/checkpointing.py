@@ -284,7 +284,8 @@ def wrap_modules(model: Any, names: tuple[str, ...]) -> Any:
     of a second on a cold start."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    chosen = {id(module) for name, module in model.named_modules() if name in set(names)}
+    wanted = set(names)
+    chosen = {id(module) for name, module in model.named_modules() if name in wanted}
 
     def wrap(module: Any) -> Any:
         for name, child in list(module.named_children()):
